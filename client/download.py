@@ -1,0 +1,203 @@
+"""Downloading one file: locate it, fetch chunks in parallel, verify, then show it.
+
+Chunks are fetched several at a time straight from the storage servers and
+written at their offsets into a hidden temp file next to the destination.
+Each chunk's SHA-256 is checked as it arrives; a server that is down, lacks
+the chunk or sends bad bytes is skipped for the chunk's next copy.  The
+whole file's SHA-1 is computed in order, as chunks complete, and checked at
+the end; only then is the file fsynced and linked into place under its
+name, never over an existing file (a different file of that name is kept,
+and the download gets a name like ``report (1).pdf``).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.pool import ConnectionPool
+from common.atomic import fsync_dir
+from common.config import PARALLEL_TRANSFERS
+from common.errors import (
+    CorruptData,
+    FileClusterError,
+    InvalidRequest,
+    ProtocolError,
+    Unavailable,
+)
+from common.hashing import READ_SIZE
+from common.messages import MsgType
+from common.names import check_file_name
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    name: str
+    path: Path
+    size: int
+    sha1: str
+    fetched: bool  # False when an identical file was already there
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(READ_SIZE):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _candidates(folder: Path, name: str) -> Any:
+    yield folder / name
+    stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
+    n = 1
+    while True:
+        yield folder / f"{stem} ({n}){dot}{suffix}"
+        n += 1
+
+
+def download(info: dict[str, Any], out_dir: Path, progress: Progress | None = None) -> DownloadResult:
+    """Fetch the file described by a LOCATE reply into ``out_dir``."""
+    name = check_file_name(info["name"])
+    size, sha1 = int(info["size"]), str(info["sha1"])
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
+    if not out_dir.is_dir():
+        raise InvalidRequest(f"{out_dir} is not a folder")
+    for candidate in _candidates(out_dir, name):
+        if not candidate.exists() and not candidate.is_symlink():
+            break
+        if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
+            return DownloadResult(name, candidate, size, sha1, fetched=False)
+    tmp = out_dir / f".{name}.{uuid.uuid4().hex[:12]}.part"
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
+    try:
+        try:
+            os.ftruncate(fd, size)
+            _fetch_all(fd, info["chunks"], size, sha1, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = _link_into_place(tmp, out_dir, name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(out_dir)
+    return DownloadResult(name, final, size, sha1, fetched=True)
+
+
+def _link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
+    """Give the verified temp file its name without ever replacing an existing file."""
+    for candidate in _candidates(out_dir, name):
+        try:
+            os.link(tmp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise InvalidRequest(f"cannot write {candidate}: {exc.strerror}") from None
+            if candidate.exists():  # no hard links here: check, then rename
+                continue
+            os.replace(tmp, candidate)
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def _fetch_all(fd: int, chunks: list[dict[str, Any]], size: int, sha1: str,
+               progress: Progress | None) -> None:
+    offsets = []
+    offset = 0
+    for chunk in chunks:
+        offsets.append(offset)
+        offset += int(chunk["size"])
+    if offset != size:
+        raise ProtocolError("the proxy's chunk list does not add up to the file size")
+    done = 0
+    lock = threading.Lock()
+    if progress:
+        progress("receiving", 0, size)
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        with lock:
+            done += n
+            if progress:
+                progress("receiving", done, size)
+
+    whole = hashlib.sha1()
+    with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
+        futures = [workers.submit(_fetch_chunk, pool, fd, chunk, offsets[i], on_bytes)
+                   for i, chunk in enumerate(chunks)]
+        try:
+            for i, future in enumerate(futures):
+                future.result()
+                _hash_region(fd, offsets[i], int(chunks[i]["size"]), whole)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    if whole.hexdigest() != sha1:
+        raise CorruptData("the downloaded file does not match its SHA-1; nothing was saved")
+
+
+def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
+    end = offset + length
+    while offset < end:
+        block = os.pread(fd, min(READ_SIZE, end - offset), offset)
+        if not block:
+            raise CorruptData("the temp file is shorter than expected")
+        digest.update(block)
+        offset += len(block)
+
+
+def _fetch_chunk(pool: ConnectionPool, fd: int, chunk: dict[str, Any], offset: int,
+                 on_bytes: Callable[[int], None]) -> None:
+    chunk_id, size = str(chunk["id"]), int(chunk["size"])
+    errors = []
+    for server in chunk["servers"]:
+        try:
+            _fetch_from(pool, server, fd, chunk_id, size, offset, on_bytes)
+            return
+        except (FileClusterError, OSError) as exc:
+            errors.append(f"server {server.get('id', '?')}: {exc}")
+    detail = "; ".join(errors) or "no server holds it"
+    raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
+
+
+def _fetch_from(pool: ConnectionPool, server: dict[str, Any], fd: int, chunk_id: str, size: int,
+                offset: int, on_bytes: Callable[[int], None]) -> None:
+    conn = pool.get(server)
+    conn.send(MsgType.GET_CHUNK, {"id": chunk_id})
+    reply = conn.expect_reply(MsgType.GET_CHUNK)
+    if reply.header["id"] != chunk_id or reply.payload_len != size:
+        conn.close()
+        raise ProtocolError(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
+    digest = hashlib.sha256()
+    position = offset
+    for piece in conn.payload():
+        digest.update(piece)
+        os.pwrite(fd, piece, position)
+        position += len(piece)
+        on_bytes(len(piece))
+    if digest.hexdigest() != chunk_id:
+        on_bytes(-size)
+        raise CorruptData(f"chunk {chunk_id[:12]} from server {server.get('id', '?')} is corrupt")
+
+

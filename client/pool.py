@@ -1,0 +1,42 @@
+"""Connections to storage servers, one per (thread, server), reused across chunks."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from common.transport import Connection
+
+TIMEOUT = 30.0
+
+
+class ConnectionPool:
+    def __init__(self, timeout: float = TIMEOUT) -> None:
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self, server: dict[str, Any]) -> Connection:
+        conns: dict[tuple[str, int], Connection] = self._local.__dict__.setdefault("conns", {})
+        key = (server["host"], server["port"])
+        conn = conns.get(key)
+        if conn is None or conn.closed:
+            conn = Connection.connect(*key, timeout=self.timeout,
+                                      what=f"storage server {server.get('id', '?')}")
+            conns[key] = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+    def __enter__(self) -> ConnectionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,55 @@
+"""The client's connection to a proxy: request/reply calls with the session attached."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.errors import Unavailable
+from common.messages import MsgType
+from common.transport import Connection
+
+TIMEOUT = 60.0
+
+
+class ProxyLink:
+    def __init__(self, host: str, port: int, token: str | None = None,
+                 timeout: float = TIMEOUT) -> None:
+        self.host = host
+        self.port = port
+        self.token = token
+        self.timeout = timeout
+        self._conn: Connection | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def call(self, msg_type: MsgType, header: dict[str, Any] | None = None, *,
+             session: bool = False) -> dict[str, Any]:
+        header = dict(header or {})
+        if session:
+            header["session"] = self.token or ""
+        reused = self._conn is not None and not self._conn.closed
+        try:
+            return self._connection().request(msg_type, header)
+        except Unavailable:
+            if not reused:
+                raise
+            self.close()  # the proxy dropped an idle connection: one fresh try
+            return self._connection().request(msg_type, header)
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = Connection.connect(self.host, self.port, timeout=self.timeout, what="proxy")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ProxyLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

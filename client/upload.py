@@ -1,0 +1,174 @@
+"""Uploading one file: hash it once, ask the proxy what is missing, stream that, commit.
+
+The file is read once to build its manifest (SHA-1 of the whole, SHA-256 of
+each chunk).  The proxy answers which chunks it lacks and which servers take
+each; the client streams just those, several at a time, each straight from
+the file to the first server with ``sendfile`` (that server forwards it to
+the replicas), then commits.  If a storage server fails, the client aborts,
+naming the servers it could not reach (the proxy checks them and marks the
+dead ones down) and tries once more with a fresh placement.  Nothing is in
+the catalog until the commit succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.pool import ConnectionPool
+from client.proxy_link import ProxyLink
+from common.config import PARALLEL_TRANSFERS
+from common.errors import (
+    Conflict,
+    CorruptData,
+    FileClusterError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
+from common.hashing import Manifest, manifest_of
+from common.messages import MsgType
+from common.names import check_file_name
+
+Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
+ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    name: str
+    size: int
+    sha1: str
+    sent: int  # chunk bytes the client actually sent to storage servers
+
+
+class _ServerTrouble(Unavailable):
+    def __init__(self, error: FileClusterError, suspects: list[int]) -> None:
+        super().__init__(error.message)
+        self.suspects = suspects
+
+
+def open_for_upload(path: Path) -> tuple[Any, str]:
+    """Open a regular file for reading, with a clear error for every way that can fail."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise NotFound(f"no such file: {path}") from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidRequest(f"{path} is a directory; upload takes files")
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidRequest(f"{path} is not a regular file")
+    name = check_file_name(path.name)
+    try:
+        return open(path, "rb"), name
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+
+
+def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> UploadResult:
+    path = Path(path)
+    file, name = open_for_upload(path)
+    with file:
+        chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
+        size = os.fstat(file.fileno()).st_size
+        hashed = 0
+
+        def on_hash(n: int) -> None:
+            nonlocal hashed
+            hashed += n
+            if progress:
+                progress("hashing", hashed, size)
+
+        manifest = manifest_of(file, chunk_size, on_hash)
+        if os.fstat(file.fileno()).st_size != manifest.size:
+            raise Conflict(f"{path} changed while it was being read; try again")
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                sent = _attempt(proxy, path, name, manifest, progress)
+                return UploadResult(name, manifest.size, manifest.sha1, sent)
+            except _ServerTrouble:
+                if attempt == ATTEMPTS:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _attempt(proxy: ProxyLink, path: Path, name: str, manifest: Manifest,
+             progress: Progress | None) -> int:
+    begin = proxy.call(MsgType.UPLOAD_BEGIN, {
+        "name": name, "size": manifest.size, "sha1": manifest.sha1,
+        "chunk_size": manifest.chunk_size,
+        "chunks": [[c.id, c.size] for c in manifest.chunks],
+    }, session=True)
+    upload_id = begin["upload_id"]
+    try:
+        sent = _send_missing(path, manifest, begin["missing"], progress)
+        proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id}, session=True)
+        return sent
+    except BaseException as exc:
+        suspects = exc.suspects if isinstance(exc, _ServerTrouble) else []
+        try:
+            proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects},
+                       session=True)
+        except FileClusterError:
+            pass
+        if isinstance(exc, CorruptData):
+            raise Conflict(f"{path} changed while it was being uploaded; nothing was stored, "
+                           "try again") from None
+        raise
+
+
+def _send_missing(path: Path, manifest: Manifest, missing: list[dict[str, Any]],
+                  progress: Progress | None) -> int:
+    offsets = {}
+    for chunk in manifest.chunks:
+        offsets.setdefault(chunk.id, chunk.offset)
+    total = sum(int(m["size"]) for m in missing)
+    done = 0
+    lock = threading.Lock()
+    if progress:
+        progress("sending", 0, total)
+
+    def send_one(pool: ConnectionPool, item: dict[str, Any]) -> None:
+        nonlocal done
+        _put_chunk(pool, path, item, offsets[item["id"]])
+        with lock:
+            done += int(item["size"])
+            if progress:
+                progress("sending", done, total)
+
+    with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
+        futures = [workers.submit(send_one, pool, item) for item in missing]
+        errors = [f.exception() for f in futures]
+    failures = [e for e in errors if e is not None]
+    if failures:
+        trouble = [e for e in failures if isinstance(e, _ServerTrouble)]
+        if trouble and len(trouble) == len(failures):
+            suspects = sorted({s for e in trouble for s in e.suspects})
+            raise _ServerTrouble(trouble[0], suspects)
+        raise failures[0]
+    return total
+
+
+def _put_chunk(pool: ConnectionPool, path: Path, item: dict[str, Any], offset: int) -> None:
+    servers = item["servers"]
+    head, forward = servers[0], servers[1:]
+    size = int(item["size"])
+    try:
+        conn = pool.get(head)
+        with open(path, "rb") as file:
+            conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "forward": forward},
+                           size)
+            conn.send_file(file, offset, size)
+        conn.read_reply(MsgType.PUT_CHUNK)
+    except Unavailable as exc:
+        # the head failed (its id), or a replica behind it did (the proxy checks which)
+        suspects = [s["id"] for s in servers] if exc.code == "replication_failed" else [head["id"]]
+        raise _ServerTrouble(exc, suspects) from None

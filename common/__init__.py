@@ -1,0 +1,1 @@
+"""Shared pieces of filecluster: the wire codec, message table, errors, hashing and config."""

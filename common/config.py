@@ -1,0 +1,43 @@
+"""Defaults and environment settings shared by every process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from common.errors import InvalidRequest
+
+DEFAULT_PROXY_PORT: Final = 9000
+DEFAULT_SERVERS: Final = 4
+DEFAULT_CHUNK_SIZE: Final = 4 * 1024 * 1024
+MIN_CHUNK_SIZE: Final = 64 * 1024
+MAX_CHUNK_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_REPLICAS: Final = 2
+HEARTBEAT_INTERVAL: Final = 2.0
+PARALLEL_TRANSFERS: Final = 4
+LINK_SCHEME: Final = "filecluster"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FILECLUSTER_DATA", "./data"))
+
+
+def client_home() -> Path:
+    return Path(os.environ.get("FILECLUSTER_HOME", str(Path.home() / ".filecluster")))
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PROXY_PORT) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, or ``[v6]:PORT``) into a pair; a clear error otherwise."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidRequest(f"invalid address {text!r}: expected HOST:PORT")
+    return host, int(port_text)
+
+
+def proxy_address(override: str | None = None) -> tuple[str, int]:
+    return parse_address(override or os.environ.get("FILECLUSTER_PROXY", f"127.0.0.1:{DEFAULT_PROXY_PORT}"))

@@ -1,0 +1,128 @@
+"""The whole error family of filecluster, in one place.
+
+Every error carries a short wire ``code``.  Errors travel between processes as
+ERROR frames (``{"code": ..., "message": ...}``) and are turned back into the
+same class on the other side by :func:`error_from_wire`, so a client can catch
+``NotFound`` whether it happened locally or on the proxy.
+"""
+
+from __future__ import annotations
+
+
+class FileClusterError(Exception):
+    """Base of every error filecluster raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InternalError(FileClusterError):
+    """A bug or an unexpected fault on the other side."""
+
+    code = "internal"
+
+
+class ProtocolError(FileClusterError):
+    """Bytes on the wire that do not follow docs/PROTOCOL.md."""
+
+    code = "protocol"
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class InvalidRequest(FileClusterError):
+    """A well-formed request with a bad value (a bad name, a bad size...)."""
+
+    code = "bad_request"
+
+
+class AuthError(FileClusterError):
+    """Wrong user or password, or no valid session."""
+
+    code = "auth"
+
+
+class NotFound(FileClusterError):
+    """A file, link, user, chunk or local path that does not exist."""
+
+    code = "not_found"
+
+
+class AlreadyExists(FileClusterError):
+    """A name that is already taken (a user name, for instance)."""
+
+    code = "exists"
+
+
+class Conflict(FileClusterError):
+    """The request no longer fits the state (an expired upload, a file that changed)."""
+
+    code = "conflict"
+
+
+class Unavailable(FileClusterError):
+    """A peer that cannot be reached, or not enough live storage servers."""
+
+    code = "unavailable"
+
+
+class ReplicationFailed(Unavailable):
+    """A chunk could not be stored on every replica it was placed on."""
+
+    code = "replication_failed"
+
+
+class InsufficientStorage(FileClusterError):
+    """A storage server has no room for the chunk."""
+
+    code = "insufficient_storage"
+
+
+class CorruptData(FileClusterError):
+    """Bytes whose hash does not match their id: distinct from an I/O fault so callers fall back."""
+
+    code = "corrupt"
+
+
+class StorageIOError(FileClusterError):
+    """The disk under a storage server failed."""
+
+    code = "io_error"
+
+
+_BY_CODE: dict[str, type[FileClusterError]] = {
+    cls.code: cls
+    for cls in (
+        InternalError,
+        ProtocolError,
+        InvalidRequest,
+        AuthError,
+        NotFound,
+        AlreadyExists,
+        Conflict,
+        Unavailable,
+        ReplicationFailed,
+        InsufficientStorage,
+        CorruptData,
+        StorageIOError,
+    )
+}
+
+
+def error_from_wire(code: str, message: str) -> FileClusterError:
+    """Rebuild the error a peer reported; a peer's protocol error is remote to us."""
+    if code == ProtocolError.code:
+        return RemoteProtocolError(message)
+    return _BY_CODE.get(code, InternalError)(message)

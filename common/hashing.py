@@ -1,0 +1,72 @@
+"""Hashing helpers: chunk ids (SHA-256) and whole-file digests (SHA-1)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from common.errors import InvalidRequest
+
+CHUNK_ID_RE = re.compile(r"[0-9a-f]{64}\Z")
+SHA1_RE = re.compile(r"[0-9a-f]{40}\Z")
+READ_SIZE = 1024 * 1024
+EMPTY_SHA1 = hashlib.sha1(b"").hexdigest()
+
+
+def check_chunk_id(chunk_id: object) -> str:
+    """A chunk id must be 64 lowercase hex characters before it comes near a path."""
+    if not isinstance(chunk_id, str) or not CHUNK_ID_RE.match(chunk_id):
+        raise InvalidRequest(f"invalid chunk id {str(chunk_id)[:80]!r}")
+    return chunk_id
+
+
+def check_sha1(value: object) -> str:
+    if not isinstance(value, str) or not SHA1_RE.match(value):
+        raise InvalidRequest(f"invalid SHA-1 {str(value)[:80]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    id: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    size: int
+    sha1: str
+    chunk_size: int
+    chunks: tuple[ChunkRef, ...]
+
+
+def manifest_of(file: BinaryIO, chunk_size: int,
+                progress: Callable[[int], None] | None = None) -> Manifest:
+    """Read ``file`` once, computing its SHA-1 and the SHA-256 of every chunk."""
+    whole = hashlib.sha1()
+    chunks: list[ChunkRef] = []
+    offset = 0
+    buf = bytearray(min(READ_SIZE, chunk_size))
+    view = memoryview(buf)
+    while True:
+        part = hashlib.sha256()
+        got = 0
+        while got < chunk_size:
+            n = file.readinto(view[: min(len(buf), chunk_size - got)])  # type: ignore[attr-defined]
+            if not n:
+                break
+            whole.update(view[:n])
+            part.update(view[:n])
+            got += n
+            if progress:
+                progress(n)
+        if got:
+            chunks.append(ChunkRef(part.hexdigest(), offset, got))
+            offset += got
+        if got < chunk_size:
+            break
+    return Manifest(offset, whole.hexdigest(), chunk_size, tuple(chunks))

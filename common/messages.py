@@ -1,0 +1,170 @@
+"""Message types and the header schema of each, as one table.
+
+A message is a frame type plus a JSON header (a flat object) and an optional
+binary payload.  ``SPECS`` says, for every type, which header fields it must
+and may carry, their JSON types, and whether a payload is allowed.  A header
+that does not fit its entry is a protocol error; an unknown type is one too.
+``REPLIES`` is the state table of a request/reply connection: which frame
+types may answer a given request.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import LocalProtocolError, RemoteProtocolError
+
+
+class MsgType(enum.IntEnum):
+    # replies
+    ERROR = 0x01
+    OK = 0x02
+    CHUNK_DATA = 0x03
+    # client -> proxy
+    HELLO = 0x10
+    REGISTER = 0x11
+    LOGIN = 0x12
+    LOGOUT = 0x13
+    WHOAMI = 0x14
+    UPLOAD_BEGIN = 0x15
+    UPLOAD_COMMIT = 0x16
+    UPLOAD_ABORT = 0x17
+    LIST = 0x18
+    SHARE = 0x19
+    LOCATE = 0x1A
+    DELETE = 0x1B
+    STATUS = 0x1C
+    # storage server -> proxy
+    SERVER_REGISTER = 0x20
+    HEARTBEAT = 0x21
+    # anyone -> storage server
+    PUT_CHUNK = 0x30
+    GET_CHUNK = 0x31
+    HAS_CHUNKS = 0x32
+    DELETE_CHUNKS = 0x33
+    PING = 0x34
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    required: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    optional: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    payload: bool = False
+    open: bool = False  # replies: extra keys are allowed (results vary by request)
+
+
+_SESSION = {"session": str}
+
+SPECS: dict[MsgType, MessageSpec] = {
+    MsgType.ERROR: MessageSpec(required={"code": str, "message": str}),
+    MsgType.OK: MessageSpec(open=True),
+    MsgType.CHUNK_DATA: MessageSpec(required={"id": str, "size": int}, payload=True),
+    MsgType.HELLO: MessageSpec(optional={"client": str}),
+    MsgType.REGISTER: MessageSpec(required={"user": str, "password": str}),
+    MsgType.LOGIN: MessageSpec(required={"user": str, "password": str}),
+    MsgType.LOGOUT: MessageSpec(required=_SESSION),
+    MsgType.WHOAMI: MessageSpec(required=_SESSION),
+    MsgType.UPLOAD_BEGIN: MessageSpec(
+        required={
+            **_SESSION,
+            "name": str,
+            "size": int,
+            "sha1": str,
+            "chunk_size": int,
+            "chunks": list,
+        }
+    ),
+    MsgType.UPLOAD_COMMIT: MessageSpec(required={**_SESSION, "upload_id": str}),
+    MsgType.UPLOAD_ABORT: MessageSpec(
+        required={**_SESSION, "upload_id": str}, optional={"unreachable": list}
+    ),
+    MsgType.LIST: MessageSpec(required=_SESSION, optional={"all": bool}),
+    MsgType.SHARE: MessageSpec(required={**_SESSION, "name": str}),
+    MsgType.LOCATE: MessageSpec(optional={**_SESSION, "name": str, "token": str}),
+    MsgType.DELETE: MessageSpec(required={**_SESSION, "name": str}),
+    MsgType.STATUS: MessageSpec(required=_SESSION),
+    MsgType.SERVER_REGISTER: MessageSpec(
+        required={
+            "id": int,
+            "host": str,
+            "port": int,
+            "capacity": int,
+            "used": int,
+            "chunks": int,
+        },
+        optional={"cluster_id": str},
+        payload=True,
+    ),
+    MsgType.HEARTBEAT: MessageSpec(
+        required={"id": int, "capacity": int, "used": int, "chunks": int}
+    ),
+    MsgType.PUT_CHUNK: MessageSpec(
+        required={"id": str, "size": int}, optional={"forward": list}, payload=True
+    ),
+    MsgType.GET_CHUNK: MessageSpec(required={"id": str}),
+    MsgType.HAS_CHUNKS: MessageSpec(required={"ids": list}),
+    MsgType.DELETE_CHUNKS: MessageSpec(required={"ids": list}),
+    MsgType.PING: MessageSpec(),
+}
+
+_REQUEST_REPLY = frozenset({MsgType.ERROR, MsgType.OK})
+
+# request type -> frame types that may answer it
+REPLIES: dict[MsgType, frozenset[MsgType]] = {
+    t: _REQUEST_REPLY for t in SPECS if t not in (MsgType.ERROR, MsgType.OK, MsgType.CHUNK_DATA)
+}
+REPLIES[MsgType.GET_CHUNK] = frozenset({MsgType.ERROR, MsgType.CHUNK_DATA})
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__
+
+
+def _fits(value: Any, expected: type | tuple[type, ...]) -> bool:
+    # bool is an int in Python but not in our schema
+    if isinstance(value, bool) and expected is not bool:
+        return False
+    return isinstance(value, expected)
+
+
+def check_header(
+    msg_type: MsgType, header: Mapping[str, Any], payload_len: int, *, remote: bool
+) -> None:
+    """Raise a protocol error (remote or local) if ``header`` does not fit ``msg_type``."""
+    error = RemoteProtocolError if remote else LocalProtocolError
+    spec = SPECS[msg_type]
+    name = msg_type.name
+    for key, expected in spec.required.items():
+        if key not in header:
+            raise error(f"{name} lacks header field {key!r}")
+        if not _fits(header[key], expected):
+            raise error(f"{name} field {key!r} must be {_type_name(expected)}")
+    for key, value in header.items():
+        if key in spec.required:
+            continue
+        if key in spec.optional:
+            if value is not None and not _fits(value, spec.optional[key]):
+                raise error(f"{name} field {key!r} must be {_type_name(spec.optional[key])}")
+        elif not spec.open:
+            raise error(f"{name} has unknown header field {key!r}")
+    if payload_len and not spec.payload:
+        raise error(f"{name} may not carry a payload")
+
+
+@dataclass(frozen=True)
+class Message:
+    """The head of one frame: its type, its header, and how many payload bytes follow."""
+
+    type: MsgType
+    header: Mapping[str, Any]
+    payload_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.payload_len < 0:
+            raise LocalProtocolError("payload length cannot be negative")
+        check_header(self.type, self.header, self.payload_len, remote=False)

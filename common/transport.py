@@ -1,0 +1,203 @@
+"""The thin socket layer over the codec: one :class:`Connection` per TCP connection.
+
+It owns a socket and a :class:`~common.protocol.FrameDecoder`, sends frames
+(streaming payloads from memory or straight from a file with ``sendfile``),
+and receives them, handing payloads out piece by piece so that no side ever
+holds more than one receive buffer of a large payload.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+from common.errors import (
+    FileClusterError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Unavailable,
+    error_from_wire,
+)
+from common.messages import REPLIES, Message, MsgType
+from common.protocol import (
+    DEFAULT_MAX_HEADER,
+    DEFAULT_MAX_PAYLOAD,
+    NEED_DATA,
+    ConnectionClosed,
+    EndOfFrame,
+    FrameDecoder,
+    PayloadData,
+    encode_message,
+)
+
+RECV_SIZE = 1024 * 1024
+DEFAULT_TIMEOUT = 30.0
+
+
+class PeerClosed(Unavailable):
+    """The peer closed the connection between frames."""
+
+
+class Connection:
+    def __init__(self, sock: socket.socket, *, peer: str = "",
+                 max_header: int = DEFAULT_MAX_HEADER,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.sock = sock
+        self.peer = peer or _peer_name(sock)
+        self._decoder = FrameDecoder(max_header=max_header, max_payload=max_payload)
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self.closed = False
+        self._unread = False  # the current frame's payload has not been read to its end
+
+    @property
+    def in_payload(self) -> bool:
+        """True while the current frame's payload has not been read to its end."""
+        return self._unread
+
+    # -- connecting -------------------------------------------------------------
+    @classmethod
+    def connect(cls, host: str, port: int, *, timeout: float = DEFAULT_TIMEOUT,
+                what: str = "peer", **limits: int) -> Connection:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise Unavailable(f"cannot reach the {what} at {host}:{port} ({_reason(exc)})") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock, peer=f"{host}:{port}", **limits)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending ----------------------------------------------------------------
+    def send(self, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> None:
+        head = encode_message(Message(msg_type, header, len(payload)))
+        self._sendall(head + payload if len(payload) < 65536 else head)
+        if len(payload) >= 65536:
+            self._sendall(payload)
+
+    def send_head(self, msg_type: MsgType, header: Mapping[str, Any], payload_len: int) -> None:
+        """Send a frame's prefix and header; the caller then sends exactly payload_len bytes."""
+        self._sendall(encode_message(Message(msg_type, header, payload_len)))
+
+    def send_piece(self, data: bytes | bytearray | memoryview) -> None:
+        self._sendall(data)
+
+    def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible)."""
+        try:
+            sent = self.sock.sendfile(file, offset, count)
+        except OSError as exc:
+            raise self._broken(exc) from None
+        if sent != count:
+            raise LocalProtocolError(f"file shrank while sending ({sent} of {count} bytes)")
+
+    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise self._broken(exc) from None
+
+    # -- receiving --------------------------------------------------------------
+    def receive(self) -> Message:
+        """The next frame's head; its payload must then be read with :meth:`payload`."""
+        if self._unread:
+            raise LocalProtocolError("receive() called before the last payload was read")
+        event = self._next_event()
+        if isinstance(event, ConnectionClosed):
+            raise PeerClosed(f"{self.peer} closed the connection")
+        if not isinstance(event, Message):
+            raise LocalProtocolError(f"expected a frame, decoder gave {event!r}")
+        if event.payload_len:
+            self._unread = True
+        elif not isinstance(self._next_event(), EndOfFrame):
+            raise LocalProtocolError("an empty payload did not end its frame")
+        return event
+
+    def payload(self) -> Iterator[bytes | memoryview]:
+        """The pieces of the current frame's payload; each is valid until the next is asked for."""
+        while self._unread:
+            event = self._next_event()
+            if isinstance(event, PayloadData):
+                yield event.data
+            elif isinstance(event, EndOfFrame):
+                self._unread = False
+            else:
+                raise LocalProtocolError(f"expected payload, decoder gave {event!r}")
+
+    def read_payload(self) -> bytes:
+        return b"".join(bytes(piece) for piece in self.payload())
+
+    def skip_payload(self) -> None:
+        for _ in self.payload():
+            pass
+
+    def _next_event(self) -> object:
+        while True:
+            event = self._decoder.next_event()
+            if event is not NEED_DATA:
+                return event
+            try:
+                n = self.sock.recv_into(self._rbuf)
+            except OSError as exc:
+                raise self._broken(exc) from None
+            self._decoder.receive_data(self._rview[:n])
+
+    # -- request / reply ----------------------------------------------------------
+    def request(self, msg_type: MsgType, header: Mapping[str, Any],
+                payload: bytes = b"") -> dict[str, Any]:
+        """Send a request and return the OK reply's header; an ERROR reply is raised."""
+        self.send(msg_type, header, payload)
+        return self.read_reply(msg_type)
+
+    def read_reply(self, msg_type: MsgType) -> dict[str, Any]:
+        reply = self.expect_reply(msg_type)
+        self.skip_payload()
+        return dict(reply.header)
+
+    def expect_reply(self, msg_type: MsgType) -> Message:
+        """Read the reply to ``msg_type``: an ERROR becomes its exception, anything unexpected a protocol error."""
+        reply = self.receive()
+        if reply.type == MsgType.ERROR:
+            self.skip_payload()
+            raise error_from_wire(reply.header["code"], reply.header["message"])
+        if reply.type not in REPLIES.get(msg_type, ()):
+            self.close()
+            raise RemoteProtocolError(f"{self.peer} answered {msg_type.name} with {reply.type.name}")
+        return reply
+
+    def send_error(self, error: FileClusterError) -> None:
+        self.send(MsgType.ERROR, {"code": error.code, "message": error.message})
+
+    def _broken(self, exc: OSError) -> Unavailable:
+        self.close()
+        if isinstance(exc, socket.timeout):
+            return Unavailable(f"{self.peer} did not answer in time")
+        return Unavailable(f"connection to {self.peer} failed ({_reason(exc)})")
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    return exc.strerror or os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "peer"

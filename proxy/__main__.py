@@ -1,0 +1,5 @@
+import sys
+
+from proxy.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,231 @@
+"""The catalog: users, sessions, files, chunk locations and share links.
+
+Theory of operation
+-------------------
+The catalog is a plain JSON-able dict held in memory and made durable by a
+:class:`~proxy.journal.Journal`.  Every change is a small *op* (a dict with an
+``op`` name); :meth:`Catalog._change` journals it (fsync) and only then
+applies it, under one lock, so what a reply reports is on disk.  Replay on
+start applies the same ops through the same ``_apply`` code, so the state
+after a restart is the state before it.
+
+Chunks are shared between files: ``refs`` (derived, never stored) counts how
+many file entries use each chunk.  A chunk whose count drops to zero stays in
+the catalog, with its locations, until the collector has deleted it from the
+servers and journaled ``chunk_del``; that is what lets an upload in flight
+pin it.  Chunk *locations* are also soft state: a storage server's
+registration tells the proxy exactly which chunks it holds, and
+:meth:`reconcile_server` brings the catalog in line without journaling.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from common.errors import InternalError
+from proxy.journal import Journal
+
+SNAPSHOT_EVERY = 1000
+
+
+def _empty_state() -> dict[str, Any]:
+    return {"version": 1, "cluster_id": "", "users": {}, "sessions": {}, "files": {},
+            "chunks": {}, "shares": {}}
+
+
+class Catalog:
+    def __init__(self, folder: Path, *, snapshot_every: int = SNAPSHOT_EVERY) -> None:
+        self.lock = threading.RLock()
+        self.snapshot_every = snapshot_every
+        self.journal = Journal(folder)
+        snapshot, entries = self.journal.load()
+        self.state = _empty_state()
+        if snapshot is not None:
+            snapshot.pop("seq", None)
+            self.state.update(snapshot)
+        self.refs: Counter[str] = Counter()
+        for owner_files in self.state["files"].values():
+            for entry in owner_files.values():
+                self.refs.update(chunk_id for chunk_id, _ in entry["chunks"])
+        for entry in entries:
+            self._apply(entry)
+        if not self.state["cluster_id"]:
+            self._change({"op": "init", "cluster_id": uuid.uuid4().hex})
+
+    @property
+    def cluster_id(self) -> str:
+        return str(self.state["cluster_id"])
+
+    # -- durability ------------------------------------------------------------------
+    def _change(self, op: dict[str, Any]) -> Any:
+        with self.lock:
+            entry = self.journal.append(op)
+            result = self._apply(entry)
+            if self.journal.entries_since_snapshot >= self.snapshot_every:
+                self.journal.snapshot(self.state)
+            return result
+
+    def snapshot(self) -> None:
+        with self.lock:
+            self.journal.snapshot(self.state)
+
+    def close(self) -> None:
+        with self.lock:
+            self.journal.close()
+
+    def _apply(self, entry: dict[str, Any]) -> Any:
+        handler = getattr(self, f"_apply_{entry['op']}", None)
+        if handler is None:
+            raise InternalError(f"unknown catalog change {entry['op']!r}")
+        return handler(entry)
+
+    # -- ops: each applies one journaled change ------------------------------------------
+    def _apply_init(self, e: dict[str, Any]) -> None:
+        self.state["cluster_id"] = e["cluster_id"]
+
+    def _apply_user_add(self, e: dict[str, Any]) -> None:
+        self.state["users"][e["user"]] = {"salt": e["salt"], "hash": e["hash"], "created": e["created"]}
+
+    def _apply_session_add(self, e: dict[str, Any]) -> None:
+        self.state["sessions"][e["token_hash"]] = {"user": e["user"], "created": e["created"]}
+
+    def _apply_session_del(self, e: dict[str, Any]) -> None:
+        self.state["sessions"].pop(e["token_hash"], None)
+
+    def _apply_file_put(self, e: dict[str, Any]) -> list[str]:
+        owner_files = self.state["files"].setdefault(e["owner"], {})
+        old = owner_files.get(e["name"])
+        chunks = self.state["chunks"]
+        for chunk_id, size in e["chunks"]:
+            known = chunks.setdefault(chunk_id, {"size": size, "servers": []})
+            for server_id in e["locations"].get(chunk_id, []):
+                if server_id not in known["servers"]:
+                    known["servers"].append(server_id)
+        owner_files[e["name"]] = {"size": e["size"], "sha1": e["sha1"], "chunks": e["chunks"],
+                                  "uploaded": e["uploaded"]}
+        self.refs.update(chunk_id for chunk_id, _ in e["chunks"])
+        return self._release(old["chunks"]) if old else []
+
+    def _apply_file_del(self, e: dict[str, Any]) -> list[str]:
+        owner_files = self.state["files"].get(e["owner"], {})
+        old = owner_files.pop(e["name"], None)
+        if not owner_files:
+            self.state["files"].pop(e["owner"], None)
+        shares = self.state["shares"]
+        for token in [t for t, s in shares.items() if (s["owner"], s["name"]) == (e["owner"], e["name"])]:
+            del shares[token]
+        return self._release(old["chunks"]) if old else []
+
+    def _apply_share_add(self, e: dict[str, Any]) -> None:
+        self.state["shares"][e["token"]] = {"owner": e["owner"], "name": e["name"], "created": e["created"]}
+
+    def _apply_chunk_del(self, e: dict[str, Any]) -> None:
+        for chunk_id in e["ids"]:
+            if not self.refs[chunk_id]:
+                self.state["chunks"].pop(chunk_id, None)
+
+    def _release(self, chunk_list: list[list[Any]]) -> list[str]:
+        freed = []
+        for chunk_id, _ in chunk_list:
+            self.refs[chunk_id] -= 1
+            if self.refs[chunk_id] <= 0:
+                del self.refs[chunk_id]
+                freed.append(chunk_id)
+        return sorted(set(freed))
+
+    # -- changes -----------------------------------------------------------------------
+    def add_user(self, user: str, salt: str, hashed: str) -> None:
+        self._change({"op": "user_add", "user": user, "salt": salt, "hash": hashed, "created": time.time()})
+
+    def add_session(self, token_hash: str, user: str) -> None:
+        self._change({"op": "session_add", "token_hash": token_hash, "user": user, "created": time.time()})
+
+    def drop_session(self, token_hash: str) -> None:
+        self._change({"op": "session_del", "token_hash": token_hash})
+
+    def put_file(self, owner: str, name: str, size: int, sha1: str, chunks: list[list[Any]],
+                 locations: dict[str, list[int]]) -> tuple[dict[str, Any], list[str]]:
+        """Record a complete upload (replacing any file of that name); returns it and the chunks freed."""
+        with self.lock:
+            freed = self._change({"op": "file_put", "owner": owner, "name": name, "size": size,
+                                  "sha1": sha1, "chunks": chunks, "locations": locations,
+                                  "uploaded": time.time()})
+            return self.describe(owner, name), freed
+
+    def delete_file(self, owner: str, name: str) -> list[str]:
+        return list(self._change({"op": "file_del", "owner": owner, "name": name}))
+
+    def add_share(self, token: str, owner: str, name: str) -> None:
+        self._change({"op": "share_add", "token": token, "owner": owner, "name": name, "created": time.time()})
+
+    def drop_chunks(self, ids: list[str]) -> None:
+        if ids:
+            self._change({"op": "chunk_del", "ids": ids})
+
+    # -- soft state: where chunks are --------------------------------------------------------
+    def reconcile_server(self, server_id: int, present: set[str]) -> list[str]:
+        """Make the catalog agree with a server's inventory; returns the ids it holds that the catalog lacks."""
+        with self.lock:
+            chunks = self.state["chunks"]
+            for chunk_id, info in chunks.items():
+                listed = server_id in info["servers"]
+                if chunk_id in present and not listed:
+                    info["servers"].append(server_id)
+                elif listed and chunk_id not in present:
+                    info["servers"].remove(server_id)
+            return sorted(c for c in present if c not in chunks)
+
+    def forget_location(self, chunk_id: str, server_id: int) -> None:
+        with self.lock:
+            info = self.state["chunks"].get(chunk_id)
+            if info and server_id in info["servers"]:
+                info["servers"].remove(server_id)
+
+    # -- queries -------------------------------------------------------------------------
+    def user(self, user: str) -> dict[str, Any] | None:
+        return self.state["users"].get(user)
+
+    def session_user(self, token_hash: str) -> str | None:
+        session = self.state["sessions"].get(token_hash)
+        return session["user"] if session else None
+
+    def file(self, owner: str, name: str) -> dict[str, Any] | None:
+        return self.state["files"].get(owner, {}).get(name)
+
+    def describe(self, owner: str, name: str) -> dict[str, Any]:
+        entry = self.state["files"][owner][name]
+        return {"name": name, "owner": owner, "size": entry["size"], "sha1": entry["sha1"],
+                "uploaded": entry["uploaded"]}
+
+    def list_files(self, owner: str | None) -> list[dict[str, Any]]:
+        with self.lock:
+            owners = [owner] if owner is not None else sorted(self.state["files"])
+            return [self.describe(o, n) for o in owners for n in sorted(self.state["files"].get(o, {}))]
+
+    def share(self, token: str) -> dict[str, Any] | None:
+        return self.state["shares"].get(token)
+
+    def share_for(self, owner: str, name: str) -> str | None:
+        for token, share in self.state["shares"].items():
+            if share["owner"] == owner and share["name"] == name:
+                return str(token)
+        return None
+
+    def chunk(self, chunk_id: str) -> dict[str, Any] | None:
+        return self.state["chunks"].get(chunk_id)
+
+    def unreferenced(self, ids: Iterable[str] | None = None) -> list[str]:
+        """Chunks in the catalog that no file uses (the collector's work list)."""
+        with self.lock:
+            candidates = self.state["chunks"] if ids is None else ids
+            return sorted(c for c in candidates if c in self.state["chunks"] and not self.refs[c])
+
+    def chunk_servers(self, chunk_id: str) -> list[int]:
+        info = self.state["chunks"].get(chunk_id)
+        return list(info["servers"]) if info else []

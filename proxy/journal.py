@@ -1,0 +1,117 @@
+"""Durable state for the catalog: a JSON-lines journal plus periodic snapshots.
+
+Theory of operation
+-------------------
+Every change is one JSON object, numbered (``seq``), appended to
+``journal.jsonl`` and fsynced before the change is applied or answered.  Now
+and then the whole state is written to ``catalog.json`` atomically (temp
+file, fsync, rename, fsync the folder) with the ``seq`` of the last change it
+contains, and a fresh empty journal replaces the old one the same way.  On
+start, the snapshot is loaded and every journal entry with a higher ``seq``
+is replayed.  A crash between the two renames is harmless: entries already
+in the snapshot are skipped.  A torn last line (a crash in the middle of an
+append, never acknowledged) is dropped; damage anywhere else refuses to
+start rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from common.atomic import fsync_dir, write_atomic
+from common.errors import CorruptData
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "catalog.json"
+JOURNAL = "journal.jsonl"
+
+
+class Journal:
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.snapshot_path = self.folder / SNAPSHOT
+        self.journal_path = self.folder / JOURNAL
+        self.seq = 0
+        self.entries_since_snapshot = 0
+        self._file: Any = None
+
+    def load(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The last snapshot (or None) and the journal entries that came after it."""
+        snapshot = None
+        if self.snapshot_path.exists():
+            try:
+                snapshot = json.loads(self.snapshot_path.read_bytes())
+            except ValueError as exc:
+                raise CorruptData(f"{self.snapshot_path} is damaged: {exc}") from None
+            self.seq = int(snapshot.get("seq", 0))
+        entries = self._read_journal()
+        fresh = [e for e in entries if e["seq"] > self.seq]
+        for entry in fresh:
+            if entry["seq"] != self.seq + 1:
+                raise CorruptData(f"{self.journal_path}: change {self.seq + 1} is missing")
+            self.seq = entry["seq"]
+        self.entries_since_snapshot = len(fresh)
+        self._file = open(self.journal_path, "ab")
+        return snapshot, fresh
+
+    def _read_journal(self) -> list[dict[str, Any]]:
+        if not self.journal_path.exists():
+            return []
+        raw = self.journal_path.read_bytes()
+        lines = raw.split(b"\n")
+        entries = []
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
+                    raise ValueError("not a journal entry")
+            except ValueError:
+                if number == len(lines):  # no newline after it: an append cut short by a crash
+                    log.warning("dropping a torn last journal entry (%d bytes)", len(line))
+                    self._truncate(len(raw) - len(line))
+                    break
+                raise CorruptData(f"{self.journal_path} is damaged at line {number}") from None
+            entries.append(entry)
+        return entries
+
+    def _truncate(self, size: int) -> None:
+        with open(self.journal_path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Number, write and fsync one change; only then may it be applied."""
+        entry = {"seq": self.seq + 1, **entry}
+        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self._file.write(line)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.seq += 1
+        self.entries_since_snapshot += 1
+        return entry
+
+    def snapshot(self, state: dict[str, Any]) -> None:
+        """Write the whole state (as of ``self.seq``) and start an empty journal."""
+        data = json.dumps({**state, "seq": self.seq}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        write_atomic(self.snapshot_path, data, mode=0o600)
+        write_atomic(self.journal_path, b"", mode=0o600)
+        if self._file is not None:
+            self._file.close()
+        self._file = open(self.journal_path, "ab")
+        fsync_dir(self.folder)
+        self.entries_since_snapshot = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,322 @@
+"""What the proxy does with each request.  The socket side is common.service.
+
+Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, UPLOAD_BEGIN/COMMIT/ABORT,
+LIST, SHARE, LOCATE, DELETE, STATUS.  Storage servers: SERVER_REGISTER and
+HEARTBEAT.  The proxy never carries file data: it answers where chunks go
+(placement) and where they are (locations), and records a file only once
+every chunk of it is confirmed on the servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import (
+    AlreadyExists,
+    AuthError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RemoteProtocolError,
+    Unavailable,
+)
+from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
+from common.messages import Message, MsgType
+from common.names import check_file_name, check_password, check_user_name
+from common.transport import Connection
+from proxy import auth, storage_client
+from proxy.catalog import Catalog
+from proxy.collector import Collector
+from proxy.placement import ServerRef, place
+from proxy.registry import Registry
+from proxy.uploads import Uploads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    chunk_size: int
+    replicas: int
+    heartbeat: float
+    advertise: tuple[str, int] | None = None
+
+
+class ProxyService:
+    def __init__(self, catalog: Catalog, registry: Registry, uploads: Uploads,
+                 collector: Collector, config: ProxyConfig) -> None:
+        self.catalog = catalog
+        self.registry = registry
+        self.uploads = uploads
+        self.collector = collector
+        self.config = config
+
+    def handlers(self) -> Mapping[MsgType, Any]:
+        table = {
+            MsgType.HELLO: self.hello,
+            MsgType.REGISTER: self.register,
+            MsgType.LOGIN: self.login,
+            MsgType.LOGOUT: self.logout,
+            MsgType.WHOAMI: self.whoami,
+            MsgType.UPLOAD_BEGIN: self.upload_begin,
+            MsgType.UPLOAD_COMMIT: self.upload_commit,
+            MsgType.UPLOAD_ABORT: self.upload_abort,
+            MsgType.LIST: self.list_files,
+            MsgType.SHARE: self.share,
+            MsgType.LOCATE: self.locate,
+            MsgType.DELETE: self.delete,
+            MsgType.STATUS: self.status,
+            MsgType.HEARTBEAT: self.heartbeat,
+        }
+        replying = {t: _replying(f) for t, f in table.items()}
+        replying[MsgType.SERVER_REGISTER] = self.server_register  # reads its own payload
+        return replying
+
+    # -- accounts --------------------------------------------------------------------
+    def _user(self, header: Mapping[str, Any]) -> str:
+        token = header.get("session")
+        user = self.catalog.session_user(auth.token_hash(token)) if token else None
+        if user is None:
+            raise AuthError("not logged in (or the session ended); run: filecluster login USER")
+        return user
+
+    def hello(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        return {"chunk_size": self.config.chunk_size, "replicas": self.config.replicas,
+                "cluster_id": self.catalog.cluster_id}
+
+    def register(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        user = check_user_name(h["user"])
+        password = check_password(h["password"], new=True)
+        salt, hashed = auth.hash_password(password)
+        with self.catalog.lock:
+            if self.catalog.user(user) is not None:
+                raise AlreadyExists(f"the user name {user!r} is taken")
+            self.catalog.add_user(user, salt, hashed)
+        log.info("new user %s", user)
+        return {"user": user}
+
+    def login(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        user, password = h["user"], h["password"]
+        record = self.catalog.user(user) if isinstance(user, str) else None
+        if record is None or not auth.check_password(password, record["salt"], record["hash"]):
+            raise AuthError("wrong user name or password")
+        token = auth.new_token()
+        self.catalog.add_session(auth.token_hash(token), user)
+        return {"user": user, "session": token}
+
+    def logout(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        self._user(h)
+        self.catalog.drop_session(auth.token_hash(h["session"]))
+        return {}
+
+    def whoami(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        return {"user": self._user(h)}
+
+    # -- uploads -----------------------------------------------------------------------
+    def _check_manifest(self, h: Mapping[str, Any]) -> list[list[Any]]:
+        size, chunk_size, chunks = h["size"], h["chunk_size"], h["chunks"]
+        if chunk_size != self.config.chunk_size:
+            raise Conflict(f"the cluster's chunk size is {self.config.chunk_size}, not {chunk_size}; "
+                           "upload again")
+        if size < 0:
+            raise InvalidRequest("a file size cannot be negative")
+        if len(chunks) != math.ceil(size / chunk_size):
+            raise InvalidRequest(f"a file of {size} bytes has {math.ceil(size / chunk_size)} chunks")
+        clean = []
+        for index, item in enumerate(chunks):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
+                raise InvalidRequest("each chunk is [id, size]")
+            want = chunk_size if index < len(chunks) - 1 else size - chunk_size * index
+            if item[1] != want:
+                raise InvalidRequest(f"chunk {index} should be {want} bytes, not {item[1]}")
+            clean.append([check_chunk_id(item[0]), item[1]])
+        if size == 0 and h["sha1"] != EMPTY_SHA1:
+            raise InvalidRequest("an empty file has the SHA-1 of no bytes")
+        return clean
+
+    def upload_begin(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        owner = self._user(h)
+        name = check_file_name(h["name"])
+        sha1 = check_sha1(h["sha1"])
+        chunks = self._check_manifest(h)
+        sizes = dict((c, s) for c, s in chunks)
+        with self.collector.lock:
+            live_ids = self.registry.live_ids()
+            placement: dict[str, list[ServerRef]] = {}
+            for chunk_id, size in sizes.items():
+                if any(s in live_ids for s in self.catalog.chunk_servers(chunk_id)):
+                    continue  # already stored on a live server: nothing to send
+                targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
+                if len(targets) < self.config.replicas:
+                    raise Unavailable(
+                        f"not enough storage servers up with free space: {len(targets)} of "
+                        f"{self.config.replicas} needed; see: filecluster status")
+                placement[chunk_id] = targets
+            upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, placement)
+        return {
+            "upload_id": upload.id,
+            "missing": [{"id": c, "size": sizes[c], "servers": [s.wire() for s in targets]}
+                        for c, targets in placement.items()],
+        }
+
+    def upload_commit(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        owner = self._user(h)
+        upload = self.uploads.get(h["upload_id"], owner)
+        with self.collector.lock:
+            try:
+                locations = self._confirm_stored(upload.placement)
+                for chunk_id, _ in upload.chunks:
+                    if chunk_id not in locations and self.catalog.chunk(chunk_id) is None:
+                        raise Conflict(f"chunk {chunk_id[:12]} is no longer stored; upload again")
+            except (Conflict, Unavailable):
+                self._abandon(upload.id)
+                raise
+            entry, freed = self.catalog.put_file(owner, upload.name, upload.size, upload.sha1,
+                                                 upload.chunks, locations)
+            self.uploads.finish(upload.id)
+        self.collector.freed(freed)
+        log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size,
+                 len(upload.chunks))
+        return {"file": entry}
+
+    def _confirm_stored(self, placement: Mapping[str, list[ServerRef]]) -> dict[str, list[int]]:
+        """Ask each server whether it holds the chunks placed on it; every copy must be there."""
+        by_server: defaultdict[ServerRef, list[str]] = defaultdict(list)
+        for chunk_id, servers in placement.items():
+            for server in servers:
+                by_server[server].append(chunk_id)
+        locations: defaultdict[str, list[int]] = defaultdict(list)
+        for server, ids in by_server.items():
+            present = storage_client.has_chunks(server, ids)
+            for chunk_id in ids:
+                if chunk_id not in present:
+                    raise Conflict(f"chunk {chunk_id[:12]} is not on storage server {server.id}; "
+                                   "upload again")
+                locations[chunk_id].append(server.id)
+        return dict(locations)
+
+    def _abandon(self, upload_id: str) -> None:
+        upload = self.uploads.finish(upload_id)
+        if upload is not None:
+            for chunk_id, servers in upload.placement.items():
+                for server in servers:
+                    self.collector.orphans(server.id, [chunk_id])
+
+    def upload_abort(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        owner = self._user(h)
+        try:
+            self.uploads.get(h["upload_id"], owner)
+        except (NotFound, Conflict):
+            return {}
+        self._abandon(h["upload_id"])
+        for server_id in h.get("unreachable") or []:
+            state = self.registry.get(server_id) if isinstance(server_id, int) else None
+            if state is not None and not storage_client.answers(state.ref):
+                log.warning("client reports server %d unreachable, and it does not answer: "
+                            "marking it down", server_id)
+                self.registry.mark_down(server_id)
+        return {}
+
+    # -- files and links -------------------------------------------------------------------
+    def list_files(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        owner = self._user(h)
+        return {"files": self.catalog.list_files(None if h.get("all") else owner)}
+
+    def _link(self, conn: Connection, token: str) -> str:
+        host, port = self.config.advertise or conn.sock.getsockname()[:2]
+        if ":" in host:
+            host = f"[{host}]"
+        return f"filecluster://{host}:{port}/s/{token}"
+
+    def share(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        owner = self._user(h)
+        name = check_file_name(h["name"])
+        with self.catalog.lock:
+            if self.catalog.file(owner, name) is None:
+                raise NotFound(f"you have no file named {name!r}")
+            token = self.catalog.share_for(owner, name)
+            if token is None:
+                token = auth.new_token()
+                self.catalog.add_share(token, owner, name)
+        return {"token": token, "link": self._link(conn, token)}
+
+    def locate(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        with self.catalog.lock:
+            if h.get("token"):
+                share = self.catalog.share(h["token"])
+                if share is None:
+                    raise NotFound("unknown link (it may have been deleted)")
+                owner, name = share["owner"], share["name"]
+            elif h.get("name") is not None:
+                owner, name = self._user(h), check_file_name(h["name"])
+                if self.catalog.file(owner, name) is None:
+                    raise NotFound(f"you have no file named {name!r}")
+            else:
+                raise InvalidRequest("LOCATE needs a token, or a session and a name")
+            entry = self.catalog.file(owner, name)
+            assert entry is not None
+            chunks = [{"id": c, "size": s, "servers": self._sources(c)} for c, s in entry["chunks"]]
+            return {**self.catalog.describe(owner, name), "chunks": chunks}
+
+    def _sources(self, chunk_id: str) -> list[dict[str, Any]]:
+        """Where a chunk can be read, servers believed up first."""
+        states = [self.registry.get(i) for i in self.catalog.chunk_servers(chunk_id)]
+        known = [s for s in states if s is not None]
+        known.sort(key=lambda s: not self.registry.is_up(s))
+        return [s.ref.wire() for s in known]
+
+    def delete(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        owner = self._user(h)
+        name = check_file_name(h["name"])
+        with self.catalog.lock:
+            if self.catalog.file(owner, name) is None:
+                raise NotFound(f"you have no file named {name!r}")
+            freed = self.catalog.delete_file(owner, name)
+        self.collector.freed(freed)
+        log.info("%s deleted %s (%d chunk(s) to free)", owner, name, len(freed))
+        return {"freed_chunks": len(freed)}
+
+    def status(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        self._user(h)
+        servers = [{"id": s.id, "host": s.host, "port": s.port, "up": self.registry.is_up(s),
+                    "chunks": s.chunks, "used": s.used, "capacity": s.capacity}
+                   for s in self.registry.all()]
+        return {"servers": servers, "replicas": self.config.replicas,
+                "chunk_size": self.config.chunk_size}
+
+    # -- storage servers -------------------------------------------------------------------
+    def server_register(self, conn: Connection, msg: Message) -> None:
+        h = msg.header
+        inventory = conn.read_payload()
+        if len(inventory) != 32 * h["chunks"]:
+            raise RemoteProtocolError("SERVER_REGISTER inventory does not match its chunk count")
+        if h["id"] < 1 or not 0 < h["port"] < 65536:
+            raise InvalidRequest("a server needs a positive id and a valid port")
+        if h.get("cluster_id") and h["cluster_id"] != self.catalog.cluster_id:
+            raise Conflict(f"server {h['id']} belongs to cluster {h['cluster_id']}, "
+                           f"but this proxy runs cluster {self.catalog.cluster_id}")
+        present = {inventory[i:i + 32].hex() for i in range(0, len(inventory), 32)}
+        self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
+        orphans = self.catalog.reconcile_server(h["id"], present)
+        self.collector.orphans(h["id"], orphans)
+        log.info("storage server %d registered from %s:%d with %d chunk(s)", h["id"], h["host"],
+                 h["port"], h["chunks"])
+        conn.send(MsgType.OK, {"cluster_id": self.catalog.cluster_id,
+                               "heartbeat": self.config.heartbeat})
+
+    def heartbeat(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.registry.heartbeat(h["id"], h["capacity"], h["used"], h["chunks"]):
+            raise NotFound("unknown server; register again")
+        return {}
+
+
+def _replying(method: Any) -> Any:
+    """Wrap a header -> reply-header method as a frame handler that sends OK."""
+    def handle(conn: Connection, msg: Message) -> None:
+        conn.send(MsgType.OK, method(conn, msg.header))
+    return handle

@@ -1,0 +1,1 @@
+"""Storage servers: content-addressed chunks on disk, verified, replicated."""

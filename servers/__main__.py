@@ -1,0 +1,5 @@
+import sys
+
+from servers.daemon import main
+
+sys.exit(main())

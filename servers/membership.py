@@ -1,0 +1,123 @@
+"""A storage server's membership in the cluster: registration and heartbeats.
+
+On start, and whenever the proxy says it does not know us (it restarted),
+the server registers: its id, the address clients should use, its capacity
+and usage, the cluster id it belongs to, and its inventory (32 raw bytes per
+chunk id, as the payload).  Then it sends a heartbeat every interval.  When
+the proxy cannot be reached it keeps trying, quietly, until it can.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from common.atomic import write_atomic
+from common.errors import Conflict, FileClusterError, NotFound, Unavailable
+from common.messages import MsgType
+from common.transport import Connection
+from servers.storage_server import Store
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    def __init__(self, *, server_id: int, advertise: tuple[str, int], proxy: tuple[str, int],
+                 store: Store, capacity: int | None, interval: float, state_dir: Path) -> None:
+        self.server_id = server_id
+        self.advertise = advertise
+        self.proxy = proxy
+        self.store = store
+        self.capacity = capacity
+        self.interval = interval
+        self.cluster_file = state_dir / "cluster_id"
+        self.registered = threading.Event()
+        self._stop = threading.Event()
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="membership", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drop()
+
+    def _capacity(self) -> int:
+        if self.capacity is not None:
+            return self.capacity
+        return self.store.used + self.store.free()
+
+    def _cluster_id(self) -> str | None:
+        try:
+            return self.cluster_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _remember_cluster(self, cluster_id: str) -> None:
+        if self._cluster_id() == cluster_id:
+            return
+        write_atomic(self.cluster_file, (cluster_id + "\n").encode())
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = Connection.connect(*self.proxy, timeout=10.0, what="proxy")
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        complained = False
+        while not self._stop.is_set():
+            wait = self.interval
+            try:
+                if self.registered.is_set():
+                    self._heartbeat()
+                else:
+                    self._register()
+                complained = False
+            except NotFound:  # the proxy restarted and forgot us
+                self.registered.clear()
+                wait = 0
+            except Conflict as exc:
+                log.error("the proxy refused this server: %s", exc)
+                self.registered.clear()
+                wait = max(self.interval, 10.0)
+            except (Unavailable, FileClusterError) as exc:
+                if not complained:
+                    log.warning("proxy at %s:%d unreachable (%s); retrying", *self.proxy, exc)
+                    complained = True
+                self.registered.clear()
+                self._drop()
+            self._stop.wait(wait)
+
+    def _register(self) -> None:
+        ids = bytearray()
+        for chunk_id in self.store.ids():
+            ids += bytes.fromhex(chunk_id)
+        header = {
+            "id": self.server_id,
+            "host": self.advertise[0],
+            "port": self.advertise[1],
+            "capacity": self._capacity(),
+            "used": self.store.used,
+            "chunks": len(ids) // 32,
+            "cluster_id": self._cluster_id(),
+        }
+        reply = self._connection().request(MsgType.SERVER_REGISTER, header, bytes(ids))
+        self._remember_cluster(str(reply["cluster_id"]))
+        self.registered.set()
+        log.info("registered with the proxy at %s:%d (%d chunks)", *self.proxy, header["chunks"])
+
+    def _heartbeat(self) -> None:
+        self._connection().request(MsgType.HEARTBEAT, {
+            "id": self.server_id,
+            "capacity": self._capacity(),
+            "used": self.store.used,
+            "chunks": self.store.count,
+        })
