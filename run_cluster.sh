@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Run a filecluster: the proxy, then the storage servers, then the interactive client.
+#   ./run_cluster.sh          start everything, open the menu; leaving it stops the cluster
+#   ./run_cluster.sh start    start in the background, return once all answer
+#   ./run_cluster.sh stop     stop what 'start' started
+#   ./run_cluster.sh status   say what runs
+# Environment: FILECLUSTER_DATA (./data), FILECLUSTER_PORT (9000; servers take the next ones),
+#              FILECLUSTER_SERVERS (4).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT="$(pwd)"
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+
+DATA="${FILECLUSTER_DATA:-./data}"
+mkdir -p "$DATA"
+DATA="$(cd "$DATA" && pwd)"
+PORT="${FILECLUSTER_PORT:-9000}"
+SERVERS="${FILECLUSTER_SERVERS:-4}"
+RUN="$DATA/run"
+LOGS="$DATA/logs"
+export FILECLUSTER_DATA="$DATA" FILECLUSTER_PORT="$PORT"
+export FILECLUSTER_PROXY="${FILECLUSTER_PROXY:-127.0.0.1:$PORT}"
+FC="$ROOT/.venv/bin/filecluster"
+
+case "$SERVERS" in ''|*[!0-9]*) echo "error: FILECLUSTER_SERVERS must be a number" >&2; exit 2;; esac
+case "$PORT" in ''|*[!0-9]*) echo "error: FILECLUSTER_PORT must be a number" >&2; exit 2;; esac
+[ "$SERVERS" -ge 1 ] || { echo "error: FILECLUSTER_SERVERS must be at least 1" >&2; exit 2; }
+REPLICAS=$(( SERVERS < 2 ? SERVERS : 2 ))
+
+names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; }
+
+running_pid() {  # prints the pid of $1 if it runs
+  local f="$RUN/$1.pid" pid
+  [ -f "$f" ] || return 1
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then echo "$pid"; else rm -f "$f"; return 1; fi
+}
+
+answers() {  # does anything accept connections on 127.0.0.1:$1 ?
+  "$ROOT/.venv/bin/python" - "$1" <<'PY'
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+wait_ready() {  # name pid port [log line to wait for]
+  local name="$1" pid="$2" port="$3" line="${4:-}"
+  for _ in $(seq 1 150); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: $name exited; the end of $LOGS/$name.log:" >&2
+      tail -n 5 "$LOGS/$name.log" >&2
+      return 1
+    fi
+    if answers "$port" && { [ -z "$line" ] || grep -q "$line" "$LOGS/$name.log"; }; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "error: $name did not answer on port $port within 15 s; see $LOGS/$name.log" >&2
+  return 1
+}
+
+launch() {  # name port args...
+  local name="$1" port="$2"; shift 2
+  if pid="$(running_pid "$name")"; then
+    echo "$name already runs (pid $pid)"; return 0
+  fi
+  if answers "$port"; then
+    echo "error: port $port is taken by another program; set FILECLUSTER_PORT" >&2; return 1
+  fi
+  nohup "$FC" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid" >"$RUN/$name.pid"
+  local ready_line=""
+  [ "$name" = proxy ] || ready_line="registered with the proxy"
+  wait_ready "$name" "$pid" "$port" "$ready_line" || return 1
+  echo "$name started (pid $pid, port $port)"
+}
+
+start() {
+  ensure_venv "" || exit 1
+  mkdir -p "$RUN" "$LOGS"
+  launch proxy "$PORT" proxy --port "$PORT" --replicas "$REPLICAS" || { stop; exit 1; }
+  for i in $(seq 1 "$SERVERS"); do
+    launch "server$i" "$((PORT + i))" server --id "$i" --port "$((PORT + i))" || { stop; exit 1; }
+  done
+  echo "cluster up: proxy at 127.0.0.1:$PORT, $SERVERS storage servers, data in $DATA"
+}
+
+stop() {
+  local any=0 name pid
+  for name in $(names | tac) ; do
+    if pid="$(running_pid "$name")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+      rm -f "$RUN/$name.pid"
+      echo "$name stopped"
+      any=1
+    fi
+  done
+  [ "$any" = 1 ] || echo "nothing was running"
+}
+
+status() {
+  local name pid up=0
+  for name in $(names); do
+    if pid="$(running_pid "$name")"; then echo "$name: running (pid $pid)"; up=$((up + 1))
+    else echo "$name: stopped"; fi
+  done
+  [ "$up" -gt 0 ]
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  "")
+    start
+    trap 'echo; stop' EXIT
+    trap 'exit 130' INT TERM
+    "$FC" menu || true
+    ;;
+  *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,141 @@
+"""A real localhost cluster for tests: proxy and storage servers as processes on ports the OS picks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from client.api import Client
+
+REPO = Path(__file__).resolve().parent.parent
+CHUNK = 64 * 1024
+
+
+class Cluster:
+    def __init__(self, root: Path, servers: int = 4, chunk_size: int = CHUNK, replicas: int = 2,
+                 heartbeat: float = 0.5) -> None:
+        self.root = Path(root)
+        self.n_servers = servers
+        self.chunk_size = chunk_size
+        self.replicas = replicas
+        self.heartbeat = heartbeat
+        self.proxy: subprocess.Popen[str] | None = None
+        self.proxy_port = 0
+        self.servers: dict[int, subprocess.Popen[str]] = {}
+        self.server_ports: dict[int, int] = {}
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        for key in ("FILECLUSTER_PROXY", "FILECLUSTER_PORT", "FILECLUSTER_DATA", "FILECLUSTER_HOME"):
+            self.env.pop(key, None)
+        self.homes = 0
+
+    # -- processes ---------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[str], int]:
+        log = open(self.root / f"{name}.log", "a")
+        proc = subprocess.Popen([sys.executable, "-m", "client", *args], stdout=subprocess.PIPE,
+                                stderr=log, text=True, env=self.env, cwd=self.root)
+        log.close()
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{name} did not start: {(self.root / f'{name}.log').read_text()}")
+        return proc, int(line.rsplit(":", 1)[1])
+
+    def start(self) -> Cluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.start_proxy()
+        for i in range(1, self.n_servers + 1):
+            self.start_server(i)
+        return self
+
+    def start_proxy(self) -> None:
+        self.proxy, self.proxy_port = self._spawn("proxy", [
+            "proxy", "--port", str(self.proxy_port), "--data", str(self.root / "proxy"),
+            "--chunk-size", str(self.chunk_size), "--replicas", str(self.replicas),
+            "--heartbeat", str(self.heartbeat), "--dead-after", str(4 * self.heartbeat),
+            "--collect-interval", "1"])
+
+    def start_server(self, i: int) -> None:
+        log = self.root / f"server{i}.log"
+        before = log.read_text().count("registered with") if log.exists() else 0
+        self.servers[i], self.server_ports[i] = self._spawn(f"server{i}", [
+            "server", "--id", str(i), "--port", str(self.server_ports.get(i, 0)),
+            "--data", str(self.root / f"server{i}"), "--proxy", f"127.0.0.1:{self.proxy_port}",
+            "--heartbeat", str(self.heartbeat)])
+        self.wait_for(lambda: log.read_text().count("registered with") > before,
+                      f"server {i} to register")
+
+    def kill_server(self, i: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.servers.pop(i)
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+    def kill_proxy(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proxy is not None
+        self.proxy.send_signal(sig)
+        self.proxy.wait(timeout=10)
+        assert self.proxy.stdout is not None
+        self.proxy.stdout.close()
+        self.proxy = None
+
+    def restart_proxy(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the proxy and start it again on the same port; wait until every server is back."""
+        self.kill_proxy(sig)
+        logs = {i: self.root / f"server{i}.log" for i in self.servers}
+        before = {i: p.read_text().count("registered with") for i, p in logs.items()}
+        self.start_proxy()
+        self.wait_for(lambda: all(p.read_text().count("registered with") > before[i]
+                                  for i, p in logs.items()), "servers to re-register")
+
+    def stop(self) -> None:
+        for i in list(self.servers):
+            self.kill_server(i, signal.SIGTERM)
+        if self.proxy is not None:
+            self.kill_proxy(signal.SIGTERM)
+
+    @staticmethod
+    def wait_for(check, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what}")
+
+    # -- clients -----------------------------------------------------------------
+    @property
+    def proxy_addr(self) -> str:
+        return f"127.0.0.1:{self.proxy_port}"
+
+    def new_home(self) -> Path:
+        self.homes += 1
+        home = self.root / f"home{self.homes}"
+        home.mkdir()
+        return home
+
+    def client(self, home: Path | None = None) -> Client:
+        return Client.from_environment(self.proxy_addr, home or self.new_home())
+
+    def cli(self, *args: str, home: Path | None = None, password: str | None = None,
+            cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "FILECLUSTER_PROXY": self.proxy_addr,
+               "FILECLUSTER_HOME": str(home or self.root / "cli-home")}
+        if password is not None:
+            env["FILECLUSTER_PASSWORD"] = password
+        return subprocess.run([sys.executable, "-m", "client", *args], capture_output=True,
+                              text=True, env=env, cwd=cwd or self.root, input=stdin, timeout=120)
+
+    # -- what is on disk ---------------------------------------------------------------
+    def chunk_files(self, i: int | None = None) -> set[Path]:
+        found = set()
+        for server in ([i] if i else range(1, self.n_servers + 1)):
+            root = self.root / f"server{server}" / "ServerFiles"
+            found.update(p for p in root.glob("??/*") if p.is_file())
+        return found
