@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-
 import threading
 import uuid
 from collections.abc import Callable

@@ -12,6 +12,7 @@ the catalog until the commit succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -90,18 +91,32 @@ def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> Up
         manifest = manifest_of(file, chunk_size, on_hash)
         if os.fstat(file.fileno()).st_size != manifest.size:
             raise Conflict(f"{path} changed while it was being read; try again")
+        sent = _Sent()
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                sent = _attempt(proxy, path, name, manifest, progress)
-                return UploadResult(name, manifest.size, manifest.sha1, sent)
+                _attempt(proxy, path, name, manifest, progress, sent)
+                return UploadResult(name, manifest.size, manifest.sha1, sent.bytes)
             except _ServerTrouble:
                 if attempt == ATTEMPTS:
                     raise
     raise AssertionError("unreachable")
 
 
+class _Sent:
+    """Chunk bytes sent to storage servers, over every attempt, counted as each chunk is acknowledged."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> int:
+        with self.lock:
+            self.bytes += n
+            return self.bytes
+
+
 def _attempt(proxy: ProxyLink, path: Path, name: str, manifest: Manifest,
-             progress: Progress | None) -> int:
+             progress: Progress | None, sent: _Sent) -> None:
     begin = proxy.call(MsgType.UPLOAD_BEGIN, {
         "name": name, "size": manifest.size, "sha1": manifest.sha1,
         "chunk_size": manifest.chunk_size,
@@ -109,16 +124,13 @@ def _attempt(proxy: ProxyLink, path: Path, name: str, manifest: Manifest,
     }, session=True)
     upload_id = begin["upload_id"]
     try:
-        sent = _send_missing(path, manifest, begin["missing"], progress)
+        _send_missing(path, manifest, begin["missing"], progress, sent)
         proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id}, session=True)
-        return sent
     except BaseException as exc:
         suspects = exc.suspects if isinstance(exc, _ServerTrouble) else []
-        try:
+        with contextlib.suppress(FileClusterError):
             proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects},
                        session=True)
-        except FileClusterError:
-            pass
         if isinstance(exc, CorruptData):
             raise Conflict(f"{path} changed while it was being uploaded; nothing was stored, "
                            "try again") from None
@@ -126,23 +138,21 @@ def _attempt(proxy: ProxyLink, path: Path, name: str, manifest: Manifest,
 
 
 def _send_missing(path: Path, manifest: Manifest, missing: list[dict[str, Any]],
-                  progress: Progress | None) -> int:
-    offsets = {}
+                  progress: Progress | None, sent: _Sent) -> None:
+    offsets: dict[str, int] = {}
     for chunk in manifest.chunks:
         offsets.setdefault(chunk.id, chunk.offset)
     total = sum(int(m["size"]) for m in missing)
-    done = 0
-    lock = threading.Lock()
+    done = _Sent()
     if progress:
         progress("sending", 0, total)
 
     def send_one(pool: ConnectionPool, item: dict[str, Any]) -> None:
-        nonlocal done
         _put_chunk(pool, path, item, offsets[item["id"]])
-        with lock:
-            done += int(item["size"])
-            if progress:
-                progress("sending", done, total)
+        sent.add(int(item["size"]))
+        now = done.add(int(item["size"]))
+        if progress:
+            progress("sending", now, total)
 
     with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
         futures = [workers.submit(send_one, pool, item) for item in missing]
@@ -154,7 +164,6 @@ def _send_missing(path: Path, manifest: Manifest, missing: list[dict[str, Any]],
             suspects = sorted({s for e in trouble for s in e.suspects})
             raise _ServerTrouble(trouble[0], suspects)
         raise failures[0]
-    return total
 
 
 def _put_chunk(pool: ConnectionPool, path: Path, item: dict[str, Any], offset: int) -> None:

@@ -9,6 +9,7 @@ unexpected closes that one connection (logged), never the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import socketserver
@@ -74,10 +75,8 @@ class _FrameHandler(socketserver.BaseRequestHandler):
     def _try_send_error(conn: Connection, exc: FileClusterError) -> None:
         if conn.closed:
             return
-        try:
+        with contextlib.suppress(FileClusterError):
             conn.send_error(exc)
-        except FileClusterError:
-            pass
 
 
 class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -109,10 +108,8 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self._live_lock:
             live = list(self._live)
         for conn in live:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("error on connection from %s", client_address)

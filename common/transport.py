@@ -8,6 +8,7 @@ holds more than one receive buffer of a large payload.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -71,10 +72,8 @@ class Connection:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
 
     def __enter__(self) -> Connection:
         return self
@@ -169,7 +168,7 @@ class Connection:
         return dict(reply.header)
 
     def expect_reply(self, msg_type: MsgType) -> Message:
-        """Read the reply to ``msg_type``: an ERROR becomes its exception, anything unexpected a protocol error."""
+        """Read the reply to ``msg_type``: an ERROR is raised, anything unexpected is a protocol error."""
         reply = self.receive()
         if reply.type == MsgType.ERROR:
             self.skip_payload()

@@ -162,7 +162,8 @@ class Catalog:
         return list(self._change({"op": "file_del", "owner": owner, "name": name}))
 
     def add_share(self, token: str, owner: str, name: str) -> None:
-        self._change({"op": "share_add", "token": token, "owner": owner, "name": name, "created": time.time()})
+        self._change({"op": "share_add", "token": token, "owner": owner, "name": name,
+                      "created": time.time()})
 
     def drop_chunks(self, ids: list[str]) -> None:
         if ids:
@@ -170,7 +171,7 @@ class Catalog:
 
     # -- soft state: where chunks are --------------------------------------------------------
     def reconcile_server(self, server_id: int, present: set[str]) -> list[str]:
-        """Make the catalog agree with a server's inventory; returns the ids it holds that the catalog lacks."""
+        """Make the catalog agree with a server's inventory; returns the ids it holds that we lack."""
         with self.lock:
             chunks = self.state["chunks"]
             for chunk_id, info in chunks.items():

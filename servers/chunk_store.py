@@ -162,7 +162,7 @@ class _DiskWriter:
             raise CorruptData(f"chunk {self.chunk_id}: got {self.written} of {self.size} bytes")
         if self.hash.hexdigest() != self.chunk_id:
             raise CorruptData(f"chunk {self.chunk_id}: the bytes do not match their SHA-256")
-        final = self.store._path(self.chunk_id)  # noqa: SLF001 - same module family
+        final = self.store._path(self.chunk_id)
         try:
             self.file.flush()
             os.fsync(self.file.fileno())
@@ -176,7 +176,7 @@ class _DiskWriter:
             raise _io_error(exc, "store a chunk") from None
         finally:
             self.abort()
-        self.store._installed(final, self.size, existed)  # noqa: SLF001
+        self.store._installed(final, self.size, existed)
 
     def abort(self) -> None:
         if self.file is not None:

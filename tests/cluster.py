@@ -134,7 +134,7 @@ class Cluster:
 
     # -- what is on disk ---------------------------------------------------------------
     def chunk_files(self, i: int | None = None) -> set[Path]:
-        found = set()
+        found: set[Path] = set()
         for server in ([i] if i else range(1, self.n_servers + 1)):
             root = self.root / f"server{server}" / "ServerFiles"
             found.update(p for p in root.glob("??/*") if p.is_file())

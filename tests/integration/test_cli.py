@@ -1,0 +1,166 @@
+"""The `filecluster` command: outputs, exit codes, and one clear line for every user mistake."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster
+from tests.conftest import PASSWORD
+
+_n = iter(range(1, 1000))
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def home(cluster: Cluster) -> Path:
+    """A logged-in CLI user's FILECLUSTER_HOME."""
+    home = cluster.new_home()
+    result = cluster.cli("register", f"cli{next(_n)}", home=home, password=PASSWORD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("registered and logged in as")
+    return home
+
+
+def test_session_file_is_private(cluster: Cluster, home: Path) -> None:
+    assert (home / "session.json").stat().st_mode & 0o777 == 0o600
+    whoami = cluster.cli("whoami", home=home)
+    assert whoami.returncode == 0 and whoami.stdout.strip().startswith("cli")
+
+
+def test_full_user_story(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    src = tmp_path / "my report.pdf"
+    src.write_bytes(data)
+    up = cluster.cli("upload", str(src), home=home)
+    assert up.returncode == 0, up.stderr
+    sha1 = hashlib.sha1(data).hexdigest()
+    assert up.stdout.strip() == f"uploaded my report.pdf  size={len(data)}  sha1={sha1}  sent={len(data)}"
+
+    table = cluster.cli("list", home=home)
+    assert "my report.pdf" in table.stdout and sha1 in table.stdout
+    for header in ("name", "owner", "size", "sha1", "uploaded"):
+        assert header in table.stdout.splitlines()[0]
+
+    listed = json.loads(cluster.cli("list", "--json", home=home).stdout)
+    assert [set(f) for f in listed] == [{"name", "owner", "size", "sha1", "uploaded"}]
+    assert listed[0]["name"] == "my report.pdf" and listed[0]["size"] == len(data)
+
+    share = cluster.cli("share", "my report.pdf", home=home)
+    link = share.stdout.strip()
+    assert share.stdout == link + "\n" and link.startswith(f"filecluster://{cluster.proxy_addr}/s/")
+
+    other = cluster.new_home()
+    assert cluster.cli("register", f"reader{next(_n)}", home=other, password=PASSWORD).returncode == 0
+    down = cluster.cli("download", link, "-o", str(tmp_path / "got"), home=other)
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "got" / "my report.pdf").read_bytes() == data
+
+    default_dir = cluster.cli("download", "my report.pdf", home=home, cwd=tmp_path)
+    assert default_dir.returncode == 0, default_dir.stderr
+    assert (tmp_path / "ClientFiles" / "my report.pdf").read_bytes() == data
+
+    assert cluster.cli("delete", "my report.pdf", home=home).returncode == 0
+    assert json.loads(cluster.cli("list", "--json", home=home).stdout) == []
+    gone = cluster.cli("download", link, "-o", str(tmp_path / "late"), home=other)
+    assert "unknown link" in one_line_error(gone)
+
+    status = cluster.cli("status", home=home)
+    assert status.returncode == 0 and status.stdout.count(" up ") >= 4
+    assert cluster.cli("logout", home=home).stdout.strip() == "logged out"
+    assert "not logged in" in one_line_error(cluster.cli("list", home=home))
+
+
+def test_download_never_overwrites_a_different_file(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src" / "same.txt"
+    src.parent.mkdir()
+    src.write_bytes(b"cluster version")
+    cluster.cli("upload", str(src), home=home)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "same.txt").write_bytes(b"my precious local edits")
+    result = cluster.cli("download", "same.txt", "-o", str(out), home=home)
+    assert result.returncode == 0, result.stderr
+    assert (out / "same.txt").read_bytes() == b"my precious local edits"
+    assert (out / "same (1).txt").read_bytes() == b"cluster version"
+    again = cluster.cli("download", "same.txt", "-o", str(out), home=home)
+    assert again.stdout.startswith("already there:")
+    assert sorted(p.name for p in out.iterdir()) == ["same (1).txt", "same.txt"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["upload", "/definitely/not/here.txt"], "no such file: /definitely/not/here.txt"),
+    (["upload", "{tmp}"], "is a directory"),
+    (["share", "nope.txt"], "you have no file named 'nope.txt'"),
+    (["delete", "nope.txt"], "you have no file named 'nope.txt'"),
+    (["delete", "a/b.txt"], "path separator"),
+    (["download", "nope.txt"], "you have no file named 'nope.txt'"),
+    (["download", "filecluster://{proxy}/s/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"], "unknown link"),
+    (["download", "filecluster://nonsense"], "not a valid link"),
+])
+def test_user_mistakes_get_one_clear_line(cluster: Cluster, home: Path, tmp_path: Path,
+                                          args: list[str], message: str) -> None:
+    args = [a.format(tmp=tmp_path, proxy=cluster.proxy_addr) for a in args]
+    before = cluster.cli("list", "--all", "--json", home=home).stdout
+    assert message in one_line_error(cluster.cli(*args, home=home))
+    assert cluster.cli("list", "--all", "--json", home=home).stdout == before
+
+
+def test_account_mistakes(cluster: Cluster, home: Path) -> None:
+    user = cluster.cli("whoami", home=home).stdout.strip()
+    taken = cluster.cli("register", user, home=cluster.new_home(), password=PASSWORD)
+    assert f"the user name '{user}' is taken" in one_line_error(taken)
+    wrong = cluster.cli("login", user, home=cluster.new_home(), password="not the password")
+    assert "wrong user name or password" in one_line_error(wrong)
+    short = cluster.cli("register", "shorty", home=cluster.new_home(), password="123")
+    assert "at least 8 characters" in one_line_error(short)
+    bad_name = cluster.cli("register", "../root", home=cluster.new_home(), password=PASSWORD)
+    assert "user name" in one_line_error(bad_name)
+
+
+def test_an_upload_of_several_paths_reports_each(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("fine")
+    result = cluster.cli("upload", str(good), str(tmp_path / "missing.txt"), home=home)
+    assert result.returncode == 1
+    assert result.stdout.startswith("uploaded good.txt")
+    assert "missing.txt" in one_line_error(result)
+
+
+def test_usage_errors_exit_2(cluster: Cluster) -> None:
+    result = cluster.cli("upload")
+    assert result.returncode == 2 and "usage:" in result.stderr
+    assert cluster.cli("frobnicate").returncode == 2
+
+
+def test_proxy_down_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = cluster.cli("--proxy", f"127.0.0.1:{port}", "login", "ana", password=PASSWORD)
+    assert one_line_error(result).startswith(f"error: cannot reach the proxy at 127.0.0.1:{port}")
+
+
+def test_menu_drives_the_same_actions(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "menu file.txt"
+    src.write_text("from the menu")
+    script = f"3\n{src}\n4\n6\nmenu file.txt\n42\n0\n"
+    result = cluster.cli("menu", home=home, stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "uploaded menu file.txt" in result.stdout
+    assert f"filecluster://{cluster.proxy_addr}/s/" in result.stdout
+    assert "choose a number from 0 to" in result.stdout
+    assert "Traceback" not in result.stderr
