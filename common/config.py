@@ -39,5 +39,13 @@ def parse_address(text: str, default_port: int = DEFAULT_PROXY_PORT) -> tuple[st
     return host, int(port_text)
 
 
+def proxy_port() -> int:
+    raw = os.environ.get("FILECLUSTER_PORT", str(DEFAULT_PROXY_PORT))
+    if not raw.isdigit() or not 0 <= int(raw) < 65536:
+        raise InvalidRequest(f"FILECLUSTER_PORT must be a port number, not {raw!r}")
+    return int(raw)
+
+
 def proxy_address(override: str | None = None) -> tuple[str, int]:
-    return parse_address(override or os.environ.get("FILECLUSTER_PROXY", f"127.0.0.1:{DEFAULT_PROXY_PORT}"))
+    """``--proxy``, else FILECLUSTER_PROXY, else 127.0.0.1 at FILECLUSTER_PORT (9000)."""
+    return parse_address(override or os.environ.get("FILECLUSTER_PROXY") or f"127.0.0.1:{proxy_port()}")

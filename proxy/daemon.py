@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from common.config import (
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_PROXY_PORT,
     DEFAULT_REPLICAS,
     HEARTBEAT_INTERVAL,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
     data_dir,
     parse_address,
+    proxy_port,
 )
 from common.daemon import announce, setup_logging, wait_for_signal
 from common.protocol import DEFAULT_MAX_HEADER, DEFAULT_MAX_PAYLOAD
@@ -56,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.replicas <= 16:
         raise SystemExit("error: --replicas must be 1..16")
     setup_logging("proxy", args.verbose)
-    port = args.port if args.port is not None else int(os.environ.get("FILECLUSTER_PORT",
-                                                                        DEFAULT_PROXY_PORT))
+    port = args.port if args.port is not None else proxy_port()
     catalog = Catalog(args.data or data_dir() / "proxy")
     registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1)
     uploads = Uploads()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from common.config import DEFAULT_PROXY_PORT, HEARTBEAT_INTERVAL, MAX_CHUNK_SIZE, data_dir, proxy_address
+from common.config import HEARTBEAT_INTERVAL, MAX_CHUNK_SIZE, data_dir, proxy_address, proxy_port
 from common.daemon import announce, setup_logging, wait_for_signal
 from common.service import serve_in_thread
 from servers.chunk_store import ChunkStore
@@ -39,12 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.id < 1:
         raise SystemExit("error: --id must be a positive number")
     setup_logging(f"server{args.id}", args.verbose)
-    base_port = int(os.environ.get("FILECLUSTER_PORT", DEFAULT_PROXY_PORT))
-    port = args.port if args.port is not None else base_port + args.id
+    port = args.port if args.port is not None else proxy_port() + args.id
     folder = args.data or data_dir() / f"server{args.id}"
-    proxy = proxy_address(args.proxy) if args.proxy else ("127.0.0.1", base_port)
-    if args.proxy is None and "FILECLUSTER_PROXY" in os.environ:
-        proxy = proxy_address()
+    proxy = proxy_address(args.proxy)
     store = ChunkStore(folder / "ServerFiles")
     service = StorageService(args.id, store, max_chunk=args.max_chunk)
     server = make_storage_server(service, (args.host, port))
