@@ -13,6 +13,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,10 +283,16 @@ class ProxyService:
         return {"freed_chunks": len(freed)}
 
     def status(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+        """Every known server; those believed up are asked for fresh figures right now."""
         self._user(h)
-        servers = [{"id": s.id, "host": s.host, "port": s.port, "up": self.registry.is_up(s),
-                    "chunks": s.chunks, "used": s.used, "capacity": s.capacity}
-                   for s in self.registry.all()]
+        states = self.registry.all()
+        with ThreadPoolExecutor(max(1, min(16, len(states)))) as pool:
+            fresh = list(pool.map(lambda s: storage_client.ping(s.ref, timeout=1.0)
+                                  if self.registry.is_up(s) else None, states))
+        servers = [{"id": s.id, "host": s.host, "port": s.port, "up": live is not None,
+                    "chunks": live["chunks"] if live else s.chunks,
+                    "used": live["used"] if live else s.used, "capacity": s.capacity}
+                   for s, live in zip(states, fresh, strict=True)]
         return {"servers": servers, "replicas": self.config.replicas,
                 "chunk_size": self.config.chunk_size}
 

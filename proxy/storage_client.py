@@ -37,9 +37,13 @@ def delete_chunks(server: ServerRef, ids: Sequence[str]) -> int:
     return deleted
 
 
-def answers(server: ServerRef, timeout: float = 2.0) -> bool:
+def ping(server: ServerRef, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The server's own figures (chunks, used), or None if it does not answer."""
     try:
-        ask(server, MsgType.PING, {}, timeout=timeout)
+        return ask(server, MsgType.PING, {}, timeout=timeout)
     except FileClusterError:
-        return False
-    return True
+        return None
+
+
+def answers(server: ServerRef, timeout: float = 2.0) -> bool:
+    return ping(server, timeout) is not None
