@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.errors import Unavailable
 from common.messages import MsgType
-from common.transport import Connection
+from common.transport import Connection, ConnectionLost
 
 TIMEOUT = 60.0
 
@@ -32,8 +31,8 @@ class ProxyLink:
         reused = self._conn is not None and not self._conn.closed
         try:
             return self._connection().request(msg_type, header)
-        except Unavailable:
-            if not reused:
+        except ConnectionLost as exc:
+            if not reused or "did not answer in time" in str(exc):
                 raise
             self.close()  # the proxy dropped an idle connection: one fresh try
             return self._connection().request(msg_type, header)

@@ -46,6 +46,10 @@ PREFIX_SIZE: Final = PREFIX.size  # 16
 
 DEFAULT_MAX_HEADER: Final = 16 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024
+# storage servers: requests name at most MAX_IDS_PER_REQUEST chunk ids (67 bytes each in JSON),
+# and such a header must fit STORAGE_MAX_HEADER
+MAX_IDS_PER_REQUEST: Final = 10_000
+STORAGE_MAX_HEADER: Final = 1024 * 1024
 
 
 @dataclass(frozen=True)

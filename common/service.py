@@ -61,10 +61,11 @@ class _FrameHandler(socketserver.BaseRequestHandler):
             except FileClusterError as exc:
                 if conn.closed:
                     return
-                if conn.in_payload:
-                    log.info("closing %s after %s", conn.peer, exc)
-                    self._try_send_error(conn, exc)
-                    return
+                if conn.in_payload:  # refused before reading it: drain it (it is within limits)
+                    try:
+                        conn.skip_payload()
+                    except FileClusterError:
+                        return
                 self._try_send_error(conn, exc)
             except Exception:
                 log.exception("unexpected error serving %s", conn.peer)

@@ -37,7 +37,11 @@ RECV_SIZE = 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
 
 
-class PeerClosed(Unavailable):
+class ConnectionLost(Unavailable):
+    """The connection itself failed (reset, closed, timed out), as opposed to an ERROR reply."""
+
+
+class PeerClosed(ConnectionLost):
     """The peer closed the connection between frames."""
 
 
@@ -52,6 +56,7 @@ class Connection:
         self._rview = memoryview(self._rbuf)
         self.closed = False
         self._unread = False  # the current frame's payload has not been read to its end
+        self._unsent = 0  # payload bytes we announced and have not sent yet
 
     @property
     def in_payload(self) -> bool:
@@ -91,9 +96,13 @@ class Connection:
     def send_head(self, msg_type: MsgType, header: Mapping[str, Any], payload_len: int) -> None:
         """Send a frame's prefix and header; the caller then sends exactly payload_len bytes."""
         self._sendall(encode_message(Message(msg_type, header, payload_len)))
+        self._unsent = payload_len
 
     def send_piece(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) > self._unsent:
+            raise LocalProtocolError("more payload than the frame announced")
         self._sendall(data)
+        self._unsent -= len(data)
 
     def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
         """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible)."""
@@ -102,7 +111,9 @@ class Connection:
         except OSError as exc:
             raise self._broken(exc) from None
         if sent != count:
+            self.close()  # the frame cannot be finished: the peer must not wait for the rest
             raise LocalProtocolError(f"file shrank while sending ({sent} of {count} bytes)")
+        self._unsent -= count
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -179,13 +190,17 @@ class Connection:
         return reply
 
     def send_error(self, error: FileClusterError) -> None:
+        """Answer with an ERROR frame; in the middle of a payload there is no way but to close."""
+        if self._unsent:
+            self.close()
+            return
         self.send(MsgType.ERROR, {"code": error.code, "message": error.message})
 
-    def _broken(self, exc: OSError) -> Unavailable:
+    def _broken(self, exc: OSError) -> ConnectionLost:
         self.close()
         if isinstance(exc, socket.timeout):
-            return Unavailable(f"{self.peer} did not answer in time")
-        return Unavailable(f"connection to {self.peer} failed ({_reason(exc)})")
+            return ConnectionLost(f"{self.peer} did not answer in time")
+        return ConnectionLost(f"connection to {self.peer} failed ({_reason(exc)})")
 
 
 def _reason(exc: OSError) -> str:

@@ -36,7 +36,7 @@ SNAPSHOT_EVERY = 1000
 
 def _empty_state() -> dict[str, Any]:
     return {"version": 1, "cluster_id": "", "users": {}, "sessions": {}, "files": {},
-            "chunks": {}, "shares": {}}
+            "chunks": {}, "shares": {}, "servers": {}}
 
 
 class Catalog:
@@ -125,6 +125,9 @@ class Catalog:
     def _apply_share_add(self, e: dict[str, Any]) -> None:
         self.state["shares"][e["token"]] = {"owner": e["owner"], "name": e["name"], "created": e["created"]}
 
+    def _apply_server_seen(self, e: dict[str, Any]) -> None:
+        self.state["servers"][str(e["id"])] = {"host": e["host"], "port": e["port"]}
+
     def _apply_chunk_del(self, e: dict[str, Any]) -> None:
         for chunk_id in e["ids"]:
             if not self.refs[chunk_id]:
@@ -164,6 +167,16 @@ class Catalog:
     def add_share(self, token: str, owner: str, name: str) -> None:
         self._change({"op": "share_add", "token": token, "owner": owner, "name": name,
                       "created": time.time()})
+
+    def remember_server(self, server_id: int, host: str, port: int) -> None:
+        """Keep a storage server's address, so locations resolve right after a proxy restart."""
+        with self.lock:
+            if self.state["servers"].get(str(server_id)) != {"host": host, "port": port}:
+                self._change({"op": "server_seen", "id": server_id, "host": host, "port": port})
+
+    def known_servers(self) -> dict[int, tuple[str, int]]:
+        with self.lock:
+            return {int(i): (s["host"], s["port"]) for i, s in self.state["servers"].items()}
 
     def drop_chunks(self, ids: list[str]) -> None:
         if ids:

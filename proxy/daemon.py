@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("proxy", args.verbose)
     port = args.port if args.port is not None else proxy_port()
     catalog = Catalog(args.data or data_dir() / "proxy")
-    registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1)
+    registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1,
+                        known=catalog.known_servers())
     uploads = Uploads()
     collector = Collector(catalog, registry, uploads, interval=args.collect_interval)
     config = ProxyConfig(chunk_size=args.chunk_size, replicas=args.replicas,

@@ -26,9 +26,13 @@ class ServerState:
 
 
 class Registry:
-    def __init__(self, dead_after: float) -> None:
+    def __init__(self, dead_after: float, known: dict[int, tuple[str, int]] | None = None) -> None:
+        """``known``: servers from an earlier run, listed as down until they register again."""
         self.dead_after = dead_after
-        self._servers: dict[int, ServerState] = {}
+        self._servers: dict[int, ServerState] = {
+            i: ServerState(i, host, port, 0, 0, 0, last_seen=float("-inf"))
+            for i, (host, port) in (known or {}).items()
+        }
         self._lock = threading.Lock()
 
     def register(self, server_id: int, host: str, port: int, capacity: int, used: int,

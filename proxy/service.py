@@ -102,7 +102,7 @@ class ProxyService:
         return {"user": user}
 
     def login(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        user, password = h["user"], h["password"]
+        user, password = h["user"], check_password(h["password"], new=False)
         record = self.catalog.user(user) if isinstance(user, str) else None
         if record is None or not auth.check_password(password, record["salt"], record["hash"]):
             raise AuthError("wrong user name or password")
@@ -130,7 +130,7 @@ class ProxyService:
             raise InvalidRequest(f"a file of {size} bytes has {math.ceil(size / chunk_size)} chunks")
         clean = []
         for index, item in enumerate(chunks):
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
+            if not (isinstance(item, list) and len(item) == 2 and type(item[1]) is int):
                 raise InvalidRequest("each chunk is [id, size]")
             want = chunk_size if index < len(chunks) - 1 else size - chunk_size * index
             if item[1] != want:
@@ -212,9 +212,9 @@ class ProxyService:
         owner = self._user(h)
         try:
             self.uploads.get(h["upload_id"], owner)
+            self._abandon(h["upload_id"])
         except (NotFound, Conflict):
-            return {}
-        self._abandon(h["upload_id"])
+            pass  # already gone; still check the servers the client could not reach
         for server_id in h.get("unreachable") or []:
             state = self.registry.get(server_id) if isinstance(server_id, int) else None
             if state is not None and not storage_client.answers(state.ref):
@@ -308,6 +308,7 @@ class ProxyService:
             raise Conflict(f"server {h['id']} belongs to cluster {h['cluster_id']}, "
                            f"but this proxy runs cluster {self.catalog.cluster_id}")
         present = {inventory[i:i + 32].hex() for i in range(0, len(inventory), 32)}
+        self.catalog.remember_server(h["id"], h["host"], h["port"])
         self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
         orphans = self.catalog.reconcile_server(h["id"], present)
         self.collector.orphans(h["id"], orphans)

@@ -7,11 +7,12 @@ from typing import Any
 
 from common.errors import FileClusterError
 from common.messages import MsgType
+from common.protocol import MAX_IDS_PER_REQUEST
 from common.transport import Connection
 from proxy.placement import ServerRef
 
 TIMEOUT = 5.0
-BATCH = 10_000
+BATCH = MAX_IDS_PER_REQUEST
 
 
 def ask(server: ServerRef, msg_type: MsgType, header: dict[str, Any],

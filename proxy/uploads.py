@@ -54,8 +54,7 @@ class Uploads:
         if upload is None or upload.owner != owner:
             raise NotFound("unknown upload (it expired, was aborted, or the proxy restarted); upload again")
         if time.monotonic() - upload.created > self.ttl:
-            self.finish(upload_id)
-            raise Conflict("the upload expired; upload again")
+            raise Conflict("the upload expired; upload again")  # the collector frees what it stored
         return upload
 
     def finish(self, upload_id: str) -> PendingUpload | None:

@@ -111,6 +111,9 @@ class Membership:
         }
         reply = self._connection().request(MsgType.SERVER_REGISTER, header, bytes(ids))
         self._remember_cluster(str(reply["cluster_id"]))
+        beat = reply.get("heartbeat")
+        if isinstance(beat, (int, float)) and 0 < beat < self.interval:
+            self.interval = float(beat)  # the proxy judges liveness by its own interval
         self.registered.set()
         log.info("registered with the proxy at %s:%d (%d chunks)", *self.proxy, header["chunks"])
 

@@ -19,13 +19,13 @@ from common.config import MAX_CHUNK_SIZE
 from common.errors import FileClusterError, InvalidRequest, ReplicationFailed
 from common.hashing import check_chunk_id
 from common.messages import Message, MsgType
+from common.protocol import MAX_IDS_PER_REQUEST, STORAGE_MAX_HEADER
 from common.service import FrameServer
 from common.transport import Connection
 from servers.chunk_store import ChunkStore, MemoryChunkStore
 
 log = logging.getLogger(__name__)
 
-MAX_IDS_PER_REQUEST = 100_000
 FORWARD_TIMEOUT = 30.0
 Store = ChunkStore | MemoryChunkStore
 
@@ -36,11 +36,15 @@ def parse_targets(raw: object) -> list[dict[str, Any]]:
         raise InvalidRequest("forward must be a list of at most 16 servers")
     targets = []
     for item in raw:
-        if not (isinstance(item, dict) and isinstance(item.get("id"), int)
-                and isinstance(item.get("host"), str) and isinstance(item.get("port"), int)):
+        if not (isinstance(item, dict) and _is_int(item.get("id"))
+                and isinstance(item.get("host"), str) and _is_int(item.get("port"))):
             raise InvalidRequest("each forward target needs an int id, a host and an int port")
         targets.append({"id": item["id"], "host": item["host"], "port": item["port"]})
     return targets
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_ids(raw: object) -> list[str]:
@@ -153,5 +157,5 @@ class StorageService:
 
 
 def make_storage_server(service: StorageService, address: tuple[str, int]) -> FrameServer:
-    return FrameServer(address, service.handlers(), max_header=64 * 1024,
+    return FrameServer(address, service.handlers(), max_header=STORAGE_MAX_HEADER,
                        max_payload=service.max_chunk)

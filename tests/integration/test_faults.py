@@ -193,3 +193,42 @@ def test_a_client_that_vanishes_mid_chunk_leaves_nothing_behind(cluster: Cluster
 def test_frame_header_layout_on_the_wire() -> None:
     frame = encode(MsgType.HELLO, {})
     assert struct.unpack(">2sBBIQ", frame[:16]) == (b"FC", 1, MsgType.HELLO, 2, 0)
+
+
+def test_right_after_a_proxy_restart_files_download_before_servers_return(fresh_cluster: Cluster,
+                                                                          tmp_path: Path) -> None:
+    c = fresh_cluster
+    ana = new_user(c, "ana")
+    data = os.urandom(3 * CHUNK)
+    ana.upload(write(tmp_path / "early.bin", data))
+    for i in list(c.servers):  # servers stop heartbeating: the new proxy has heard from none
+        c.servers[i].send_signal(signal.SIGSTOP)
+    try:
+        c.kill_proxy()
+        c.start_proxy()
+        again = Client.from_environment(c.proxy_addr, ana.home)
+        # no server has registered with this proxy yet, but the catalog remembers their addresses
+        located = again.locate("early.bin")
+        assert all(len(chunk["servers"]) == 2 for chunk in located["chunks"])
+        assert {s["up"] for s in again.status()["servers"]} == {False}
+        for i in c.servers:
+            c.servers[i].send_signal(signal.SIGCONT)
+        assert again.download("early.bin", tmp_path / "out").path.read_bytes() == data
+    finally:
+        for proc in c.servers.values():
+            proc.send_signal(signal.SIGCONT)
+
+
+def test_many_chunks_in_one_commit_and_one_delete(cluster: Cluster, user: Client, tmp_path: Path) -> None:
+    """Thousands of new chunks per server in one upload: the proxy's HAS/DELETE batches must fit."""
+    n = 2400  # 4800 copies over 4 servers: ~1200 per server, more than one 64 KiB header could name
+    blocks = [i.to_bytes(4, "big") * (CHUNK // 4) for i in range(n)]  # distinct, cheap to make
+    src = tmp_path / "many.bin"
+    with open(src, "wb") as f:
+        for block in blocks:
+            f.write(block)
+    result = user.upload(src)
+    assert result.sent == n * CHUNK
+    user.delete("many.bin")
+    ids = {hashlib.sha256(b).hexdigest() for b in blocks}
+    cluster.wait_for(lambda: not ids & {p.name for p in cluster.chunk_files()}, "chunks to be freed", 60)
