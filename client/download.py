@@ -82,7 +82,7 @@ def download(info: dict[str, Any], out_dir: Path, progress: Progress | None = No
             break
         if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
             return DownloadResult(name, candidate, size, sha1, fetched=False)
-    tmp = out_dir / f".{name}.{uuid.uuid4().hex[:12]}.part"
+    tmp = out_dir / f".filecluster-{uuid.uuid4().hex[:16]}.part"  # short: any name fits beside it
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as exc:

@@ -87,8 +87,10 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handlers: Mapping[MsgType, Handler], *,
-                 max_header: int, max_payload: int, idle_timeout: float = 300.0) -> None:
+                 max_header: int, max_payload: int, idle_timeout: float = 300.0,
+                 max_connections: int = 512) -> None:
         self.handlers = dict(handlers)
+        self.max_connections = max_connections
         self.max_header = max_header
         self.max_payload = max_payload
         self.idle_timeout = idle_timeout
@@ -111,6 +113,15 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         for conn in live:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse connections past ``max_connections``, so one greedy client cannot exhaust threads."""
+        with self._live_lock:
+            busy = len(self._live) >= self.max_connections
+        if busy:
+            log.warning("refusing a connection from %s: %d connections open", client_address,
+                        self.max_connections)
+        return not busy
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("error on connection from %s", client_address)

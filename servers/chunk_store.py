@@ -126,10 +126,16 @@ class ChunkStore:
             deleted += 1
         return deleted
 
-    def _installed(self, path: Path, size: int, existed: bool) -> None:
-        if existed:
-            return
-        self._usage.add(1, size)
+    def _install(self, tmp: Path, final: Path, size: int) -> None:
+        """Rename a verified, fsynced temp file into place; count it once, whatever the race."""
+        final.parent.mkdir(exist_ok=True)
+        with self._usage.lock:
+            existed = final.exists()
+            os.replace(tmp, final)
+            if not existed:
+                self._usage.count += 1
+                self._usage.bytes += size
+        fsync_dir(final.parent)
 
 
 class _DiskWriter:
@@ -168,15 +174,11 @@ class _DiskWriter:
             os.fsync(self.file.fileno())
             self.file.close()
             self.file = None
-            final.parent.mkdir(exist_ok=True)
-            existed = final.exists()
-            os.replace(self.tmp_path, final)
-            fsync_dir(final.parent)
+            self.store._install(self.tmp_path, final, self.size)
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
         finally:
             self.abort()
-        self.store._installed(final, self.size, existed)
 
     def abort(self) -> None:
         if self.file is not None:
