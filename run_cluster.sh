@@ -29,6 +29,7 @@ case "$PORT" in ''|*[!0-9]*) echo "error: FILECLUSTER_PORT must be a number" >&2
 REPLICAS=$(( SERVERS < 2 ? SERVERS : 2 ))
 
 names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; }
+STARTED=()  # what this invocation started (the interactive mode stops only these)
 
 running_pid() {  # prints the pid of $1 if it runs
   local f="$RUN/$1.pid" pid
@@ -77,6 +78,7 @@ launch() {  # name port args...
   echo "$pid" >"$RUN/$name.pid"
   local ready_line=""
   [ "$name" = proxy ] || ready_line="registered with the proxy"
+  STARTED+=("$name")
   wait_ready "$name" "$pid" "$port" "$ready_line" || return 1
   echo "$name started (pid $pid, port $port)"
 }
@@ -84,26 +86,34 @@ launch() {  # name port args...
 start() {
   ensure_venv "" || exit 1
   mkdir -p "$RUN" "$LOGS"
-  launch proxy "$PORT" proxy --port "$PORT" --replicas "$REPLICAS" || { stop; exit 1; }
+  launch proxy "$PORT" proxy --port "$PORT" --replicas "$REPLICAS" || { stop_started; exit 1; }
   for i in $(seq 1 "$SERVERS"); do
-    launch "server$i" "$((PORT + i))" server --id "$i" --port "$((PORT + i))" || { stop; exit 1; }
+    launch "server$i" "$((PORT + i))" server --id "$i" --port "$((PORT + i))" \
+      || { stop_started; exit 1; }
   done
   echo "cluster up: proxy at 127.0.0.1:$PORT, $SERVERS storage servers, data in $DATA"
 }
 
-stop() {
-  local any=0 name pid
-  for name in $(names | tac) ; do
-    if pid="$(running_pid "$name")"; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-      rm -f "$RUN/$name.pid"
-      echo "$name stopped"
-      any=1
-    fi
-  done
+stop_one() {  # name: SIGTERM, then SIGKILL after 10 s
+  local name="$1" pid
+  pid="$(running_pid "$name")" || return 1
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$RUN/$name.pid"
+  echo "$name stopped"
+}
+
+stop() {  # everything, servers first
+  local any=0 name
+  for name in $(names | tac); do stop_one "$name" && any=1; done
   [ "$any" = 1 ] || echo "nothing was running"
+}
+
+stop_started() {  # only what this invocation started, servers first
+  local i
+  for (( i=${#STARTED[@]}-1; i>=0; i-- )); do stop_one "${STARTED[$i]}" || true; done
+  STARTED=()
 }
 
 status() {
@@ -121,7 +131,7 @@ case "${1:-}" in
   status) status ;;
   "")
     start
-    trap 'echo; stop' EXIT
+    trap 'echo; stop_started' EXIT
     trap 'exit 130' INT TERM
     "$FC" menu || true
     ;;
