@@ -16,6 +16,7 @@ start rather than guess.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import fsync_dir, write_atomic
-from common.errors import CorruptData
+from common.errors import CorruptData, InsufficientStorage, StorageIOError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Journal:
         self.seq = 0
         self.entries_since_snapshot = 0
         self._file: Any = None
+        self._broken = ""  # why appends are refused, after a failed write that could not be undone
 
     def load(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The last snapshot (or None) and the journal entries that came after it."""
@@ -58,6 +60,7 @@ class Journal:
             self.seq = entry["seq"]
         self.entries_since_snapshot = len(fresh)
         self._file = open(self.journal_path, "ab")
+        fsync_dir(self.folder)  # a journal created just now must survive a crash too
         return snapshot, fresh
 
     def _read_journal(self) -> list[dict[str, Any]]:
@@ -90,14 +93,37 @@ class Journal:
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Number, write and fsync one change; only then may it be applied."""
+        if self._broken:
+            raise StorageIOError(f"the catalog journal could not be repaired after: {self._broken}")
         entry = {"seq": self.seq + 1, **entry}
         line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        self._file.write(line)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        good = self._file.tell()
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._roll_back(good, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("the proxy's disk is full; nothing was changed") from None
+            raise StorageIOError(f"the proxy could not write its catalog ({exc.strerror})") from None
         self.seq += 1
         self.entries_since_snapshot += 1
         return entry
+
+    def _roll_back(self, good: int, cause: OSError) -> None:
+        """Cut a failed append off, so no torn line ends up in the middle of the journal."""
+        try:
+            self._file.close()
+            self._file = open(self.journal_path, "r+b")
+            self._file.truncate(good)
+            self._file.seek(good)
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = open(self.journal_path, "ab")
+        except OSError:
+            self._broken = str(cause)
+            log.error("catalog journal damaged and not repairable: refusing further changes")
 
     def snapshot(self, state: dict[str, Any]) -> None:
         """Write the whole state (as of ``self.seq``) and start an empty journal."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import CorruptData
+from common.errors import CorruptData, InsufficientStorage
 from proxy.catalog import Catalog
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -113,3 +113,26 @@ def test_reconcile_server_inventory(tmp_path: Path) -> None:
     assert orphans == ["d" * 64]
     assert cat.chunk_servers(A) == [1, 2]
     assert cat.chunk_servers(B) == [3]  # server 2 no longer has B
+
+
+def test_a_failed_append_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os as real_os
+
+    cat = Catalog(tmp_path)
+    fill(cat)
+    calls = {"n": 0}
+
+    def full_disk(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("proxy.journal.os.fsync", full_disk)
+    with pytest.raises(InsufficientStorage, match="disk is full"):
+        cat.add_user("carol", "00", "11")
+    monkeypatch.setattr("proxy.journal.os.fsync", real_os.fsync)
+    assert cat.user("carol") is None  # not applied
+    cat.add_user("dave", "00", "11")  # the journal goes on
+    again = Catalog(tmp_path)
+    assert again.user("carol") is None and again.user("dave") is not None
