@@ -232,3 +232,21 @@ def test_many_chunks_in_one_commit_and_one_delete(cluster: Cluster, user: Client
     user.delete("many.bin")
     ids = {hashlib.sha256(b).hexdigest() for b in blocks}
     cluster.wait_for(lambda: not ids & {p.name for p in cluster.chunk_files()}, "chunks to be freed", 60)
+
+
+def test_acknowledged_chunks_survive_a_storage_server_crash(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    c = fresh_cluster
+    ana = new_user(c, "ana")
+    data = os.urandom(16 * CHUNK)
+    ana.upload(write(tmp_path / "crash.bin", data))
+    for i in (1, 2, 3, 4):  # every server dies at once, right after the upload was acknowledged
+        c.kill_server(i, signal.SIGKILL)
+    for i in (1, 2, 3, 4):
+        c.start_server(i)
+    assert ana.download("crash.bin", tmp_path / "a").path.read_bytes() == data
+    ids = {hashlib.sha256(data[o:o + CHUNK]).hexdigest() for o in range(0, len(data), CHUNK)}
+    for i in (1, 2, 3, 4):  # both copies of every chunk are on disk after the crash
+        assert not list((c.root / f"server{i}" / "ServerFiles" / "tmp").iterdir())
+    assert sorted(p.name for p in c.chunk_files() if p.name in ids) == sorted(2 * list(ids))
+    c.kill_server(1, signal.SIGKILL)  # so with any one server gone, the file still reads back
+    assert ana.download("crash.bin", tmp_path / "b").path.read_bytes() == data
