@@ -31,11 +31,24 @@ REPLICAS=$(( SERVERS < 2 ? SERVERS : 2 ))
 names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; }
 STARTED=()  # what this invocation started (the interactive mode stops only these)
 
-running_pid() {  # prints the pid of $1 if it runs
-  local f="$RUN/$1.pid" pid
+command_of() {  # the command line of process $1, or nothing
+  if [ -r "/proc/$1/cmdline" ]; then tr '\0' ' ' <"/proc/$1/cmdline"
+  else ps -p "$1" -o args= 2>/dev/null; fi
+}
+
+running_pid() {  # prints the pid of $1 if it runs; a pid file naming any other process is stale
+  local name="$1" f="$RUN/$1.pid" pid want
   [ -f "$f" ] || return 1
   pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then echo "$pid"; else rm -f "$f"; return 1; fi
+  case "$name" in
+    proxy) want="filecluster proxy " ;;
+    *) want="filecluster server --id ${name#server} " ;;
+  esac
+  case "$pid" in ''|*[!0-9]*) rm -f "$f"; return 1 ;; esac
+  case "$(command_of "$pid") " in
+    *"$want"*) echo "$pid" ;;
+    *) rm -f "$f"; return 1 ;;
+  esac
 }
 
 answers() {  # does anything accept connections on 127.0.0.1:$1 ?
@@ -48,15 +61,15 @@ except OSError:
 PY
 }
 
-wait_ready() {  # name pid port [log line to wait for]
-  local name="$1" pid="$2" port="$3" line="${4:-}"
+wait_ready() {  # name pid port log-lines-before [log line to wait for]
+  local name="$1" pid="$2" port="$3" before="$4" line="${5:-}"
   for _ in $(seq 1 150); do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "error: $name exited; the end of $LOGS/$name.log:" >&2
       tail -n 5 "$LOGS/$name.log" >&2
       return 1
     fi
-    if answers "$port" && { [ -z "$line" ] || grep -q "$line" "$LOGS/$name.log"; }; then
+    if answers "$port" && { [ -z "$line" ] || tail -n "+$((before + 1))" "$LOGS/$name.log" | grep -q "$line"; }; then
       return 0
     fi
     sleep 0.1
@@ -73,13 +86,15 @@ launch() {  # name port args...
   if answers "$port"; then
     echo "error: port $port is taken by another program; set FILECLUSTER_PORT" >&2; return 1
   fi
+  local before=0
+  [ ! -f "$LOGS/$name.log" ] || before=$(wc -l <"$LOGS/$name.log")
   nohup "$FC" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$RUN/$name.pid"
   local ready_line=""
   [ "$name" = proxy ] || ready_line="registered with the proxy"
   STARTED+=("$name")
-  wait_ready "$name" "$pid" "$port" "$ready_line" || return 1
+  wait_ready "$name" "$pid" "$port" "$before" "$ready_line" || return 1
   echo "$name started (pid $pid, port $port)"
 }
 

@@ -12,6 +12,7 @@ the command line turns it into progress bars.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,13 @@ class Client:
         check_password(password, new=False)
         reply = self.proxy.call(MsgType.LOGIN, {"user": user, "password": password})
         self.proxy.token, self.user = reply["session"], reply["user"]
-        saved.save(self.home, saved.SavedSession(self.proxy.address, reply["user"], reply["session"]))
+        try:
+            saved.save(self.home, saved.SavedSession(self.proxy.address, reply["user"], reply["session"]))
+        except FileClusterError:
+            with contextlib.suppress(FileClusterError):  # a session nobody can use: end it
+                self.proxy.call(MsgType.LOGOUT, session=True)
+            self.proxy.token, self.user = None, None
+            raise
 
     def logout(self) -> bool:
         """End the session on the proxy and forget it here; False if there was none."""

@@ -9,6 +9,7 @@ import argparse
 import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so an upload is aborted and a download's temp file removed."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command in ("proxy", "server"):
             return _run_daemon(command, args)
+        _interrupt_on_sigterm()
         with Client.from_environment(args.proxy) as client:
             func = args.func if args.command else cmd_menu
             return func(client, args)

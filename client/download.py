@@ -12,10 +12,12 @@ and the download gets a name like ``report (1).pdf``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +37,10 @@ from common.errors import (
 )
 from common.hashing import READ_SIZE
 from common.messages import MsgType
-from common.names import check_file_name
+from common.names import MAX_NAME_BYTES, check_file_name
 
 Progress = Callable[[str, int, int], None]
+STALE_PART_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,27 @@ def file_sha1(path: Path) -> str:
 
 
 def _candidates(folder: Path, name: str) -> Any:
+    """``name``, then ``stem (1).ext``, ``stem (2).ext``...; the stem shortened to fit 255 bytes."""
     yield folder / name
     stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
+    if len(f"{dot}{suffix}".encode()) > 200:  # a name that is nearly all extension
+        stem, dot, suffix = name, "", ""
     n = 1
     while True:
-        yield folder / f"{stem} ({n}){dot}{suffix}"
+        tail = f" ({n}){dot}{suffix}"
+        room = MAX_NAME_BYTES - len(tail.encode())
+        short = stem.encode()[:room].decode("utf-8", "ignore")
+        yield folder / f"{short}{tail}"
         n += 1
+
+
+def _clean_stale_parts(folder: Path) -> None:
+    """Remove temp files of downloads that were killed (untouched for an hour)."""
+    cutoff = time.time() - STALE_PART_SECONDS
+    for part in folder.glob(".filecluster-*.part"):
+        with contextlib.suppress(OSError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
 
 
 def download(info: dict[str, Any], out_dir: Path, progress: Progress | None = None) -> DownloadResult:
@@ -77,11 +95,15 @@ def download(info: dict[str, Any], out_dir: Path, progress: Progress | None = No
         raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
     if not out_dir.is_dir():
         raise InvalidRequest(f"{out_dir} is not a folder")
-    for candidate in _candidates(out_dir, name):
-        if not candidate.exists() and not candidate.is_symlink():
-            break
-        if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
-            return DownloadResult(name, candidate, size, sha1, fetched=False)
+    _clean_stale_parts(out_dir)
+    try:
+        for candidate in _candidates(out_dir, name):
+            if not candidate.exists() and not candidate.is_symlink():
+                break
+            if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
+                return DownloadResult(name, candidate, size, sha1, fetched=False)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot look in {out_dir}: {exc.strerror or exc}") from None
     tmp = out_dir / f".filecluster-{uuid.uuid4().hex[:16]}.part"  # short: any name fits beside it
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)

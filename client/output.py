@@ -8,8 +8,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import tabulate as tabulate_module
 from tabulate import tabulate
 from tqdm import tqdm
+
+tabulate_module.PRESERVE_WHITESPACE = True  # a name's leading or trailing spaces are part of it
 
 
 def human_size(n: int) -> str:

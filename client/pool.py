@@ -7,7 +7,7 @@ from typing import Any
 
 from common.transport import Connection
 
-TIMEOUT = 30.0
+TIMEOUT = 15.0  # a storage server silent this long counts as failed: the upload re-places
 
 
 class ConnectionPool:
@@ -21,7 +21,7 @@ class ConnectionPool:
         conns: dict[tuple[str, int], Connection] = self._local.__dict__.setdefault("conns", {})
         key = (server["host"], server["port"])
         conn = conns.get(key)
-        if conn is None or conn.closed:
+        if conn is None or conn.is_dropped():
             conn = Connection.connect(*key, timeout=self.timeout,
                                       what=f"storage server {server.get('id', '?')}")
             conns[key] = conn

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.messages import MsgType
-from common.transport import Connection, ConnectionLost
+from common.transport import Connection
 
 TIMEOUT = 60.0
 
@@ -28,16 +28,11 @@ class ProxyLink:
         header = dict(header or {})
         if session:
             header["session"] = self.token or ""
-        reused = self._conn is not None and not self._conn.closed
-        try:
-            return self._connection().request(msg_type, header)
-        except ConnectionLost as exc:
-            if not reused or "did not answer in time" in str(exc):
-                raise
-            self.close()  # the proxy dropped an idle connection: one fresh try
-            return self._connection().request(msg_type, header)
+        return self._connection().request(msg_type, header)
 
     def _connection(self) -> Connection:
+        if self._conn is not None and self._conn.is_dropped():
+            self.close()  # the proxy dropped this idle connection: open a fresh one, resend nothing
         if self._conn is None or self._conn.closed:
             self._conn = Connection.connect(self.host, self.port, timeout=self.timeout, what="proxy")
         return self._conn

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.atomic import write_atomic
+from common.errors import InvalidRequest
 
 SESSION_FILE = "session.json"
 
@@ -32,11 +32,20 @@ def load(home: Path) -> SavedSession | None:
 
 
 def save(home: Path, session: SavedSession) -> None:
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(home, 0o700)
+    """Write the session file (0600); a folder made for it is 0700, an existing one is left as it is."""
     data = {"proxy": session.proxy, "user": session.user, "token": session.token}
-    write_atomic(_path(home), json.dumps(data).encode(), mode=0o600)
+    try:
+        if not home.is_dir():
+            home.mkdir(mode=0o700, parents=True)
+        write_atomic(_path(home), json.dumps(data).encode(), mode=0o600)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot keep the session in {home} (FILECLUSTER_HOME): "
+                             f"{exc.strerror or exc}") from None
 
 
 def clear(home: Path) -> None:
-    _path(home).unlink(missing_ok=True)
+    try:
+        _path(home).unlink(missing_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot remove the session in {home} (FILECLUSTER_HOME): "
+                             f"{exc.strerror or exc}") from None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from client.pool import ConnectionPool
 from client.proxy_link import ProxyLink
@@ -30,12 +30,14 @@ from common.errors import (
     CorruptData,
     FileClusterError,
     InvalidRequest,
+    LocalProtocolError,
     NotFound,
     Unavailable,
 )
 from common.hashing import Manifest, manifest_of
 from common.messages import MsgType
 from common.names import check_file_name
+from common.protocol import MAX_CHUNKS_PER_FILE
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 ATTEMPTS = 2
@@ -80,6 +82,9 @@ def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> Up
     with file:
         chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
         size = os.fstat(file.fileno()).st_size
+        if size > chunk_size * MAX_CHUNKS_PER_FILE:
+            raise InvalidRequest(f"{path} is too large for this cluster: at most "
+                                 f"{chunk_size * MAX_CHUNKS_PER_FILE} bytes")
         hashed = 0
 
         def on_hash(n: int) -> None:
@@ -88,13 +93,16 @@ def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> Up
             if progress:
                 progress("hashing", hashed, size)
 
-        manifest = manifest_of(file, chunk_size, on_hash)
+        try:
+            manifest = manifest_of(file, chunk_size, on_hash)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
         if os.fstat(file.fileno()).st_size != manifest.size:
             raise Conflict(f"{path} changed while it was being read; try again")
         sent = _Sent()
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                _attempt(proxy, path, name, manifest, progress, sent)
+                _attempt(proxy, file, path, name, manifest, progress, sent)
                 return UploadResult(name, manifest.size, manifest.sha1, sent.bytes)
             except _ServerTrouble:
                 if attempt == ATTEMPTS:
@@ -115,7 +123,7 @@ class _Sent:
             return self.bytes
 
 
-def _attempt(proxy: ProxyLink, path: Path, name: str, manifest: Manifest,
+def _attempt(proxy: ProxyLink, file: BinaryIO, path: Path, name: str, manifest: Manifest,
              progress: Progress | None, sent: _Sent) -> None:
     begin = proxy.call(MsgType.UPLOAD_BEGIN, {
         "name": name, "size": manifest.size, "sha1": manifest.sha1,
@@ -124,21 +132,24 @@ def _attempt(proxy: ProxyLink, path: Path, name: str, manifest: Manifest,
     }, session=True)
     upload_id = begin["upload_id"]
     try:
-        _send_missing(path, manifest, begin["missing"], progress, sent)
+        _send_missing(file, manifest, begin["missing"], progress, sent)
         proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id}, session=True)
     except BaseException as exc:
         suspects = exc.suspects if isinstance(exc, _ServerTrouble) else []
         with contextlib.suppress(FileClusterError):
             proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects},
                        session=True)
-        if isinstance(exc, CorruptData):
+        if isinstance(exc, (CorruptData, LocalProtocolError)):  # bytes differ, or the file shrank
             raise Conflict(f"{path} changed while it was being uploaded; nothing was stored, "
                            "try again") from None
+        if isinstance(exc, OSError):
+            raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
         raise
 
 
-def _send_missing(path: Path, manifest: Manifest, missing: list[dict[str, Any]],
+def _send_missing(file: BinaryIO, manifest: Manifest, missing: list[dict[str, Any]],
                   progress: Progress | None, sent: _Sent) -> None:
+    """Send the missing chunks, several at a time; at the first failure, start no more."""
     offsets: dict[str, int] = {}
     for chunk in manifest.chunks:
         offsets.setdefault(chunk.id, chunk.offset)
@@ -147,8 +158,16 @@ def _send_missing(path: Path, manifest: Manifest, missing: list[dict[str, Any]],
     if progress:
         progress("sending", 0, total)
 
+    stop = threading.Event()
+
     def send_one(pool: ConnectionPool, item: dict[str, Any]) -> None:
-        _put_chunk(pool, path, item, offsets[item["id"]])
+        if stop.is_set():
+            return
+        try:
+            _put_chunk(pool, file, item, offsets[item["id"]])
+        except BaseException:
+            stop.set()
+            raise
         sent.add(int(item["size"]))
         now = done.add(int(item["size"]))
         if progress:
@@ -166,16 +185,14 @@ def _send_missing(path: Path, manifest: Manifest, missing: list[dict[str, Any]],
         raise failures[0]
 
 
-def _put_chunk(pool: ConnectionPool, path: Path, item: dict[str, Any], offset: int) -> None:
+def _put_chunk(pool: ConnectionPool, file: BinaryIO, item: dict[str, Any], offset: int) -> None:
     servers = item["servers"]
     head, forward = servers[0], servers[1:]
     size = int(item["size"])
     try:
         conn = pool.get(head)
-        with open(path, "rb") as file:
-            conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "forward": forward},
-                           size)
-            conn.send_file(file, offset, size)
+        conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "forward": forward}, size)
+        conn.send_file(file, offset, size)
         conn.read_reply(MsgType.PUT_CHUNK)
     except Unavailable as exc:
         # the head failed (its id), or a replica behind it did (the proxy checks which)

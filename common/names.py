@@ -8,6 +8,9 @@ import unicodedata
 from common.errors import InvalidRequest
 
 MAX_NAME_BYTES = 255
+# embedding, override and isolate controls: they can make "exe.txt" display as "txt.exe"
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+INVISIBLE = frozenset({"Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
 USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
@@ -26,6 +29,11 @@ def check_file_name(name: object) -> str:
         raise InvalidRequest(f"invalid file name {name!r}")
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
+    if any(c in BIDI_CONTROLS for c in name):
+        raise InvalidRequest(f"invalid file name {name!r}: it contains text-direction controls, "
+                             "which make a name display as something else")
+    if all(unicodedata.category(c) in INVISIBLE for c in name):
+        raise InvalidRequest(f"invalid file name {name!r}: it has no visible character")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise InvalidRequest(f"file name too long (at most {MAX_NAME_BYTES} bytes)")
     return name

@@ -49,6 +49,10 @@ DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024
 # storage servers: requests name at most MAX_IDS_PER_REQUEST chunk ids (67 bytes each in JSON),
 # and such a header must fit STORAGE_MAX_HEADER
 MAX_IDS_PER_REQUEST: Final = 10_000
+# the proxy: an UPLOAD_BEGIN manifest costs ~80 bytes a chunk; a LOCATE reply, which a client reads
+# with DEFAULT_MAX_HEADER, ~200 bytes a chunk; both fit for files of up to MAX_CHUNKS_PER_FILE chunks
+MAX_CHUNKS_PER_FILE: Final = 50_000
+PROXY_MAX_HEADER: Final = 8 * 1024 * 1024
 STORAGE_MAX_HEADER: Final = 1024 * 1024
 
 
@@ -121,12 +125,43 @@ def parse_prefix(prefix: bytes | bytearray | memoryview, max_header: int, max_pa
 def parse_header(msg_type: MsgType, body: bytes | bytearray, payload_len: int) -> Message:
     try:
         header = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise RemoteProtocolError(f"{msg_type.name} header is not UTF-8 JSON") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError(f"{msg_type.name} header is not a JSON object")
+    _check_json(header, msg_type, 0)
     check_header(msg_type, header, payload_len, remote=True)
     return Message(msg_type, header, payload_len)
+
+
+MAX_DEPTH: Final = 6
+MAX_INT: Final = 2**63 - 1
+
+
+def _check_json(value: Any, msg_type: MsgType, depth: int) -> None:
+    """Reject what JSON allows but no message needs: deep nesting, huge numbers, lone surrogates."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RemoteProtocolError(f"{msg_type.name} header has a string that is not UTF-8") from None
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:
+            raise RemoteProtocolError(f"{msg_type.name} header has a number out of range")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise RemoteProtocolError(f"{msg_type.name} header has a number out of range")
+    else:
+        if depth >= MAX_DEPTH:
+            raise RemoteProtocolError(f"{msg_type.name} header is nested too deeply")
+        items = value.items() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(value, dict):
+                _check_json(item[0], msg_type, depth + 1)
+                item = item[1]
+            _check_json(item, msg_type, depth + 1)
 
 
 class FrameDecoder:

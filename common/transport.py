@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
@@ -33,7 +34,8 @@ from common.protocol import (
     encode_message,
 )
 
-RECV_SIZE = 1024 * 1024
+RECV_SIZE = 1024 * 1024  # payload reads: one buffer, only while a payload is being read
+HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection holds no big buffer
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -52,8 +54,7 @@ class Connection:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self._decoder = FrameDecoder(max_header=max_header, max_payload=max_payload)
-        self._rbuf = bytearray(RECV_SIZE)
-        self._rview = memoryview(self._rbuf)
+        self._rbuf: bytearray | None = None
         self.closed = False
         self._unread = False  # the current frame's payload has not been read to its end
         self._unsent = 0  # payload bytes we announced and have not sent yet
@@ -105,9 +106,34 @@ class Connection:
         self._unsent -= len(data)
 
     def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
-        """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible)."""
+        """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible).
+
+        Reads at explicit offsets and never moves the file position, so threads may share a file.
+        """
         try:
-            sent = self.sock.sendfile(file, offset, count)
+            fd = file.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        sent = 0
+        timeout = self.sock.gettimeout()
+        try:
+            while sent < count:
+                if fd < 0:
+                    file.seek(offset + sent)
+                    block = file.read(min(count - sent, RECV_SIZE))
+                    self.sock.sendall(block)
+                    n = len(block)
+                else:
+                    try:
+                        n = os.sendfile(self.sock.fileno(), fd, offset + sent, min(count - sent, 1 << 30))
+                    except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                        _, writable, _ = select.select([], [self.sock], [], timeout)
+                        if not writable:
+                            raise TimeoutError("timed out") from None
+                        continue
+                if n == 0:
+                    break
+                sent += n
         except OSError as exc:
             raise self._broken(exc) from None
         if sent != count:
@@ -159,12 +185,29 @@ class Connection:
         while True:
             event = self._decoder.next_event()
             if event is not NEED_DATA:
+                if isinstance(event, EndOfFrame):
+                    self._rbuf = None  # between frames a connection holds no big buffer
                 return event
             try:
-                n = self.sock.recv_into(self._rbuf)
+                if self._decoder.in_payload:
+                    if self._rbuf is None:
+                        self._rbuf = bytearray(RECV_SIZE)
+                    n = self.sock.recv_into(self._rbuf)
+                    self._decoder.receive_data(memoryview(self._rbuf)[:n])
+                else:
+                    self._decoder.receive_data(self.sock.recv(HEAD_RECV_SIZE))
             except OSError as exc:
                 raise self._broken(exc) from None
-            self._decoder.receive_data(self._rview[:n])
+
+    def is_dropped(self) -> bool:
+        """True if the peer has closed (or broken) an idle connection: it is not worth a request."""
+        if self.closed:
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)  # an idle connection only turns readable at EOF or on an error
 
     # -- request / reply ----------------------------------------------------------
     def request(self, msg_type: MsgType, header: Mapping[str, Any],

@@ -5,23 +5,59 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
+# each scrypt check takes 16 MiB and a core for ~50 ms: at most this many run at once
+_SCRYPT_SLOTS = threading.BoundedSemaphore(2)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> tuple[str, str]:
     """(salt hex, hash hex) for ``password``."""
     salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
-                            p=SCRYPT_P, dklen=32)
+    with _SCRYPT_SLOTS:
+        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
+                                p=SCRYPT_P, dklen=32)
     return salt.hex(), digest.hex()
 
 
 def check_password(password: str, salt_hex: str, hash_hex: str) -> bool:
     _, candidate = hash_password(password, bytes.fromhex(salt_hex))
     return hmac.compare_digest(candidate, hash_hex)
+
+
+class LoginThrottle:
+    """Per-user backoff after failed logins: after FREE failures, each further attempt must wait
+    twice as long as the last (up to MAX_WAIT seconds).  A success clears the count.  It slows
+    password guessing without letting anyone lock an account out for long."""
+
+    FREE = 5
+    MAX_WAIT = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float]] = {}  # user -> (failures, not before)
+
+    def wait_needed(self, user: str) -> float:
+        with self._lock:
+            _, not_before = self._failures.get(user, (0, 0.0))
+        return max(0.0, not_before - time.monotonic())
+
+    def failed(self, user: str) -> None:
+        with self._lock:
+            count, _ = self._failures.get(user, (0, 0.0))
+            count += 1
+            wait = 0.0 if count < self.FREE else min(self.MAX_WAIT, 2.0 ** (count - self.FREE))
+            self._failures[user] = (count, time.monotonic() + wait)
+            if len(self._failures) > 100_000:  # bounded memory whatever names are tried
+                self._failures.clear()
+
+    def succeeded(self, user: str) -> None:
+        with self._lock:
+            self._failures.pop(user, None)
 
 
 def new_token() -> str:

@@ -89,7 +89,12 @@ class Collector:
             self._delete_orphans(orphans)
 
     def _delete_freed(self, freed: set[str]) -> None:
-        doomed = [c for c in self.catalog.unreferenced(freed) if not self.uploads.pinned(c)]
+        unreferenced = self.catalog.unreferenced(freed)
+        doomed = [c for c in unreferenced if not self.uploads.pinned(c)]
+        pinned = [c for c in unreferenced if self.uploads.pinned(c)]
+        if pinned:  # an upload relies on them for now: look again next round
+            with self._queue_lock:
+                self._freed.update(pinned)
         by_server: defaultdict[int, list[str]] = defaultdict(list)
         for chunk_id in doomed:
             for server_id in self.catalog.chunk_servers(chunk_id):

@@ -17,7 +17,7 @@ from common.config import (
     proxy_port,
 )
 from common.daemon import announce, setup_logging, wait_for_signal
-from common.protocol import DEFAULT_MAX_HEADER, DEFAULT_MAX_PAYLOAD
+from common.protocol import DEFAULT_MAX_PAYLOAD, PROXY_MAX_HEADER
 from common.service import FrameServer, serve_in_thread
 from proxy.catalog import Catalog
 from proxy.collector import Collector
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                          heartbeat=args.heartbeat,
                          advertise=parse_address(args.advertise) if args.advertise else None)
     service = ProxyService(catalog, registry, uploads, collector, config)
-    server = FrameServer((args.host, port), service.handlers(), max_header=DEFAULT_MAX_HEADER,
+    server = FrameServer((args.host, port), service.handlers(), max_header=PROXY_MAX_HEADER,
                          max_payload=DEFAULT_MAX_PAYLOAD)
     collector.start()
     serve_in_thread(server, "proxy")

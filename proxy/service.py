@@ -29,6 +29,7 @@ from common.errors import (
 from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
 from common.messages import Message, MsgType
 from common.names import check_file_name, check_password, check_user_name
+from common.protocol import MAX_CHUNKS_PER_FILE
 from common.transport import Connection
 from proxy import auth, storage_client
 from proxy.catalog import Catalog
@@ -38,6 +39,9 @@ from proxy.registry import Registry
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
+
+
+MAX_SERVER_ID = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ProxyService:
         self.uploads = uploads
         self.collector = collector
         self.config = config
+        self.throttle = auth.LoginThrottle()
 
     def handlers(self) -> Mapping[MsgType, Any]:
         table = {
@@ -103,9 +108,14 @@ class ProxyService:
 
     def login(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
         user, password = h["user"], check_password(h["password"], new=False)
-        record = self.catalog.user(user) if isinstance(user, str) else None
+        wait = self.throttle.wait_needed(user)
+        if wait > 0:
+            raise AuthError(f"too many failed logins for {user!r}; try again in {math.ceil(wait)} s")
+        record = self.catalog.user(user)
         if record is None or not auth.check_password(password, record["salt"], record["hash"]):
+            self.throttle.failed(user)
             raise AuthError("wrong user name or password")
+        self.throttle.succeeded(user)
         token = auth.new_token()
         self.catalog.add_session(auth.token_hash(token), user)
         return {"user": user, "session": token}
@@ -126,6 +136,9 @@ class ProxyService:
                            "upload again")
         if size < 0:
             raise InvalidRequest("a file size cannot be negative")
+        if size > chunk_size * MAX_CHUNKS_PER_FILE:
+            raise InvalidRequest(f"file too large: at most {chunk_size * MAX_CHUNKS_PER_FILE} bytes "
+                                 f"({MAX_CHUNKS_PER_FILE} chunks of {chunk_size})")
         if len(chunks) != math.ceil(size / chunk_size):
             raise InvalidRequest(f"a file of {size} bytes has {math.ceil(size / chunk_size)} chunks")
         clean = []
@@ -299,15 +312,20 @@ class ProxyService:
     # -- storage servers -------------------------------------------------------------------
     def server_register(self, conn: Connection, msg: Message) -> None:
         h = msg.header
-        inventory = conn.read_payload()
-        if len(inventory) != 32 * h["chunks"]:
+        if msg.payload_len != 32 * h["chunks"]:
             raise RemoteProtocolError("SERVER_REGISTER inventory does not match its chunk count")
-        if h["id"] < 1 or not 0 < h["port"] < 65536:
-            raise InvalidRequest("a server needs a positive id and a valid port")
+        if not 1 <= h["id"] <= MAX_SERVER_ID or not 0 < h["port"] < 65536:
+            raise InvalidRequest(f"a server needs an id from 1 to {MAX_SERVER_ID} and a valid port")
         if h.get("cluster_id") and h["cluster_id"] != self.catalog.cluster_id:
             raise Conflict(f"server {h['id']} belongs to cluster {h['cluster_id']}, "
                            f"but this proxy runs cluster {self.catalog.cluster_id}")
-        present = {inventory[i:i + 32].hex() for i in range(0, len(inventory), 32)}
+        present: set[str] = set()
+        partial = b""
+        for piece in conn.payload():  # streamed: ids are kept, the raw bytes are not
+            data = partial + bytes(piece)
+            whole = len(data) - len(data) % 32
+            present.update(data[i:i + 32].hex() for i in range(0, whole, 32))
+            partial = data[whole:]
         self.catalog.remember_server(h["id"], h["host"], h["port"])
         self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
         orphans = self.catalog.reconcile_server(h["id"], present)

@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.id < 1:
-        raise SystemExit("error: --id must be a positive number")
+    if not 1 <= args.id <= 1_000_000:
+        raise SystemExit("error: --id must be a number from 1 to 1000000")
     setup_logging(f"server{args.id}", args.verbose)
     port = args.port if args.port is not None else proxy_port() + args.id
     folder = args.data or data_dir() / f"server{args.id}"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from client.api import Client
+from common.errors import FileClusterError
 from tests.cluster import Cluster
 from tests.conftest import PASSWORD
 
@@ -164,3 +166,59 @@ def test_menu_drives_the_same_actions(cluster: Cluster, home: Path, tmp_path: Pa
     assert f"filecluster://{cluster.proxy_addr}/s/" in result.stdout
     assert "choose a number from 0 to" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_long_name_collision_gets_a_shortened_name(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    name = "n" * 251 + ".txt"  # 255 bytes: "name (1).txt" would not fit
+    src = tmp_path / "src" / name
+    src.parent.mkdir()
+    src.write_bytes(b"from the cluster")
+    assert cluster.cli("upload", str(src), home=home).returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(b"local")
+    result = cluster.cli("download", name, "-o", str(out), home=home)
+    assert result.returncode == 0, result.stderr
+    saved = [p for p in out.iterdir() if p.name != name]
+    assert len(saved) == 1 and saved[0].name.endswith(" (1).txt")
+    assert len(saved[0].name.encode()) <= 255 and saved[0].read_bytes() == b"from the cluster"
+
+
+def test_a_bad_session_folder_is_one_line_and_left_alone(cluster: Cluster, home: Path,
+                                                         tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "afile"
+    not_a_folder.write_text("x")
+    user = cluster.cli("whoami", home=home).stdout.strip()
+    result = cluster.cli("login", user, home=not_a_folder, password=PASSWORD)
+    assert "FILECLUSTER_HOME" in one_line_error(result)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    assert cluster.cli("login", user, home=shared, password=PASSWORD).returncode == 0
+    assert shared.stat().st_mode & 0o777 == 0o755  # an existing folder keeps its mode
+    assert (shared / "session.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_killed_download_leaves_nothing_visible_and_stale_parts_are_swept(
+        cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".filecluster-0123456789abcdef.part"
+    stale.write_bytes(b"x" * 1000)
+    os.utime(stale, (1, 1))  # untouched for a very long time: a download killed long ago
+    src = tmp_path / "sweep.txt"
+    src.write_text("fresh")
+    cluster.cli("upload", str(src), home=home)
+    assert cluster.cli("download", "sweep.txt", "-o", str(out), home=home).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.txt"]
+
+
+def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> None:
+    from common.messages import MsgType
+    from common.protocol import MAX_CHUNKS_PER_FILE
+
+    chunk = user.proxy.call(MsgType.HELLO)["chunk_size"]
+    with pytest.raises(FileClusterError, match="file too large"):
+        user.proxy.call(MsgType.UPLOAD_BEGIN, {
+            "name": "huge.img", "size": chunk * (MAX_CHUNKS_PER_FILE + 1), "sha1": "0" * 40,
+            "chunk_size": chunk, "chunks": []}, session=True)

@@ -250,3 +250,17 @@ def test_acknowledged_chunks_survive_a_storage_server_crash(fresh_cluster: Clust
     assert sorted(p.name for p in c.chunk_files() if p.name in ids) == sorted(2 * list(ids))
     c.kill_server(1, signal.SIGKILL)  # so with any one server gone, the file still reads back
     assert ana.download("crash.bin", tmp_path / "b").path.read_bytes() == data
+
+
+def test_a_hung_storage_server_does_not_hang_the_upload(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    """SIGSTOP: the server accepts connections (the kernel does) but never answers."""
+    c = fresh_cluster
+    ana = new_user(c, "ana")
+    data = os.urandom(40 * CHUNK)
+    c.servers[2].send_signal(signal.SIGSTOP)
+    try:
+        result = ana.upload(write(tmp_path / "hung.bin", data))
+    finally:
+        c.servers[2].send_signal(signal.SIGCONT)
+    assert result.size == len(data)
+    assert ana.download("hung.bin", tmp_path / "out").path.read_bytes() == data

@@ -128,6 +128,9 @@ def prefix(msg_type: int = MsgType.PING, header_len: int = 2, payload_len: int =
     (prefix(MsgType.PING, header_len=7) + b'{"x":1}', "unknown header field 'x'"),
     (prefix(MsgType.PING, header_len=2, payload_len=1) + b"{}x", "may not carry a payload"),
     (prefix(MsgType.HAS_CHUNKS, header_len=11) + b'{"ids":"a"}', "'ids' must be list"),
+    (prefix(MsgType.OK, header_len=406) + b'{"x":' + b"[" * 200 + b"]" * 200 + b"}", "nested too deeply"),
+    (prefix(MsgType.LOGIN, header_len=32) + b'{"user":"\\ud800","password":"x"}', "not UTF-8"),
+    (prefix(MsgType.OK, header_len=407) + b'{"n":' + b"9" * 401 + b"}", "out of range"),
     (prefix(MsgType.PUT_CHUNK, header_len=25, payload_len=1) + b'{"id":"aaaa","size":true}',
      "'size' must be int"),
 ])

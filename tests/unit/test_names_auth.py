@@ -1,0 +1,56 @@
+"""Name rules and the login throttle: pure functions and small state, no network."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import InvalidRequest
+from common.names import check_file_name, check_user_name
+from proxy.auth import LoginThrottle, check_password, hash_password
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "ñandú y café.txt", " spaced ", "👨\u200d👩\u200d👧.jpg",
+                                  ".hidden", "-rf", "x" * 255])
+def test_good_file_names(name: str) -> None:
+    assert check_file_name(name) == name
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("", "empty"), ("a/b", "path separator"), ("a\\b", "path separator"), ("..", "invalid"),
+    ("tab\there", "control"), ("exe\u202etxt.doc", "text-direction"), ("\u200b\u200b", "no visible"),
+    ("é" * 128, "too long"),
+])
+def test_bad_file_names(name: str, why: str) -> None:
+    with pytest.raises(InvalidRequest, match=why):
+        check_file_name(name)
+
+
+def test_names_are_nfc() -> None:
+    assert check_file_name("cafe\u0301") == "café"
+
+
+@pytest.mark.parametrize("user", ["", "-x", "a" * 33, "ana maria", "../root", "ñ"])
+def test_bad_user_names(user: str) -> None:
+    with pytest.raises(InvalidRequest):
+        check_user_name(user)
+
+
+def test_password_hash_round_trip() -> None:
+    salt, hashed = hash_password("correct horse")
+    assert check_password("correct horse", salt, hashed)
+    assert not check_password("wrong horse", salt, hashed)
+    assert hash_password("correct horse")[1] != hashed  # a fresh salt each time
+
+
+def test_login_throttle_backs_off_and_resets() -> None:
+    throttle = LoginThrottle()
+    for _ in range(LoginThrottle.FREE - 1):
+        throttle.failed("ana")
+        assert throttle.wait_needed("ana") == 0
+    throttle.failed("ana")
+    first = throttle.wait_needed("ana")
+    throttle.failed("ana")
+    assert 0 < first < throttle.wait_needed("ana") <= LoginThrottle.MAX_WAIT
+    assert throttle.wait_needed("bob") == 0  # per user
+    throttle.succeeded("ana")
+    assert throttle.wait_needed("ana") == 0
