@@ -175,7 +175,13 @@ def _send_missing(file: BinaryIO, manifest: Manifest, missing: list[dict[str, An
 
     with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
         futures = [workers.submit(send_one, pool, item) for item in missing]
-        errors = [f.exception() for f in futures]
+        try:
+            errors = [f.exception() for f in futures]
+        except BaseException:  # Ctrl-C or SIGTERM: start nothing more, then unwind and abort
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
     failures = [e for e in errors if e is not None]
     if failures:
         trouble = [e for e in failures if isinstance(e, _ServerTrouble)]

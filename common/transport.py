@@ -174,9 +174,6 @@ class Connection:
             else:
                 raise LocalProtocolError(f"expected payload, decoder gave {event!r}")
 
-    def read_payload(self) -> bytes:
-        return b"".join(bytes(piece) for piece in self.payload())
-
     def skip_payload(self) -> None:
         for _ in self.payload():
             pass

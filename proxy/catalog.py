@@ -195,12 +195,6 @@ class Catalog:
                     info["servers"].remove(server_id)
             return sorted(c for c in present if c not in chunks)
 
-    def forget_location(self, chunk_id: str, server_id: int) -> None:
-        with self.lock:
-            info = self.state["chunks"].get(chunk_id)
-            if info and server_id in info["servers"]:
-                info["servers"].remove(server_id)
-
     # -- queries -------------------------------------------------------------------------
     def user(self, user: str) -> dict[str, Any] | None:
         return self.state["users"].get(user)
