@@ -20,6 +20,7 @@ registration tells the proxy exactly which chunks it holds, and
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from common.errors import InternalError
 from proxy.journal import Journal
 
 SNAPSHOT_EVERY = 1000
+log = logging.getLogger(__name__)
 
 
 def _empty_state() -> dict[str, Any]:
@@ -43,6 +45,7 @@ class Catalog:
     def __init__(self, folder: Path, *, snapshot_every: int = SNAPSHOT_EVERY) -> None:
         self.lock = threading.RLock()
         self.snapshot_every = snapshot_every
+        self._snapshot_due = snapshot_every
         self.journal = Journal(folder)
         snapshot, entries = self.journal.load()
         self.state = _empty_state()
@@ -67,8 +70,13 @@ class Catalog:
         with self.lock:
             entry = self.journal.append(op)
             result = self._apply(entry)
-            if self.journal.entries_since_snapshot >= self.snapshot_every:
-                self.journal.snapshot(self.state)
+            if self.journal.entries_since_snapshot >= self._snapshot_due:
+                try:
+                    self.journal.snapshot(self.state)
+                    self._snapshot_due = self.snapshot_every
+                except OSError as exc:  # the change is durable in the journal; try again later
+                    log.warning("catalog snapshot failed (%s); will retry", exc)
+                    self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
             return result
 
     def snapshot(self) -> None:
@@ -183,15 +191,25 @@ class Catalog:
             self._change({"op": "chunk_del", "ids": ids})
 
     # -- soft state: where chunks are --------------------------------------------------------
-    def reconcile_server(self, server_id: int, present: set[str]) -> list[str]:
-        """Make the catalog agree with a server's inventory; returns the ids it holds that we lack."""
+    def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
+        """Chunks the catalog places on a server that its inventory does not list."""
+        with self.lock:
+            return [c for c, info in self.state["chunks"].items()
+                    if server_id in info["servers"] and c not in present]
+
+    def reconcile_server(self, server_id: int, present: set[str], gone: set[str]) -> list[str]:
+        """Add the server to the chunks it holds, drop it from those confirmed ``gone``; returns
+        the ids it holds that the catalog lacks.  Only confirmed absences are dropped: a chunk
+        stored after the server read its inventory must keep its new location."""
         with self.lock:
             chunks = self.state["chunks"]
-            for chunk_id, info in chunks.items():
-                listed = server_id in info["servers"]
-                if chunk_id in present and not listed:
+            for chunk_id in present:
+                info = chunks.get(chunk_id)
+                if info is not None and server_id not in info["servers"]:
                     info["servers"].append(server_id)
-                elif listed and chunk_id not in present:
+            for chunk_id in gone:
+                info = chunks.get(chunk_id)
+                if info is not None and server_id in info["servers"]:
                     info["servers"].remove(server_id)
             return sorted(c for c in present if c not in chunks)
 

@@ -84,9 +84,15 @@ class Collector:
         with self._queue_lock:
             freed, self._freed = self._freed, set()
             orphans, self._orphans = self._orphans, defaultdict(set)
-        with self.lock:
-            self._delete_freed(freed)
-            self._delete_orphans(orphans)
+        try:
+            with self.lock:
+                self._delete_freed(freed)
+                self._delete_orphans(orphans)
+        except BaseException:  # nothing queued is lost: it is tried again next round
+            self.freed(sorted(freed))
+            for server_id, ids in orphans.items():
+                self.orphans(server_id, sorted(ids))
+            raise
 
     def _delete_freed(self, freed: set[str]) -> None:
         unreferenced = self.catalog.unreferenced(freed)
@@ -103,11 +109,14 @@ class Collector:
         self.catalog.drop_chunks(doomed)
 
     def _delete_orphans(self, orphans: dict[int, set[str]]) -> None:
-        by_server = {
-            server_id: [c for c in sorted(ids)
-                        if self.catalog.chunk(c) is None and not self.uploads.pinned(c)]
-            for server_id, ids in orphans.items()
-        }
+        by_server: dict[int, list[str]] = {}
+        for server_id, ids in orphans.items():
+            unknown = [c for c in sorted(ids) if self.catalog.chunk(c) is None]
+            by_server[server_id] = [c for c in unknown if not self.uploads.pinned(c)]
+            pinned = [c for c in unknown if self.uploads.pinned(c)]
+            if pinned:  # an upload in flight may commit them: look again next round
+                with self._queue_lock:
+                    self._orphans[server_id].update(pinned)
         self._delete_on_servers(by_server)
 
     def _delete_on_servers(self, by_server: dict[int, list[str]]) -> None:

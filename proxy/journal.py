@@ -83,6 +83,11 @@ class Journal:
                     break
                 raise CorruptData(f"{self.journal_path} is damaged at line {number}") from None
             entries.append(entry)
+        if raw and not raw.endswith(b"\n") and entries:  # complete, but its newline was cut off
+            with open(self.journal_path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
         return entries
 
     def _truncate(self, size: int) -> None:

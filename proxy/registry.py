@@ -19,6 +19,7 @@ class ServerState:
     chunks: int
     last_seen: float
     down: bool = False
+    registered: bool = True  # False: known from an earlier run, not yet registered in this one
 
     @property
     def ref(self) -> ServerRef:
@@ -30,7 +31,7 @@ class Registry:
         """``known``: servers from an earlier run, listed as down until they register again."""
         self.dead_after = dead_after
         self._servers: dict[int, ServerState] = {
-            i: ServerState(i, host, port, 0, 0, 0, last_seen=float("-inf"))
+            i: ServerState(i, host, port, 0, 0, 0, last_seen=float("-inf"), registered=False)
             for i, (host, port) in (known or {}).items()
         }
         self._lock = threading.Lock()
@@ -45,7 +46,7 @@ class Registry:
         """False if the server is unknown (it must register again)."""
         with self._lock:
             state = self._servers.get(server_id)
-            if state is None:
+            if state is None or not state.registered:
                 return False
             state.capacity, state.used, state.chunks = capacity, used, chunks
             state.last_seen = time.monotonic()

@@ -163,6 +163,9 @@ class ProxyService:
             live_ids = self.registry.live_ids()
             placement: dict[str, list[ServerRef]] = {}
             for chunk_id, size in sizes.items():
+                known = self.catalog.chunk(chunk_id)
+                if known is not None and known["size"] != size:
+                    raise InvalidRequest(f"chunk {chunk_id[:12]} is {known['size']} bytes, not {size}")
                 if any(s in live_ids for s in self.catalog.chunk_servers(chunk_id)):
                     continue  # already stored on a live server: nothing to send
                 targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
@@ -184,9 +187,10 @@ class ProxyService:
         with self.collector.lock:
             try:
                 locations = self._confirm_stored(upload.placement)
+                live_ids = self.registry.live_ids()
                 for chunk_id, _ in upload.chunks:
-                    if chunk_id not in locations and self.catalog.chunk(chunk_id) is None:
-                        raise Conflict(f"chunk {chunk_id[:12]} is no longer stored; upload again")
+                    if chunk_id not in locations and not set(self.catalog.chunk_servers(chunk_id)) & live_ids:
+                        raise Conflict(f"chunk {chunk_id[:12]} no longer has a live copy; upload again")
             except (Conflict, Unavailable):
                 self._abandon(upload.id)
                 raise
@@ -326,10 +330,18 @@ class ProxyService:
             whole = len(data) - len(data) % 32
             present.update(data[i:i + 32].hex() for i in range(0, whole, 32))
             partial = data[whole:]
+        ref = ServerRef(h["id"], h["host"], h["port"])
+        absent = self.catalog.listed_but_absent(h["id"], present)
+        # the inventory was read before it was sent: ask again before forgetting any copy
+        still_there = storage_client.has_chunks(ref, absent) if absent else set()
+        orphans = self.catalog.reconcile_server(h["id"], present, set(absent) - still_there)
         self.catalog.remember_server(h["id"], h["host"], h["port"])
         self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
-        orphans = self.catalog.reconcile_server(h["id"], present)
-        self.collector.orphans(h["id"], orphans)
+        if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds
+            self.collector.orphans(h["id"], orphans)
+        elif orphans:
+            log.warning("server %d holds %d chunk(s) the catalog lacks but has no cluster id: "
+                        "keeping them", h["id"], len(orphans))
         log.info("storage server %d registered from %s:%d with %d chunk(s)", h["id"], h["host"],
                  h["port"], h["chunks"])
         conn.send(MsgType.OK, {"cluster_id": self.catalog.cluster_id,

@@ -128,7 +128,9 @@ class ChunkStore:
 
     def _install(self, tmp: Path, final: Path, size: int) -> None:
         """Rename a verified, fsynced temp file into place; count it once, whatever the race."""
-        final.parent.mkdir(exist_ok=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            fsync_dir(self.root)  # the new folder itself must survive a crash
         with self._usage.lock:
             existed = final.exists()
             os.replace(tmp, final)

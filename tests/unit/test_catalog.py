@@ -109,7 +109,7 @@ def test_references_and_freed_chunks(tmp_path: Path) -> None:
 def test_reconcile_server_inventory(tmp_path: Path) -> None:
     cat = Catalog(tmp_path)
     fill(cat)
-    orphans = cat.reconcile_server(2, {A, "d" * 64})
+    orphans = cat.reconcile_server(2, {A, "d" * 64}, set(cat.listed_but_absent(2, {A, "d" * 64})))
     assert orphans == ["d" * 64]
     assert cat.chunk_servers(A) == [1, 2]
     assert cat.chunk_servers(B) == [3]  # server 2 no longer has B
@@ -136,3 +136,45 @@ def test_a_failed_append_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest
     cat.add_user("dave", "00", "11")  # the journal goes on
     again = Catalog(tmp_path)
     assert again.user("carol") is None and again.user("dave") is not None
+
+
+def test_a_cut_off_newline_does_not_glue_the_next_change_on(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(journal.read_bytes().rstrip(b"\n"))  # the crash cut only the newline
+    again = Catalog(tmp_path)
+    same(cat, again)
+    again.add_user("erin", "00", "11")
+    assert Catalog(tmp_path).user("erin") is not None  # and the next restart still works
+
+
+def test_a_failed_snapshot_does_not_fail_the_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cat = Catalog(tmp_path, snapshot_every=2)
+    calls = {"n": 0}
+    real = cat.journal.snapshot
+
+    def broken(state: dict) -> None:  # type: ignore[type-arg]
+        calls["n"] += 1
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cat.journal, "snapshot", broken)
+    fill(cat)  # four changes: a snapshot is due, fails, and the changes still succeed
+    assert calls["n"] >= 1 and cat.file("ana", "y.bin") is not None
+    monkeypatch.setattr(cat.journal, "snapshot", real)
+    cat.add_user("frank", "00", "11")
+    cat.add_user("gina", "00", "11")  # due again: now it works
+    assert (tmp_path / "catalog.json").exists()
+    same(cat, Catalog(tmp_path))
+
+
+def test_a_stale_inventory_does_not_drop_a_new_location(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    inventory: set[str] = set()  # read by server 4 before C was stored on it
+    absent = cat.listed_but_absent(4, inventory)
+    assert absent == [C]
+    cat.reconcile_server(4, inventory, gone=set())  # server 4 says: C is there after all
+    assert 4 in cat.chunk_servers(C)
+    cat.reconcile_server(4, inventory, gone={C})  # confirmed gone: now it is dropped
+    assert 4 not in cat.chunk_servers(C)
