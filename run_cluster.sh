@@ -61,6 +61,10 @@ except OSError:
 PY
 }
 
+logged_since() {  # file lines-before text: has the file gained a line with text?
+  awk -v n="$2" -v text="$3" 'NR > n && index($0, text) { found = 1 } END { exit !found }' "$1"
+}
+
 wait_ready() {  # name pid port log-lines-before [log line to wait for]
   local name="$1" pid="$2" port="$3" before="$4" line="${5:-}"
   for _ in $(seq 1 150); do
@@ -69,7 +73,7 @@ wait_ready() {  # name pid port log-lines-before [log line to wait for]
       tail -n 5 "$LOGS/$name.log" >&2
       return 1
     fi
-    if answers "$port" && { [ -z "$line" ] || tail -n "+$((before + 1))" "$LOGS/$name.log" | grep -q "$line"; }; then
+    if answers "$port" && { [ -z "$line" ] || logged_since "$LOGS/$name.log" "$before" "$line"; }; then
       return 0
     fi
     sleep 0.1

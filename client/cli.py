@@ -154,10 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM: unwind (an upload aborts, a download removes its temp file), then exit 143.
+    Not a KeyboardInterrupt, so the menu's Ctrl-C handling cannot swallow it."""
+
+
 def _interrupt_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so an upload is aborted and a download's temp file removed."""
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -179,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 1
 

@@ -30,7 +30,6 @@ from common.errors import (
     CorruptData,
     FileClusterError,
     InvalidRequest,
-    LocalProtocolError,
     NotFound,
     Unavailable,
 )
@@ -38,6 +37,7 @@ from common.hashing import Manifest, manifest_of
 from common.messages import MsgType
 from common.names import check_file_name
 from common.protocol import MAX_CHUNKS_PER_FILE
+from common.transport import SourceShrank
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 ATTEMPTS = 2
@@ -69,7 +69,7 @@ def open_for_upload(path: Path) -> tuple[Any, str]:
         raise InvalidRequest(f"{path} is a directory; upload takes files")
     if not stat.S_ISREG(info.st_mode):
         raise InvalidRequest(f"{path} is not a regular file")
-    name = check_file_name(path.name)
+    name = check_file_name(path.name, new=True)
     try:
         return open(path, "rb"), name
     except OSError as exc:
@@ -139,7 +139,7 @@ def _attempt(proxy: ProxyLink, file: BinaryIO, path: Path, name: str, manifest: 
         with contextlib.suppress(FileClusterError):
             proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects},
                        session=True)
-        if isinstance(exc, (CorruptData, LocalProtocolError)):  # bytes differ, or the file shrank
+        if isinstance(exc, (CorruptData, SourceShrank)):  # bytes differ, or the file shrank
             raise Conflict(f"{path} changed while it was being uploaded; nothing was stored, "
                            "try again") from None
         if isinstance(exc, OSError):

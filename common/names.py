@@ -16,8 +16,12 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
 
-def check_file_name(name: object) -> str:
-    """A file name in the cluster: one path component, NFC-normalised, printable."""
+def check_file_name(name: object, *, new: bool = False) -> str:
+    """A file name in the cluster: one path component, NFC-normalised, printable.
+
+    ``new``: a name about to be stored also may not mislead (text-direction controls, nothing
+    visible).  Names stored before that rule existed can still be looked up, shared and deleted.
+    """
     if not isinstance(name, str):
         raise InvalidRequest("a file name must be text")
     name = unicodedata.normalize("NFC", name)
@@ -29,10 +33,10 @@ def check_file_name(name: object) -> str:
         raise InvalidRequest(f"invalid file name {name!r}")
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
-    if any(c in BIDI_CONTROLS for c in name):
+    if new and any(c in BIDI_CONTROLS for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains text-direction controls, "
                              "which make a name display as something else")
-    if all(unicodedata.category(c) in INVISIBLE for c in name):
+    if new and all(unicodedata.category(c) in INVISIBLE for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it has no visible character")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise InvalidRequest(f"file name too long (at most {MAX_NAME_BYTES} bytes)")

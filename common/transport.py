@@ -9,6 +9,7 @@ holds more than one receive buffer of a large payload.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -45,6 +46,13 @@ class ConnectionLost(Unavailable):
 
 class PeerClosed(ConnectionLost):
     """The peer closed the connection between frames."""
+
+
+class SourceShrank(LocalProtocolError):
+    """The file being sent as a payload got shorter than announced."""
+
+
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 class Connection:
@@ -115,22 +123,26 @@ class Connection:
         except (AttributeError, OSError, ValueError):
             fd = -1
         sent = 0
-        timeout = self.sock.gettimeout()
+        use_sendfile = fd >= 0
         try:
             while sent < count:
-                if fd < 0:
-                    file.seek(offset + sent)
-                    block = file.read(min(count - sent, RECV_SIZE))
+                want = min(count - sent, 1 << 30)
+                if use_sendfile:
+                    try:
+                        n = os.sendfile(self.sock.fileno(), fd, offset + sent, want)
+                    except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                        self._wait_writable()
+                        continue
+                    except OSError as exc:
+                        if exc.errno not in _NO_SENDFILE or sent:
+                            raise
+                        use_sendfile = False  # this file system cannot: copy through memory
+                        continue
+                else:
+                    block = (os.pread(fd, min(want, RECV_SIZE), offset + sent) if fd >= 0
+                             else _read_at(file, offset + sent, min(want, RECV_SIZE)))
                     self.sock.sendall(block)
                     n = len(block)
-                else:
-                    try:
-                        n = os.sendfile(self.sock.fileno(), fd, offset + sent, min(count - sent, 1 << 30))
-                    except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-                        _, writable, _ = select.select([], [self.sock], [], timeout)
-                        if not writable:
-                            raise TimeoutError("timed out") from None
-                        continue
                 if n == 0:
                     break
                 sent += n
@@ -138,7 +150,7 @@ class Connection:
             raise self._broken(exc) from None
         if sent != count:
             self.close()  # the frame cannot be finished: the peer must not wait for the rest
-            raise LocalProtocolError(f"file shrank while sending ({sent} of {count} bytes)")
+            raise SourceShrank(f"file shrank while sending ({sent} of {count} bytes)")
         self._unsent -= count
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
@@ -196,15 +208,29 @@ class Connection:
             except OSError as exc:
                 raise self._broken(exc) from None
 
+    def _wait_writable(self) -> None:
+        poller = select.poll()  # not select(): it fails on descriptors past 1023
+        poller.register(self.sock, select.POLLOUT)
+        timeout = self.sock.gettimeout()
+        if not poller.poll(None if timeout is None else int(timeout * 1000)):
+            raise TimeoutError("timed out")
+
     def is_dropped(self) -> bool:
         """True if the peer has closed (or broken) an idle connection: it is not worth a request."""
         if self.closed:
             return True
+        timeout = self.sock.gettimeout()
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            self.sock.setblocking(False)  # with a timeout set, recv would first wait for data
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False  # nothing to read: alive and idle
+        except OSError:
             return True
-        return bool(readable)  # an idle connection only turns readable at EOF or on an error
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(timeout)
+        return True  # EOF (b"") or bytes nobody asked for: either way, not usable
 
     # -- request / reply ----------------------------------------------------------
     def request(self, msg_type: MsgType, header: Mapping[str, Any],
@@ -241,6 +267,11 @@ class Connection:
         if isinstance(exc, socket.timeout):
             return ConnectionLost(f"{self.peer} did not answer in time")
         return ConnectionLost(f"connection to {self.peer} failed ({_reason(exc)})")
+
+
+def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:
+    file.seek(offset)
+    return file.read(size)
 
 
 def _reason(exc: OSError) -> str:

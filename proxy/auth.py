@@ -46,14 +46,22 @@ class LoginThrottle:
             _, not_before = self._failures.get(user, (0, 0.0))
         return max(0.0, not_before - time.monotonic())
 
-    def failed(self, user: str) -> None:
+    def attempt(self, user: str) -> float:
+        """Start a login attempt: 0 if it may go ahead (it counts as failed until
+        :meth:`succeeded`), else how many seconds to wait.  Counting before the password is
+        checked means parallel guesses cannot slip past the limit together."""
         with self._lock:
-            count, _ = self._failures.get(user, (0, 0.0))
+            count, not_before = self._failures.get(user, (0, 0.0))
+            now = time.monotonic()
+            if not_before > now:
+                return not_before - now
             count += 1
             wait = 0.0 if count < self.FREE else min(self.MAX_WAIT, 2.0 ** (count - self.FREE))
-            self._failures[user] = (count, time.monotonic() + wait)
-            if len(self._failures) > 100_000:  # bounded memory whatever names are tried
-                self._failures.clear()
+            self._failures[user] = (count, now + wait)
+            if len(self._failures) > 100_000:  # bounded memory: forget only waits that are over
+                self._failures = {u: v for u, v in self._failures.items() if v[1] > now}
+            return 0.0
+
 
     def succeeded(self, user: str) -> None:
         with self._lock:

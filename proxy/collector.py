@@ -88,10 +88,11 @@ class Collector:
             with self.lock:
                 self._delete_freed(freed)
                 self._delete_orphans(orphans)
-        except BaseException:  # nothing queued is lost: it is tried again next round
-            self.freed(sorted(freed))
-            for server_id, ids in orphans.items():
-                self.orphans(server_id, sorted(ids))
+        except BaseException:  # nothing queued is lost: it is tried again next round, not sooner
+            with self._queue_lock:
+                self._freed.update(freed)
+                for server_id, ids in orphans.items():
+                    self._orphans[server_id].update(ids)
             raise
 
     def _delete_freed(self, freed: set[str]) -> None:

@@ -136,9 +136,15 @@ class Journal:
                           ensure_ascii=False).encode()
         write_atomic(self.snapshot_path, data, mode=0o600)
         write_atomic(self.journal_path, b"", mode=0o600)
+        try:
+            new = open(self.journal_path, "ab")
+        except OSError as exc:  # the old handle points at a replaced file: appending there is lost
+            self._broken = f"cannot reopen the journal after a snapshot: {exc}"
+            log.error("%s; refusing further changes", self._broken)
+            raise
         if self._file is not None:
             self._file.close()
-        self._file = open(self.journal_path, "ab")
+        self._file = new
         fsync_dir(self.folder)
         self.entries_since_snapshot = 0
 

@@ -21,6 +21,7 @@ from common.errors import (
     AlreadyExists,
     AuthError,
     Conflict,
+    FileClusterError,
     InvalidRequest,
     NotFound,
     RemoteProtocolError,
@@ -108,12 +109,11 @@ class ProxyService:
 
     def login(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
         user, password = h["user"], check_password(h["password"], new=False)
-        wait = self.throttle.wait_needed(user)
+        wait = self.throttle.attempt(user)
         if wait > 0:
             raise AuthError(f"too many failed logins for {user!r}; try again in {math.ceil(wait)} s")
         record = self.catalog.user(user)
         if record is None or not auth.check_password(password, record["salt"], record["hash"]):
-            self.throttle.failed(user)
             raise AuthError("wrong user name or password")
         self.throttle.succeeded(user)
         token = auth.new_token()
@@ -155,7 +155,7 @@ class ProxyService:
 
     def upload_begin(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
         owner = self._user(h)
-        name = check_file_name(h["name"])
+        name = check_file_name(h["name"], new=True)
         sha1 = check_sha1(h["sha1"])
         chunks = self._check_manifest(h)
         sizes = dict((c, s) for c, s in chunks)
@@ -331,10 +331,16 @@ class ProxyService:
             present.update(data[i:i + 32].hex() for i in range(0, whole, 32))
             partial = data[whole:]
         ref = ServerRef(h["id"], h["host"], h["port"])
-        absent = self.catalog.listed_but_absent(h["id"], present)
-        # the inventory was read before it was sent: ask again before forgetting any copy
-        still_there = storage_client.has_chunks(ref, absent) if absent else set()
-        orphans = self.catalog.reconcile_server(h["id"], present, set(absent) - still_there)
+        with self.collector.lock:  # no commit records a copy on this server meanwhile
+            absent = self.catalog.listed_but_absent(h["id"], present)
+            # the inventory was read before it was sent: ask again before forgetting any copy
+            try:
+                still_there = storage_client.has_chunks(ref, absent) if absent else set()
+            except FileClusterError as exc:
+                log.warning("server %d did not confirm its inventory (%s); forgetting nothing",
+                            h["id"], exc)
+                still_there = set(absent)
+            orphans = self.catalog.reconcile_server(h["id"], present, set(absent) - still_there)
         self.catalog.remember_server(h["id"], h["host"], h["port"])
         self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
         if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds

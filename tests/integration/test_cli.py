@@ -222,3 +222,24 @@ def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> N
         user.proxy.call(MsgType.UPLOAD_BEGIN, {
             "name": "huge.img", "size": chunk * (MAX_CHUNKS_PER_FILE + 1), "sha1": "0" * 40,
             "chunk_size": chunk, "chunks": []}, session=True)
+
+
+def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    env = {**cluster.env, "FILECLUSTER_PROXY": cluster.proxy_addr, "FILECLUSTER_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "client", "menu"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("8\n")  # "delete": now waiting for a name
+    proc.stdin.flush()
+    time.sleep(1.0)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=10) == 143
+    finally:
+        proc.kill()
+        proc.communicate()
