@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import LocalProtocolError, RemoteProtocolError
+from common.errors import LocalProtocolError
 
 
 class MsgType(enum.IntEnum):
@@ -132,11 +132,9 @@ def _fits(value: Any, expected: type | tuple[type, ...]) -> bool:
     return isinstance(value, expected)
 
 
-def check_header(
-    msg_type: MsgType, header: Mapping[str, Any], payload_len: int, *, remote: bool
-) -> None:
-    """Raise a protocol error (remote or local) if ``header`` does not fit ``msg_type``."""
-    error = RemoteProtocolError if remote else LocalProtocolError
+def check_header(msg_type: MsgType, header: Mapping[str, Any], payload_len: int) -> None:
+    """Raise LocalProtocolError if ``header`` does not fit ``msg_type``."""
+    error = LocalProtocolError
     spec = SPECS[msg_type]
     name = msg_type.name
     for key, expected in spec.required.items():
@@ -167,4 +165,4 @@ class Message:
     def __post_init__(self) -> None:
         if self.payload_len < 0:
             raise LocalProtocolError("payload length cannot be negative")
-        check_header(self.type, self.header, self.payload_len, remote=False)
+        check_header(self.type, self.header, self.payload_len)

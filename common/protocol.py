@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from common.errors import LocalProtocolError, RemoteProtocolError
-from common.messages import Message, MsgType, check_header
+from common.messages import Message, MsgType
 
 MAGIC: Final = b"FC"
 VERSION: Final = 1
@@ -130,8 +130,10 @@ def parse_header(msg_type: MsgType, body: bytes | bytearray, payload_len: int) -
     if not isinstance(header, dict):
         raise RemoteProtocolError(f"{msg_type.name} header is not a JSON object")
     _check_json(header, msg_type, 0)
-    check_header(msg_type, header, payload_len, remote=True)
-    return Message(msg_type, header, payload_len)
+    try:
+        return Message(msg_type, header, payload_len)  # validates against the message table
+    except LocalProtocolError as exc:  # ...and what fails to fit came from the peer
+        raise RemoteProtocolError(str(exc)) from None
 
 
 MAX_DEPTH: Final = 6

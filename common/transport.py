@@ -98,8 +98,10 @@ class Connection:
     # -- sending ----------------------------------------------------------------
     def send(self, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> None:
         head = encode_message(Message(msg_type, header, len(payload)))
-        self._sendall(head + payload if len(payload) < 65536 else head)
-        if len(payload) >= 65536:
+        if len(payload) < 65536:  # small: one write; large: no copy of the payload
+            self._sendall(head + payload)
+        else:
+            self._sendall(head)
             self._sendall(payload)
 
     def send_head(self, msg_type: MsgType, header: Mapping[str, Any], payload_len: int) -> None:
@@ -116,7 +118,8 @@ class Connection:
     def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
         """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible).
 
-        Reads at explicit offsets and never moves the file position, so threads may share a file.
+        A file with a descriptor is read at explicit offsets and its position never moves, so
+        threads may share it; a file without one (an in-memory twin) is read by seeking.
         """
         try:
             fd = file.fileno()

@@ -21,7 +21,7 @@ from common.errors import FileClusterError
 from proxy import storage_client
 from proxy.catalog import Catalog
 from proxy.registry import Registry
-from proxy.uploads import Uploads
+from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ class Collector:
                 self._orphans[server_id].update(chunk_ids)
             self._wake.set()
 
+    def abandoned(self, upload: PendingUpload) -> None:
+        """An upload that will never commit: what it may have stored is orphan work."""
+        for chunk_id, servers in upload.placement.items():
+            for server in servers:
+                self.orphans(server.id, [chunk_id])
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.interval)
@@ -78,9 +84,7 @@ class Collector:
     def collect(self) -> None:
         for upload in self.uploads.expired():
             log.info("upload of %s by %s expired", upload.name, upload.owner)
-            for chunk_id, servers in upload.placement.items():
-                for server in servers:
-                    self.orphans(server.id, [chunk_id])
+            self.abandoned(upload)
         with self._queue_lock:
             freed, self._freed = self._freed, set()
             orphans, self._orphans = self._orphans, defaultdict(set)

@@ -158,7 +158,7 @@ class ProxyService:
         name = check_file_name(h["name"], new=True)
         sha1 = check_sha1(h["sha1"])
         chunks = self._check_manifest(h)
-        sizes = dict((c, s) for c, s in chunks)
+        sizes = dict(chunks)
         with self.collector.lock:
             live_ids = self.registry.live_ids()
             placement: dict[str, list[ServerRef]] = {}
@@ -221,9 +221,7 @@ class ProxyService:
     def _abandon(self, upload_id: str) -> None:
         upload = self.uploads.finish(upload_id)
         if upload is not None:
-            for chunk_id, servers in upload.placement.items():
-                for server in servers:
-                    self.collector.orphans(server.id, [chunk_id])
+            self.collector.abandoned(upload)
 
     def upload_abort(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
         owner = self._user(h)

@@ -29,9 +29,13 @@ TMP_DIR = "tmp"
 
 
 class ChunkWriter(Protocol):
+    """What both stores' ``writer()`` returns: write pieces, then commit (verify + install) or abort."""
+
     def write(self, data: bytes | memoryview) -> None: ...
     def commit(self) -> None: ...
     def abort(self) -> None: ...
+    def __enter__(self) -> ChunkWriter: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def _io_error(exc: OSError, what: str) -> Exception:
@@ -110,7 +114,7 @@ class ChunkStore:
             raise _io_error(exc, "read a chunk") from None
         return file, os.fstat(file.fileno()).st_size
 
-    def writer(self, chunk_id: str, size: int) -> _DiskWriter:
+    def writer(self, chunk_id: str, size: int) -> ChunkWriter:
         return _DiskWriter(self, check_chunk_id(chunk_id), size)
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
@@ -232,7 +236,7 @@ class MemoryChunkStore:
             raise NotFound(f"no chunk {chunk_id}") from None
         return io.BytesIO(data), len(data)
 
-    def writer(self, chunk_id: str, size: int) -> _MemoryWriter:
+    def writer(self, chunk_id: str, size: int) -> ChunkWriter:
         return _MemoryWriter(self, check_chunk_id(chunk_id), size)
 
     def delete(self, chunk_ids: Iterable[str]) -> int:

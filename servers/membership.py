@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from common.atomic import write_atomic
-from common.errors import Conflict, FileClusterError, NotFound, Unavailable
+from common.errors import Conflict, FileClusterError, NotFound
 from common.messages import MsgType
 from common.transport import Connection
 from servers.storage_server import Store
@@ -88,7 +88,7 @@ class Membership:
                 log.error("the proxy refused this server: %s", exc)
                 self.registered.clear()
                 wait = max(self.interval, 10.0)
-            except (Unavailable, FileClusterError) as exc:
+            except FileClusterError as exc:
                 if not complained:
                     log.warning("proxy at %s:%d unreachable (%s); retrying", *self.proxy, exc)
                     complained = True
