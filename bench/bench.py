@@ -165,8 +165,9 @@ class Processes:
         self.procs.clear()
 
 
-def run_timed(procs: Processes, args: list[str], env: dict[str, str], cwd: Path, logs: Path,
-              timeout: float) -> Timed:
+def run_timed(
+    procs: Processes, args: list[str], env: dict[str, str], cwd: Path, logs: Path, timeout: float
+) -> Timed:
     """Run a child to completion; wall time from spawn to exit, and its peak RSS from ``wait4``."""
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -182,11 +183,18 @@ def run_timed(procs: Processes, args: list[str], env: dict[str, str], cwd: Path,
     finally:
         timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    result = Timed(elapsed, int(usage.ru_maxrss), usage.ru_utime + usage.ru_stime,
-                   out_path.read_text(errors="replace"), err_path.read_text(errors="replace"))
+    result = Timed(
+        elapsed,
+        int(usage.ru_maxrss),
+        usage.ru_utime + usage.ru_stime,
+        out_path.read_text(errors="replace"),
+        err_path.read_text(errors="replace"),
+    )
     if proc.returncode != 0:
-        raise BenchError(f"{' '.join(args[2:])} failed (exit {proc.returncode}, timeout {timeout:.0f} s):"
-                         f"\n{result.stdout}{result.stderr}")
+        raise BenchError(
+            f"{' '.join(args[2:])} failed (exit {proc.returncode}, timeout {timeout:.0f} s):"
+            f"\n{result.stdout}{result.stderr}"
+        )
     return result
 
 
@@ -196,8 +204,13 @@ def _kill_unless_reaped(pid: int, reaped: threading.Event) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def wait_for(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path,
-             timeout: float = START_TIMEOUT) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = START_TIMEOUT,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -284,8 +297,9 @@ def hash_pass(path: Path) -> float:
 def socket_copy(procs: Processes, source: Path, target: Path, python: str) -> tuple[float, float]:
     """Copy ``source`` to a receiver process over loopback; (copy seconds, receiver fsync seconds)."""
     size = source.stat().st_size
-    receiver = procs.spawn([python, "-c", RECEIVER, str(target)], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE)
+    receiver = procs.spawn(
+        [python, "-c", RECEIVER, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert receiver.stdout is not None and receiver.stdin is not None
     line = receiver.stdout.readline()
     if not line.strip().isdigit():
@@ -333,8 +347,14 @@ class Cluster:
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
         out, log = self.root / f"{name}.out", self.root / f"{name}.log"
         with open(out, "wb") as out_file, open(log, "wb") as log_file:
-            proc = self.procs.spawn([self.python, "-m", "client", *args], env=self.env, cwd=self.root,
-                                    stdin=subprocess.DEVNULL, stdout=out_file, stderr=log_file)
+            proc = self.procs.spawn(
+                [self.python, "-m", "client", *args],
+                env=self.env,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out_file,
+                stderr=log_file,
+            )
         self.daemons[name] = proc
         return proc, out, log
 
@@ -348,9 +368,22 @@ class Cluster:
             self.chunk_size, self.replicas = int(found[1]), int(found[2])
         started = []
         for i in range(1, servers + 1):
-            started.append(self._spawn(f"server{i}", [
-                "server", "--id", str(i), "--port", "0", "--data", str(self.root / f"server{i}"),
-                "--proxy", self.proxy_addr]))
+            started.append(
+                self._spawn(
+                    f"server{i}",
+                    [
+                        "server",
+                        "--id",
+                        str(i),
+                        "--port",
+                        "0",
+                        "--data",
+                        str(self.root / f"server{i}"),
+                        "--proxy",
+                        self.proxy_addr,
+                    ],
+                )
+            )
         for i, (proc, _, log) in enumerate(started, 1):
             wait_for(_log_says(log, "registered with"), f"server {i} to register", proc, log)
 
@@ -374,8 +407,13 @@ class Cluster:
 # -- the run ---------------------------------------------------------------------------------------
 def child_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    for key in ("FILECLUSTER_PROXY", "FILECLUSTER_PORT", "FILECLUSTER_DATA", "FILECLUSTER_HOME",
-                "FILECLUSTER_PASSWORD"):
+    for key in (
+        "FILECLUSTER_PROXY",
+        "FILECLUSTER_PORT",
+        "FILECLUSTER_DATA",
+        "FILECLUSTER_HOME",
+        "FILECLUSTER_PASSWORD",
+    ):
         env.pop(key, None)
     return env
 
@@ -416,14 +454,19 @@ def run(args: argparse.Namespace, work: Path, procs: Processes) -> Results:
     results.chunk_size, results.replicas = cluster.chunk_size, cluster.replicas
     try:
         home = work / "client-home"
-        client_env = {**env, "FILECLUSTER_PROXY": cluster.proxy_addr, "FILECLUSTER_HOME": str(home),
-                      "FILECLUSTER_PASSWORD": PASSWORD}
+        client_env = {
+            **env,
+            "FILECLUSTER_PROXY": cluster.proxy_addr,
+            "FILECLUSTER_HOME": str(home),
+            "FILECLUSTER_PASSWORD": PASSWORD,
+        }
         logs = work / "client-logs"
         logs.mkdir()
 
         def cli(name: str, *cmd: str) -> Timed:
-            return run_timed(procs, [python, "-m", "client", *cmd], client_env, work, logs / name,
-                             args.timeout)
+            return run_timed(
+                procs, [python, "-m", "client", *cmd], client_env, work, logs / name, args.timeout
+            )
 
         cli("register", "register", USER)
         results.cli_startup_s = cli("whoami", "whoami").seconds
@@ -456,8 +499,10 @@ def run(args: argparse.Namespace, work: Path, procs: Processes) -> Results:
         raise BenchError(f"the download did not produce {fetched}:\n{down.stdout}{down.stderr}")
     fetched_sha1 = file_sha1(fetched)
     if fetched_sha1 != original_sha1 or fetched.stat().st_size != size:
-        raise BenchError(f"DOWNLOADED FILE DIFFERS: SHA-1 {fetched_sha1}, size {fetched.stat().st_size}; "
-                         f"expected {original_sha1}, {size}")
+        raise BenchError(
+            f"DOWNLOADED FILE DIFFERS: SHA-1 {fetched_sha1}, size {fetched.stat().st_size}; "
+            f"expected {original_sha1}, {size}"
+        )
     log(f"downloaded file matches (SHA-1 {original_sha1})")
     return results
 
@@ -474,30 +519,39 @@ def table(r: Results) -> str:
         return [name, f"{kib / 1024:,.1f} MiB", "", ""]
 
     rows = [
-        speed(f"socket copy (the limit), best of {len(r.socket_copy_runs)}", r.socket_copy_s,
-              vs_limit=False),
+        speed(f"socket copy (the limit), best of {len(r.socket_copy_runs)}", r.socket_copy_s, vs_limit=False),
         speed("upload (client CLI)", r.upload_s),
         speed("download (client CLI)", r.download_s),
         mem("client peak RSS, upload", r.client_rss_upload_kib),
         mem("client peak RSS, download", r.client_rss_download_kib),
     ]
     rows += [mem(f"{name} peak RSS", kib) for name, kib in r.daemon_hwm_kib.items()]
-    for phase, cpu, seconds in (("upload", r.cpu_upload, r.upload_s),
-                                ("download", r.cpu_download, r.download_s)):
+    for phase, cpu, seconds in (
+        ("upload", r.cpu_upload, r.upload_s),
+        ("download", r.cpu_download, r.download_s),
+    ):
         for who, used in cpu.items():
             share = f"{used / seconds:.2f} cores" if seconds else ""
             rows.append([f"{phase} CPU time, {who}", share, f"{used:.2f}", ""])
     rows += [
         ["- for reference -", "", "", ""],
-        *([speed(f"socket copy, worst of {len(r.socket_copy_runs)}", max(r.socket_copy_runs))]
-          if len(r.socket_copy_runs) > 1 else []),
+        *(
+            [speed(f"socket copy, worst of {len(r.socket_copy_runs)}", max(r.socket_copy_runs))]
+            if len(r.socket_copy_runs) > 1
+            else []
+        ),
         speed("hash pass, SHA-1 + SHA-256", r.hash_pass_s),
-        speed("disk flush (fsync of the copy)", r.disk_flush_s) if r.disk_flush_s else
-        ["disk flush (fsync of the copy)", "n/a", "", ""],
+        speed("disk flush (fsync of the copy)", r.disk_flush_s)
+        if r.disk_flush_s
+        else ["disk flush (fsync of the copy)", "n/a", "", ""],
         ["client CLI start-up (whoami)", "", f"{r.cli_startup_s:.2f}", ""],
     ]
-    return tabulate(rows, headers=["measurement", "value", "seconds", "vs socket copy"],
-                    colalign=("left", "right", "right", "right"), disable_numparse=True)
+    return tabulate(
+        rows,
+        headers=["measurement", "value", "seconds", "vs socket copy"],
+        colalign=("left", "right", "right", "right"),
+        disable_numparse=True,
+    )
 
 
 def as_json(r: Results, args: argparse.Namespace) -> dict[str, Any]:
@@ -508,19 +562,37 @@ def as_json(r: Results, args: argparse.Namespace) -> dict[str, Any]:
         "servers": N_SERVERS,
         "chunk_size": r.chunk_size,
         "replicas": r.replicas,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "mib_per_s": {"socket_copy": limit, "upload": r.rate(r.upload_s), "download": r.rate(r.download_s),
-                      "hash_pass": r.rate(r.hash_pass_s), "disk_flush": r.rate(r.disk_flush_s)},
-        "ratio_to_socket_copy": {"upload": r.rate(r.upload_s) / limit if limit else None,
-                                 "download": r.rate(r.download_s) / limit if limit else None},
-        "seconds": {"socket_copy": r.socket_copy_s, "upload": r.upload_s, "download": r.download_s,
-                    "hash_pass": r.hash_pass_s, "disk_flush": r.disk_flush_s,
-                    "cli_startup": r.cli_startup_s, "socket_copy_runs": r.socket_copy_runs},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "mib_per_s": {
+            "socket_copy": limit,
+            "upload": r.rate(r.upload_s),
+            "download": r.rate(r.download_s),
+            "hash_pass": r.rate(r.hash_pass_s),
+            "disk_flush": r.rate(r.disk_flush_s),
+        },
+        "ratio_to_socket_copy": {
+            "upload": r.rate(r.upload_s) / limit if limit else None,
+            "download": r.rate(r.download_s) / limit if limit else None,
+        },
+        "seconds": {
+            "socket_copy": r.socket_copy_s,
+            "upload": r.upload_s,
+            "download": r.download_s,
+            "hash_pass": r.hash_pass_s,
+            "disk_flush": r.disk_flush_s,
+            "cli_startup": r.cli_startup_s,
+            "socket_copy_runs": r.socket_copy_runs,
+        },
         "cpu_seconds": {"upload": r.cpu_upload, "download": r.cpu_download},
-        "peak_rss_mib": {"client_upload": r.client_rss_upload_kib / 1024,
-                         "client_download": r.client_rss_download_kib / 1024,
-                         **{name: kib / 1024 for name, kib in r.daemon_hwm_kib.items()}},
+        "peak_rss_mib": {
+            "client_upload": r.client_rss_upload_kib / 1024,
+            "client_download": r.client_rss_download_kib / 1024,
+            **{name: kib / 1024 for name, kib in r.daemon_hwm_kib.items()},
+        },
     }
 
 
@@ -545,16 +617,23 @@ def work_folder(requested: Path | None, keep: bool) -> Iterator[Path]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="test file size in MiB (default 1024)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="work folder, empty or new (default: a fresh temp folder under /tmp)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="work folder, empty or new (default: a fresh temp folder under /tmp)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (data, logs)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
-    parser.add_argument("--copy-runs", type=int, default=3,
-                        help="socket copies to make; the fastest is the limit (default 3)")
-    parser.add_argument("--timeout", type=float, default=900.0,
-                        help="seconds any one client command may take (default 900)")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for every child process (default: this one)")
+    parser.add_argument(
+        "--copy-runs", type=int, default=3, help="socket copies to make; the fastest is the limit (default 3)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds any one client command may take (default 900)"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for every child process (default: this one)"
+    )
     args = parser.parse_args(argv)
     if args.size_mib < 1:
         parser.error("--size-mib must be at least 1")
@@ -585,8 +664,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     chunks = f"{results.chunk_size / MIB:g} MiB chunks" if results.chunk_size else "default chunk size"
     copies = f"{results.replicas} replicas" if results.replicas else "default replicas"
-    print(f"\nfilecluster on loopback: {args.size_mib} MiB file, {N_SERVERS} storage servers, {chunks}, "
-          f"{copies}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    print(
+        f"\nfilecluster on loopback: {args.size_mib} MiB file, {N_SERVERS} storage servers, {chunks}, "
+        f"{copies}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n"
+    )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(as_json(results, args), indent=2) + "\n")

@@ -48,8 +48,13 @@ def parse_link(text: str) -> Link | None:
 
 
 class Client:
-    def __init__(self, proxy: tuple[str, int], home: Path | None = None,
-                 token: str | None = None, user: str | None = None) -> None:
+    def __init__(
+        self,
+        proxy: tuple[str, int],
+        home: Path | None = None,
+        token: str | None = None,
+        user: str | None = None,
+    ) -> None:
         self.home = home or client_home()
         self.proxy = ProxyLink(*proxy, token=token)
         self.user = user
@@ -149,8 +154,7 @@ class Client:
             raise InvalidRequest(f"not a valid link: {target}")
         if self.proxy.token:
             try:
-                return self.proxy.call(MsgType.LOCATE, {"name": check_file_name(target)},
-                                       session=True)
+                return self.proxy.call(MsgType.LOCATE, {"name": check_file_name(target)}, session=True)
             except (NotFound, InvalidRequest):
                 if not TOKEN_RE.match(target):
                     raise
@@ -161,8 +165,9 @@ class Client:
         except NotFound:
             raise NotFound(f"no file or link {target!r}") from None
 
-    def download(self, target: str, out_dir: Path = Path("ClientFiles"),
-                 progress: downloader.Progress | None = None) -> downloader.DownloadResult:
+    def download(
+        self, target: str, out_dir: Path = Path("ClientFiles"), progress: downloader.Progress | None = None
+    ) -> downloader.DownloadResult:
         info = self.locate(target)
         return downloader.download(info, out_dir, progress)
 

@@ -118,14 +118,16 @@ def cmd_menu(c: Client, a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="filecluster",
-        description="A small self-hosted file cluster. With no command, opens the menu.")
-    parser.add_argument("--proxy", default=None,
-                        help="proxy HOST:PORT (default: FILECLUSTER_PROXY or 127.0.0.1:9000)")
+        prog="filecluster", description="A small self-hosted file cluster. With no command, opens the menu."
+    )
+    parser.add_argument(
+        "--proxy", default=None, help="proxy HOST:PORT (default: FILECLUSTER_PROXY or 127.0.0.1:9000)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func: Callable[[Client, argparse.Namespace], int], help_text: str
-            ) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[Client, argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
@@ -134,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("login", cmd_login, "log in (password from FILECLUSTER_PASSWORD or a prompt)").add_argument("user")
     add("logout", cmd_logout, "end the session")
     add("whoami", cmd_whoami, "print the logged-in user")
-    add("upload", cmd_upload, "upload files (the name in the cluster is the base name)"
-        ).add_argument("paths", nargs="+", metavar="PATH")
+    add("upload", cmd_upload, "upload files (the name in the cluster is the base name)").add_argument(
+        "paths", nargs="+", metavar="PATH"
+    )
     p = add("list", cmd_list, "list your files (or everyone's with --all)")
     p.add_argument("--all", action="store_true", help="everyone's files")
     p.add_argument("--json", action="store_true", help="a JSON array instead of a table")

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +60,7 @@ def file_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _candidates(folder: Path, name: str) -> Any:
+def _candidates(folder: Path, name: str) -> Iterator[Path]:
     """``name``, then ``stem (1).ext``, ``stem (2).ext``...; the stem shortened to fit 255 bytes."""
     yield folder / name
     stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
@@ -141,8 +141,9 @@ def _link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
-def _fetch_all(fd: int, chunks: list[dict[str, Any]], size: int, sha1: str,
-               progress: Progress | None) -> None:
+def _fetch_all(
+    fd: int, chunks: list[dict[str, Any]], size: int, sha1: str, progress: Progress | None
+) -> None:
     offsets = []
     offset = 0
     for chunk in chunks:
@@ -164,8 +165,10 @@ def _fetch_all(fd: int, chunks: list[dict[str, Any]], size: int, sha1: str,
 
     whole = hashlib.sha1()
     with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
-        futures = [workers.submit(_fetch_chunk, pool, fd, chunk, offsets[i], on_bytes)
-                   for i, chunk in enumerate(chunks)]
+        futures = [
+            workers.submit(_fetch_chunk, pool, fd, chunk, offsets[i], on_bytes)
+            for i, chunk in enumerate(chunks)
+        ]
         try:
             for i, future in enumerate(futures):
                 future.result()
@@ -188,8 +191,9 @@ def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
         offset += len(block)
 
 
-def _fetch_chunk(pool: ConnectionPool, fd: int, chunk: dict[str, Any], offset: int,
-                 on_bytes: Callable[[int], None]) -> None:
+def _fetch_chunk(
+    pool: ConnectionPool, fd: int, chunk: dict[str, Any], offset: int, on_bytes: Callable[[int], None]
+) -> None:
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
     errors = []
     for server in chunk["servers"]:
@@ -202,8 +206,15 @@ def _fetch_chunk(pool: ConnectionPool, fd: int, chunk: dict[str, Any], offset: i
     raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
 
 
-def _fetch_from(pool: ConnectionPool, server: dict[str, Any], fd: int, chunk_id: str, size: int,
-                offset: int, on_bytes: Callable[[int], None]) -> None:
+def _fetch_from(
+    pool: ConnectionPool,
+    server: dict[str, Any],
+    fd: int,
+    chunk_id: str,
+    size: int,
+    offset: int,
+    on_bytes: Callable[[int], None],
+) -> None:
     conn = pool.get(server)
     conn.send(MsgType.GET_CHUNK, {"id": chunk_id})
     reply = conn.expect_reply(MsgType.GET_CHUNK)
@@ -220,5 +231,3 @@ def _fetch_from(pool: ConnectionPool, server: dict[str, Any], fd: int, chunk_id:
     if digest.hexdigest() != chunk_id:
         on_bytes(-size)
         raise CorruptData(f"chunk {chunk_id[:12]} from server {server.get('id', '?')} is corrupt")
-
-

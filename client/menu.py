@@ -92,8 +92,10 @@ ACTIONS: list[tuple[str, Callable[[Client], None]]] = [
 
 
 def run_menu(client: Client) -> int:
-    print(f"filecluster — proxy {client.proxy.address}"
-          + (f", logged in as {client.user}" if client.user else ""))
+    print(
+        f"filecluster — proxy {client.proxy.address}"
+        + (f", logged in as {client.user}" if client.user else "")
+    )
     while True:
         print()
         for number, (label, _) in enumerate(ACTIONS, 1):

@@ -36,22 +36,37 @@ def files_table(files: list[dict[str, Any]]) -> str:
     if not files:
         return "no files"
     rows = [[f["name"], f["owner"], f["size"], f["sha1"], local_time(f["uploaded"])] for f in files]
-    return tabulate(rows, headers=["name", "owner", "size", "sha1", "uploaded"],
-                    colalign=("left", "left", "right", "left", "left"))
+    return tabulate(
+        rows,
+        headers=["name", "owner", "size", "sha1", "uploaded"],
+        colalign=("left", "left", "right", "left", "left"),
+    )
 
 
 def files_json(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": f["name"], "owner": f["owner"], "size": f["size"], "sha1": f["sha1"],
-             "uploaded": iso_time(f["uploaded"])} for f in files]
+    return [
+        {
+            "name": f["name"],
+            "owner": f["owner"],
+            "size": f["size"],
+            "sha1": f["sha1"],
+            "uploaded": iso_time(f["uploaded"]),
+        }
+        for f in files
+    ]
 
 
 def status_table(status: dict[str, Any]) -> str:
-    rows = [[s["id"], f"{s['host']}:{s['port']}", "up" if s["up"] else "DOWN", s["chunks"],
-             human_size(s["used"])] for s in status["servers"]]
+    rows = [
+        [s["id"], f"{s['host']}:{s['port']}", "up" if s["up"] else "DOWN", s["chunks"], human_size(s["used"])]
+        for s in status["servers"]
+    ]
     table = tabulate(rows, headers=["id", "address", "state", "chunks", "used"])
     up = sum(1 for s in status["servers"] if s["up"])
-    return (f"{table}\n{up} of {len(status['servers'])} storage servers up; "
-            f"{status['replicas']} copies of every chunk, {human_size(status['chunk_size'])} chunks")
+    return (
+        f"{table}\n{up} of {len(status['servers'])} storage servers up; "
+        f"{status['replicas']} copies of every chunk, {human_size(status['chunk_size'])} chunks"
+    )
 
 
 class ProgressBars:
@@ -69,8 +84,15 @@ class ProgressBars:
         if phase != self._phase:
             self.close()
             self._phase = phase
-            self._bar = tqdm(total=total, desc=f"{phase} {self.label}", unit="B", unit_scale=True,
-                             unit_divisor=1024, leave=False, file=sys.stderr)
+            self._bar = tqdm(
+                total=total,
+                desc=f"{phase} {self.label}",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+                file=sys.stderr,
+            )
         self._bar.n = done
         self._bar.refresh()
 

@@ -22,8 +22,9 @@ class ConnectionPool:
         key = (server["host"], server["port"])
         conn = conns.get(key)
         if conn is None or conn.is_dropped():
-            conn = Connection.connect(*key, timeout=self.timeout,
-                                      what=f"storage server {server.get('id', '?')}")
+            conn = Connection.connect(
+                *key, timeout=self.timeout, what=f"storage server {server.get('id', '?')}"
+            )
             conns[key] = conn
             with self._lock:
                 self._all.append(conn)

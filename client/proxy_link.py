@@ -11,8 +11,7 @@ TIMEOUT = 60.0
 
 
 class ProxyLink:
-    def __init__(self, host: str, port: int, token: str | None = None,
-                 timeout: float = TIMEOUT) -> None:
+    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = TIMEOUT) -> None:
         self.host = host
         self.port = port
         self.token = token
@@ -23,8 +22,9 @@ class ProxyLink:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def call(self, msg_type: MsgType, header: dict[str, Any] | None = None, *,
-             session: bool = False) -> dict[str, Any]:
+    def call(
+        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
+    ) -> dict[str, Any]:
         header = dict(header or {})
         if session:
             header["session"] = self.token or ""

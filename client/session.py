@@ -39,13 +39,15 @@ def save(home: Path, session: SavedSession) -> None:
             home.mkdir(mode=0o700, parents=True)
         write_atomic(_path(home), json.dumps(data).encode(), mode=0o600)
     except OSError as exc:
-        raise InvalidRequest(f"cannot keep the session in {home} (FILECLUSTER_HOME): "
-                             f"{exc.strerror or exc}") from None
+        raise InvalidRequest(
+            f"cannot keep the session in {home} (FILECLUSTER_HOME): {exc.strerror or exc}"
+        ) from None
 
 
 def clear(home: Path) -> None:
     try:
         _path(home).unlink(missing_ok=True)
     except OSError as exc:
-        raise InvalidRequest(f"cannot remove the session in {home} (FILECLUSTER_HOME): "
-                             f"{exc.strerror or exc}") from None
+        raise InvalidRequest(
+            f"cannot remove the session in {home} (FILECLUSTER_HOME): {exc.strerror or exc}"
+        ) from None

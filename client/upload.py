@@ -83,8 +83,9 @@ def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> Up
         chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
         size = os.fstat(file.fileno()).st_size
         if size > chunk_size * MAX_CHUNKS_PER_FILE:
-            raise InvalidRequest(f"{path} is too large for this cluster: at most "
-                                 f"{chunk_size * MAX_CHUNKS_PER_FILE} bytes")
+            raise InvalidRequest(
+                f"{path} is too large for this cluster: at most {chunk_size * MAX_CHUNKS_PER_FILE} bytes"
+            )
         hashed = 0
 
         def on_hash(n: int) -> None:
@@ -123,13 +124,26 @@ class _Sent:
             return self.bytes
 
 
-def _attempt(proxy: ProxyLink, file: BinaryIO, path: Path, name: str, manifest: Manifest,
-             progress: Progress | None, sent: _Sent) -> None:
-    begin = proxy.call(MsgType.UPLOAD_BEGIN, {
-        "name": name, "size": manifest.size, "sha1": manifest.sha1,
-        "chunk_size": manifest.chunk_size,
-        "chunks": [[c.id, c.size] for c in manifest.chunks],
-    }, session=True)
+def _attempt(
+    proxy: ProxyLink,
+    file: BinaryIO,
+    path: Path,
+    name: str,
+    manifest: Manifest,
+    progress: Progress | None,
+    sent: _Sent,
+) -> None:
+    begin = proxy.call(
+        MsgType.UPLOAD_BEGIN,
+        {
+            "name": name,
+            "size": manifest.size,
+            "sha1": manifest.sha1,
+            "chunk_size": manifest.chunk_size,
+            "chunks": [[c.id, c.size] for c in manifest.chunks],
+        },
+        session=True,
+    )
     upload_id = begin["upload_id"]
     try:
         _send_missing(file, manifest, begin["missing"], progress, sent)
@@ -137,18 +151,19 @@ def _attempt(proxy: ProxyLink, file: BinaryIO, path: Path, name: str, manifest: 
     except BaseException as exc:
         suspects = exc.suspects if isinstance(exc, _ServerTrouble) else []
         with contextlib.suppress(FileClusterError):
-            proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects},
-                       session=True)
+            proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects}, session=True)
         if isinstance(exc, (CorruptData, SourceShrank)):  # bytes differ, or the file shrank
-            raise Conflict(f"{path} changed while it was being uploaded; nothing was stored, "
-                           "try again") from None
+            raise Conflict(
+                f"{path} changed while it was being uploaded; nothing was stored, try again"
+            ) from None
         if isinstance(exc, OSError):
             raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
         raise
 
 
-def _send_missing(file: BinaryIO, manifest: Manifest, missing: list[dict[str, Any]],
-                  progress: Progress | None, sent: _Sent) -> None:
+def _send_missing(
+    file: BinaryIO, manifest: Manifest, missing: list[dict[str, Any]], progress: Progress | None, sent: _Sent
+) -> None:
     """Send the missing chunks, several at a time; at the first failure, start no more."""
     offsets: dict[str, int] = {}
     for chunk in manifest.chunks:

@@ -44,8 +44,7 @@ class Manifest:
     chunks: tuple[ChunkRef, ...]
 
 
-def manifest_of(file: BinaryIO, chunk_size: int,
-                progress: Callable[[int], None] | None = None) -> Manifest:
+def manifest_of(file: BinaryIO, chunk_size: int, progress: Callable[[int], None] | None = None) -> Manifest:
     """Read ``file`` once, computing its SHA-1 and the SHA-256 of every chunk."""
     whole = hashlib.sha1()
     chunks: list[ChunkRef] = []

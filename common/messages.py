@@ -98,9 +98,7 @@ SPECS: dict[MsgType, MessageSpec] = {
         optional={"cluster_id": str},
         payload=True,
     ),
-    MsgType.HEARTBEAT: MessageSpec(
-        required={"id": int, "capacity": int, "used": int, "chunks": int}
-    ),
+    MsgType.HEARTBEAT: MessageSpec(required={"id": int, "capacity": int, "used": int, "chunks": int}),
     MsgType.PUT_CHUNK: MessageSpec(
         required={"id": str, "size": int}, optional={"forward": list}, payload=True
     ),

@@ -34,8 +34,10 @@ def check_file_name(name: object, *, new: bool = False) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
     if new and any(c in BIDI_CONTROLS for c in name):
-        raise InvalidRequest(f"invalid file name {name!r}: it contains text-direction controls, "
-                             "which make a name display as something else")
+        raise InvalidRequest(
+            f"invalid file name {name!r}: it contains text-direction controls, "
+            "which make a name display as something else"
+        )
     if new and all(unicodedata.category(c) in INVISIBLE for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it has no visible character")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:

@@ -104,8 +104,9 @@ def encode(msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -
     return encode_message(Message(msg_type, header, len(payload))) + payload
 
 
-def parse_prefix(prefix: bytes | bytearray | memoryview, max_header: int, max_payload: int
-                 ) -> tuple[MsgType, int, int]:
+def parse_prefix(
+    prefix: bytes | bytearray | memoryview, max_header: int, max_payload: int
+) -> tuple[MsgType, int, int]:
     magic, version, raw_type, header_len, payload_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise RemoteProtocolError("not a filecluster frame (bad magic)")
@@ -169,8 +170,9 @@ def _check_json(value: Any, msg_type: MsgType, depth: int) -> None:
 class FrameDecoder:
     """Incremental, sans-IO frame decoder for one direction of one connection."""
 
-    def __init__(self, *, max_header: int = DEFAULT_MAX_HEADER,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(
+        self, *, max_header: int = DEFAULT_MAX_HEADER, max_payload: int = DEFAULT_MAX_PAYLOAD
+    ) -> None:
         self.max_header = max_header
         self.max_payload = max_payload
         self._buf = bytearray()

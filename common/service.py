@@ -32,8 +32,7 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.server.idle_timeout)
-        conn = Connection(sock, max_header=self.server.max_header,
-                          max_payload=self.server.max_payload)
+        conn = Connection(sock, max_header=self.server.max_header, max_payload=self.server.max_payload)
         self.server.track(conn, True)
         try:
             self._serve(conn)
@@ -86,9 +85,16 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], handlers: Mapping[MsgType, Handler], *,
-                 max_header: int, max_payload: int, idle_timeout: float = 300.0,
-                 max_connections: int = 512) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handlers: Mapping[MsgType, Handler],
+        *,
+        max_header: int,
+        max_payload: int,
+        idle_timeout: float = 300.0,
+        max_connections: int = 512,
+    ) -> None:
         self.handlers = dict(handlers)
         self.max_connections = max_connections
         self.max_header = max_header
@@ -119,8 +125,9 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self._live_lock:
             busy = len(self._live) >= self.max_connections
         if busy:
-            log.warning("refusing a connection from %s: %d connections open", client_address,
-                        self.max_connections)
+            log.warning(
+                "refusing a connection from %s: %d connections open", client_address, self.max_connections
+            )
         return not busy
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -56,9 +56,14 @@ _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, *, peer: str = "",
-                 max_header: int = DEFAULT_MAX_HEADER,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        peer: str = "",
+        max_header: int = DEFAULT_MAX_HEADER,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self._decoder = FrameDecoder(max_header=max_header, max_payload=max_payload)
@@ -74,8 +79,9 @@ class Connection:
 
     # -- connecting -------------------------------------------------------------
     @classmethod
-    def connect(cls, host: str, port: int, *, timeout: float = DEFAULT_TIMEOUT,
-                what: str = "peer", **limits: int) -> Connection:
+    def connect(
+        cls, host: str, port: int, *, timeout: float = DEFAULT_TIMEOUT, what: str = "peer", **limits: int
+    ) -> Connection:
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -142,8 +148,11 @@ class Connection:
                         use_sendfile = False  # this file system cannot: copy through memory
                         continue
                 else:
-                    block = (os.pread(fd, min(want, RECV_SIZE), offset + sent) if fd >= 0
-                             else _read_at(file, offset + sent, min(want, RECV_SIZE)))
+                    block = (
+                        os.pread(fd, min(want, RECV_SIZE), offset + sent)
+                        if fd >= 0
+                        else _read_at(file, offset + sent, min(want, RECV_SIZE))
+                    )
                     self.sock.sendall(block)
                     n = len(block)
                 if n == 0:
@@ -236,8 +245,7 @@ class Connection:
         return True  # EOF (b"") or bytes nobody asked for: either way, not usable
 
     # -- request / reply ----------------------------------------------------------
-    def request(self, msg_type: MsgType, header: Mapping[str, Any],
-                payload: bytes = b"") -> dict[str, Any]:
+    def request(self, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> dict[str, Any]:
         """Send a request and return the OK reply's header; an ERROR reply is raised."""
         self.send(msg_type, header, payload)
         return self.read_reply(msg_type)

@@ -19,8 +19,9 @@ def hash_password(password: str, salt: bytes | None = None) -> tuple[str, str]:
     """(salt hex, hash hex) for ``password``."""
     salt = salt if salt is not None else secrets.token_bytes(16)
     with _SCRYPT_SLOTS:
-        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
-                                p=SCRYPT_P, dklen=32)
+        digest = hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+        )
     return salt.hex(), digest.hex()
 
 
@@ -61,7 +62,6 @@ class LoginThrottle:
             if len(self._failures) > 100_000:  # bounded memory: forget only waits that are over
                 self._failures = {u: v for u, v in self._failures.items() if v[1] > now}
             return 0.0
-
 
     def succeeded(self, user: str) -> None:
         with self._lock:

@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 
 
 def _empty_state() -> dict[str, Any]:
-    return {"version": 1, "cluster_id": "", "users": {}, "sessions": {}, "files": {},
-            "chunks": {}, "shares": {}, "servers": {}}
+    return {
+        "version": 1,
+        "cluster_id": "",
+        "users": {},
+        "sessions": {},
+        "files": {},
+        "chunks": {},
+        "shares": {},
+        "servers": {},
+    }
 
 
 class Catalog:
@@ -115,8 +123,12 @@ class Catalog:
             for server_id in e["locations"].get(chunk_id, []):
                 if server_id not in known["servers"]:
                     known["servers"].append(server_id)
-        owner_files[e["name"]] = {"size": e["size"], "sha1": e["sha1"], "chunks": e["chunks"],
-                                  "uploaded": e["uploaded"]}
+        owner_files[e["name"]] = {
+            "size": e["size"],
+            "sha1": e["sha1"],
+            "chunks": e["chunks"],
+            "uploaded": e["uploaded"],
+        }
         self.refs.update(chunk_id for chunk_id, _ in e["chunks"])
         return self._release(old["chunks"]) if old else []
 
@@ -160,21 +172,38 @@ class Catalog:
     def drop_session(self, token_hash: str) -> None:
         self._change({"op": "session_del", "token_hash": token_hash})
 
-    def put_file(self, owner: str, name: str, size: int, sha1: str, chunks: list[list[Any]],
-                 locations: dict[str, list[int]]) -> tuple[dict[str, Any], list[str]]:
+    def put_file(
+        self,
+        owner: str,
+        name: str,
+        size: int,
+        sha1: str,
+        chunks: list[list[Any]],
+        locations: dict[str, list[int]],
+    ) -> tuple[dict[str, Any], list[str]]:
         """Record a complete upload (replacing any file of that name); returns it and the chunks freed."""
         with self.lock:
-            freed = self._change({"op": "file_put", "owner": owner, "name": name, "size": size,
-                                  "sha1": sha1, "chunks": chunks, "locations": locations,
-                                  "uploaded": time.time()})
+            freed = self._change(
+                {
+                    "op": "file_put",
+                    "owner": owner,
+                    "name": name,
+                    "size": size,
+                    "sha1": sha1,
+                    "chunks": chunks,
+                    "locations": locations,
+                    "uploaded": time.time(),
+                }
+            )
             return self.describe(owner, name), freed
 
     def delete_file(self, owner: str, name: str) -> list[str]:
         return list(self._change({"op": "file_del", "owner": owner, "name": name}))
 
     def add_share(self, token: str, owner: str, name: str) -> None:
-        self._change({"op": "share_add", "token": token, "owner": owner, "name": name,
-                      "created": time.time()})
+        self._change(
+            {"op": "share_add", "token": token, "owner": owner, "name": name, "created": time.time()}
+        )
 
     def remember_server(self, server_id: int, host: str, port: int) -> None:
         """Keep a storage server's address, so locations resolve right after a proxy restart."""
@@ -194,8 +223,11 @@ class Catalog:
     def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
         """Chunks the catalog places on a server that its inventory does not list."""
         with self.lock:
-            return [c for c, info in self.state["chunks"].items()
-                    if server_id in info["servers"] and c not in present]
+            return [
+                c
+                for c, info in self.state["chunks"].items()
+                if server_id in info["servers"] and c not in present
+            ]
 
     def reconcile_server(self, server_id: int, present: set[str], gone: set[str]) -> list[str]:
         """Add the server to the chunks it holds, drop it from those confirmed ``gone``; returns
@@ -215,19 +247,26 @@ class Catalog:
 
     # -- queries -------------------------------------------------------------------------
     def user(self, user: str) -> dict[str, Any] | None:
-        return self.state["users"].get(user)
+        record: dict[str, Any] | None = self.state["users"].get(user)
+        return record
 
     def session_user(self, token_hash: str) -> str | None:
         session = self.state["sessions"].get(token_hash)
         return session["user"] if session else None
 
     def file(self, owner: str, name: str) -> dict[str, Any] | None:
-        return self.state["files"].get(owner, {}).get(name)
+        entry: dict[str, Any] | None = self.state["files"].get(owner, {}).get(name)
+        return entry
 
     def describe(self, owner: str, name: str) -> dict[str, Any]:
         entry = self.state["files"][owner][name]
-        return {"name": name, "owner": owner, "size": entry["size"], "sha1": entry["sha1"],
-                "uploaded": entry["uploaded"]}
+        return {
+            "name": name,
+            "owner": owner,
+            "size": entry["size"],
+            "sha1": entry["sha1"],
+            "uploaded": entry["uploaded"],
+        }
 
     def list_files(self, owner: str | None) -> list[dict[str, Any]]:
         with self.lock:
@@ -235,7 +274,8 @@ class Catalog:
             return [self.describe(o, n) for o in owners for n in sorted(self.state["files"].get(o, {}))]
 
     def share(self, token: str) -> dict[str, Any] | None:
-        return self.state["shares"].get(token)
+        share: dict[str, Any] | None = self.state["shares"].get(token)
+        return share
 
     def share_for(self, owner: str, name: str) -> str | None:
         for token, share in self.state["shares"].items():
@@ -244,7 +284,8 @@ class Catalog:
         return None
 
     def chunk(self, chunk_id: str) -> dict[str, Any] | None:
-        return self.state["chunks"].get(chunk_id)
+        info: dict[str, Any] | None = self.state["chunks"].get(chunk_id)
+        return info
 
     def unreferenced(self, ids: Iterable[str] | None = None) -> list[str]:
         """Chunks in the catalog that no file uses (the collector's work list)."""

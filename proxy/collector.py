@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class Collector:
-    def __init__(self, catalog: Catalog, registry: Registry, uploads: Uploads,
-                 interval: float = 30.0) -> None:
+    def __init__(
+        self, catalog: Catalog, registry: Registry, uploads: Uploads, interval: float = 30.0
+    ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.uploads = uploads

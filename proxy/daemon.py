@@ -30,21 +30,41 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=None,
-                        help="port to listen on (default: FILECLUSTER_PORT or 9000; 0 picks one)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="catalog folder (default: $FILECLUSTER_DATA/proxy)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                        help="bytes per chunk for new uploads (default: 4 MiB)")
-    parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
-                        help="copies of every chunk (default: 2)")
-    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL,
-                        help="seconds between storage server heartbeats")
-    parser.add_argument("--dead-after", type=float, default=None,
-                        help="seconds without a heartbeat before a server counts as down "
-                             "(default: 3 heartbeats)")
-    parser.add_argument("--advertise", default=None,
-                        help="HOST:PORT to put in share links (default: the address clients used)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: FILECLUSTER_PORT or 9000; 0 picks one)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="catalog folder (default: $FILECLUSTER_DATA/proxy)"
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="bytes per chunk for new uploads (default: 4 MiB)",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=DEFAULT_REPLICAS, help="copies of every chunk (default: 2)"
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=HEARTBEAT_INTERVAL,
+        help="seconds between storage server heartbeats",
+    )
+    parser.add_argument(
+        "--dead-after",
+        type=float,
+        default=None,
+        help="seconds without a heartbeat before a server counts as down (default: 3 heartbeats)",
+    )
+    parser.add_argument(
+        "--advertise",
+        default=None,
+        help="HOST:PORT to put in share links (default: the address clients used)",
+    )
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -57,20 +77,29 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("proxy", args.verbose)
     port = args.port if args.port is not None else proxy_port()
     catalog = Catalog(args.data or data_dir() / "proxy")
-    registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1,
-                        known=catalog.known_servers())
+    registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1, known=catalog.known_servers())
     uploads = Uploads()
     collector = Collector(catalog, registry, uploads, interval=args.collect_interval)
-    config = ProxyConfig(chunk_size=args.chunk_size, replicas=args.replicas,
-                         heartbeat=args.heartbeat,
-                         advertise=parse_address(args.advertise) if args.advertise else None)
+    config = ProxyConfig(
+        chunk_size=args.chunk_size,
+        replicas=args.replicas,
+        heartbeat=args.heartbeat,
+        advertise=parse_address(args.advertise) if args.advertise else None,
+    )
     service = ProxyService(catalog, registry, uploads, collector, config)
-    server = FrameServer((args.host, port), service.handlers(), max_header=PROXY_MAX_HEADER,
-                         max_payload=DEFAULT_MAX_PAYLOAD)
+    server = FrameServer(
+        (args.host, port), service.handlers(), max_header=PROXY_MAX_HEADER, max_payload=DEFAULT_MAX_PAYLOAD
+    )
     collector.start()
     serve_in_thread(server, "proxy")
-    log.info("proxy serving cluster %s on %s:%d (chunk size %d, %d replicas)", catalog.cluster_id,
-             args.host, server.port, args.chunk_size, args.replicas)
+    log.info(
+        "proxy serving cluster %s on %s:%d (chunk size %d, %d replicas)",
+        catalog.cluster_id,
+        args.host,
+        server.port,
+        args.chunk_size,
+        args.replicas,
+    )
     announce("filecluster proxy", args.host, server.port)
     try:
         wait_for_signal()

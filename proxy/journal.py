@@ -132,8 +132,7 @@ class Journal:
 
     def snapshot(self, state: dict[str, Any]) -> None:
         """Write the whole state (as of ``self.seq``) and start an empty journal."""
-        data = json.dumps({**state, "seq": self.seq}, separators=(",", ":"),
-                          ensure_ascii=False).encode()
+        data = json.dumps({**state, "seq": self.seq}, separators=(",", ":"), ensure_ascii=False).encode()
         write_atomic(self.snapshot_path, data, mode=0o600)
         write_atomic(self.journal_path, b"", mode=0o600)
         try:

@@ -36,11 +36,11 @@ class Registry:
         }
         self._lock = threading.Lock()
 
-    def register(self, server_id: int, host: str, port: int, capacity: int, used: int,
-                 chunks: int) -> None:
+    def register(self, server_id: int, host: str, port: int, capacity: int, used: int, chunks: int) -> None:
         with self._lock:
-            self._servers[server_id] = ServerState(server_id, host, port, capacity, used, chunks,
-                                                   time.monotonic())
+            self._servers[server_id] = ServerState(
+                server_id, host, port, capacity, used, chunks, time.monotonic()
+            )
 
     def heartbeat(self, server_id: int, capacity: int, used: int, chunks: int) -> bool:
         """False if the server is unknown (it must register again)."""

@@ -54,8 +54,14 @@ class ProxyConfig:
 
 
 class ProxyService:
-    def __init__(self, catalog: Catalog, registry: Registry, uploads: Uploads,
-                 collector: Collector, config: ProxyConfig) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        registry: Registry,
+        uploads: Uploads,
+        collector: Collector,
+        config: ProxyConfig,
+    ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.uploads = uploads
@@ -93,8 +99,11 @@ class ProxyService:
         return user
 
     def hello(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        return {"chunk_size": self.config.chunk_size, "replicas": self.config.replicas,
-                "cluster_id": self.catalog.cluster_id}
+        return {
+            "chunk_size": self.config.chunk_size,
+            "replicas": self.config.replicas,
+            "cluster_id": self.catalog.cluster_id,
+        }
 
     def register(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
         user = check_user_name(h["user"])
@@ -132,13 +141,16 @@ class ProxyService:
     def _check_manifest(self, h: Mapping[str, Any]) -> list[list[Any]]:
         size, chunk_size, chunks = h["size"], h["chunk_size"], h["chunks"]
         if chunk_size != self.config.chunk_size:
-            raise Conflict(f"the cluster's chunk size is {self.config.chunk_size}, not {chunk_size}; "
-                           "upload again")
+            raise Conflict(
+                f"the cluster's chunk size is {self.config.chunk_size}, not {chunk_size}; upload again"
+            )
         if size < 0:
             raise InvalidRequest("a file size cannot be negative")
         if size > chunk_size * MAX_CHUNKS_PER_FILE:
-            raise InvalidRequest(f"file too large: at most {chunk_size * MAX_CHUNKS_PER_FILE} bytes "
-                                 f"({MAX_CHUNKS_PER_FILE} chunks of {chunk_size})")
+            raise InvalidRequest(
+                f"file too large: at most {chunk_size * MAX_CHUNKS_PER_FILE} bytes "
+                f"({MAX_CHUNKS_PER_FILE} chunks of {chunk_size})"
+            )
         if len(chunks) != math.ceil(size / chunk_size):
             raise InvalidRequest(f"a file of {size} bytes has {math.ceil(size / chunk_size)} chunks")
         clean = []
@@ -172,13 +184,16 @@ class ProxyService:
                 if len(targets) < self.config.replicas:
                     raise Unavailable(
                         f"not enough storage servers up with free space: {len(targets)} of "
-                        f"{self.config.replicas} needed; see: filecluster status")
+                        f"{self.config.replicas} needed; see: filecluster status"
+                    )
                 placement[chunk_id] = targets
             upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, placement)
         return {
             "upload_id": upload.id,
-            "missing": [{"id": c, "size": sizes[c], "servers": [s.wire() for s in targets]}
-                        for c, targets in placement.items()],
+            "missing": [
+                {"id": c, "size": sizes[c], "servers": [s.wire() for s in targets]}
+                for c, targets in placement.items()
+            ],
         }
 
     def upload_commit(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,12 +209,12 @@ class ProxyService:
             except (Conflict, Unavailable):
                 self._abandon(upload.id)
                 raise
-            entry, freed = self.catalog.put_file(owner, upload.name, upload.size, upload.sha1,
-                                                 upload.chunks, locations)
+            entry, freed = self.catalog.put_file(
+                owner, upload.name, upload.size, upload.sha1, upload.chunks, locations
+            )
             self.uploads.finish(upload.id)
         self.collector.freed(freed)
-        log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size,
-                 len(upload.chunks))
+        log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size, len(upload.chunks))
         return {"file": entry}
 
     def _confirm_stored(self, placement: Mapping[str, list[ServerRef]]) -> dict[str, list[int]]:
@@ -213,8 +228,9 @@ class ProxyService:
             present = storage_client.has_chunks(server, ids)
             for chunk_id in ids:
                 if chunk_id not in present:
-                    raise Conflict(f"chunk {chunk_id[:12]} is not on storage server {server.id}; "
-                                   "upload again")
+                    raise Conflict(
+                        f"chunk {chunk_id[:12]} is not on storage server {server.id}; upload again"
+                    )
                 locations[chunk_id].append(server.id)
         return dict(locations)
 
@@ -233,8 +249,9 @@ class ProxyService:
         for server_id in h.get("unreachable") or []:
             state = self.registry.get(server_id) if isinstance(server_id, int) else None
             if state is not None and not storage_client.answers(state.ref):
-                log.warning("client reports server %d unreachable, and it does not answer: "
-                            "marking it down", server_id)
+                log.warning(
+                    "client reports server %d unreachable, and it does not answer: marking it down", server_id
+                )
                 self.registry.mark_down(server_id)
         return {}
 
@@ -302,14 +319,25 @@ class ProxyService:
         self._user(h)
         states = self.registry.all()
         with ThreadPoolExecutor(max(1, min(16, len(states)))) as pool:
-            fresh = list(pool.map(lambda s: storage_client.ping(s.ref, timeout=1.0)
-                                  if self.registry.is_up(s) else None, states))
-        servers = [{"id": s.id, "host": s.host, "port": s.port, "up": live is not None,
-                    "chunks": live["chunks"] if live else s.chunks,
-                    "used": live["used"] if live else s.used, "capacity": s.capacity}
-                   for s, live in zip(states, fresh, strict=True)]
-        return {"servers": servers, "replicas": self.config.replicas,
-                "chunk_size": self.config.chunk_size}
+            fresh = list(
+                pool.map(
+                    lambda s: storage_client.ping(s.ref, timeout=1.0) if self.registry.is_up(s) else None,
+                    states,
+                )
+            )
+        servers = [
+            {
+                "id": s.id,
+                "host": s.host,
+                "port": s.port,
+                "up": live is not None,
+                "chunks": live["chunks"] if live else s.chunks,
+                "used": live["used"] if live else s.used,
+                "capacity": s.capacity,
+            }
+            for s, live in zip(states, fresh, strict=True)
+        ]
+        return {"servers": servers, "replicas": self.config.replicas, "chunk_size": self.config.chunk_size}
 
     # -- storage servers -------------------------------------------------------------------
     def server_register(self, conn: Connection, msg: Message) -> None:
@@ -319,14 +347,16 @@ class ProxyService:
         if not 1 <= h["id"] <= MAX_SERVER_ID or not 0 < h["port"] < 65536:
             raise InvalidRequest(f"a server needs an id from 1 to {MAX_SERVER_ID} and a valid port")
         if h.get("cluster_id") and h["cluster_id"] != self.catalog.cluster_id:
-            raise Conflict(f"server {h['id']} belongs to cluster {h['cluster_id']}, "
-                           f"but this proxy runs cluster {self.catalog.cluster_id}")
+            raise Conflict(
+                f"server {h['id']} belongs to cluster {h['cluster_id']}, "
+                f"but this proxy runs cluster {self.catalog.cluster_id}"
+            )
         present: set[str] = set()
         partial = b""
         for piece in conn.payload():  # streamed: ids are kept, the raw bytes are not
             data = partial + bytes(piece)
             whole = len(data) - len(data) % 32
-            present.update(data[i:i + 32].hex() for i in range(0, whole, 32))
+            present.update(data[i : i + 32].hex() for i in range(0, whole, 32))
             partial = data[whole:]
         ref = ServerRef(h["id"], h["host"], h["port"])
         with self.collector.lock:  # no commit records a copy on this server meanwhile
@@ -335,8 +365,7 @@ class ProxyService:
             try:
                 still_there = storage_client.has_chunks(ref, absent) if absent else set()
             except FileClusterError as exc:
-                log.warning("server %d did not confirm its inventory (%s); forgetting nothing",
-                            h["id"], exc)
+                log.warning("server %d did not confirm its inventory (%s); forgetting nothing", h["id"], exc)
                 still_there = set(absent)
             orphans = self.catalog.reconcile_server(h["id"], present, set(absent) - still_there)
         self.catalog.remember_server(h["id"], h["host"], h["port"])
@@ -344,12 +373,19 @@ class ProxyService:
         if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds
             self.collector.orphans(h["id"], orphans)
         elif orphans:
-            log.warning("server %d holds %d chunk(s) the catalog lacks but has no cluster id: "
-                        "keeping them", h["id"], len(orphans))
-        log.info("storage server %d registered from %s:%d with %d chunk(s)", h["id"], h["host"],
-                 h["port"], h["chunks"])
-        conn.send(MsgType.OK, {"cluster_id": self.catalog.cluster_id,
-                               "heartbeat": self.config.heartbeat})
+            log.warning(
+                "server %d holds %d chunk(s) the catalog lacks but has no cluster id: keeping them",
+                h["id"],
+                len(orphans),
+            )
+        log.info(
+            "storage server %d registered from %s:%d with %d chunk(s)",
+            h["id"],
+            h["host"],
+            h["port"],
+            h["chunks"],
+        )
+        conn.send(MsgType.OK, {"cluster_id": self.catalog.cluster_id, "heartbeat": self.config.heartbeat})
 
     def heartbeat(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
         if not self.registry.heartbeat(h["id"], h["capacity"], h["used"], h["chunks"]):
@@ -359,6 +395,8 @@ class ProxyService:
 
 def _replying(method: Any) -> Any:
     """Wrap a header -> reply-header method as a frame handler that sends OK."""
+
     def handle(conn: Connection, msg: Message) -> None:
         conn.send(MsgType.OK, method(conn, msg.header))
+
     return handle

@@ -15,17 +15,19 @@ TIMEOUT = 5.0
 BATCH = MAX_IDS_PER_REQUEST
 
 
-def ask(server: ServerRef, msg_type: MsgType, header: dict[str, Any],
-        timeout: float = TIMEOUT) -> dict[str, Any]:
-    with Connection.connect(server.host, server.port, timeout=timeout,
-                            what=f"storage server {server.id}") as conn:
+def ask(
+    server: ServerRef, msg_type: MsgType, header: dict[str, Any], timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    with Connection.connect(
+        server.host, server.port, timeout=timeout, what=f"storage server {server.id}"
+    ) as conn:
         return conn.request(msg_type, header)
 
 
 def has_chunks(server: ServerRef, ids: Sequence[str]) -> set[str]:
     present: set[str] = set()
     for start in range(0, len(ids), BATCH):
-        reply = ask(server, MsgType.HAS_CHUNKS, {"ids": list(ids[start:start + BATCH])})
+        reply = ask(server, MsgType.HAS_CHUNKS, {"ids": list(ids[start : start + BATCH])})
         present.update(reply.get("present", []))
     return present
 
@@ -33,7 +35,7 @@ def has_chunks(server: ServerRef, ids: Sequence[str]) -> set[str]:
 def delete_chunks(server: ServerRef, ids: Sequence[str]) -> int:
     deleted = 0
     for start in range(0, len(ids), BATCH):
-        reply = ask(server, MsgType.DELETE_CHUNKS, {"ids": list(ids[start:start + BATCH])})
+        reply = ask(server, MsgType.DELETE_CHUNKS, {"ids": list(ids[start : start + BATCH])})
         deleted += int(reply.get("deleted", 0))
     return deleted
 

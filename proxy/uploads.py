@@ -40,8 +40,15 @@ class Uploads:
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def begin(self, owner: str, name: str, size: int, sha1: str, chunks: list[list[Any]],
-              placement: dict[str, list[ServerRef]]) -> PendingUpload:
+    def begin(
+        self,
+        owner: str,
+        name: str,
+        size: int,
+        sha1: str,
+        chunks: list[list[Any]],
+        placement: dict[str, list[ServerRef]],
+    ) -> PendingUpload:
         upload = PendingUpload(new_token(), owner, name, size, sha1, chunks, placement)
         with self._lock:
             self._pending[upload.id] = upload

@@ -1,5 +1,6 @@
 # Sourced by run_cluster.sh and run_tests.sh: make sure .venv exists and holds the package.
 # Usage: ensure_venv EXTRAS   (EXTRAS is "" or "[test]")
+# Every install is pinned by constraints.txt; editing it (or pyproject.toml) triggers a reinstall.
 ensure_venv() {
   local extras="$1" root stamp
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,10 +17,10 @@ ensure_venv() {
     echo "creating .venv with $py" >&2
     "$py" -m venv "$root/.venv" || { echo "error: could not create .venv (is python3-venv installed?)" >&2; return 1; }
   fi
-  # reinstall when pyproject.toml changed since the last install
-  if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/constraints.txt" -nt "$stamp" ]; then
     echo "installing filecluster$extras into .venv" >&2
-    "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root$extras" \
+    "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      -c "$root/constraints.txt" -e "$root$extras" \
       || { echo "error: pip install failed" >&2; return 1; }
     touch "$stamp"
   fi

@@ -19,17 +19,28 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", type=int, required=True, help="server id, a positive number")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=None,
-                        help="port to listen on (default: FILECLUSTER_PORT + id; 0 picks a free one)")
-    parser.add_argument("--advertise", default=None,
-                        help="host clients should use to reach this server (default: --host)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="this server's folder (default: $FILECLUSTER_DATA/serverN)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: FILECLUSTER_PORT + id; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--advertise", default=None, help="host clients should use to reach this server (default: --host)"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="this server's folder (default: $FILECLUSTER_DATA/serverN)"
+    )
     parser.add_argument("--proxy", default=None, help="proxy HOST:PORT (default: FILECLUSTER_PROXY)")
-    parser.add_argument("--capacity", type=int, default=None,
-                        help="bytes this server offers (default: used + free disk space)")
-    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL,
-                        help="seconds between heartbeats")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="bytes this server offers (default: used + free disk space)",
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats"
+    )
     parser.add_argument("--max-chunk", type=int, default=MAX_CHUNK_SIZE, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -45,12 +56,19 @@ def run(args: argparse.Namespace) -> int:
     service = StorageService(args.id, store, max_chunk=args.max_chunk)
     server = make_storage_server(service, (args.host, port))
     serve_in_thread(server, f"server{args.id}")
-    membership = Membership(server_id=args.id, advertise=(args.advertise or args.host, server.port),
-                            proxy=proxy, store=store, capacity=args.capacity,
-                            interval=args.heartbeat, state_dir=folder)
+    membership = Membership(
+        server_id=args.id,
+        advertise=(args.advertise or args.host, server.port),
+        proxy=proxy,
+        store=store,
+        capacity=args.capacity,
+        interval=args.heartbeat,
+        state_dir=folder,
+    )
     membership.start()
-    log.info("server %d serving %s (%d chunks) on %s:%d", args.id, store.root, store.count,
-             args.host, server.port)
+    log.info(
+        "server %d serving %s (%d chunks) on %s:%d", args.id, store.root, store.count, args.host, server.port
+    )
     announce(f"filecluster server {args.id}", args.host, server.port)
     try:
         wait_for_signal()

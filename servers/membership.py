@@ -23,8 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class Membership:
-    def __init__(self, *, server_id: int, advertise: tuple[str, int], proxy: tuple[str, int],
-                 store: Store, capacity: int | None, interval: float, state_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        server_id: int,
+        advertise: tuple[str, int],
+        proxy: tuple[str, int],
+        store: Store,
+        capacity: int | None,
+        interval: float,
+        state_dir: Path,
+    ) -> None:
         self.server_id = server_id
         self.advertise = advertise
         self.proxy = proxy
@@ -118,9 +127,12 @@ class Membership:
         log.info("registered with the proxy at %s:%d (%d chunks)", *self.proxy, header["chunks"])
 
     def _heartbeat(self) -> None:
-        self._connection().request(MsgType.HEARTBEAT, {
-            "id": self.server_id,
-            "capacity": self._capacity(),
-            "used": self.store.used,
-            "chunks": self.store.count,
-        })
+        self._connection().request(
+            MsgType.HEARTBEAT,
+            {
+                "id": self.server_id,
+                "capacity": self._capacity(),
+                "used": self.store.used,
+                "chunks": self.store.count,
+            },
+        )

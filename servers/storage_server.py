@@ -36,8 +36,12 @@ def parse_targets(raw: object) -> list[dict[str, Any]]:
         raise InvalidRequest("forward must be a list of at most 16 servers")
     targets = []
     for item in raw:
-        if not (isinstance(item, dict) and _is_int(item.get("id"))
-                and isinstance(item.get("host"), str) and _is_int(item.get("port"))):
+        if not (
+            isinstance(item, dict)
+            and _is_int(item.get("id"))
+            and isinstance(item.get("host"), str)
+            and _is_int(item.get("port"))
+        ):
             raise InvalidRequest("each forward target needs an int id, a host and an int port")
         targets.append({"id": item["id"], "host": item["host"], "port": item["port"]})
     return targets
@@ -120,16 +124,19 @@ class StorageService:
             )
         conn.send(MsgType.OK, {"stored": stored})
 
-    def _open_downstream(self, chunk_id: str, size: int, forward: list[dict[str, Any]]
-                         ) -> tuple[Connection | None, FileClusterError | None]:
+    def _open_downstream(
+        self, chunk_id: str, size: int, forward: list[dict[str, Any]]
+    ) -> tuple[Connection | None, FileClusterError | None]:
         if not forward:
             return None, None
         target = forward[0]
         try:
-            downstream = Connection.connect(target["host"], target["port"], timeout=FORWARD_TIMEOUT,
-                                            what=f"storage server {target['id']}")
-            downstream.send_head(MsgType.PUT_CHUNK,
-                                 {"id": chunk_id, "size": size, "forward": forward[1:]}, size)
+            downstream = Connection.connect(
+                target["host"], target["port"], timeout=FORWARD_TIMEOUT, what=f"storage server {target['id']}"
+            )
+            downstream.send_head(
+                MsgType.PUT_CHUNK, {"id": chunk_id, "size": size, "forward": forward[1:]}, size
+            )
         except FileClusterError as exc:
             return None, exc
         return downstream, None
@@ -157,5 +164,6 @@ class StorageService:
 
 
 def make_storage_server(service: StorageService, address: tuple[str, int]) -> FrameServer:
-    return FrameServer(address, service.handlers(), max_header=STORAGE_MAX_HEADER,
-                       max_payload=service.max_chunk)
+    return FrameServer(
+        address, service.handlers(), max_header=STORAGE_MAX_HEADER, max_payload=service.max_chunk
+    )

@@ -16,8 +16,9 @@ CHUNK = 64 * 1024
 
 
 class Cluster:
-    def __init__(self, root: Path, servers: int = 4, chunk_size: int = CHUNK, replicas: int = 2,
-                 heartbeat: float = 0.5) -> None:
+    def __init__(
+        self, root: Path, servers: int = 4, chunk_size: int = CHUNK, replicas: int = 2, heartbeat: float = 0.5
+    ) -> None:
         self.root = Path(root)
         self.n_servers = servers
         self.chunk_size = chunk_size
@@ -35,8 +36,14 @@ class Cluster:
     # -- processes ---------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[str], int]:
         log = open(self.root / f"{name}.log", "a")
-        proc = subprocess.Popen([sys.executable, "-m", "client", *args], stdout=subprocess.PIPE,
-                                stderr=log, text=True, env=self.env, cwd=self.root)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+        )
         log.close()
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -54,21 +61,47 @@ class Cluster:
         return self
 
     def start_proxy(self) -> None:
-        self.proxy, self.proxy_port = self._spawn("proxy", [
-            "proxy", "--port", str(self.proxy_port), "--data", str(self.root / "proxy"),
-            "--chunk-size", str(self.chunk_size), "--replicas", str(self.replicas),
-            "--heartbeat", str(self.heartbeat), "--dead-after", str(4 * self.heartbeat),
-            "--collect-interval", "1"])
+        self.proxy, self.proxy_port = self._spawn(
+            "proxy",
+            [
+                "proxy",
+                "--port",
+                str(self.proxy_port),
+                "--data",
+                str(self.root / "proxy"),
+                "--chunk-size",
+                str(self.chunk_size),
+                "--replicas",
+                str(self.replicas),
+                "--heartbeat",
+                str(self.heartbeat),
+                "--dead-after",
+                str(4 * self.heartbeat),
+                "--collect-interval",
+                "1",
+            ],
+        )
 
     def start_server(self, i: int) -> None:
         log = self.root / f"server{i}.log"
         before = log.read_text().count("registered with") if log.exists() else 0
-        self.servers[i], self.server_ports[i] = self._spawn(f"server{i}", [
-            "server", "--id", str(i), "--port", str(self.server_ports.get(i, 0)),
-            "--data", str(self.root / f"server{i}"), "--proxy", f"127.0.0.1:{self.proxy_port}",
-            "--heartbeat", str(self.heartbeat)])
-        self.wait_for(lambda: log.read_text().count("registered with") > before,
-                      f"server {i} to register")
+        self.servers[i], self.server_ports[i] = self._spawn(
+            f"server{i}",
+            [
+                "server",
+                "--id",
+                str(i),
+                "--port",
+                str(self.server_ports.get(i, 0)),
+                "--data",
+                str(self.root / f"server{i}"),
+                "--proxy",
+                f"127.0.0.1:{self.proxy_port}",
+                "--heartbeat",
+                str(self.heartbeat),
+            ],
+        )
+        self.wait_for(lambda: log.read_text().count("registered with") > before, f"server {i} to register")
 
     def kill_server(self, i: int, sig: int = signal.SIGKILL) -> None:
         proc = self.servers.pop(i)
@@ -91,8 +124,10 @@ class Cluster:
         logs = {i: self.root / f"server{i}.log" for i in self.servers}
         before = {i: p.read_text().count("registered with") for i, p in logs.items()}
         self.start_proxy()
-        self.wait_for(lambda: all(p.read_text().count("registered with") > before[i]
-                                  for i, p in logs.items()), "servers to re-register")
+        self.wait_for(
+            lambda: all(p.read_text().count("registered with") > before[i] for i, p in logs.items()),
+            "servers to re-register",
+        )
 
     def stop(self) -> None:
         procs = [*self.servers.values(), *([self.proxy] if self.proxy else [])]
@@ -133,19 +168,35 @@ class Cluster:
     def client(self, home: Path | None = None) -> Client:
         return Client.from_environment(self.proxy_addr, home or self.new_home())
 
-    def cli(self, *args: str, home: Path | None = None, password: str | None = None,
-            cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, "FILECLUSTER_PROXY": self.proxy_addr,
-               "FILECLUSTER_HOME": str(home or self.root / "cli-home")}
+    def cli(
+        self,
+        *args: str,
+        home: Path | None = None,
+        password: str | None = None,
+        cwd: Path | None = None,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            **self.env,
+            "FILECLUSTER_PROXY": self.proxy_addr,
+            "FILECLUSTER_HOME": str(home or self.root / "cli-home"),
+        }
         if password is not None:
             env["FILECLUSTER_PASSWORD"] = password
-        return subprocess.run([sys.executable, "-m", "client", *args], capture_output=True,
-                              text=True, env=env, cwd=cwd or self.root, input=stdin, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "client", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd or self.root,
+            input=stdin,
+            timeout=120,
+        )
 
     # -- what is on disk ---------------------------------------------------------------
     def chunk_files(self, i: int | None = None) -> set[Path]:
         found: set[Path] = set()
-        for server in ([i] if i else range(1, self.n_servers + 1)):
+        for server in [i] if i else range(1, self.n_servers + 1):
             root = self.root / f"server{server}" / "ServerFiles"
             found.update(p for p in root.glob("??/*") if p.is_file())
         return found

@@ -103,18 +103,22 @@ def test_download_never_overwrites_a_different_file(cluster: Cluster, home: Path
     assert sorted(p.name for p in out.iterdir()) == ["same (1).txt", "same.txt"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["upload", "/definitely/not/here.txt"], "no such file: /definitely/not/here.txt"),
-    (["upload", "{tmp}"], "is a directory"),
-    (["share", "nope.txt"], "you have no file named 'nope.txt'"),
-    (["delete", "nope.txt"], "you have no file named 'nope.txt'"),
-    (["delete", "a/b.txt"], "path separator"),
-    (["download", "nope.txt"], "you have no file named 'nope.txt'"),
-    (["download", "filecluster://{proxy}/s/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"], "unknown link"),
-    (["download", "filecluster://nonsense"], "not a valid link"),
-])
-def test_user_mistakes_get_one_clear_line(cluster: Cluster, home: Path, tmp_path: Path,
-                                          args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["upload", "/definitely/not/here.txt"], "no such file: /definitely/not/here.txt"),
+        (["upload", "{tmp}"], "is a directory"),
+        (["share", "nope.txt"], "you have no file named 'nope.txt'"),
+        (["delete", "nope.txt"], "you have no file named 'nope.txt'"),
+        (["delete", "a/b.txt"], "path separator"),
+        (["download", "nope.txt"], "you have no file named 'nope.txt'"),
+        (["download", "filecluster://{proxy}/s/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"], "unknown link"),
+        (["download", "filecluster://nonsense"], "not a valid link"),
+    ],
+)
+def test_user_mistakes_get_one_clear_line(
+    cluster: Cluster, home: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     args = [a.format(tmp=tmp_path, proxy=cluster.proxy_addr) for a in args]
     before = cluster.cli("list", "--all", "--json", home=home).stdout
     assert message in one_line_error(cluster.cli(*args, home=home))
@@ -184,8 +188,9 @@ def test_long_name_collision_gets_a_shortened_name(cluster: Cluster, home: Path,
     assert len(saved[0].name.encode()) <= 255 and saved[0].read_bytes() == b"from the cluster"
 
 
-def test_a_bad_session_folder_is_one_line_and_left_alone(cluster: Cluster, home: Path,
-                                                         tmp_path: Path) -> None:
+def test_a_bad_session_folder_is_one_line_and_left_alone(
+    cluster: Cluster, home: Path, tmp_path: Path
+) -> None:
     not_a_folder = tmp_path / "afile"
     not_a_folder.write_text("x")
     user = cluster.cli("whoami", home=home).stdout.strip()
@@ -200,7 +205,8 @@ def test_a_bad_session_folder_is_one_line_and_left_alone(cluster: Cluster, home:
 
 
 def test_a_killed_download_leaves_nothing_visible_and_stale_parts_are_swept(
-        cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    cluster: Cluster, home: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     stale = out / ".filecluster-0123456789abcdef.part"
@@ -219,9 +225,17 @@ def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> N
 
     chunk = user.proxy.call(MsgType.HELLO)["chunk_size"]
     with pytest.raises(FileClusterError, match="file too large"):
-        user.proxy.call(MsgType.UPLOAD_BEGIN, {
-            "name": "huge.img", "size": chunk * (MAX_CHUNKS_PER_FILE + 1), "sha1": "0" * 40,
-            "chunk_size": chunk, "chunks": []}, session=True)
+        user.proxy.call(
+            MsgType.UPLOAD_BEGIN,
+            {
+                "name": "huge.img",
+                "size": chunk * (MAX_CHUNKS_PER_FILE + 1),
+                "sha1": "0" * 40,
+                "chunk_size": chunk,
+                "chunks": [],
+            },
+            session=True,
+        )
 
 
 def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
@@ -230,8 +244,14 @@ def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
     import time
 
     env = {**cluster.env, "FILECLUSTER_PROXY": cluster.proxy_addr, "FILECLUSTER_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "client", "menu"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client", "menu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("8\n")  # "delete": now waiting for a name
     proc.stdin.flush()

@@ -102,8 +102,9 @@ def test_download_falls_back_to_the_other_copy(fresh_cluster: Cluster, tmp_path:
     assert ana.download("two-copies.bin", tmp_path / "a").path.read_bytes() == data
 
 
-def test_corrupt_chunk_on_disk_is_detected_and_the_replica_used(fresh_cluster: Cluster,
-                                                              tmp_path: Path) -> None:
+def test_corrupt_chunk_on_disk_is_detected_and_the_replica_used(
+    fresh_cluster: Cluster, tmp_path: Path
+) -> None:
     c = fresh_cluster
     ana = new_user(c, "ana")
     data = os.urandom(4 * CHUNK)
@@ -149,18 +150,22 @@ GARBAGE = [
 ]
 
 
-def test_garbage_closes_one_connection_and_the_proxy_serves_everyone_else(cluster: Cluster,
-                                                                         user: Client) -> None:
+def test_garbage_closes_one_connection_and_the_proxy_serves_everyone_else(
+    cluster: Cluster, user: Client
+) -> None:
     _garbage_then_check(cluster.proxy_port, GARBAGE)
-    with Connection.connect("127.0.0.1", cluster.proxy_port) as conn, \
-            pytest.raises(RemoteProtocolError):  # a request the proxy does not take
+    with (
+        Connection.connect("127.0.0.1", cluster.proxy_port) as conn,
+        pytest.raises(RemoteProtocolError),
+    ):  # a request the proxy does not take
         conn.request(MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 1}, b"x")
     assert cluster.proxy is not None and cluster.proxy.poll() is None
     assert user.whoami() == user.user
 
 
-def test_garbage_and_lies_do_not_hurt_a_storage_server(cluster: Cluster, user: Client,
-                                                       tmp_path: Path) -> None:
+def test_garbage_and_lies_do_not_hurt_a_storage_server(
+    cluster: Cluster, user: Client, tmp_path: Path
+) -> None:
     port = cluster.server_ports[1]
     _garbage_then_check(port, GARBAGE)
     data = b"honest bytes" * 100
@@ -185,8 +190,10 @@ def test_a_client_that_vanishes_mid_chunk_leaves_nothing_behind(cluster: Cluster
     chunk_id = hashlib.sha256(data).hexdigest()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(encode(MsgType.PUT_CHUNK, {"id": chunk_id, "size": len(data)}, data)[:-1000])
-    cluster.wait_for(lambda: not list((cluster.root / "server2" / "ServerFiles" / "tmp").iterdir()),
-                     "the temp file to be removed")
+    cluster.wait_for(
+        lambda: not list((cluster.root / "server2" / "ServerFiles" / "tmp").iterdir()),
+        "the temp file to be removed",
+    )
     assert not [p for p in cluster.chunk_files(2) if p.name == chunk_id]
 
 
@@ -195,8 +202,9 @@ def test_frame_header_layout_on_the_wire() -> None:
     assert struct.unpack(">2sBBIQ", frame[:16]) == (b"FC", 1, MsgType.HELLO, 2, 0)
 
 
-def test_right_after_a_proxy_restart_files_download_before_servers_return(fresh_cluster: Cluster,
-                                                                          tmp_path: Path) -> None:
+def test_right_after_a_proxy_restart_files_download_before_servers_return(
+    fresh_cluster: Cluster, tmp_path: Path
+) -> None:
     c = fresh_cluster
     ana = new_user(c, "ana")
     data = os.urandom(3 * CHUNK)
@@ -244,7 +252,7 @@ def test_acknowledged_chunks_survive_a_storage_server_crash(fresh_cluster: Clust
     for i in (1, 2, 3, 4):
         c.start_server(i)
     assert ana.download("crash.bin", tmp_path / "a").path.read_bytes() == data
-    ids = {hashlib.sha256(data[o:o + CHUNK]).hexdigest() for o in range(0, len(data), CHUNK)}
+    ids = {hashlib.sha256(data[o : o + CHUNK]).hexdigest() for o in range(0, len(data), CHUNK)}
     for i in (1, 2, 3, 4):  # both copies of every chunk are on disk after the crash
         assert not list((c.root / f"server{i}" / "ServerFiles" / "tmp").iterdir())
     assert sorted(p.name for p in c.chunk_files() if p.name in ids) == sorted(2 * list(ids))

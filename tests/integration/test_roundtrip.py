@@ -42,8 +42,9 @@ def test_non_ascii_and_spaced_names(user: Client, tmp_path: Path, name: str) -> 
     assert user.download(name, tmp_path / "out").path.read_bytes() == data
 
 
-def test_dedup_sends_nothing_and_stores_no_new_chunk(cluster: Cluster, user: Client,
-                                                     other_user: Client, tmp_path: Path) -> None:
+def test_dedup_sends_nothing_and_stores_no_new_chunk(
+    cluster: Cluster, user: Client, other_user: Client, tmp_path: Path
+) -> None:
     data = os.urandom(3 * CHUNK + 7)
     first = user.upload(write(tmp_path / "a.bin", data))
     assert first.sent == len(data)
@@ -67,7 +68,7 @@ def test_every_chunk_has_two_copies(cluster: Cluster, user: Client, tmp_path: Pa
     data = os.urandom(6 * CHUNK)
     user.upload(write(tmp_path / "copies.bin", data))
     for offset in range(0, len(data), CHUNK):
-        chunk_id = hashlib.sha256(data[offset:offset + CHUNK]).hexdigest()
+        chunk_id = hashlib.sha256(data[offset : offset + CHUNK]).hexdigest()
         holders = [f for f in cluster.chunk_files() if f.name == chunk_id]
         assert len(holders) == 2
 
@@ -92,8 +93,9 @@ def test_list_mine_versus_all(cluster: Cluster, tmp_path: Path) -> None:
     assert {(ana.user, "ana.txt"), (bob.user, "bob.txt")} <= everyone
 
 
-def test_share_and_download_as_another_user(cluster: Cluster, user: Client, other_user: Client,
-                                            tmp_path: Path) -> None:
+def test_share_and_download_as_another_user(
+    cluster: Cluster, user: Client, other_user: Client, tmp_path: Path
+) -> None:
     data = os.urandom(2 * CHUNK + 1)
     user.upload(write(tmp_path / "shared.bin", data))
     link = user.share("shared.bin")
@@ -112,14 +114,15 @@ def test_delete_frees_unshared_chunks(cluster: Cluster, user: Client, tmp_path: 
     gone = os.urandom(2 * CHUNK)
     user.upload(write(tmp_path / "keep.bin", keep))
     user.upload(write(tmp_path / "both.bin", keep + gone))
-    gone_ids = {hashlib.sha256(gone[i:i + CHUNK]).hexdigest() for i in range(0, len(gone), CHUNK)}
+    gone_ids = {hashlib.sha256(gone[i : i + CHUNK]).hexdigest() for i in range(0, len(gone), CHUNK)}
     keep_id = hashlib.sha256(keep).hexdigest()
     on_disk = {p.name for p in cluster.chunk_files()}
     assert gone_ids <= on_disk
     link = user.share("both.bin")
     user.delete("both.bin")
-    cluster.wait_for(lambda: not gone_ids & {p.name for p in cluster.chunk_files()},
-                     "deleted chunks to be freed")
+    cluster.wait_for(
+        lambda: not gone_ids & {p.name for p in cluster.chunk_files()}, "deleted chunks to be freed"
+    )
     assert keep_id in {p.name for p in cluster.chunk_files()}
     assert user.download("keep.bin", tmp_path / "out").path.read_bytes() == keep
     assert "both.bin" not in [f["name"] for f in user.list()]

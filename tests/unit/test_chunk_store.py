@@ -24,7 +24,7 @@ def put(store: Store, chunk_id: str, data: bytes, pieces: int = 3) -> None:
     step = max(1, len(data) // pieces)
     with store.writer(chunk_id, len(data)) as writer:
         for i in range(0, len(data), step):
-            writer.write(data[i:i + step])
+            writer.write(data[i : i + step])
         writer.commit()
 
 
@@ -59,8 +59,12 @@ def test_bytes_that_do_not_match_the_id_are_refused(store: Store, bad: bytes) ->
 
 @pytest.mark.parametrize("chunk_id", ["../../etc/passwd", "A" * 64, "a" * 63, "g" * 64, ""])
 def test_ids_are_checked_before_touching_a_path(store: Store, chunk_id: str) -> None:
-    for call in (lambda: store.has(chunk_id), lambda: store.writer(chunk_id, 1),
-                 lambda: store.open(chunk_id), lambda: store.delete([chunk_id])):
+    for call in (
+        lambda: store.has(chunk_id),
+        lambda: store.writer(chunk_id, 1),
+        lambda: store.open(chunk_id),
+        lambda: store.delete([chunk_id]),
+    ):
         with pytest.raises(InvalidRequest):
             call()
 
@@ -89,5 +93,3 @@ def test_rewriting_a_chunk_keeps_counts(store: Store) -> None:
     put(store, ID, DATA)
     put(store, ID, DATA)
     assert store.count == 1
-
-

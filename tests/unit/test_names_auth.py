@@ -9,17 +9,27 @@ from common.names import check_file_name, check_user_name
 from proxy.auth import LoginThrottle, check_password, hash_password
 
 
-@pytest.mark.parametrize("name", ["report.pdf", "ñandú y café.txt", " spaced ", "👨\u200d👩\u200d👧.jpg",
-                                  ".hidden", "-rf", "x" * 255])
+@pytest.mark.parametrize(
+    "name",
+    ["report.pdf", "ñandú y café.txt", " spaced ", "👨\u200d👩\u200d👧.jpg", ".hidden", "-rf", "x" * 255],
+)
 def test_good_file_names(name: str) -> None:
     assert check_file_name(name) == name
 
 
-@pytest.mark.parametrize(("name", "why"), [
-    ("", "empty"), ("a/b", "path separator"), ("a\\b", "path separator"), ("..", "invalid"),
-    ("tab\there", "control"), ("exe\u202etxt.doc", "text-direction"), ("\u200b\u200b", "no visible"),
-    ("é" * 128, "too long"),
-])
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "empty"),
+        ("a/b", "path separator"),
+        ("a\\b", "path separator"),
+        ("..", "invalid"),
+        ("tab\there", "control"),
+        ("exe\u202etxt.doc", "text-direction"),
+        ("\u200b\u200b", "no visible"),
+        ("é" * 128, "too long"),
+    ],
+)
 def test_bad_file_names(name: str, why: str) -> None:
     with pytest.raises(InvalidRequest, match=why):
         check_file_name(name, new=True)

@@ -110,30 +110,40 @@ def test_truncated_frame_is_an_error_at_eof() -> None:
             drain(decoder)
 
 
-def prefix(msg_type: int = MsgType.PING, header_len: int = 2, payload_len: int = 0,
-           magic: bytes = b"FC", version: int = 1) -> bytes:
+def prefix(
+    msg_type: int = MsgType.PING,
+    header_len: int = 2,
+    payload_len: int = 0,
+    magic: bytes = b"FC",
+    version: int = 1,
+) -> bytes:
     return PREFIX.pack(magic, version, msg_type, header_len, payload_len)
 
 
-@pytest.mark.parametrize(("raw", "error"), [
-    (prefix(magic=b"HT"), "bad magic"),
-    (prefix(version=9), "unsupported protocol version 9"),
-    (prefix(msg_type=0xEE), "unknown message type 0xee"),
-    (prefix(header_len=2**32 - 1), "header of 4294967295 bytes exceeds"),
-    (prefix(msg_type=MsgType.PUT_CHUNK, payload_len=2**63), "payload of .* exceeds"),
-    (prefix(header_len=3) + b"{x}", "not UTF-8 JSON"),
-    (prefix(header_len=2) + b"[]", "not a JSON object"),
-    (prefix(header_len=4) + b"\xff\xfe{}", "not UTF-8 JSON"),
-    (prefix(MsgType.LOGIN, header_len=2) + b"{}", "lacks header field 'user'"),
-    (prefix(MsgType.PING, header_len=7) + b'{"x":1}', "unknown header field 'x'"),
-    (prefix(MsgType.PING, header_len=2, payload_len=1) + b"{}x", "may not carry a payload"),
-    (prefix(MsgType.HAS_CHUNKS, header_len=11) + b'{"ids":"a"}', "'ids' must be list"),
-    (prefix(MsgType.OK, header_len=406) + b'{"x":' + b"[" * 200 + b"]" * 200 + b"}", "nested too deeply"),
-    (prefix(MsgType.LOGIN, header_len=32) + b'{"user":"\\ud800","password":"x"}', "not UTF-8"),
-    (prefix(MsgType.OK, header_len=407) + b'{"n":' + b"9" * 401 + b"}", "out of range"),
-    (prefix(MsgType.PUT_CHUNK, header_len=25, payload_len=1) + b'{"id":"aaaa","size":true}',
-     "'size' must be int"),
-])
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (prefix(magic=b"HT"), "bad magic"),
+        (prefix(version=9), "unsupported protocol version 9"),
+        (prefix(msg_type=0xEE), "unknown message type 0xee"),
+        (prefix(header_len=2**32 - 1), "header of 4294967295 bytes exceeds"),
+        (prefix(msg_type=MsgType.PUT_CHUNK, payload_len=2**63), "payload of .* exceeds"),
+        (prefix(header_len=3) + b"{x}", "not UTF-8 JSON"),
+        (prefix(header_len=2) + b"[]", "not a JSON object"),
+        (prefix(header_len=4) + b"\xff\xfe{}", "not UTF-8 JSON"),
+        (prefix(MsgType.LOGIN, header_len=2) + b"{}", "lacks header field 'user'"),
+        (prefix(MsgType.PING, header_len=7) + b'{"x":1}', "unknown header field 'x'"),
+        (prefix(MsgType.PING, header_len=2, payload_len=1) + b"{}x", "may not carry a payload"),
+        (prefix(MsgType.HAS_CHUNKS, header_len=11) + b'{"ids":"a"}', "'ids' must be list"),
+        (prefix(MsgType.OK, header_len=406) + b'{"x":' + b"[" * 200 + b"]" * 200 + b"}", "nested too deeply"),
+        (prefix(MsgType.LOGIN, header_len=32) + b'{"user":"\\ud800","password":"x"}', "not UTF-8"),
+        (prefix(MsgType.OK, header_len=407) + b'{"n":' + b"9" * 401 + b"}", "out of range"),
+        (
+            prefix(MsgType.PUT_CHUNK, header_len=25, payload_len=1) + b'{"id":"aaaa","size":true}',
+            "'size' must be int",
+        ),
+    ],
+)
 def test_bad_frames_are_refused(raw: bytes, error: str) -> None:
     decoder = FrameDecoder()
     decoder.receive_data(raw)

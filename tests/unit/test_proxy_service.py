@@ -26,21 +26,35 @@ def service(tmp_path: Path) -> ProxyService:
     catalog = Catalog(tmp_path)
     registry = Registry(dead_after=60)
     uploads = Uploads()
-    svc = ProxyService(catalog, registry, uploads, Collector(catalog, registry, uploads),
-                       ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1))
+    svc = ProxyService(
+        catalog,
+        registry,
+        uploads,
+        Collector(catalog, registry, uploads),
+        ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1),
+    )
     for i in (1, 2):
         registry.register(i, "127.0.0.1", 1, 10**9, 0, 0)
     catalog.add_user("ana", "00", "11")
     catalog.add_session(auth.token_hash("tok"), "ana")
-    catalog.put_file("ana", "first.txt", len(DATA), hashlib.sha1(DATA).hexdigest(), [[ID, len(DATA)]],
-                     {ID: [1, 2]})
+    catalog.put_file(
+        "ana", "first.txt", len(DATA), hashlib.sha1(DATA).hexdigest(), [[ID, len(DATA)]], {ID: [1, 2]}
+    )
     return svc
 
 
 def begin(svc: ProxyService, name: str, size: int = len(DATA)) -> dict[str, Any]:
-    return svc.upload_begin(None, {"session": "tok", "name": name, "size": size,  # type: ignore[arg-type]
-                                   "sha1": hashlib.sha1(DATA).hexdigest(), "chunk_size": CHUNK,
-                                   "chunks": [[ID, size]]})
+    return svc.upload_begin(
+        None,  # type: ignore[arg-type]
+        {
+            "session": "tok",
+            "name": name,
+            "size": size,
+            "sha1": hashlib.sha1(DATA).hexdigest(),
+            "chunk_size": CHUNK,
+            "chunks": [[ID, size]],
+        },
+    )
 
 
 def test_dedup_commit_needs_a_live_copy(service: ProxyService) -> None:

@@ -28,9 +28,13 @@ def crash(conn: Connection, msg: Message) -> None:
 
 @pytest.fixture
 def server() -> Iterator[FrameServer]:
-    srv = FrameServer(("127.0.0.1", 0), {MsgType.PING: ping, MsgType.HAS_CHUNKS: has_chunks,
-                                         MsgType.GET_CHUNK: crash},
-                      max_header=4096, max_payload=4096, max_connections=3)
+    srv = FrameServer(
+        ("127.0.0.1", 0),
+        {MsgType.PING: ping, MsgType.HAS_CHUNKS: has_chunks, MsgType.GET_CHUNK: crash},
+        max_header=4096,
+        max_payload=4096,
+        max_connections=3,
+    )
     serve_in_thread(srv, "test")
     yield srv
     srv.stop()
