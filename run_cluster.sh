@@ -41,8 +41,8 @@ running_pid() {  # prints the pid of $1 if it runs; a pid file naming any other 
   [ -f "$f" ] || return 1
   pid="$(cat "$f")"
   case "$name" in
-    proxy) want="filecluster proxy " ;;
-    *) want="filecluster server --id ${name#server} " ;;
+    proxy) want="filecluster-proxy " ;;
+    *) want="filecluster-server --id ${name#server} " ;;
   esac
   case "$pid" in ''|*[!0-9]*) rm -f "$f"; return 1 ;; esac
   case "$(command_of "$pid") " in
@@ -82,7 +82,7 @@ wait_ready() {  # name pid port log-lines-before [log line to wait for]
   return 1
 }
 
-launch() {  # name port args...
+launch() {  # name port program args...
   local name="$1" port="$2"; shift 2
   if pid="$(running_pid "$name")"; then
     echo "$name already runs (pid $pid)"; return 0
@@ -92,7 +92,7 @@ launch() {  # name port args...
   fi
   local before=0
   [ ! -f "$LOGS/$name.log" ] || before=$(wc -l <"$LOGS/$name.log")
-  nohup "$FC" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$RUN/$name.pid"
   local ready_line=""
@@ -105,9 +105,9 @@ launch() {  # name port args...
 start() {
   ensure_venv "" || exit 1
   mkdir -p "$RUN" "$LOGS"
-  launch proxy "$PORT" proxy --port "$PORT" --replicas "$REPLICAS" || { stop_started; exit 1; }
+  launch proxy "$PORT" "$ROOT/.venv/bin/filecluster-proxy" --port "$PORT" --replicas "$REPLICAS" || { stop_started; exit 1; }
   for i in $(seq 1 "$SERVERS"); do
-    launch "server$i" "$((PORT + i))" server --id "$i" --port "$((PORT + i))" \
+    launch "server$i" "$((PORT + i))" "$ROOT/.venv/bin/filecluster-server" --id "$i" --port "$((PORT + i))" \
       || { stop_started; exit 1; }
   done
   echo "cluster up: proxy at 127.0.0.1:$PORT, $SERVERS storage servers, data in $DATA"

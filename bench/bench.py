@@ -13,8 +13,8 @@ What one run measures, all on 127.0.0.1 and all in a fresh work folder:
    ``fsync`` of that file is then timed on its own, for reference only (``disk flush``).
 3. **Hash pass.**  One in-process pass over the test file computing SHA-1 of the whole and SHA-256
    of every 4 MiB chunk: what the client does before it sends a byte.  Reference only.
-4. **A real cluster.**  ``python -m client proxy --port 0`` (default chunk size and replica count)
-   then 4 ``python -m client server`` processes, started like ``tests/cluster.py`` does, each
+4. **A real cluster.**  ``python -m proxy --port 0`` (default chunk size and replica count)
+   then 4 ``python -m servers`` processes, started like ``tests/cluster.py`` does, each
    waited for until its log says ``registered with``.
 5. **Upload and download with the CLI**, each a subprocess timed by wall clock from spawn to exit
    (so Python start-up is included; ``CLI start-up`` times a ``whoami`` for scale).  Each client's
@@ -348,7 +348,7 @@ class Cluster:
         out, log = self.root / f"{name}.out", self.root / f"{name}.log"
         with open(out, "wb") as out_file, open(log, "wb") as log_file:
             proc = self.procs.spawn(
-                [self.python, "-m", "client", *args],
+                [self.python, "-m", *args],
                 env=self.env,
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
@@ -372,7 +372,7 @@ class Cluster:
                 self._spawn(
                     f"server{i}",
                     [
-                        "server",
+                        "servers",
                         "--id",
                         str(i),
                         "--port",

@@ -25,7 +25,7 @@ from client.proxy_link import ProxyLink
 from common.config import LINK_SCHEME, client_home, parse_address, proxy_address
 from common.errors import AuthError, FileClusterError, InvalidRequest, NotFound
 from common.messages import MsgType
-from common.names import check_file_name, check_password, check_user_name
+from common.names import check_file_name, check_password_rules, check_user_name
 
 LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+)/s/(?P<token>[A-Za-z0-9_-]+)/?\Z")
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
@@ -81,11 +81,11 @@ class Client:
     # -- accounts ------------------------------------------------------------------------
     def register(self, user: str, password: str) -> None:
         check_user_name(user)
-        check_password(password, new=True)
+        check_password_rules(password, new=True)
         self.proxy.call(MsgType.REGISTER, {"user": user, "password": password})
 
     def login(self, user: str, password: str) -> None:
-        check_password(password, new=False)
+        check_password_rules(password, new=False)
         reply = self.proxy.call(MsgType.LOGIN, {"user": user, "password": password})
         self.proxy.token, self.user = reply["session"], reply["user"]
         try:

@@ -149,11 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("delete", cmd_delete, "delete one of your files").add_argument("name")
     add("status", cmd_status, "show the storage servers")
     add("menu", cmd_menu, "the interactive menu")
-    from proxy.daemon import add_arguments as proxy_arguments
-    from servers.daemon import add_arguments as server_arguments
-
-    proxy_arguments(sub.add_parser("proxy", help="run the proxy"))
-    server_arguments(sub.add_parser("server", help="run a storage server"))
     return parser
 
 
@@ -172,10 +167,7 @@ def _interrupt_on_sigterm() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = args.command or "menu"
     try:
-        if command in ("proxy", "server"):
-            return _run_daemon(command, args)
         _interrupt_on_sigterm()
         with Client.from_environment(args.proxy) as client:
             func = args.func if args.command else cmd_menu
@@ -190,16 +182,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("terminated", file=sys.stderr)
         return 143
     except BrokenPipeError:
-        return 1
-
-
-def _run_daemon(command: str, args: argparse.Namespace) -> int:
-    if command == "proxy":
-        from proxy.daemon import run
-    else:
-        from servers.daemon import run
-    try:
-        return run(args)
-    except OSError as exc:
-        print(f"error: cannot start the {command}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -173,9 +173,10 @@ def _fetch_all(
             for i, future in enumerate(futures):
                 future.result()
                 _hash_region(fd, offsets[i], int(chunks[i]["size"]), whole)
-        except BaseException:
+        except BaseException:  # a failed chunk, Ctrl-C or SIGTERM: break what is in flight
             for future in futures:
                 future.cancel()
+            pool.abort()
             raise
     if whole.hexdigest() != sha1:
         raise CorruptData("the downloaded file does not match its SHA-1; nothing was saved")

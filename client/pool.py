@@ -30,6 +30,13 @@ class ConnectionPool:
                 self._all.append(conn)
         return conn
 
+    def abort(self) -> None:
+        """Break every connection at once (from any thread), so transfers in flight stop now."""
+        with self._lock:
+            conns = list(self._all)
+        for conn in conns:
+            conn.abort()
+
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []

@@ -31,13 +31,15 @@ from common.errors import (
     FileClusterError,
     InvalidRequest,
     NotFound,
+    ReplicationFailed,
+    SourceShrank,
+    StorageServerFailed,
     Unavailable,
 )
 from common.hashing import Manifest, manifest_of
+from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import MsgType
 from common.names import check_file_name
-from common.protocol import MAX_CHUNKS_PER_FILE
-from common.transport import SourceShrank
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 ATTEMPTS = 2
@@ -49,12 +51,6 @@ class UploadResult:
     size: int
     sha1: str
     sent: int  # chunk bytes the client actually sent to storage servers
-
-
-class _ServerTrouble(Unavailable):
-    def __init__(self, error: FileClusterError, suspects: list[int]) -> None:
-        super().__init__(error.message)
-        self.suspects = suspects
 
 
 def open_for_upload(path: Path) -> tuple[Any, str]:
@@ -105,7 +101,7 @@ def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> Up
             try:
                 _attempt(proxy, file, path, name, manifest, progress, sent)
                 return UploadResult(name, manifest.size, manifest.sha1, sent.bytes)
-            except _ServerTrouble:
+            except StorageServerFailed:
                 if attempt == ATTEMPTS:
                     raise
     raise AssertionError("unreachable")
@@ -149,7 +145,7 @@ def _attempt(
         _send_missing(file, manifest, begin["missing"], progress, sent)
         proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id}, session=True)
     except BaseException as exc:
-        suspects = exc.suspects if isinstance(exc, _ServerTrouble) else []
+        suspects = exc.suspects if isinstance(exc, StorageServerFailed) else []
         with contextlib.suppress(FileClusterError):
             proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects}, session=True)
         if isinstance(exc, (CorruptData, SourceShrank)):  # bytes differ, or the file shrank
@@ -192,17 +188,18 @@ def _send_missing(
         futures = [workers.submit(send_one, pool, item) for item in missing]
         try:
             errors = [f.exception() for f in futures]
-        except BaseException:  # Ctrl-C or SIGTERM: start nothing more, then unwind and abort
+        except BaseException:  # Ctrl-C or SIGTERM: start nothing more, break what is in flight
             stop.set()
             for future in futures:
                 future.cancel()
+            pool.abort()
             raise
     failures = [e for e in errors if e is not None]
     if failures:
-        trouble = [e for e in failures if isinstance(e, _ServerTrouble)]
+        trouble = [e for e in failures if isinstance(e, StorageServerFailed)]
         if trouble and len(trouble) == len(failures):
             suspects = sorted({s for e in trouble for s in e.suspects})
-            raise _ServerTrouble(trouble[0], suspects)
+            raise StorageServerFailed(trouble[0].message, suspects)
         raise failures[0]
 
 
@@ -215,7 +212,7 @@ def _put_chunk(pool: ConnectionPool, file: BinaryIO, item: dict[str, Any], offse
         conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "forward": forward}, size)
         conn.send_file(file, offset, size)
         conn.read_reply(MsgType.PUT_CHUNK)
-    except Unavailable as exc:
-        # the head failed (its id), or a replica behind it did (the proxy checks which)
-        suspects = [s["id"] for s in servers] if exc.code == "replication_failed" else [head["id"]]
-        raise _ServerTrouble(exc, suspects) from None
+    except ReplicationFailed as exc:  # a replica behind the head failed: the proxy checks which
+        raise StorageServerFailed(exc.message, [s["id"] for s in servers]) from None
+    except Unavailable as exc:  # the head itself failed
+        raise StorageServerFailed(exc.message, [head["id"]]) from None

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -33,3 +34,12 @@ def wait_for_signal() -> None:
 def announce(what: str, host: str, port: int) -> None:
     """The one line on stdout that says the daemon is ready, and where (tests read it)."""
     print(f"{what} listening on {host}:{port}", flush=True)
+
+
+def run_daemon(what: str, run: Callable[[], int]) -> int:
+    """Run a daemon's main loop; a failure to start (port taken, folder unwritable) is one line."""
+    try:
+        return run()
+    except OSError as exc:
+        print(f"error: cannot start the {what}: {exc.strerror or exc}", file=sys.stderr)
+        return 1

@@ -38,6 +38,10 @@ class LocalProtocolError(ProtocolError):
     """We were about to send something the protocol does not allow."""
 
 
+class SourceShrank(LocalProtocolError):
+    """The file being sent as a payload got shorter than its frame announced."""
+
+
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
@@ -78,10 +82,29 @@ class Unavailable(FileClusterError):
     code = "unavailable"
 
 
+class ConnectionLost(Unavailable):
+    """The connection itself failed (reset, closed, timed out), as opposed to an ERROR reply."""
+
+
+class PeerClosed(ConnectionLost):
+    """The peer closed the connection between frames."""
+
+
 class ReplicationFailed(Unavailable):
     """A chunk could not be stored on every replica it was placed on."""
 
     code = "replication_failed"
+
+
+class StorageServerFailed(Unavailable):
+    """Client side: storage servers failed during a transfer; ``suspects`` are their ids.
+
+    Never sent on the wire (its code is ``unavailable``); the uploader reports the suspects to the
+    proxy in UPLOAD_ABORT and tries again with a fresh placement."""
+
+    def __init__(self, message: str, suspects: list[int]) -> None:
+        super().__init__(message)
+        self.suspects = suspects
 
 
 class InsufficientStorage(FileClusterError):

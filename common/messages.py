@@ -4,6 +4,9 @@ A message is a frame type plus a JSON header (a flat object) and an optional
 binary payload.  ``SPECS`` says, for every type, which header fields it must
 and may carry, their JSON types, and whether a payload is allowed.  A header
 that does not fit its entry is a protocol error; an unknown type is one too.
+``auth`` is the authorisation column: what a request must prove before any
+handler sees it.  The frame server checks it once, at the door
+(common.frame_server), so no handler checks credentials by hand.
 ``REPLIES`` is the state table of a request/reply connection: which frame
 types may answer a given request.
 """
@@ -48,15 +51,25 @@ class MsgType(enum.IntEnum):
     PING = 0x34
 
 
+class Auth(enum.Enum):
+    """Who may send a request; checked by the dispatcher before the handler runs."""
+
+    NONE = "anyone"  # no credentials (replies; HELLO, REGISTER, LOGIN; storage traffic for now)
+    SESSION = "a logged-in user"  # `session` must name a live session
+    SESSION_IF_GIVEN = "a logged-in user, if a session is given"  # LOCATE: by link, or by name
+
+
 @dataclass(frozen=True)
 class MessageSpec:
     required: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
     optional: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
     payload: bool = False
     open: bool = False  # replies: extra keys are allowed (results vary by request)
+    auth: Auth = Auth.NONE
 
 
 _SESSION = {"session": str}
+_USER = Auth.SESSION
 
 SPECS: dict[MsgType, MessageSpec] = {
     MsgType.ERROR: MessageSpec(required={"code": str, "message": str}),
@@ -65,9 +78,10 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.HELLO: MessageSpec(optional={"client": str}),
     MsgType.REGISTER: MessageSpec(required={"user": str, "password": str}),
     MsgType.LOGIN: MessageSpec(required={"user": str, "password": str}),
-    MsgType.LOGOUT: MessageSpec(required=_SESSION),
-    MsgType.WHOAMI: MessageSpec(required=_SESSION),
+    MsgType.LOGOUT: MessageSpec(auth=_USER, required=_SESSION),
+    MsgType.WHOAMI: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.UPLOAD_BEGIN: MessageSpec(
+        auth=_USER,
         required={
             **_SESSION,
             "name": str,
@@ -75,17 +89,17 @@ SPECS: dict[MsgType, MessageSpec] = {
             "sha1": str,
             "chunk_size": int,
             "chunks": list,
-        }
+        },
     ),
-    MsgType.UPLOAD_COMMIT: MessageSpec(required={**_SESSION, "upload_id": str}),
+    MsgType.UPLOAD_COMMIT: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
     MsgType.UPLOAD_ABORT: MessageSpec(
-        required={**_SESSION, "upload_id": str}, optional={"unreachable": list}
+        auth=_USER, required={**_SESSION, "upload_id": str}, optional={"unreachable": list}
     ),
-    MsgType.LIST: MessageSpec(required=_SESSION, optional={"all": bool}),
-    MsgType.SHARE: MessageSpec(required={**_SESSION, "name": str}),
-    MsgType.LOCATE: MessageSpec(optional={**_SESSION, "name": str, "token": str}),
-    MsgType.DELETE: MessageSpec(required={**_SESSION, "name": str}),
-    MsgType.STATUS: MessageSpec(required=_SESSION),
+    MsgType.LIST: MessageSpec(auth=_USER, required=_SESSION, optional={"all": bool}),
+    MsgType.SHARE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
+    MsgType.LOCATE: MessageSpec(auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str}),
+    MsgType.DELETE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
+    MsgType.STATUS: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.SERVER_REGISTER: MessageSpec(
         required={
             "id": int,

@@ -53,7 +53,8 @@ def check_user_name(user: object) -> str:
     return user
 
 
-def check_password(password: object, *, new: bool) -> str:
+def check_password_rules(password: object, *, new: bool) -> str:
+    """A password that follows the rules (``new``: the stricter rules for a new account)."""
     if not isinstance(password, str) or not password:
         raise InvalidRequest("a password cannot be empty")
     if len(password) > MAX_PASSWORD:

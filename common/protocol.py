@@ -13,6 +13,14 @@ Every message on every filecluster connection is one frame::
     16      H     header: a JSON object, UTF-8
     16+H    P     payload: raw bytes (chunk data, an inventory...)
 
+Each direction of a connection has its own framing state, owned here and
+nowhere else.  A :class:`FrameEncoder` turns a message into the bytes of its
+head and then counts the payload bytes the caller sends after it: one byte
+more than the frame declared, or a new frame while payload bytes are still
+owed, is a :class:`LocalProtocolError` at once (as h11 does with
+Content-Length), so the socket layer only moves bytes and cannot get the
+framing wrong.
+
 A :class:`FrameDecoder` is fed whatever bytes arrive (``receive_data``) and
 hands out events (``next_event``): a :class:`~common.messages.Message` for
 the head and header of a frame, then :class:`PayloadData` pieces as they
@@ -44,16 +52,10 @@ VERSION: Final = 1
 PREFIX = struct.Struct(">2sBBIQ")
 PREFIX_SIZE: Final = PREFIX.size  # 16
 
+# the codec's own limits when it is given none (what a side reading replies accepts); each
+# daemon passes the stricter limits of common.limits for the requests it receives
 DEFAULT_MAX_HEADER: Final = 16 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024
-# storage servers: requests name at most MAX_IDS_PER_REQUEST chunk ids (67 bytes each in JSON),
-# and such a header must fit STORAGE_MAX_HEADER
-MAX_IDS_PER_REQUEST: Final = 10_000
-# the proxy: an UPLOAD_BEGIN manifest costs ~80 bytes a chunk; a LOCATE reply, which a client reads
-# with DEFAULT_MAX_HEADER, ~200 bytes a chunk; both fit for files of up to MAX_CHUNKS_PER_FILE chunks
-MAX_CHUNKS_PER_FILE: Final = 50_000
-PROXY_MAX_HEADER: Final = 8 * 1024 * 1024
-STORAGE_MAX_HEADER: Final = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,49 @@ def encode_message(message: Message, *, max_header: int = DEFAULT_MAX_HEADER) ->
 def encode(msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> bytes:
     """A whole frame as bytes; for small messages."""
     return encode_message(Message(msg_type, header, len(payload))) + payload
+
+
+class FrameEncoder:
+    """Sans-IO framing state for the sending direction of one connection."""
+
+    def __init__(self, *, max_header: int = DEFAULT_MAX_HEADER) -> None:
+        self.max_header = max_header
+        self._owed = 0
+
+    @property
+    def owed(self) -> int:
+        """Payload bytes the current frame declared and the caller has not sent yet."""
+        return self._owed
+
+    def head(self, message: Message) -> bytes:
+        """The prefix and header of a new frame; then exactly ``payload_len`` bytes must follow."""
+        if self._owed:
+            raise LocalProtocolError(
+                f"a new {message.type.name} frame while {self._owed} payload bytes of the last are owed"
+            )
+        data = encode_message(message, max_header=self.max_header)
+        self._owed = message.payload_len
+        return data
+
+    def payload(self, count: int) -> None:
+        """Account for ``count`` payload bytes about to be sent; more than declared is refused."""
+        if count < 0 or count > self._owed:
+            raise LocalProtocolError(
+                f"{count} payload bytes, but the frame's declared length leaves room for {self._owed}"
+            )
+        self._owed -= count
+
+    def frame(
+        self, message: Message, payload: bytes | bytearray | memoryview = b""
+    ) -> list[bytes | bytearray | memoryview]:
+        """A whole frame (head, then payload), as the pieces to send."""
+        if len(payload) != message.payload_len:
+            raise LocalProtocolError(
+                f"{message.type.name} declares {message.payload_len} payload bytes, got {len(payload)}"
+            )
+        head = self.head(message)
+        self.payload(len(payload))
+        return [head, payload] if payload else [head]
 
 
 def parse_prefix(

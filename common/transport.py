@@ -1,6 +1,8 @@
 """The thin socket layer over the codec: one :class:`Connection` per TCP connection.
 
-It owns a socket and a :class:`~common.protocol.FrameDecoder`, sends frames
+It owns a socket, a :class:`~common.protocol.FrameEncoder` and a
+:class:`~common.protocol.FrameDecoder` (the codec keeps the framing state of
+both directions; this module only moves bytes), sends frames
 (streaming payloads from memory or straight from a file with ``sendfile``),
 and receives them, handing payloads out piece by piece so that no side ever
 holds more than one receive buffer of a large payload.
@@ -17,9 +19,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 from common.errors import (
+    ConnectionLost,
     FileClusterError,
     LocalProtocolError,
+    PeerClosed,
     RemoteProtocolError,
+    SourceShrank,
     Unavailable,
     error_from_wire,
 )
@@ -31,25 +36,13 @@ from common.protocol import (
     ConnectionClosed,
     EndOfFrame,
     FrameDecoder,
+    FrameEncoder,
     PayloadData,
-    encode_message,
 )
 
 RECV_SIZE = 1024 * 1024  # payload reads: one buffer, only while a payload is being read
 HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection holds no big buffer
 DEFAULT_TIMEOUT = 30.0
-
-
-class ConnectionLost(Unavailable):
-    """The connection itself failed (reset, closed, timed out), as opposed to an ERROR reply."""
-
-
-class PeerClosed(ConnectionLost):
-    """The peer closed the connection between frames."""
-
-
-class SourceShrank(LocalProtocolError):
-    """The file being sent as a payload got shorter than announced."""
 
 
 _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
@@ -67,10 +60,10 @@ class Connection:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self._decoder = FrameDecoder(max_header=max_header, max_payload=max_payload)
+        self._encoder = FrameEncoder()
         self._rbuf: bytearray | None = None
         self.closed = False
         self._unread = False  # the current frame's payload has not been read to its end
-        self._unsent = 0  # payload bytes we announced and have not sent yet
 
     @property
     def in_payload(self) -> bool:
@@ -95,6 +88,11 @@ class Connection:
             with contextlib.suppress(OSError):
                 self.sock.close()
 
+    def abort(self) -> None:
+        """Break the connection from any thread: a recv or send blocked on it returns at once."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def __enter__(self) -> Connection:
         return self
 
@@ -102,31 +100,33 @@ class Connection:
         self.close()
 
     # -- sending ----------------------------------------------------------------
+    # The encoder counts every payload byte before it goes out: a byte more than the frame declared,
+    # or a new frame while bytes are owed, is a LocalProtocolError before anything reaches the wire.
     def send(self, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> None:
-        head = encode_message(Message(msg_type, header, len(payload)))
+        pieces = self._encoder.frame(Message(msg_type, header, len(payload)), payload)
         if len(payload) < 65536:  # small: one write; large: no copy of the payload
-            self._sendall(head + payload)
+            self._sendall(b"".join(pieces))
         else:
-            self._sendall(head)
-            self._sendall(payload)
+            for piece in pieces:
+                self._sendall(piece)
 
     def send_head(self, msg_type: MsgType, header: Mapping[str, Any], payload_len: int) -> None:
         """Send a frame's prefix and header; the caller then sends exactly payload_len bytes."""
-        self._sendall(encode_message(Message(msg_type, header, payload_len)))
-        self._unsent = payload_len
+        self._sendall(self._encoder.head(Message(msg_type, header, payload_len)))
 
     def send_piece(self, data: bytes | bytearray | memoryview) -> None:
-        if len(data) > self._unsent:
-            raise LocalProtocolError("more payload than the frame announced")
+        self._encoder.payload(len(data))
         self._sendall(data)
-        self._unsent -= len(data)
 
     def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
         """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible).
 
         A file with a descriptor is read at explicit offsets and its position never moves, so
-        threads may share it; a file without one (an in-memory twin) is read by seeking.
+        threads may share it; a file without one (an in-memory twin) is read by seeking.  If the
+        file turns out shorter than ``count``, the frame cannot be finished: the connection is
+        closed (so the peer never waits for the rest) and :class:`SourceShrank` is raised.
         """
+        self._encoder.payload(count)  # refused before a byte goes out if the frame has no room
         try:
             fd = file.fileno()
         except (AttributeError, OSError, ValueError):
@@ -163,7 +163,6 @@ class Connection:
         if sent != count:
             self.close()  # the frame cannot be finished: the peer must not wait for the rest
             raise SourceShrank(f"file shrank while sending ({sent} of {count} bytes)")
-        self._unsent -= count
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -268,7 +267,7 @@ class Connection:
 
     def send_error(self, error: FileClusterError) -> None:
         """Answer with an ERROR frame; in the middle of a payload there is no way but to close."""
-        if self._unsent:
+        if self._encoder.owed:
             self.close()
             return
         self.send(MsgType.ERROR, {"code": error.code, "message": error.message})

@@ -25,7 +25,8 @@ def hash_password(password: str, salt: bytes | None = None) -> tuple[str, str]:
     return salt.hex(), digest.hex()
 
 
-def check_password(password: str, salt_hex: str, hash_hex: str) -> bool:
+def verify_password(password: str, salt_hex: str, hash_hex: str) -> bool:
+    """Does ``password`` match the stored salted scrypt hash?"""
     _, candidate = hash_password(password, bytes.fromhex(salt_hex))
     return hmac.compare_digest(candidate, hash_hex)
 

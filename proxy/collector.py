@@ -40,10 +40,10 @@ class Collector:
         self._queue_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread = threading.Thread(target=self.run_forever, name="collector", daemon=True)
 
     def start(self) -> None:
-        self.freed(self.catalog.unreferenced())
+        self.queue_freed(self.catalog.unreferenced())
         self._thread.start()
 
     def stop(self) -> None:
@@ -51,41 +51,43 @@ class Collector:
         self._wake.set()
         self._thread.join(timeout=10)
 
-    def freed(self, chunk_ids: list[str]) -> None:
-        """Catalog chunks whose last reference went away."""
+    def queue_freed(self, chunk_ids: list[str]) -> None:
+        """Queue catalog chunks whose last reference went away."""
         if chunk_ids:
             with self._queue_lock:
                 self._freed.update(chunk_ids)
             self._wake.set()
 
-    def orphans(self, server_id: int, chunk_ids: list[str]) -> None:
-        """Chunks a server holds that the catalog may not know."""
+    def queue_orphans(self, server_id: int, chunk_ids: list[str]) -> None:
+        """Queue chunks a server holds that the catalog may not know."""
         if chunk_ids:
             with self._queue_lock:
                 self._orphans[server_id].update(chunk_ids)
             self._wake.set()
 
-    def abandoned(self, upload: PendingUpload) -> None:
-        """An upload that will never commit: what it may have stored is orphan work."""
+    def queue_abandoned(self, upload: PendingUpload) -> None:
+        """Queue what an upload that will never commit may have stored, as orphan work."""
         for chunk_id, servers in upload.placement.items():
             for server in servers:
-                self.orphans(server.id, [chunk_id])
+                self.queue_orphans(server.id, [chunk_id])
 
-    def _run(self) -> None:
+    def run_forever(self) -> None:
+        """The collector thread: a round every ``interval`` seconds, or as soon as work is queued."""
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
-                self.collect()
+                self.run_once()
             except Exception:
                 log.exception("chunk collection failed; will retry")
 
-    def collect(self) -> None:
+    def run_once(self) -> None:
+        """One round: expire stale uploads, then delete what is queued (what tests call)."""
         for upload in self.uploads.expired():
             log.info("upload of %s by %s expired", upload.name, upload.owner)
-            self.abandoned(upload)
+            self.queue_abandoned(upload)
         with self._queue_lock:
             freed, self._freed = self._freed, set()
             orphans, self._orphans = self._orphans, defaultdict(set)

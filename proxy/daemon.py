@@ -1,4 +1,4 @@
-"""``filecluster proxy``: run the proxy until SIGTERM."""
+"""``filecluster-proxy`` (or ``python -m proxy``): run the proxy until SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from common.config import (
     parse_address,
     proxy_port,
 )
-from common.daemon import announce, setup_logging, wait_for_signal
-from common.protocol import DEFAULT_MAX_PAYLOAD, PROXY_MAX_HEADER
-from common.service import FrameServer, serve_in_thread
+from common.daemon import announce, run_daemon, setup_logging, wait_for_signal
+from common.frame_server import FrameServer, serve_in_thread
+from common.limits import PROXY_MAX_HEADER
+from common.protocol import DEFAULT_MAX_PAYLOAD
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dead-after",
         type=float,
         default=None,
-        help="seconds without a heartbeat before a server counts as down (default: 3 heartbeats)",
+        help="seconds without a heartbeat before a server counts as down (default: 3 heartbeats plus 1 s)",
     )
     parser.add_argument(
         "--advertise",
@@ -88,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
     )
     service = ProxyService(catalog, registry, uploads, collector, config)
     server = FrameServer(
-        (args.host, port), service.handlers(), max_header=PROXY_MAX_HEADER, max_payload=DEFAULT_MAX_PAYLOAD
+        (args.host, port),
+        service.handlers(),
+        max_header=PROXY_MAX_HEADER,
+        max_payload=DEFAULT_MAX_PAYLOAD,
+        authenticate=service.authenticate,
     )
     collector.start()
     serve_in_thread(server, "proxy")
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="filecluster proxy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="filecluster-proxy", description="Run the filecluster proxy.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_daemon("proxy", lambda: run(args))

@@ -1,4 +1,4 @@
-"""What the proxy does with each request.  The socket side is common.service.
+"""What the proxy does with each request.  The socket side is common.frame_server.
 
 Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, UPLOAD_BEGIN/COMMIT/ABORT,
 LIST, SHARE, LOCATE, DELETE, STATUS.  Storage servers: SERVER_REGISTER and
@@ -27,12 +27,13 @@ from common.errors import (
     RemoteProtocolError,
     Unavailable,
 )
+from common.frame_server import Handler, Reply, Request
 from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
-from common.messages import Message, MsgType
-from common.names import check_file_name, check_password, check_user_name
-from common.protocol import MAX_CHUNKS_PER_FILE
-from common.transport import Connection
-from proxy import auth, storage_client
+from common.limits import MAX_CHUNKS_PER_FILE, MAX_SERVER_ID
+from common.messages import Auth, MsgType
+from common.names import check_file_name, check_password_rules, check_user_name
+from proxy import storage_client
+from proxy.auth import LoginThrottle, hash_password, new_token, token_hash, verify_password
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.placement import ServerRef, place
@@ -40,9 +41,6 @@ from proxy.registry import Registry
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
-
-
-MAX_SERVER_ID = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -67,10 +65,10 @@ class ProxyService:
         self.uploads = uploads
         self.collector = collector
         self.config = config
-        self.throttle = auth.LoginThrottle()
+        self.throttle = LoginThrottle()
 
-    def handlers(self) -> Mapping[MsgType, Any]:
-        table = {
+    def handlers(self) -> Mapping[MsgType, Handler]:
+        return {
             MsgType.HELLO: self.hello,
             MsgType.REGISTER: self.register,
             MsgType.LOGIN: self.login,
@@ -85,57 +83,62 @@ class ProxyService:
             MsgType.DELETE: self.delete,
             MsgType.STATUS: self.status,
             MsgType.HEARTBEAT: self.heartbeat,
+            MsgType.SERVER_REGISTER: self.server_register,
         }
-        replying = {t: _replying(f) for t, f in table.items()}
-        replying[MsgType.SERVER_REGISTER] = self.server_register  # reads its own payload
-        return replying
 
-    # -- accounts --------------------------------------------------------------------
-    def _user(self, header: Mapping[str, Any]) -> str:
+    def authenticate(self, need: Auth, header: Mapping[str, Any]) -> str | None:
+        """The door (called by the frame server before any handler): the session's user."""
         token = header.get("session")
-        user = self.catalog.session_user(auth.token_hash(token)) if token else None
+        if need is Auth.SESSION_IF_GIVEN and not token:
+            return None
+        user = self.catalog.session_user(token_hash(token)) if isinstance(token, str) and token else None
         if user is None:
             raise AuthError("not logged in (or the session ended); run: filecluster login USER")
         return user
 
-    def hello(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "chunk_size": self.config.chunk_size,
-            "replicas": self.config.replicas,
-            "cluster_id": self.catalog.cluster_id,
-        }
+    # -- accounts --------------------------------------------------------------------
+    def hello(self, req: Request) -> Reply:
+        return Reply(
+            {
+                "chunk_size": self.config.chunk_size,
+                "replicas": self.config.replicas,
+                "cluster_id": self.catalog.cluster_id,
+            }
+        )
 
-    def register(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+    def register(self, req: Request) -> Reply:
+        h = req.header
         user = check_user_name(h["user"])
-        password = check_password(h["password"], new=True)
-        salt, hashed = auth.hash_password(password)
+        password = check_password_rules(h["password"], new=True)
+        salt, hashed = hash_password(password)
         with self.catalog.lock:
             if self.catalog.user(user) is not None:
                 raise AlreadyExists(f"the user name {user!r} is taken")
             self.catalog.add_user(user, salt, hashed)
         log.info("new user %s", user)
-        return {"user": user}
+        return Reply({"user": user})
 
-    def login(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        user, password = h["user"], check_password(h["password"], new=False)
+    def login(self, req: Request) -> Reply:
+        h = req.header
+        user, password = h["user"], check_password_rules(h["password"], new=False)
         wait = self.throttle.attempt(user)
         if wait > 0:
             raise AuthError(f"too many failed logins for {user!r}; try again in {math.ceil(wait)} s")
         record = self.catalog.user(user)
-        if record is None or not auth.check_password(password, record["salt"], record["hash"]):
+        if record is None or not verify_password(password, record["salt"], record["hash"]):
             raise AuthError("wrong user name or password")
         self.throttle.succeeded(user)
-        token = auth.new_token()
-        self.catalog.add_session(auth.token_hash(token), user)
-        return {"user": user, "session": token}
+        token = new_token()
+        self.catalog.add_session(token_hash(token), user)
+        return Reply({"user": user, "session": token})
 
-    def logout(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        self._user(h)
-        self.catalog.drop_session(auth.token_hash(h["session"]))
-        return {}
+    def logout(self, req: Request) -> Reply:
+        h = req.header
+        self.catalog.drop_session(token_hash(h["session"]))
+        return Reply({})
 
-    def whoami(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        return {"user": self._user(h)}
+    def whoami(self, req: Request) -> Reply:
+        return Reply({"user": _principal(req)})
 
     # -- uploads -----------------------------------------------------------------------
     def _check_manifest(self, h: Mapping[str, Any]) -> list[list[Any]]:
@@ -165,8 +168,9 @@ class ProxyService:
             raise InvalidRequest("an empty file has the SHA-1 of no bytes")
         return clean
 
-    def upload_begin(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        owner = self._user(h)
+    def upload_begin(self, req: Request) -> Reply:
+        h = req.header
+        owner = _principal(req)
         name = check_file_name(h["name"], new=True)
         sha1 = check_sha1(h["sha1"])
         chunks = self._check_manifest(h)
@@ -188,16 +192,19 @@ class ProxyService:
                     )
                 placement[chunk_id] = targets
             upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, placement)
-        return {
-            "upload_id": upload.id,
-            "missing": [
-                {"id": c, "size": sizes[c], "servers": [s.wire() for s in targets]}
-                for c, targets in placement.items()
-            ],
-        }
+        return Reply(
+            {
+                "upload_id": upload.id,
+                "missing": [
+                    {"id": c, "size": sizes[c], "servers": [s.wire() for s in targets]}
+                    for c, targets in placement.items()
+                ],
+            }
+        )
 
-    def upload_commit(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        owner = self._user(h)
+    def upload_commit(self, req: Request) -> Reply:
+        h = req.header
+        owner = _principal(req)
         upload = self.uploads.get(h["upload_id"], owner)
         with self.collector.lock:
             try:
@@ -213,9 +220,9 @@ class ProxyService:
                 owner, upload.name, upload.size, upload.sha1, upload.chunks, locations
             )
             self.uploads.finish(upload.id)
-        self.collector.freed(freed)
+        self.collector.queue_freed(freed)
         log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size, len(upload.chunks))
-        return {"file": entry}
+        return Reply({"file": entry})
 
     def _confirm_stored(self, placement: Mapping[str, list[ServerRef]]) -> dict[str, list[int]]:
         """Ask each server whether it holds the chunks placed on it; every copy must be there."""
@@ -237,10 +244,11 @@ class ProxyService:
     def _abandon(self, upload_id: str) -> None:
         upload = self.uploads.finish(upload_id)
         if upload is not None:
-            self.collector.abandoned(upload)
+            self.collector.queue_abandoned(upload)
 
-    def upload_abort(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        owner = self._user(h)
+    def upload_abort(self, req: Request) -> Reply:
+        h = req.header
+        owner = _principal(req)
         try:
             self.uploads.get(h["upload_id"], owner)
             self._abandon(h["upload_id"])
@@ -253,32 +261,35 @@ class ProxyService:
                     "client reports server %d unreachable, and it does not answer: marking it down", server_id
                 )
                 self.registry.mark_down(server_id)
-        return {}
+        return Reply({})
 
     # -- files and links -------------------------------------------------------------------
-    def list_files(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        owner = self._user(h)
-        return {"files": self.catalog.list_files(None if h.get("all") else owner)}
+    def list_files(self, req: Request) -> Reply:
+        h = req.header
+        owner = _principal(req)
+        return Reply({"files": self.catalog.list_files(None if h.get("all") else owner)})
 
-    def _link(self, conn: Connection, token: str) -> str:
-        host, port = self.config.advertise or conn.sock.getsockname()[:2]
+    def _link(self, local: tuple[str, int], token: str) -> str:
+        host, port = self.config.advertise or local
         if ":" in host:
             host = f"[{host}]"
         return f"filecluster://{host}:{port}/s/{token}"
 
-    def share(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        owner = self._user(h)
+    def share(self, req: Request) -> Reply:
+        h = req.header
+        owner = _principal(req)
         name = check_file_name(h["name"])
         with self.catalog.lock:
             if self.catalog.file(owner, name) is None:
                 raise NotFound(f"you have no file named {name!r}")
             token = self.catalog.share_for(owner, name)
             if token is None:
-                token = auth.new_token()
+                token = new_token()
                 self.catalog.add_share(token, owner, name)
-        return {"token": token, "link": self._link(conn, token)}
+        return Reply({"token": token, "link": self._link(req.local, token)})
 
-    def locate(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+    def locate(self, req: Request) -> Reply:
+        h = req.header
         with self.catalog.lock:
             if h.get("token"):
                 share = self.catalog.share(h["token"])
@@ -286,7 +297,7 @@ class ProxyService:
                     raise NotFound("unknown link (it may have been deleted)")
                 owner, name = share["owner"], share["name"]
             elif h.get("name") is not None:
-                owner, name = self._user(h), check_file_name(h["name"])
+                owner, name = _principal(req), check_file_name(h["name"])
                 if self.catalog.file(owner, name) is None:
                     raise NotFound(f"you have no file named {name!r}")
             else:
@@ -294,7 +305,7 @@ class ProxyService:
             entry = self.catalog.file(owner, name)
             assert entry is not None
             chunks = [{"id": c, "size": s, "servers": self._sources(c)} for c, s in entry["chunks"]]
-            return {**self.catalog.describe(owner, name), "chunks": chunks}
+            return Reply({**self.catalog.describe(owner, name), "chunks": chunks})
 
     def _sources(self, chunk_id: str) -> list[dict[str, Any]]:
         """Where a chunk can be read, servers believed up first."""
@@ -303,20 +314,20 @@ class ProxyService:
         known.sort(key=lambda s: not self.registry.is_up(s))
         return [s.ref.wire() for s in known]
 
-    def delete(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
-        owner = self._user(h)
+    def delete(self, req: Request) -> Reply:
+        h = req.header
+        owner = _principal(req)
         name = check_file_name(h["name"])
         with self.catalog.lock:
             if self.catalog.file(owner, name) is None:
                 raise NotFound(f"you have no file named {name!r}")
             freed = self.catalog.delete_file(owner, name)
-        self.collector.freed(freed)
+        self.collector.queue_freed(freed)
         log.info("%s deleted %s (%d chunk(s) to free)", owner, name, len(freed))
-        return {"freed_chunks": len(freed)}
+        return Reply({"freed_chunks": len(freed)})
 
-    def status(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+    def status(self, req: Request) -> Reply:
         """Every known server; those believed up are asked for fresh figures right now."""
-        self._user(h)
         states = self.registry.all()
         with ThreadPoolExecutor(max(1, min(16, len(states)))) as pool:
             fresh = list(
@@ -337,12 +348,14 @@ class ProxyService:
             }
             for s, live in zip(states, fresh, strict=True)
         ]
-        return {"servers": servers, "replicas": self.config.replicas, "chunk_size": self.config.chunk_size}
+        return Reply(
+            {"servers": servers, "replicas": self.config.replicas, "chunk_size": self.config.chunk_size}
+        )
 
     # -- storage servers -------------------------------------------------------------------
-    def server_register(self, conn: Connection, msg: Message) -> None:
-        h = msg.header
-        if msg.payload_len != 32 * h["chunks"]:
+    def server_register(self, req: Request) -> Reply:
+        h = req.header
+        if req.payload_len != 32 * h["chunks"]:
             raise RemoteProtocolError("SERVER_REGISTER inventory does not match its chunk count")
         if not 1 <= h["id"] <= MAX_SERVER_ID or not 0 < h["port"] < 65536:
             raise InvalidRequest(f"a server needs an id from 1 to {MAX_SERVER_ID} and a valid port")
@@ -353,7 +366,7 @@ class ProxyService:
             )
         present: set[str] = set()
         partial = b""
-        for piece in conn.payload():  # streamed: ids are kept, the raw bytes are not
+        for piece in req.body:  # streamed: ids are kept, the raw bytes are not
             data = partial + bytes(piece)
             whole = len(data) - len(data) % 32
             present.update(data[i : i + 32].hex() for i in range(0, whole, 32))
@@ -371,7 +384,7 @@ class ProxyService:
         self.catalog.remember_server(h["id"], h["host"], h["port"])
         self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
         if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds
-            self.collector.orphans(h["id"], orphans)
+            self.collector.queue_orphans(h["id"], orphans)
         elif orphans:
             log.warning(
                 "server %d holds %d chunk(s) the catalog lacks but has no cluster id: keeping them",
@@ -385,18 +398,17 @@ class ProxyService:
             h["port"],
             h["chunks"],
         )
-        conn.send(MsgType.OK, {"cluster_id": self.catalog.cluster_id, "heartbeat": self.config.heartbeat})
+        return Reply({"cluster_id": self.catalog.cluster_id, "heartbeat": self.config.heartbeat})
 
-    def heartbeat(self, conn: Connection, h: Mapping[str, Any]) -> dict[str, Any]:
+    def heartbeat(self, req: Request) -> Reply:
+        h = req.header
         if not self.registry.heartbeat(h["id"], h["capacity"], h["used"], h["chunks"]):
             raise NotFound("unknown server; register again")
-        return {}
+        return Reply({})
 
 
-def _replying(method: Any) -> Any:
-    """Wrap a header -> reply-header method as a frame handler that sends OK."""
-
-    def handle(conn: Connection, msg: Message) -> None:
-        conn.send(MsgType.OK, method(conn, msg.header))
-
-    return handle
+def _principal(req: Request) -> str:
+    """The session's user, which the door resolved (the message table says SESSION)."""
+    if req.user is None:
+        raise AuthError("not logged in (or the session ended); run: filecluster login USER")
+    return req.user

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.errors import FileClusterError
+from common.limits import MAX_IDS_PER_REQUEST
 from common.messages import MsgType
-from common.protocol import MAX_IDS_PER_REQUEST
 from common.transport import Connection
 from proxy.placement import ServerRef
 

@@ -1,4 +1,4 @@
-"""``filecluster server --id N``: run one storage server until SIGTERM."""
+"""``filecluster-server --id N`` (or ``python -m servers``): run one storage server until SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from common.config import HEARTBEAT_INTERVAL, MAX_CHUNK_SIZE, data_dir, proxy_address, proxy_port
-from common.daemon import announce, setup_logging, wait_for_signal
-from common.service import serve_in_thread
+from common.daemon import announce, run_daemon, setup_logging, wait_for_signal
+from common.frame_server import serve_in_thread
+from common.limits import MAX_SERVER_ID
 from servers.chunk_store import ChunkStore
 from servers.membership import Membership
 from servers.storage_server import StorageService, make_storage_server
@@ -46,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.id <= 1_000_000:
-        raise SystemExit("error: --id must be a number from 1 to 1000000")
+    if not 1 <= args.id <= MAX_SERVER_ID:
+        raise SystemExit(f"error: --id must be a number from 1 to {MAX_SERVER_ID}")
     setup_logging(f"server{args.id}", args.verbose)
     port = args.port if args.port is not None else proxy_port() + args.id
     folder = args.data or data_dir() / f"server{args.id}"
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="filecluster server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="filecluster-server", description="Run a filecluster storage server."
+    )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_daemon(f"storage server {args.id}", lambda: run(args))

@@ -17,10 +17,10 @@ from typing import Any
 
 from common.config import MAX_CHUNK_SIZE
 from common.errors import FileClusterError, InvalidRequest, ReplicationFailed
+from common.frame_server import FileBody, FrameServer, Handler, Reply, Request
 from common.hashing import check_chunk_id
-from common.messages import Message, MsgType
-from common.protocol import MAX_IDS_PER_REQUEST, STORAGE_MAX_HEADER
-from common.service import FrameServer
+from common.limits import MAX_IDS_PER_REQUEST, STORAGE_MAX_HEADER
+from common.messages import MsgType
 from common.transport import Connection
 from servers.chunk_store import ChunkStore, MemoryChunkStore
 
@@ -58,14 +58,14 @@ def check_ids(raw: object) -> list[str]:
 
 
 class StorageService:
-    """What one storage server does with each request; the socket side is common.service."""
+    """What one storage server does with each request; the socket side is common.frame_server."""
 
     def __init__(self, server_id: int, store: Store, *, max_chunk: int = MAX_CHUNK_SIZE) -> None:
         self.id = server_id
         self.store = store
         self.max_chunk = max_chunk
 
-    def handlers(self) -> Mapping[MsgType, Any]:
+    def handlers(self) -> Mapping[MsgType, Handler]:
         return {
             MsgType.PUT_CHUNK: self.put_chunk,
             MsgType.GET_CHUNK: self.get_chunk,
@@ -74,12 +74,12 @@ class StorageService:
             MsgType.PING: self.ping,
         }
 
-    def put_chunk(self, conn: Connection, msg: Message) -> None:
-        chunk_id = check_chunk_id(msg.header["id"])
-        size = msg.header["size"]
-        if size != msg.payload_len or not 0 < size <= self.max_chunk:
+    def put_chunk(self, req: Request) -> Reply:
+        chunk_id = check_chunk_id(req.header["id"])
+        size = req.header["size"]
+        if size != req.payload_len or not 0 < size <= self.max_chunk:
             raise InvalidRequest(f"chunk size must match the payload and be 1..{self.max_chunk} bytes")
-        forward = parse_targets(msg.header.get("forward") or [])
+        forward = parse_targets(req.header.get("forward") or [])
         downstream, down_error = self._open_downstream(chunk_id, size, forward)
         local_error: FileClusterError | None = None
         try:
@@ -87,7 +87,7 @@ class StorageService:
         except FileClusterError as exc:
             local_error, writer = exc, None
         try:
-            for piece in conn.payload():
+            for piece in req.body:
                 if writer is not None and local_error is None:
                     try:
                         writer.write(piece)
@@ -122,7 +122,7 @@ class StorageService:
                 f"chunk stored on server {self.id} but its replica on server {target['id']} "
                 f"({target['host']}:{target['port']}) failed: {down_error}"
             )
-        conn.send(MsgType.OK, {"stored": stored})
+        return Reply({"stored": stored})
 
     def _open_downstream(
         self, chunk_id: str, size: int, forward: list[dict[str, Any]]
@@ -141,26 +141,24 @@ class StorageService:
             return None, exc
         return downstream, None
 
-    def get_chunk(self, conn: Connection, msg: Message) -> None:
-        chunk_id = check_chunk_id(msg.header["id"])
+    def get_chunk(self, req: Request) -> Reply:
+        chunk_id = check_chunk_id(req.header["id"])
         file, size = self.store.open(chunk_id)
-        with file:
-            conn.send_head(MsgType.CHUNK_DATA, {"id": chunk_id, "size": size}, size)
-            conn.send_file(file, 0, size)
+        return Reply({"id": chunk_id, "size": size}, MsgType.CHUNK_DATA, FileBody(file, 0, size))
 
-    def has_chunks(self, conn: Connection, msg: Message) -> None:
-        ids = check_ids(msg.header["ids"])
-        conn.send(MsgType.OK, {"present": [c for c in ids if self.store.has(c)]})
+    def has_chunks(self, req: Request) -> Reply:
+        ids = check_ids(req.header["ids"])
+        return Reply({"present": [c for c in ids if self.store.has(c)]})
 
-    def delete_chunks(self, conn: Connection, msg: Message) -> None:
-        ids = check_ids(msg.header["ids"])
+    def delete_chunks(self, req: Request) -> Reply:
+        ids = check_ids(req.header["ids"])
         deleted = self.store.delete(ids)
         if deleted:
             log.info("deleted %d chunk(s) no file references", deleted)
-        conn.send(MsgType.OK, {"deleted": deleted})
+        return Reply({"deleted": deleted})
 
-    def ping(self, conn: Connection, msg: Message) -> None:
-        conn.send(MsgType.OK, {"id": self.id, "chunks": self.store.count, "used": self.store.used})
+    def ping(self, req: Request) -> Reply:
+        return Reply({"id": self.id, "chunks": self.store.count, "used": self.store.used})
 
 
 def make_storage_server(service: StorageService, address: tuple[str, int]) -> FrameServer:

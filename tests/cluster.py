@@ -35,9 +35,10 @@ class Cluster:
 
     # -- processes ---------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[str], int]:
+        """Start a daemon (``python -m proxy|servers ARGS``) and wait for its "listening on" line."""
         log = open(self.root / f"{name}.log", "a")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "client", *args],
+            [sys.executable, "-m", *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -88,7 +89,7 @@ class Cluster:
         self.servers[i], self.server_ports[i] = self._spawn(
             f"server{i}",
             [
-                "server",
+                "servers",
                 "--id",
                 str(i),
                 "--port",

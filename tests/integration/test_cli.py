@@ -220,8 +220,8 @@ def test_a_killed_download_leaves_nothing_visible_and_stale_parts_are_swept(
 
 
 def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> None:
+    from common.limits import MAX_CHUNKS_PER_FILE
     from common.messages import MsgType
-    from common.protocol import MAX_CHUNKS_PER_FILE
 
     chunk = user.proxy.call(MsgType.HELLO)["chunk_size"]
     with pytest.raises(FileClusterError, match="file too large"):

@@ -6,7 +6,7 @@ import pytest
 
 from common.errors import InvalidRequest
 from common.names import check_file_name, check_user_name
-from proxy.auth import LoginThrottle, check_password, hash_password
+from proxy.auth import LoginThrottle, hash_password, verify_password
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,8 @@ def test_bad_user_names(user: str) -> None:
 
 def test_password_hash_round_trip() -> None:
     salt, hashed = hash_password("correct horse")
-    assert check_password("correct horse", salt, hashed)
-    assert not check_password("wrong horse", salt, hashed)
+    assert verify_password("correct horse", salt, hashed)
+    assert not verify_password("wrong horse", salt, hashed)
     assert hash_password("correct horse")[1] != hashed  # a fresh salt each time
 
 

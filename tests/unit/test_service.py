@@ -8,21 +8,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.errors import FileClusterError, NotFound
-from common.messages import Message, MsgType
-from common.service import FrameServer, serve_in_thread
-from common.transport import Connection, ConnectionLost
+from common.errors import ConnectionLost, FileClusterError, NotFound
+from common.frame_server import FrameServer, Reply, Request, serve_in_thread
+from common.messages import MsgType
+from common.transport import Connection
 
 
-def ping(conn: Connection, msg: Message) -> None:
-    conn.send(MsgType.OK, {"pong": True})
+def ping(req: Request) -> Reply:
+    return Reply({"pong": True})
 
 
-def has_chunks(conn: Connection, msg: Message) -> None:
+def has_chunks(req: Request) -> Reply:
     raise NotFound("nothing here")
 
 
-def crash(conn: Connection, msg: Message) -> None:
+def crash(req: Request) -> Reply:
     raise RuntimeError("a bug")
 
 

@@ -1,10 +1,20 @@
 """The threaded frame server both daemons are built on (the socketserver shape).
 
 A :class:`FrameServer` accepts connections, one thread each.  Its handler
-reads a frame, hands it to the server's ``dispatch`` table, and loops until
-the peer leaves.  A :class:`FileClusterError` raised by a handler becomes an
-ERROR frame and the connection goes on; a protocol error or anything
-unexpected closes that one connection (logged), never the server.
+reads a frame and dispatches it:
+
+1. the message type must be one this server takes (its handler table);
+2. authorisation is checked at the door, from the ``auth`` column of the
+   message table (common.messages), by the server's :class:`Authenticator`,
+   before any handler runs; a handler never checks credentials by hand;
+3. the handler gets a :class:`Request` (header, payload reader, addresses,
+   the resolved principal) and returns a :class:`Reply`, which the server
+   sends.  Handlers never see the socket.
+
+A :class:`FileClusterError` raised by a handler becomes an ERROR frame and
+the connection goes on (a payload the handler did not read is drained
+first); a protocol error or anything unexpected closes that one connection
+(logged), never the server.
 """
 
 from __future__ import annotations
@@ -14,15 +24,71 @@ import logging
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 from common.errors import FileClusterError, InternalError, ProtocolError, Unavailable
-from common.messages import Message, MsgType
+from common.limits import IDLE_TIMEOUT, MAX_CONNECTIONS
+from common.messages import SPECS, Auth, MsgType
 from common.transport import Connection
 
-Handler = Callable[[Connection, Message], None]
 log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+@dataclass
+class Request:
+    """One request as a handler sees it: no socket in sight."""
+
+    type: MsgType
+    header: Mapping[str, Any]
+    payload_len: int = 0
+    body: Iterable[bytes | memoryview] = ()  # the payload's pieces, each valid until the next
+    peer: Address = ("", 0)  # who sent it
+    local: Address = ("", 0)  # the address it arrived on (what the peer used to reach us)
+    user: str | None = None  # the principal the door resolved (a session's user), if any
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A reply payload sent straight from an open file (sendfile); the server closes it after."""
+
+    file: BinaryIO
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    header: Mapping[str, Any] = field(default_factory=dict)
+    type: MsgType = MsgType.OK
+    payload: bytes | FileBody = b""
+
+
+Handler = Callable[[Request], Reply]
+
+
+# the door: (what the message table asks for, the header) -> the principal it proves, or AuthError;
+# called only for requests whose ``auth`` is not NONE
+Authenticator = Callable[[Auth, Mapping[str, Any]], str | None]
+
+
+def _nobody(auth: Auth, header: Mapping[str, Any]) -> str | None:
+    raise InternalError(f"this server cannot check {auth.value!r}")
+
+
+def dispatch(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Reply:
+    """Route one request: a type this server takes, authorised at the door, then its handler.
+
+    Pure of sockets, so tests drive a service through exactly the checks the wire goes through."""
+    handler = handlers.get(request.type)
+    if handler is None:
+        raise ProtocolError(f"{request.type.name} is not a request this server takes")
+    need = SPECS[request.type].auth
+    request.user = None if need is Auth.NONE else authenticate(need, request.header)
+    return handler(request)
 
 
 class _FrameHandler(socketserver.BaseRequestHandler):
@@ -41,6 +107,7 @@ class _FrameHandler(socketserver.BaseRequestHandler):
             conn.close()
 
     def _serve(self, conn: Connection) -> None:
+        peer, local = _address(conn.sock.getpeername), _address(conn.sock.getsockname)
         while not conn.closed:
             try:
                 message = conn.receive()
@@ -48,11 +115,16 @@ class _FrameHandler(socketserver.BaseRequestHandler):
                 if not isinstance(exc, Unavailable):
                     log.warning("closing %s: %s", conn.peer, exc)
                 return
-            handler = self.server.handlers.get(message.type)
             try:
+                handler = self.server.handlers.get(message.type)
                 if handler is None:
                     raise ProtocolError(f"{message.type.name} is not a request this server takes")
-                handler(conn, message)
+                auth = SPECS[message.type].auth
+                user = None if auth is Auth.NONE else self.server.authenticate(auth, message.header)
+                request = Request(
+                    message.type, message.header, message.payload_len, _body(conn), peer, local, user
+                )
+                self._send(conn, handler(request))
             except ProtocolError as exc:
                 log.warning("closing %s: %s", conn.peer, exc)
                 self._try_send_error(conn, exc)
@@ -72,11 +144,35 @@ class _FrameHandler(socketserver.BaseRequestHandler):
                 return
 
     @staticmethod
+    def _send(conn: Connection, reply: Reply) -> None:
+        if conn.in_payload:
+            raise InternalError("a handler replied without reading the request's payload")
+        body = reply.payload
+        if isinstance(body, FileBody):
+            with body.file:
+                conn.send_head(reply.type, reply.header, body.count)
+                conn.send_file(body.file, body.offset, body.count)
+        else:
+            conn.send(reply.type, reply.header, body)
+
+    @staticmethod
     def _try_send_error(conn: Connection, exc: FileClusterError) -> None:
         if conn.closed:
             return
         with contextlib.suppress(FileClusterError):
             conn.send_error(exc)
+
+
+def _body(conn: Connection) -> Iterator[bytes | memoryview]:
+    yield from conn.payload()
+
+
+def _address(get: Callable[[], Any]) -> Address:
+    try:
+        host, port = get()[:2]
+        return str(host), int(port)
+    except OSError:
+        return "", 0
 
 
 class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -87,15 +183,17 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: Address,
         handlers: Mapping[MsgType, Handler],
         *,
         max_header: int,
         max_payload: int,
-        idle_timeout: float = 300.0,
-        max_connections: int = 512,
+        authenticate: Authenticator = _nobody,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.handlers = dict(handlers)
+        self.authenticate = authenticate
         self.max_connections = max_connections
         self.max_header = max_header
         self.max_payload = max_payload
@@ -117,8 +215,7 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self._live_lock:
             live = list(self._live)
         for conn in live:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.abort()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Refuse connections past ``max_connections``, so one greedy client cannot exhaust threads."""
