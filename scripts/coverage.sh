@@ -31,7 +31,7 @@ stop_leftovers() {
   local pids pid i
   pids="$(ours)"
   [ -n "$pids" ] || return 0
-  echo "coverage.sh: stopping processes the tests left behind: $(echo $pids)" >&2
+  echo "coverage.sh: stopping processes the tests left behind: ${pids//$'\n'/ }" >&2
   for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
   for i in $(seq 50); do  # up to 10 s for a clean exit (which also saves their coverage data)
     pids="$(ours)"
