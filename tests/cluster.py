@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -13,6 +14,19 @@ from client.api import Client
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for every process a test starts: the kernel sends it SIGTERM when the test
+    process dies, however it dies (even SIGKILL), so no daemon outlives an interrupted test run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Cluster:
@@ -44,6 +58,7 @@ class Cluster:
             text=True,
             env=self.env,
             cwd=self.root,
+            preexec_fn=die_with_parent,
         )
         log.close()
         assert proc.stdout is not None
@@ -192,6 +207,7 @@ class Cluster:
             cwd=cwd or self.root,
             input=stdin,
             timeout=120,
+            preexec_fn=die_with_parent,
         )
 
     # -- what is on disk ---------------------------------------------------------------
