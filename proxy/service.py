@@ -1,8 +1,8 @@
 """What the proxy does with each request.  The socket side is common.frame_server.
 
 Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, UPLOAD_BEGIN/COMMIT/ABORT,
-LIST, SHARE, LOCATE, DELETE, STATUS.  Storage servers: SERVER_REGISTER and
-HEARTBEAT.  The proxy never carries file data: it answers where chunks go
+LIST, SHARE, LOCATE, DELETE, STATUS.  Storage servers' SERVER_REGISTER and
+HEARTBEAT are proxy.membership's.  The proxy never carries file data: it answers where chunks go
 (placement) and where they are (locations), and records a file only once
 every chunk of it is confirmed on the servers.
 """
@@ -21,21 +21,20 @@ from common.errors import (
     AlreadyExists,
     AuthError,
     Conflict,
-    FileClusterError,
     InvalidRequest,
     NotFound,
-    RemoteProtocolError,
     Unavailable,
 )
 from common.frame_server import Handler, Reply, Request
 from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
-from common.limits import MAX_CHUNKS_PER_FILE, MAX_SERVER_ID
+from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import Auth, MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
 from proxy import storage_client
 from proxy.auth import LoginThrottle, hash_password, new_token, token_hash, verify_password
 from proxy.catalog import Catalog
 from proxy.collector import Collector
+from proxy.membership import Membership
 from proxy.placement import ServerRef, place
 from proxy.registry import Registry
 from proxy.uploads import Uploads
@@ -66,6 +65,7 @@ class ProxyService:
         self.collector = collector
         self.config = config
         self.throttle = LoginThrottle()
+        self.members = Membership(catalog, registry, collector, heartbeat=config.heartbeat)
 
     def handlers(self) -> Mapping[MsgType, Handler]:
         return {
@@ -82,8 +82,7 @@ class ProxyService:
             MsgType.LOCATE: self.locate,
             MsgType.DELETE: self.delete,
             MsgType.STATUS: self.status,
-            MsgType.HEARTBEAT: self.heartbeat,
-            MsgType.SERVER_REGISTER: self.server_register,
+            **self.members.handlers(),
         }
 
     def authenticate(self, need: Auth, header: Mapping[str, Any]) -> str | None:
@@ -351,60 +350,6 @@ class ProxyService:
         return Reply(
             {"servers": servers, "replicas": self.config.replicas, "chunk_size": self.config.chunk_size}
         )
-
-    # -- storage servers -------------------------------------------------------------------
-    def server_register(self, req: Request) -> Reply:
-        h = req.header
-        if req.payload_len != 32 * h["chunks"]:
-            raise RemoteProtocolError("SERVER_REGISTER inventory does not match its chunk count")
-        if not 1 <= h["id"] <= MAX_SERVER_ID or not 0 < h["port"] < 65536:
-            raise InvalidRequest(f"a server needs an id from 1 to {MAX_SERVER_ID} and a valid port")
-        if h.get("cluster_id") and h["cluster_id"] != self.catalog.cluster_id:
-            raise Conflict(
-                f"server {h['id']} belongs to cluster {h['cluster_id']}, "
-                f"but this proxy runs cluster {self.catalog.cluster_id}"
-            )
-        present: set[str] = set()
-        partial = b""
-        for piece in req.body:  # streamed: ids are kept, the raw bytes are not
-            data = partial + bytes(piece)
-            whole = len(data) - len(data) % 32
-            present.update(data[i : i + 32].hex() for i in range(0, whole, 32))
-            partial = data[whole:]
-        ref = ServerRef(h["id"], h["host"], h["port"])
-        with self.collector.lock:  # no commit records a copy on this server meanwhile
-            absent = self.catalog.listed_but_absent(h["id"], present)
-            # the inventory was read before it was sent: ask again before forgetting any copy
-            try:
-                still_there = storage_client.has_chunks(ref, absent) if absent else set()
-            except FileClusterError as exc:
-                log.warning("server %d did not confirm its inventory (%s); forgetting nothing", h["id"], exc)
-                still_there = set(absent)
-            orphans = self.catalog.reconcile_server(h["id"], present, set(absent) - still_there)
-        self.catalog.remember_server(h["id"], h["host"], h["port"])
-        self.registry.register(h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"])
-        if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds
-            self.collector.queue_orphans(h["id"], orphans)
-        elif orphans:
-            log.warning(
-                "server %d holds %d chunk(s) the catalog lacks but has no cluster id: keeping them",
-                h["id"],
-                len(orphans),
-            )
-        log.info(
-            "storage server %d registered from %s:%d with %d chunk(s)",
-            h["id"],
-            h["host"],
-            h["port"],
-            h["chunks"],
-        )
-        return Reply({"cluster_id": self.catalog.cluster_id, "heartbeat": self.config.heartbeat})
-
-    def heartbeat(self, req: Request) -> Reply:
-        h = req.header
-        if not self.registry.heartbeat(h["id"], h["capacity"], h["used"], h["chunks"]):
-            raise NotFound("unknown server; register again")
-        return Reply({})
 
 
 def _principal(req: Request) -> str:
