@@ -16,6 +16,7 @@ start rather than guess.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -119,7 +120,10 @@ class Journal:
     def _roll_back(self, good: int, cause: OSError) -> None:
         """Cut a failed append off, so no torn line ends up in the middle of the journal."""
         try:
-            self._file.close()
+            # closing flushes what is still buffered of the failed line, which fails again when the
+            # write failed (a full disk); the file is closed all the same, and that line is cut below
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = open(self.journal_path, "r+b")
             self._file.truncate(good)
             self._file.seek(good)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from common.errors import CorruptData, InsufficientStorage
+from common.errors import CorruptData, InsufficientStorage, StorageIOError
 from proxy.catalog import Catalog
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -178,3 +186,134 @@ def test_a_stale_inventory_does_not_drop_a_new_location(tmp_path: Path) -> None:
     assert 4 in cat.chunk_servers(C)
     cat.reconcile_server(4, inventory, gone={C})  # confirmed gone: now it is dropped
     assert 4 not in cat.chunk_servers(C)
+
+
+class Disk:
+    """The journal's disk: once ``room`` is set, an append writes what fits, then fails with ENOSPC
+    (what write(2) does on a full disk), below Python's buffered writer, as the kernel would."""
+
+    def __init__(self) -> None:
+        self.room: int | None = None  # None: room enough
+
+    def open(self, path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
+        if mode != "ab":
+            return builtins.open(path, mode, *args, **kwargs)
+        return io.BufferedWriter(_DiskFile(path, self))
+
+
+class _DiskFile(io.FileIO):
+    def __init__(self, path: Path, disk: Disk) -> None:
+        super().__init__(path, "ab")
+        self.disk = disk
+
+    def write(self, data: ReadableBuffer) -> int:
+        if self.disk.room is None:
+            return super().write(data)
+        if self.disk.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = super().write(bytes(data)[: self.disk.room])
+        self.disk.room -= written
+        return written
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
+    """Every journal file opened for appending is on a :class:`Disk` the test can fill up."""
+    d = Disk()
+    monkeypatch.setattr("proxy.journal.open", d.open, raising=False)
+    return d
+
+
+def test_a_write_that_fills_the_disk_is_cut_off_and_the_journal_goes_on(tmp_path: Path, disk: Disk) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    journal = tmp_path / "journal.jsonl"
+    before = journal.read_bytes()
+    disk.room = 10  # the next line gets 10 bytes onto the disk, then the disk is full
+    with pytest.raises(InsufficientStorage, match="disk is full"):
+        cat.add_user("carol", "00", "11")
+    with pytest.raises(InsufficientStorage, match="disk is full"):  # still full: refused the same way
+        cat.delete_file("ana", "x.bin")
+    assert journal.read_bytes() == before  # no torn line left behind
+    assert cat.user("carol") is None and cat.file("ana", "x.bin") is not None  # nothing applied
+    disk.room = None  # space was freed
+    cat.add_user("dave", "00", "11")  # the journal goes on
+    again = Catalog(tmp_path)
+    same(cat, again)
+    assert again.user("dave") is not None and again.user("carol") is None
+
+
+def test_an_append_that_cannot_be_rolled_back_refuses_every_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+
+    def failing_disk(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("proxy.journal.os.fsync", failing_disk)  # the append fails, and so does its undo
+    with pytest.raises(StorageIOError, match="could not write its catalog"):
+        cat.add_user("carol", "00", "11")
+    monkeypatch.undo()  # the disk works again, but the journal cannot vouch for what it left there
+    changes: list[Callable[[], object]] = [
+        lambda: cat.add_user("dave", "00", "11"),
+        lambda: cat.delete_file("ana", "x.bin"),
+        lambda: cat.drop_chunks([A]),
+    ]
+    for change in changes:
+        with pytest.raises(StorageIOError, match="could not be repaired"):
+            change()
+    assert cat.user("carol") is None and cat.user("dave") is None
+    assert cat.file("ana", "x.bin") is not None
+    same(cat, Catalog(tmp_path))  # a restart has every acknowledged change, and only those
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda raw: raw[: len(raw) // 2], lambda raw: b"\x00" * len(raw)],
+    ids=["cut short", "zeroed"],
+)
+def test_a_damaged_snapshot_refuses_to_start(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    cat.snapshot()
+    snapshot = tmp_path / "catalog.json"
+    snapshot.write_bytes(damage(snapshot.read_bytes()))
+    with pytest.raises(CorruptData, match=r"catalog\.json is damaged"):
+        Catalog(tmp_path)
+
+
+@pytest.mark.parametrize("line", [b"[2, 3]", b'{"op": "user_add", "user": "x"}'], ids=["a list", "no seq"])
+def test_a_line_that_is_json_but_not_an_entry_is_damage(tmp_path: Path, line: bytes) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    journal = tmp_path / "journal.jsonl"
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = line
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(CorruptData, match="damaged at line 2"):
+        Catalog(tmp_path)
+
+
+def test_a_journal_that_cannot_be_reopened_after_a_snapshot_refuses_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = Catalog(tmp_path, snapshot_every=1)  # every change ends with a snapshot and a fresh journal
+    fill(cat)
+
+    def out_of_files(path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
+        if mode == "ab":
+            raise OSError(errno.EMFILE, "Too many open files")
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("proxy.journal.open", out_of_files, raising=False)
+    cat.add_user("hal", "00", "11")  # journaled and in the snapshot: done; reopening the journal fails
+    monkeypatch.undo()
+    assert cat.user("hal") is not None
+    with pytest.raises(StorageIOError, match="cannot reopen the journal after a snapshot"):
+        cat.add_user("ivy", "00", "11")  # the old handle writes to a replaced file: refused, not lost
+    assert cat.user("ivy") is None
+    again = Catalog(tmp_path)
+    same(cat, again)
+    assert again.user("hal") is not None

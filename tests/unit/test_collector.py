@@ -1,0 +1,320 @@
+"""The chunk collector against real storage servers on loopback: pins, expiry, failed rounds, down servers.
+
+The proxy side (catalog, registry, uploads, collector, service) is built in-process and driven through
+the same door the wire uses (dispatch); chunks go to and from real storage servers over real sockets.
+The collector's thread is never started: each test calls ``run_once`` and then looks at what the
+servers' stores actually hold.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.errors import Conflict, InsufficientStorage, NotFound, StorageIOError
+from common.frame_server import FrameServer, Request, dispatch, serve_in_thread
+from common.messages import MsgType
+from common.transport import Connection
+from proxy import uploads as uploads_module
+from proxy.auth import token_hash
+from proxy.catalog import Catalog
+from proxy.collector import Collector
+from proxy.registry import Registry
+from proxy.service import ProxyConfig, ProxyService
+from proxy.uploads import Uploads
+from servers.chunk_store import MemoryChunkStore
+from servers.storage_server import StorageService, make_storage_server
+
+CHUNK = 64 * 1024
+TTL = 60.0
+SESSION = "tok"
+SERVER_IDS = (1, 2)
+
+
+def chunk(tag: int) -> bytes:
+    return bytes([tag]) * CHUNK
+
+
+def cid(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+OLD, GONE, NEW, SHARED, STRAY = (chunk(tag) for tag in range(1, 6))
+
+
+@dataclass
+class Proxy:
+    folder: Path
+    catalog: Catalog
+    registry: Registry
+    uploads: Uploads
+    collector: Collector
+    service: ProxyService
+    stores: dict[int, MemoryChunkStore]
+    ports: dict[int, int]
+
+
+@pytest.fixture(scope="module")
+def storage() -> Iterator[dict[int, tuple[StorageService, FrameServer]]]:
+    """Storage servers 1 and 2 on ports the OS picks; each test gives them empty stores."""
+    running: dict[int, tuple[StorageService, FrameServer]] = {}
+    try:
+        for i in SERVER_IDS:
+            service = StorageService(i, MemoryChunkStore())
+            server = make_storage_server(service, ("127.0.0.1", 0))
+            serve_in_thread(server, f"storage-{i}")
+            running[i] = (service, server)
+        yield running
+    finally:
+        for _, server in running.values():
+            server.stop()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, storage: dict[int, tuple[StorageService, FrameServer]]) -> Iterator[Proxy]:
+    catalog = Catalog(tmp_path)
+    registry = Registry(dead_after=60)
+    uploads = Uploads(ttl=TTL)
+    collector = Collector(catalog, registry, uploads)
+    config = ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1)
+    service = ProxyService(catalog, registry, uploads, collector, config)
+    stores: dict[int, MemoryChunkStore] = {}
+    ports: dict[int, int] = {}
+    for i, (storage_service, server) in storage.items():
+        stores[i] = MemoryChunkStore()
+        storage_service.store = stores[i]
+        ports[i] = server.port
+        registry.register(i, "127.0.0.1", server.port, 10**9, 0, 0)
+    catalog.add_user("ana", "00", "11")
+    catalog.add_session(token_hash(SESSION), "ana")
+    yield Proxy(tmp_path, catalog, registry, uploads, collector, service, stores, ports)
+    catalog.close()
+
+
+class Clock:
+    """Stands in for the time module in proxy.uploads: monotonic time a test can move on."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+# -- what the client and the servers do ----------------------------------------------------------
+def call(p: Proxy, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> dict[str, Any]:
+    request = Request(msg_type, header, len(payload), [payload] if payload else [])
+    return dict(dispatch(p.service.handlers(), p.service.authenticate, request).header)
+
+
+def begin(p: Proxy, name: str, *blobs: bytes) -> dict[str, Any]:
+    header = {
+        "session": SESSION,
+        "name": name,
+        "size": CHUNK * len(blobs),
+        "sha1": hashlib.sha1(b"".join(blobs)).hexdigest(),
+        "chunk_size": CHUNK,
+        "chunks": [[cid(b), CHUNK] for b in blobs],
+    }
+    return call(p, MsgType.UPLOAD_BEGIN, header)
+
+
+def send(started: Mapping[str, Any], *blobs: bytes) -> None:
+    """PUT_CHUNK each missing chunk to the first server placed, which forwards it down the chain."""
+    data = {cid(b): b for b in blobs}
+    for item in started["missing"]:
+        head, *rest = item["servers"]
+        with Connection.connect(head["host"], head["port"], timeout=5) as conn:
+            header = {"id": item["id"], "size": item["size"], "forward": rest}
+            conn.request(MsgType.PUT_CHUNK, header, data[item["id"]])
+
+
+def commit(p: Proxy, upload_id: str) -> dict[str, Any]:
+    return call(p, MsgType.UPLOAD_COMMIT, {"session": SESSION, "upload_id": upload_id})
+
+
+def upload(p: Proxy, name: str, *blobs: bytes) -> None:
+    started = begin(p, name, *blobs)
+    send(started, *blobs)
+    commit(p, started["upload_id"])
+
+
+def delete(p: Proxy, name: str) -> int:
+    return int(call(p, MsgType.DELETE, {"session": SESSION, "name": name})["freed_chunks"])
+
+
+def end(p: Proxy, how: str, upload_id: str) -> None:
+    if how == "finish":
+        p.uploads.finish(upload_id)
+    elif how == "commit":
+        commit(p, upload_id)
+    else:
+        call(p, MsgType.UPLOAD_ABORT, {"session": SESSION, "upload_id": upload_id, "unreachable": []})
+
+
+def leave_on(store: MemoryChunkStore, data: bytes) -> None:
+    """A copy the catalog never recorded (what an upload that died long ago leaves behind)."""
+    with store.writer(cid(data), len(data)) as writer:
+        writer.write(data)
+        writer.commit()
+
+
+def register_again(p: Proxy, server_id: int) -> None:
+    """SERVER_REGISTER from a server that came back, with the inventory of what its store holds."""
+    store = p.stores[server_id]
+    ids = list(store.ids())
+    header = {
+        "id": server_id,
+        "host": "127.0.0.1",
+        "port": p.ports[server_id],
+        "capacity": 10**9,
+        "used": store.used,
+        "chunks": len(ids),
+        "cluster_id": p.catalog.cluster_id,
+    }
+    call(p, MsgType.SERVER_REGISTER, header, b"".join(bytes.fromhex(c) for c in ids))
+
+
+def holders(p: Proxy, data: bytes) -> set[int]:
+    """The servers whose stores hold the chunk right now."""
+    return {i for i, store in p.stores.items() if store.has(cid(data))}
+
+
+# -- pins -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["finish", "commit", "abort"])
+def test_a_freed_chunk_an_upload_relies_on_is_kept_until_the_upload_ends(proxy: Proxy, how: str) -> None:
+    upload(proxy, "old.bin", OLD, GONE)
+    started = begin(proxy, "new.bin", OLD)
+    assert started["missing"] == []  # dedup: the new file relies on the stored copies of OLD
+    assert delete(proxy, "old.bin") == 2
+    proxy.collector.run_once()
+    assert holders(proxy, GONE) == set() and proxy.catalog.chunk(cid(GONE)) is None  # not pinned: freed
+    assert holders(proxy, OLD) == {1, 2} and proxy.catalog.chunk(cid(OLD)) is not None
+    proxy.collector.run_once()  # still pinned in the next round
+    assert holders(proxy, OLD) == {1, 2} and proxy.catalog.chunk(cid(OLD)) is not None
+    end(proxy, how, started["upload_id"])
+    proxy.collector.run_once()
+    if how == "commit":  # new.bin uses OLD now: nothing to free
+        assert holders(proxy, OLD) == {1, 2}
+        assert sorted(proxy.catalog.chunk_servers(cid(OLD))) == [1, 2]
+        assert proxy.catalog.file("ana", "new.bin") is not None
+    else:  # unreferenced and no longer pinned: freed on every server, then dropped from the catalog
+        assert holders(proxy, OLD) == set()
+        assert proxy.catalog.chunk(cid(OLD)) is None
+
+
+@pytest.mark.parametrize("how", ["finish", "commit", "abort"])
+def test_an_orphan_an_upload_placed_is_kept_until_the_upload_ends(proxy: Proxy, how: str) -> None:
+    started = begin(proxy, "new.bin", NEW)
+    assert {s["id"] for s in started["missing"][0]["servers"]} == {1, 2}
+    send(started, NEW)
+    leave_on(proxy.stores[1], STRAY)
+    for server_id in SERVER_IDS:  # their inventories list NEW, which the catalog does not know yet
+        register_again(proxy, server_id)
+    proxy.collector.run_once()
+    assert holders(proxy, STRAY) == set()  # a true orphan goes
+    assert holders(proxy, NEW) == {1, 2}  # the upload's copies stay
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == {1, 2}
+    end(proxy, how, started["upload_id"])
+    proxy.collector.run_once()
+    if how == "commit":  # the catalog knows NEW now: no longer an orphan
+        assert holders(proxy, NEW) == {1, 2}
+        assert sorted(proxy.catalog.chunk_servers(cid(NEW))) == [1, 2]
+    else:
+        assert holders(proxy, NEW) == set()
+        assert proxy.catalog.chunk(cid(NEW)) is None
+
+
+# -- expiry ---------------------------------------------------------------------------------------
+def test_an_expired_upload_frees_what_it_placed(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(uploads_module, "time", clock)
+    started = begin(proxy, "late.bin", NEW, SHARED)
+    assert {item["id"] for item in started["missing"]} == {cid(NEW), cid(SHARED)}
+    send(started, NEW, SHARED)
+    upload(proxy, "other.bin", SHARED)  # meanwhile another upload of the same bytes commits
+    clock.advance(TTL + 1)
+    with pytest.raises(Conflict, match="expired"):
+        commit(proxy, started["upload_id"])
+    assert holders(proxy, NEW) == {1, 2}  # nothing is freed before the collector's round
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == set()  # placed by the expired upload only: freed where it was placed
+    assert not proxy.uploads.pinned(cid(NEW))
+    assert holders(proxy, SHARED) == {1, 2}  # the catalog knows it now: kept
+    assert proxy.catalog.file("ana", "other.bin") is not None
+    with pytest.raises(NotFound, match="unknown upload"):
+        commit(proxy, started["upload_id"])
+    assert proxy.catalog.file("ana", "late.bin") is None
+
+
+# -- failures -------------------------------------------------------------------------------------
+def test_a_round_that_cannot_journal_loses_nothing(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    upload(proxy, "old.bin", OLD)
+    delete(proxy, "old.bin")
+    leave_on(proxy.stores[2], STRAY)
+    proxy.collector.queue_orphans(2, [cid(STRAY)])
+    failures = {"left": 1}
+
+    def full_disk(fd: int) -> None:  # the next journal append hits a full disk (and is rolled back)
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("proxy.journal.os.fsync", full_disk)
+    with pytest.raises(InsufficientStorage, match="disk is full"):
+        proxy.collector.run_once()
+    assert failures["left"] == 0
+    assert proxy.catalog.chunk(cid(OLD)) is not None  # its chunk_del was not journaled, so not applied
+    assert holders(proxy, STRAY) == {2}  # the round stopped before the orphans
+    proxy.collector.run_once()  # the disk has room again: the same work, done
+    assert holders(proxy, OLD) == set() and proxy.catalog.chunk(cid(OLD)) is None
+    assert holders(proxy, STRAY) == set()
+    assert Catalog(proxy.folder).chunk(cid(OLD)) is None  # and durably so
+
+
+def test_a_server_that_fails_to_delete_keeps_its_copy_and_the_round_goes_on(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    upload(proxy, "old.bin", OLD)
+    leave_on(proxy.stores[1], STRAY)
+    proxy.collector.queue_orphans(1, [cid(STRAY)])
+
+    def bad_disk(chunk_ids: object) -> int:
+        raise StorageIOError("disk error while trying to delete a chunk: Input/output error")
+
+    monkeypatch.setattr(proxy.stores[2], "delete", bad_disk)  # server 2 answers io_error
+    delete(proxy, "old.bin")
+    with caplog.at_level(logging.WARNING, logger="proxy.collector"):
+        proxy.collector.run_once()  # logged, not raised
+    assert "could not free chunks on server 2" in caplog.text
+    assert holders(proxy, OLD) == {2}
+    assert proxy.catalog.chunk(cid(OLD)) is None  # dropped from the catalog all the same (PROTOCOL §7.5)
+    assert holders(proxy, STRAY) == set()  # and the round went on to the orphans
+    monkeypatch.undo()  # server 2's disk is replaced; it restarts and registers again
+    register_again(proxy, 2)
+    proxy.collector.run_once()
+    assert holders(proxy, OLD) == set()
+
+
+def test_a_down_server_is_skipped_and_frees_its_copy_when_it_registers_again(proxy: Proxy) -> None:
+    upload(proxy, "old.bin", OLD)
+    proxy.registry.mark_down(2)  # as far as the proxy knows, server 2 is gone
+    delete(proxy, "old.bin")
+    proxy.collector.run_once()
+    assert holders(proxy, OLD) == {2}  # server 2 was not asked
+    assert proxy.catalog.chunk(cid(OLD)) is None  # the catalog drops the chunk anyway (PROTOCOL §7.5)
+    register_again(proxy, 2)  # back: its inventory lists OLD, unknown to the catalog now
+    proxy.collector.run_once()
+    assert holders(proxy, OLD) == set()
