@@ -50,9 +50,11 @@ class Journal:
         if self.snapshot_path.exists():
             try:
                 snapshot = json.loads(self.snapshot_path.read_bytes())
+                if not isinstance(snapshot, dict) or not isinstance(snapshot.get("seq", 0), int):
+                    raise ValueError("not a catalog snapshot")
             except ValueError as exc:
                 raise CorruptData(f"{self.snapshot_path} is damaged: {exc}") from None
-            self.seq = int(snapshot.get("seq", 0))
+            self.seq = snapshot.get("seq", 0)
         entries = self._read_journal()
         fresh = [e for e in entries if e["seq"] > self.seq]
         for entry in fresh:

@@ -271,8 +271,13 @@ def test_an_append_that_cannot_be_rolled_back_refuses_every_change(
 
 @pytest.mark.parametrize(
     "damage",
-    [lambda raw: raw[: len(raw) // 2], lambda raw: b"\x00" * len(raw)],
-    ids=["cut short", "zeroed"],
+    [
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: b"\x00" * len(raw),
+        lambda raw: b"[]",
+        lambda raw: b'{"seq": "7"}',
+    ],
+    ids=["cut short", "zeroed", "not an object", "seq not a number"],
 )
 def test_a_damaged_snapshot_refuses_to_start(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
     cat = Catalog(tmp_path)
