@@ -216,7 +216,7 @@ def test_a_server_the_proxy_forgot_registers_again_at_its_next_heartbeat(
 
         # the proxy forgets every server; the next heartbeat gets not_found
         forgetful = Registry(dead_after=5.0)
-        service.registry = service.collector.registry = forgetful
+        service.registry = service.collector.registry = service.members.registry = forgetful
         Cluster.wait_for(lambda: forgetful.get(1) is not None, "server 1 to register again", timeout=5)
         state = forgetful.get(1)
         assert state is not None
