@@ -1,4 +1,5 @@
-"""The codec, bytes in and messages out, from one table of cases: whole, byte by byte, trailing garbage."""
+"""The codec, from one table of cases: decoding whole, byte by byte, with trailing garbage; and the
+encoder's send-side framing (exactly the declared payload, no new frame while bytes are owed)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from common.protocol import (
     ConnectionClosed,
     EndOfFrame,
     FrameDecoder,
+    FrameEncoder,
     PayloadData,
     encode,
+    encode_message,
 )
 
 CASES: list[tuple[MsgType, dict[str, Any], bytes]] = [
@@ -188,3 +191,71 @@ def test_frame_layout_matches_the_spec() -> None:
     magic, version, msg_type, header_len, payload_len = struct.unpack(">2sBBIQ", frame[:16])
     assert (magic, version, msg_type, header_len, payload_len) == (b"FC", 1, 0x34, 2, 0)
     assert frame[16:] == b"{}"
+
+
+# -- FrameEncoder: the sending direction's framing state ----------------------------------------
+
+CHUNK = Message(MsgType.CHUNK_DATA, {"id": "c" * 64, "size": 10}, 10)
+
+
+@pytest.mark.parametrize(("msg_type", "header", "payload"), CASES, ids=[c[0].name for c in CASES])
+def test_encoder_frames_are_the_frames_the_decoder_reads(
+    msg_type: MsgType, header: dict[str, Any], payload: bytes
+) -> None:
+    encoder = FrameEncoder()
+    pieces = encoder.frame(Message(msg_type, header, len(payload)), payload)
+    assert b"".join(pieces) == encode(msg_type, header, payload)
+    assert encoder.owed == 0
+    decoder = FrameDecoder()
+    decoder.receive_data(b"".join(pieces))
+    assert drain(decoder) == expected(msg_type, header, payload)
+
+
+def test_encoder_counts_the_payload_and_refuses_a_byte_more() -> None:
+    encoder = FrameEncoder()
+    assert encoder.head(CHUNK) == encode_message(CHUNK)
+    assert encoder.owed == 10
+    encoder.payload(4)
+    with pytest.raises(LocalProtocolError, match=r"11 payload bytes.*room for 6"):
+        encoder.payload(11)
+    with pytest.raises(LocalProtocolError, match="room for 6"):
+        encoder.payload(7)
+    with pytest.raises(LocalProtocolError):
+        encoder.payload(-1)
+    assert encoder.owed == 6  # a refused count is not counted
+    encoder.payload(6)
+    with pytest.raises(LocalProtocolError, match="room for 0"):
+        encoder.payload(1)  # the frame is complete: not one byte more
+    assert encoder.head(Message(MsgType.PING, {})) == encode(MsgType.PING, {})
+
+
+def test_encoder_refuses_a_new_frame_while_payload_is_owed() -> None:
+    encoder = FrameEncoder()
+    encoder.head(CHUNK)
+    encoder.payload(3)
+    for start in (
+        lambda: encoder.head(Message(MsgType.PING, {})),
+        lambda: encoder.frame(Message(MsgType.PING, {})),
+        lambda: encoder.head(CHUNK),
+    ):
+        with pytest.raises(LocalProtocolError, match="while 7 payload bytes of the last are owed"):
+            start()
+    assert encoder.owed == 7
+    encoder.payload(7)
+    assert encoder.frame(Message(MsgType.PING, {})) == [encode(MsgType.PING, {})]
+
+
+@pytest.mark.parametrize("payload", [b"", b"012345678", b"0123456789!"], ids=["none", "short", "long"])
+def test_encoder_frame_refuses_a_payload_of_another_length(payload: bytes) -> None:
+    encoder = FrameEncoder()
+    with pytest.raises(LocalProtocolError, match=f"declares 10 payload bytes, got {len(payload)}"):
+        encoder.frame(CHUNK, payload)
+    assert encoder.owed == 0  # refused before its head was counted: the next frame is fine
+    assert b"".join(encoder.frame(CHUNK, b"0123456789")) == encode_message(CHUNK) + b"0123456789"
+
+
+def test_encoder_refuses_a_header_over_its_limit() -> None:
+    encoder = FrameEncoder(max_header=100)
+    with pytest.raises(LocalProtocolError, match="exceeds the 100 limit"):
+        encoder.head(Message(MsgType.OK, {"x": "y" * 100}))
+    assert encoder.owed == 0
