@@ -236,7 +236,8 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.server_close()
 
 
-def serve_in_thread(server: FrameServer, name: str) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+def serve_in_thread(server: FrameServer, name: str, poll_interval: float = 0.1) -> threading.Thread:
+    """Serve on a daemon thread; ``stop()`` returns within ``poll_interval`` seconds."""
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name=name, daemon=True)
     thread.start()
     return thread
