@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,11 +165,10 @@ def _fetch_all(
 
     whole = hashlib.sha1()
     with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
-        futures = [
-            workers.submit(_fetch_chunk, pool, fd, chunk, offsets[i], on_bytes)
-            for i, chunk in enumerate(chunks)
-        ]
+        futures: list[Future[None]] = []
         try:
+            for i, chunk in enumerate(chunks):
+                futures.append(workers.submit(_fetch_chunk, pool, fd, chunk, offsets[i], on_bytes))
             for i, future in enumerate(futures):
                 future.result()
                 _hash_region(fd, offsets[i], int(chunks[i]["size"]), whole)

@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -185,8 +185,10 @@ def _send_missing(
             progress("sending", now, total)
 
     with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
-        futures = [workers.submit(send_one, pool, item) for item in missing]
+        futures: list[Future[None]] = []
         try:
+            for item in missing:
+                futures.append(workers.submit(send_one, pool, item))
             errors = [f.exception() for f in futures]
         except BaseException:  # Ctrl-C or SIGTERM: start nothing more, break what is in flight
             stop.set()

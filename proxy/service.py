@@ -249,8 +249,9 @@ class ProxyService:
         h = req.header
         owner = _principal(req)
         try:
-            self.uploads.get(h["upload_id"], owner)
+            upload = self.uploads.get(h["upload_id"], owner)
             self._abandon(h["upload_id"])
+            log.info("upload %s of %s by %s aborted", upload.id[:8], upload.name, owner)
         except (NotFound, Conflict):
             pass  # already gone; still check the servers the client could not reach
         for server_id in h.get("unreachable") or []:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from client.api import Client
@@ -27,6 +29,29 @@ def die_with_parent() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() == 1:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def established_remote_ports(pid: int) -> set[int]:
+    """The remote ports of the ESTABLISHED TCP connections process ``pid`` holds (from /proc)."""
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # the process is gone
+        return set()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                # sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+                fields = line.split()
+                if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                    ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
 
 
 class Cluster:
@@ -184,6 +209,17 @@ class Cluster:
     def client(self, home: Path | None = None) -> Client:
         return Client.from_environment(self.proxy_addr, home or self.new_home())
 
+    def cli_env(self, home: Path | None = None, password: str | None = None) -> dict[str, str]:
+        """The environment of a ``filecluster`` command run against this cluster."""
+        env = {
+            **self.env,
+            "FILECLUSTER_PROXY": self.proxy_addr,
+            "FILECLUSTER_HOME": str(home or self.root / "cli-home"),
+        }
+        if password is not None:
+            env["FILECLUSTER_PASSWORD"] = password
+        return env
+
     def cli(
         self,
         *args: str,
@@ -192,23 +228,54 @@ class Cluster:
         cwd: Path | None = None,
         stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = {
-            **self.env,
-            "FILECLUSTER_PROXY": self.proxy_addr,
-            "FILECLUSTER_HOME": str(home or self.root / "cli-home"),
-        }
-        if password is not None:
-            env["FILECLUSTER_PASSWORD"] = password
         return subprocess.run(
             [sys.executable, "-m", "client", *args],
             capture_output=True,
             text=True,
-            env=env,
+            env=self.cli_env(home, password),
             cwd=cwd or self.root,
             input=stdin,
             timeout=120,
             preexec_fn=die_with_parent,
         )
+
+    def cli_process(self, *args: str, home: Path | None = None) -> subprocess.Popen[str]:
+        """A ``filecluster`` command left running, for a test to signal; the caller must end it."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.cli_env(home),
+            cwd=self.root,
+            preexec_fn=die_with_parent,
+        )
+
+    @contextlib.contextmanager
+    def servers_stopped(self) -> Iterator[None]:
+        """Every storage server SIGSTOPped, and SIGCONTinued however the block ends.  A stopped
+        server's kernel still accepts connections, so a client connects and then waits mid-transfer."""
+        stopped = list(self.servers.values())
+        try:
+            for proc in stopped:
+                proc.send_signal(signal.SIGSTOP)
+            yield
+        finally:
+            for proc in stopped:
+                proc.send_signal(signal.SIGCONT)
+
+    def wait_until_transferring(self, proc: subprocess.Popen[str], what: str) -> None:
+        """Wait until the client process holds an established TCP connection to a storage server."""
+        storage_ports = set(self.server_ports.values())
+
+        def connected() -> bool:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"the client ended (exit {proc.returncode}) before {what}: {out}{err}")
+            return bool(established_remote_ports(proc.pid) & storage_ports)
+
+        self.wait_for(connected, what)
 
     # -- what is on disk ---------------------------------------------------------------
     def chunk_files(self, i: int | None = None) -> set[Path]:

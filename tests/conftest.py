@@ -33,6 +33,17 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
+@pytest.fixture
+def patient_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of its own whose proxy counts a silent storage server down only after 8 s, so
+    within a test only a client's report can make it stop placing chunks on a server."""
+    c = Cluster(tmp_path / "cluster", heartbeat=2.0).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
 def new_user(cluster: Cluster, prefix: str = "user") -> Client:
     name = f"{prefix}{next(_users)}"
     client = cluster.client()

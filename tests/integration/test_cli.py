@@ -5,15 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import select
+import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from client.api import Client
-from common.errors import FileClusterError
-from tests.cluster import Cluster
+from client.download import STALE_PART_SECONDS
+from common.errors import InvalidRequest
+from tests.cluster import CHUNK, Cluster, die_with_parent
 from tests.conftest import PASSWORD
 
 _n = iter(range(1, 1000))
@@ -205,18 +212,44 @@ def test_a_bad_session_folder_is_one_line_and_left_alone(
 
 
 def test_a_killed_download_leaves_nothing_visible_and_stale_parts_are_swept(
-    cluster: Cluster, home: Path, tmp_path: Path
+    fresh_cluster: Cluster, tmp_path: Path
 ) -> None:
+    c = fresh_cluster
+    home = c.new_home()
+    assert c.cli("register", "ana", home=home, password=PASSWORD).returncode == 0
+    data = os.urandom(64 * CHUNK)
+    src = tmp_path / "sweep.bin"
+    src.write_bytes(data)
+    assert c.cli("upload", str(src), home=home).returncode == 0
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / ".filecluster-0123456789abcdef.part"
-    stale.write_bytes(b"x" * 1000)
-    os.utime(stale, (1, 1))  # untouched for a very long time: a download killed long ago
-    src = tmp_path / "sweep.txt"
-    src.write_text("fresh")
-    cluster.cli("upload", str(src), home=home)
-    assert cluster.cli("download", "sweep.txt", "-o", str(out), home=home).returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == ["sweep.txt"]
+    with c.servers_stopped():  # the download connects, then waits mid-transfer
+        proc = c.cli_process("download", "sweep.bin", "-o", str(out), home=home)
+        try:
+            c.wait_for(lambda: list(out.iterdir()) or proc.poll() is not None, "the hidden temp file")
+            c.wait_until_transferring(proc, "the download to connect to a storage server")
+            proc.kill()  # killed outright: no chance to clean up
+            proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    left = list(out.iterdir())
+    assert len(left) == 1 and re.fullmatch(r"\.filecluster-[0-9a-f]{16}\.part", left[0].name), left
+    killed = left[0]  # only the hidden temp file: nothing visible appeared
+    long_ago = time.time() - STALE_PART_SECONDS - 60
+    os.utime(killed, (long_ago, long_ago))  # the killed download's, untouched for over an hour
+    running = out / ".filecluster-0123456789abcdef.part"  # a concurrent download's, written just now
+    running.write_bytes(b"x" * 1000)
+    recent = out / ".filecluster-fedcba9876543210.part"  # another's, untouched for under an hour
+    recent.write_bytes(b"y" * 1000)
+    a_while_ago = time.time() - STALE_PART_SECONDS + 300
+    os.utime(recent, (a_while_ago, a_while_ago))
+    again = c.cli("download", "sweep.bin", "-o", str(out), home=home)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([recent.name, running.name, "sweep.bin"])
+    assert (out / "sweep.bin").read_bytes() == data
 
 
 def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> None:
@@ -224,7 +257,7 @@ def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> N
     from common.messages import MsgType
 
     chunk = user.proxy.call(MsgType.HELLO)["chunk_size"]
-    with pytest.raises(FileClusterError, match="file too large"):
+    with pytest.raises(InvalidRequest, match="file too large"):
         user.proxy.call(
             MsgType.UPLOAD_BEGIN,
             {
@@ -238,28 +271,41 @@ def test_upload_too_large_for_the_cluster_is_refused_up_front(user: Client) -> N
         )
 
 
-def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
-    import signal
-    import sys
-    import time
+def read_until(stream: IO[bytes], text: bytes, timeout: float = 15.0) -> bytes:
+    """Read a pipe until ``text`` has appeared (a prompt ends no line, so readline would wait)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            raise TimeoutError(f"waited for {text!r}, got {seen!r}")
+        piece = os.read(stream.fileno(), 4096)
+        if not piece:
+            raise AssertionError(f"the output ended before {text!r}: {seen!r}")
+        seen += piece
+    return seen
 
-    env = {**cluster.env, "FILECLUSTER_PROXY": cluster.proxy_addr, "FILECLUSTER_HOME": str(home)}
+
+def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "client", "menu"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        env=cluster.cli_env(home),
+        preexec_fn=die_with_parent,
     )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("8\n")  # "delete": now waiting for a name
-    proc.stdin.flush()
-    time.sleep(1.0)
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
     try:
-        assert proc.wait(timeout=10) == 143
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"8\n")  # "delete": it asks for a name, and waits
+        proc.stdin.flush()
+        read_until(proc.stdout, b"name of your file to delete: ")  # main() set the SIGTERM handler first
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 143
+        assert err == b"terminated\n"  # one line, no traceback
     finally:
-        proc.kill()
-        proc.communicate()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

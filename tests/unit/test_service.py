@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.errors import ConnectionLost, FileClusterError, NotFound
+from common.errors import ConnectionLost, FileClusterError, InternalError, NotFound, RemoteProtocolError
 from common.frame_server import FrameServer, Reply, Request, serve_in_thread
 from common.messages import MsgType
 from common.transport import Connection
@@ -54,7 +54,7 @@ def test_errors_are_replies_and_the_connection_goes_on(server: FrameServer) -> N
 
 def test_a_bug_answers_internal_and_closes_only_that_connection(server: FrameServer) -> None:
     with connect(server) as bystander, connect(server) as conn:
-        with pytest.raises(FileClusterError, match="internal error"):
+        with pytest.raises(InternalError, match="internal error"):
             conn.request(MsgType.GET_CHUNK, {"id": "a" * 64})
         with pytest.raises(ConnectionLost):
             conn.request(MsgType.PING, {})
@@ -62,7 +62,7 @@ def test_a_bug_answers_internal_and_closes_only_that_connection(server: FrameSer
 
 
 def test_requests_the_server_does_not_take_are_refused(server: FrameServer) -> None:
-    with connect(server) as conn, pytest.raises(FileClusterError, match="not a request this server"):
+    with connect(server) as conn, pytest.raises(RemoteProtocolError, match="not a request this server"):
         conn.request(MsgType.LOGIN, {"user": "a", "password": "b"})
 
 

@@ -1,0 +1,172 @@
+"""Ctrl-C and SIGTERM in the middle of a transfer made by the real `filecluster` command.
+
+Every storage server is SIGSTOPped first: its kernel still accepts connections, so the client
+connects and then waits, mid-transfer, for bytes that never come, until the signal arrives.  The
+cluster's proxy waits 8 s before it counts a silent server down, so the stopped servers still
+count as up while the client starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import download as downloader
+from client import upload as uploader
+from common.hashing import manifest_of
+from tests.cluster import CHUNK, Cluster
+from tests.conftest import PASSWORD
+
+# How long an interrupted transfer may take to end: well under the client's 15 s storage timeout,
+# which is how long it would take if the transfers in flight were not broken at once.
+PROMPTLY = 5.0
+
+SIGNALS = [
+    pytest.param(signal.SIGINT, 130, "interrupted", id="ctrl-c"),
+    pytest.param(signal.SIGTERM, 143, "terminated", id="sigterm"),
+]
+
+
+def registered_home(c: Cluster, user: str) -> Path:
+    home = c.new_home()
+    result = c.cli("register", user, home=home, password=PASSWORD)
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+def interrupt(proc: subprocess.Popen[str], sig: int) -> tuple[str, str, float]:
+    """Send ``sig``; the command's stdout, stderr, and the seconds it took to end."""
+    start = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return out, err, time.monotonic() - start
+
+
+def end(proc: subprocess.Popen[str]) -> None:
+    """Make sure a command a test started is gone, whatever happened in the test."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+def listed(c: Cluster, home: Path) -> list[str]:
+    result = c.cli("list", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    return [f["name"] for f in json.loads(result.stdout)]
+
+
+def parts(folder: Path) -> list[Path]:
+    return list(folder.glob(".filecluster-*.part"))
+
+
+@pytest.mark.parametrize(("sig", "status", "message"), SIGNALS)
+def test_an_interrupted_upload_is_aborted_at_the_proxy_and_stores_nothing(
+    patient_cluster: Cluster, tmp_path: Path, sig: int, status: int, message: str
+) -> None:
+    c = patient_cluster
+    home = registered_home(c, "ana")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(64 * CHUNK))
+    with c.servers_stopped():
+        proc = c.cli_process("upload", str(src), home=home)
+        try:
+            c.wait_until_transferring(proc, "the upload to connect to a storage server")
+            out, err, took = interrupt(proc, sig)
+        finally:
+            end(proc)
+    assert proc.returncode == status, err
+    assert err == f"{message}\n"  # one line, no traceback
+    assert out == ""
+    assert took < PROMPTLY, f"the interrupted upload took {took:.1f} s to end"
+    aborted = [line for line in (c.root / "proxy.log").read_text().splitlines() if "aborted" in line]
+    assert len(aborted) == 1 and aborted[0].endswith(" of big.bin by ana aborted"), aborted
+    assert listed(c, home) == []  # the catalog is unchanged
+    assert "uploaded big.bin" in c.cli("upload", str(src), home=home).stdout  # and nothing is stuck
+
+
+@pytest.mark.parametrize(("sig", "status", "message"), SIGNALS)
+def test_an_interrupted_download_leaves_nothing_in_the_folder(
+    patient_cluster: Cluster, tmp_path: Path, sig: int, status: int, message: str
+) -> None:
+    c = patient_cluster
+    home = registered_home(c, "ana")
+    data = os.urandom(64 * CHUNK)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    assert c.cli("upload", str(src), home=home).returncode == 0
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with c.servers_stopped():
+        proc = c.cli_process("download", "big.bin", "-o", str(out_dir), home=home)
+        try:
+            c.wait_for(lambda: parts(out_dir) or proc.poll() is not None, "the hidden temp file")
+            c.wait_until_transferring(proc, "the download to connect to a storage server")
+            assert len(parts(out_dir)) == 1
+            out, err, took = interrupt(proc, sig)
+        finally:
+            end(proc)
+    assert proc.returncode == status, err
+    assert err == f"{message}\n"  # one line, no traceback
+    assert out == ""
+    assert took < PROMPTLY, f"the interrupted download took {took:.1f} s to end"
+    assert list(out_dir.iterdir()) == []  # neither the temp file nor a partial file
+    again = c.cli("download", "big.bin", "-o", str(out_dir), home=home)
+    assert again.returncode == 0, again.stderr
+    assert (out_dir / "big.bin").read_bytes() == data
+
+
+def interrupted_while_queuing(silent: socket.socket) -> type[ThreadPoolExecutor]:
+    """An executor for the transfers in which Ctrl-C lands while they are being queued: as the
+    second is submitted, once the first has connected to ``silent`` (a server that never answers)."""
+
+    class Executor(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            if self.submitted == 1:
+                ready, _, _ = select.select([silent], [], [], 10)
+                assert ready, "the first transfer never connected"
+                raise KeyboardInterrupt
+            self.submitted += 1
+            return super().submit(fn, *args, **kwargs)
+
+    return Executor
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_ctrl_c_while_transfers_are_being_queued_breaks_those_in_flight(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, direction: str
+) -> None:
+    data = os.urandom(3 * CHUNK)
+    src = tmp_path / "f.bin"
+    src.write_bytes(data)
+    out_dir = tmp_path / "out"
+    with socket.create_server(("127.0.0.1", 0)) as silent, open(src, "rb") as file:
+        server = {"id": 1, "host": "127.0.0.1", "port": silent.getsockname()[1]}
+        manifest = manifest_of(file, CHUNK)
+        chunks = [{"id": c.id, "size": c.size, "servers": [server]} for c in manifest.chunks]
+        module = downloader if direction == "download" else uploader
+        monkeypatch.setattr(module, "ThreadPoolExecutor", interrupted_while_queuing(silent))
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            if direction == "download":
+                info = {"name": "f.bin", "size": len(data), "sha1": hashlib.sha1(data).hexdigest()}
+                downloader.download({**info, "chunks": chunks}, out_dir)
+            else:
+                uploader._send_missing(file, manifest, chunks, None, uploader._Sent())
+        took = time.monotonic() - start
+    assert took < PROMPTLY, f"the interrupted {direction} took {took:.1f} s to end"
+    if direction == "download":
+        assert list(out_dir.iterdir()) == []
