@@ -1,24 +1,88 @@
 """Application limits: what each daemon accepts, and the sizes the proxy and servers agree on.
 
 The codec (common.protocol) only enforces the limits it is given; the numbers live here, with the
-application, so that a change of policy never touches the framing code.
+application, so that a change of policy never touches the framing code.  docs/PROTOCOL.md §3 is
+the same table in prose.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
+from common.errors import InvalidRequest
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+
 # storage servers: requests name at most MAX_IDS_PER_REQUEST chunk ids (67 bytes each in JSON),
-# and such a header must fit STORAGE_MAX_HEADER
+# and such a header must fit IDS_MAX_HEADER (and STORAGE_MAX_HEADER, the server's cap on any header)
 MAX_IDS_PER_REQUEST: Final = 10_000
-STORAGE_MAX_HEADER: Final = 1024 * 1024
+STORAGE_MAX_HEADER: Final = 1 * MIB
 # the proxy: an UPLOAD_BEGIN manifest costs ~80 bytes a chunk; a LOCATE reply, which a client reads
 # with the codec's default 16 MiB header limit, ~200 bytes a chunk; both fit for files of up to
 # MAX_CHUNKS_PER_FILE chunks
 MAX_CHUNKS_PER_FILE: Final = 50_000
-PROXY_MAX_HEADER: Final = 8 * 1024 * 1024
+PROXY_MAX_HEADER: Final = 8 * MIB
 # storage server ids: 1..MAX_SERVER_ID
 MAX_SERVER_ID: Final = 1_000_000
-# each daemon serves at most this many connections at once; a connection silent this long is closed
+
+# -- header limits per message type (the ``max_header`` column of common.messages.SPECS) ----------
+# Checked from the 16-byte prefix, before a byte of the header is buffered.
+SMALL_HEADER: Final = 4 * KIB  # a session, a name, a token, a few numbers: with room to spare
+# LOGIN/REGISTER: a 1024-character password even if each character is written as a JSON escape pair
+CREDENTIALS_HEADER: Final = 16 * KIB
+PUT_CHUNK_HEADER: Final = 16 * KIB  # an id, a size and a `forward` chain of up to 16 servers
+IDS_HEADER: Final = STORAGE_MAX_HEADER  # HAS_CHUNKS / DELETE_CHUNKS: MAX_IDS_PER_REQUEST ids
+# UPLOAD_BEGIN: `["<64 hex>",67108864],` is 78 bytes; 96 a chunk leaves room for JSON with spaces
+MANIFEST_BYTES_PER_CHUNK: Final = 96
+UPLOAD_BEGIN_HEADER: Final = MAX_CHUNKS_PER_FILE * MANIFEST_BYTES_PER_CHUNK + 16 * KIB  # 4.6 MiB
+
+# -- connections ---------------------------------------------------------------------------------
+# each daemon serves at most MAX_CONNECTIONS at once, at most MAX_CONNECTIONS_PER_ADDRESS from one
+# client address; the last RESERVED_CONNECTIONS slots are for connections that have authenticated
+# (and, for one request or two, for newcomers when anonymous ones hold every other slot)
 MAX_CONNECTIONS: Final = 512
-IDLE_TIMEOUT: Final = 300.0
+MAX_CONNECTIONS_PER_ADDRESS: Final = 64
+RESERVED_CONNECTIONS: Final = 64
+# a connection in the reserve that has not authenticated is closed after this many requests
+PROBATION_REQUESTS: Final = 2
+
+# -- time ------------------------------------------------------------------------------------------
+IDLE_TIMEOUT: Final = 300.0  # between frames
+HEAD_DEADLINE: Final = 10.0  # a frame's prefix and header, from its first byte...
+PAYLOAD_DEADLINE: Final = 30.0  # ...its payload, from when the receiver starts reading it...
+MIN_TRANSFER_RATE: Final = 256 * KIB  # ...each plus one second per this many bytes of it
+
+# -- memory: the headers in flight in one daemon ----------------------------------------------------
+# Headers bigger than UNMETERED_HEADER draw on two budgets: RECEIVE_BUDGET holds the raw bytes of
+# headers being received (one client address may hold at most half of it), PARSE_BUDGET the
+# estimated cost of parsing them (common.protocol.parse_cost) until their request is answered.
+# A reservation waits at most BUDGET_WAIT for room, then the request is refused as busy.
+UNMETERED_HEADER: Final = 64 * KIB
+RECEIVE_BUDGET: Final = 16 * MIB
+PARSE_BUDGET: Final = 40 * MIB
+BUDGET_WAIT: Final = 5.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one daemon's frame server allows its peers; the defaults are the constants above."""
+
+    max_connections: int = MAX_CONNECTIONS
+    per_address: int = MAX_CONNECTIONS_PER_ADDRESS
+    reserved: int = RESERVED_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
+    head_deadline: float = HEAD_DEADLINE
+    payload_deadline: float = PAYLOAD_DEADLINE
+    min_rate: float = MIN_TRANSFER_RATE
+    receive_budget: int = RECEIVE_BUDGET
+    parse_budget: int = PARSE_BUDGET
+    budget_wait: float = BUDGET_WAIT
+    unmetered_header: int = UNMETERED_HEADER
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.reserved < self.max_connections:
+            raise InvalidRequest("the reserved connections must leave room for ordinary ones")
+        if self.per_address < 1:
+            raise InvalidRequest("each address needs at least one connection")

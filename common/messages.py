@@ -7,6 +7,9 @@ that does not fit its entry is a protocol error; an unknown type is one too.
 ``auth`` is the authorisation column: what a request must prove before any
 handler sees it.  The frame server checks it once, at the door
 (common.frame_server), so no handler checks credentials by hand.
+``max_header`` is the most header bytes a frame of that type may declare; a
+receiver refuses more from the 16-byte prefix alone, before buffering any of
+it.  Replies have none of their own (``None``): the receiver's limit applies.
 ``REPLIES`` is the state table of a request/reply connection: which frame
 types may answer a given request.
 """
@@ -19,6 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import LocalProtocolError
+from common.limits import (
+    CREDENTIALS_HEADER,
+    IDS_HEADER,
+    PUT_CHUNK_HEADER,
+    SMALL_HEADER,
+    UPLOAD_BEGIN_HEADER,
+)
 
 
 class MsgType(enum.IntEnum):
@@ -66,18 +76,19 @@ class MessageSpec:
     payload: bool = False
     open: bool = False  # replies: extra keys are allowed (results vary by request)
     auth: Auth = Auth.NONE
+    max_header: int | None = SMALL_HEADER  # bytes; None: only the receiver's own limit
 
 
 _SESSION = {"session": str}
 _USER = Auth.SESSION
 
 SPECS: dict[MsgType, MessageSpec] = {
-    MsgType.ERROR: MessageSpec(required={"code": str, "message": str}),
-    MsgType.OK: MessageSpec(open=True),
-    MsgType.CHUNK_DATA: MessageSpec(required={"id": str, "size": int}, payload=True),
+    MsgType.ERROR: MessageSpec(required={"code": str, "message": str}, max_header=None),
+    MsgType.OK: MessageSpec(open=True, max_header=None),
+    MsgType.CHUNK_DATA: MessageSpec(required={"id": str, "size": int}, payload=True, max_header=None),
     MsgType.HELLO: MessageSpec(optional={"client": str}),
-    MsgType.REGISTER: MessageSpec(required={"user": str, "password": str}),
-    MsgType.LOGIN: MessageSpec(required={"user": str, "password": str}),
+    MsgType.REGISTER: MessageSpec(required={"user": str, "password": str}, max_header=CREDENTIALS_HEADER),
+    MsgType.LOGIN: MessageSpec(required={"user": str, "password": str}, max_header=CREDENTIALS_HEADER),
     MsgType.LOGOUT: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.WHOAMI: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.UPLOAD_BEGIN: MessageSpec(
@@ -90,6 +101,7 @@ SPECS: dict[MsgType, MessageSpec] = {
             "chunk_size": int,
             "chunks": list,
         },
+        max_header=UPLOAD_BEGIN_HEADER,
     ),
     MsgType.UPLOAD_COMMIT: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
     MsgType.UPLOAD_ABORT: MessageSpec(
@@ -114,11 +126,14 @@ SPECS: dict[MsgType, MessageSpec] = {
     ),
     MsgType.HEARTBEAT: MessageSpec(required={"id": int, "capacity": int, "used": int, "chunks": int}),
     MsgType.PUT_CHUNK: MessageSpec(
-        required={"id": str, "size": int}, optional={"forward": list}, payload=True
+        required={"id": str, "size": int},
+        optional={"forward": list},
+        payload=True,
+        max_header=PUT_CHUNK_HEADER,
     ),
     MsgType.GET_CHUNK: MessageSpec(required={"id": str}),
-    MsgType.HAS_CHUNKS: MessageSpec(required={"ids": list}),
-    MsgType.DELETE_CHUNKS: MessageSpec(required={"ids": list}),
+    MsgType.HAS_CHUNKS: MessageSpec(required={"ids": list}, max_header=IDS_HEADER),
+    MsgType.DELETE_CHUNKS: MessageSpec(required={"ids": list}, max_header=IDS_HEADER),
     MsgType.PING: MessageSpec(),
 }
 
