@@ -90,6 +90,16 @@ class PeerClosed(ConnectionLost):
     """The peer closed the connection between frames."""
 
 
+class TooSlow(ConnectionLost):
+    """The peer did not send a whole frame within its deadline, so the receiver closed the connection."""
+
+
+class Busy(Unavailable):
+    """A server refused a request for want of resources right now (its header budget): try again.
+
+    On the wire it is ``unavailable``; the connection goes on."""
+
+
 class ReplicationFailed(Unavailable):
     """A chunk could not be stored on every replica it was placed on."""
 

@@ -6,6 +6,17 @@ both directions; this module only moves bytes), sends frames
 (streaming payloads from memory or straight from a file with ``sendfile``),
 and receives them, handing payloads out piece by piece so that no side ever
 holds more than one receive buffer of a large payload.
+
+On a server's side a connection is also given :class:`FrameDeadlines` and a
+:class:`HeaderGate`.  Deadlines bound a whole frame, not each read: its
+prefix and header must arrive within ``head`` seconds of its first byte, its
+payload within ``payload`` seconds of when the server starts reading it, each
+plus a second per ``min_rate`` bytes of it; between frames only the idle
+timeout applies.  A peer that misses one gets :class:`TooSlow` (the
+connection is closed).  The gate is asked before a header is buffered and
+before it is parsed (common.budget); if it says no, the header is skipped
+unparsed and :meth:`Connection.receive` raises :class:`Busy` with the
+connection still in step (its payload, if any, is still to be read).
 """
 
 from __future__ import annotations
@@ -15,16 +26,20 @@ import errno
 import os
 import select
 import socket
+import time
 from collections.abc import Iterator, Mapping
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
 
 from common.errors import (
+    Busy,
     ConnectionLost,
     FileClusterError,
     LocalProtocolError,
     PeerClosed,
     RemoteProtocolError,
     SourceShrank,
+    TooSlow,
     Unavailable,
     error_from_wire,
 )
@@ -37,12 +52,40 @@ from common.protocol import (
     EndOfFrame,
     FrameDecoder,
     FrameEncoder,
+    FrameHead,
     PayloadData,
+    RefusedFrame,
 )
 
-RECV_SIZE = 1024 * 1024  # payload reads: one buffer, only while a payload is being read
+RECV_SIZE = 1024 * 1024  # payload reads: one buffer, only while a payload is being read...
+FIRST_RECV_SIZE = 64 * 1024  # ...starting this small and doubling while reads fill it
 HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection holds no big buffer
 DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class FrameDeadlines:
+    """How long a peer may take over the frames it sends (a server's side; a client times reads)."""
+
+    head: float  # prefix and header, from the frame's first byte...
+    payload: float  # ...payload, from when the receiver starts reading it...
+    min_rate: float  # ...each plus a second per this many bytes of it
+    idle: float  # between frames
+
+
+class HeaderGate(Protocol):
+    """Admission of headers to a daemon's memory (common.budget.ConnectionGate)."""
+
+    def admit_header(self, head: FrameHead) -> bool: ...  # before it is buffered; may wait
+
+    def admit_parse(self, head: FrameHead, cost: int) -> bool: ...  # before it is parsed; may wait
+
+    def header_parsed(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+_IDLE, _HEAD, _PAYLOAD = "idle", "head", "payload"
 
 
 _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
@@ -56,6 +99,8 @@ class Connection:
         peer: str = "",
         max_header: int = DEFAULT_MAX_HEADER,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        deadlines: FrameDeadlines | None = None,
+        gate: HeaderGate | None = None,
     ) -> None:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
@@ -64,6 +109,19 @@ class Connection:
         self._rbuf: bytearray | None = None
         self.closed = False
         self._unread = False  # the current frame's payload has not been read to its end
+        # server side: deadlines and the header gate (see the module docstring)
+        self._deadlines = deadlines
+        self.idle_timeout = deadlines.idle if deadlines else None  # may be shortened per connection
+        self._gate = gate
+        self._send_timeout = sock.gettimeout()  # a deadline changes the socket's; sends get this back
+        self._timeout_changed = False
+        self._phase = _IDLE
+        self._due = 0.0  # when the current phase's deadline passes
+        self._started = 0.0  # when the current frame's first byte was seen
+        self._header_len = 0  # of the frame arriving, once its prefix is in
+        self._payload_len = 0  # of the frame last received
+        self._gated: FrameHead | None = None  # the frame the gate has admitted the header of...
+        self._parse_gated = False  # ...and its parsing
 
     @property
     def in_payload(self) -> bool:
@@ -73,14 +131,22 @@ class Connection:
     # -- connecting -------------------------------------------------------------
     @classmethod
     def connect(
-        cls, host: str, port: int, *, timeout: float = DEFAULT_TIMEOUT, what: str = "peer", **limits: int
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        what: str = "peer",
+        source_address: str | None = None,
     ) -> Connection:
+        """A connection to ``host:port``, from ``source_address`` if one is given (else the OS picks)."""
+        source = (source_address, 0) if source_address else None
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
         except OSError as exc:
             raise Unavailable(f"cannot reach the {what} at {host}:{port} ({_reason(exc)})") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(sock, peer=f"{host}:{port}", **limits)
+        return cls(sock, peer=f"{host}:{port}")
 
     def close(self) -> None:
         if not self.closed:
@@ -127,6 +193,7 @@ class Connection:
         closed (so the peer never waits for the rest) and :class:`SourceShrank` is raised.
         """
         self._encoder.payload(count)  # refused before a byte goes out if the frame has no room
+        self._restore_send_timeout()
         try:
             fd = file.fileno()
         except (AttributeError, OSError, ValueError):
@@ -165,25 +232,40 @@ class Connection:
             raise SourceShrank(f"file shrank while sending ({sent} of {count} bytes)")
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+        self._restore_send_timeout()
         try:
             self.sock.sendall(data)
         except OSError as exc:
             raise self._broken(exc) from None
 
+    def _restore_send_timeout(self) -> None:
+        if self._timeout_changed:
+            self._timeout_changed = False
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self._send_timeout)
+
     # -- receiving --------------------------------------------------------------
     def receive(self) -> Message:
-        """The next frame's head; its payload must then be read with :meth:`payload`."""
+        """The next frame's head; its payload must then be read with :meth:`payload`.
+
+        :class:`Busy` if the gate refused its header: the frame's payload, if any, is then still
+        to be read (or skipped) before the connection can go on."""
         if self._unread:
             raise LocalProtocolError("receive() called before the last payload was read")
         event = self._next_event()
         if isinstance(event, ConnectionClosed):
             raise PeerClosed(f"{self.peer} closed the connection")
-        if not isinstance(event, Message):
+        if not isinstance(event, (Message, RefusedFrame)):
             raise LocalProtocolError(f"expected a frame, decoder gave {event!r}")
+        if self._gate is not None and isinstance(event, Message):
+            self._gate.header_parsed()
+        self._payload_len = event.payload_len
         if event.payload_len:
             self._unread = True
         elif not isinstance(self._next_event(), EndOfFrame):
             raise LocalProtocolError("an empty payload did not end its frame")
+        if isinstance(event, RefusedFrame):
+            raise Busy(f"too many requests in flight to take this {event.type.name} now; try again")
         return event
 
     def payload(self) -> Iterator[bytes | memoryview]:
@@ -203,21 +285,85 @@ class Connection:
 
     def _next_event(self) -> object:
         while True:
+            if self._gate is not None:
+                self._admit()
             event = self._decoder.next_event()
             if event is not NEED_DATA:
                 if isinstance(event, EndOfFrame):
                     self._rbuf = None  # between frames a connection holds no big buffer
+                    self._phase = _IDLE
                 return event
-            try:
-                if self._decoder.in_payload:
-                    if self._rbuf is None:
-                        self._rbuf = bytearray(RECV_SIZE)
-                    n = self.sock.recv_into(self._rbuf)
-                    self._decoder.receive_data(memoryview(self._rbuf)[:n])
-                else:
-                    self._decoder.receive_data(self.sock.recv(HEAD_RECV_SIZE))
-            except OSError as exc:
-                raise self._broken(exc) from None
+            self._receive_more()
+
+    def _admit(self) -> None:
+        """Ask the gate about the arriving header: before it is buffered, and before it is parsed."""
+        assert self._gate is not None
+        head = self._decoder.peek()
+        if head is None:
+            return
+        if head is not self._gated:
+            self._gated, self._parse_gated = head, False
+            if not self._gate.admit_header(head):
+                self._decoder.refuse_header()
+                return
+        if not self._parse_gated:
+            cost = self._decoder.header_cost()
+            if cost is not None:
+                if not self._gate.admit_parse(head, cost):
+                    self._decoder.refuse_header()
+                    return
+                self._parse_gated = True
+
+    def _receive_more(self) -> None:
+        timeout = self._receive_timeout()
+        try:
+            if timeout is not None:
+                self.sock.settimeout(timeout)
+                self._timeout_changed = True
+            if self._decoder.in_payload:
+                buf = self._rbuf if self._rbuf is not None else bytearray(FIRST_RECV_SIZE)
+                n = self.sock.recv_into(buf)
+                # a read that fills the buffer asks for a bigger one (the piece keeps this one alive)
+                self._rbuf = bytearray(2 * n) if n == len(buf) and n < RECV_SIZE else buf
+                self._decoder.receive_data(memoryview(buf)[:n])
+            else:
+                self._decoder.receive_data(self.sock.recv(HEAD_RECV_SIZE))
+        except TimeoutError as exc:
+            if self._deadlines is not None and self._phase is not _IDLE:
+                raise self._too_slow() from None
+            raise self._broken(exc) from None
+        except OSError as exc:
+            raise self._broken(exc) from None
+
+    def _receive_timeout(self) -> float | None:
+        """The socket timeout for the next read: what is left of the frame's deadline, or the idle
+        timeout between frames; None for a connection without deadlines (its timeout stays)."""
+        deadlines = self._deadlines
+        if deadlines is None:
+            return None
+        now = time.monotonic()
+        if self._decoder.in_payload:
+            if self._phase is not _PAYLOAD:
+                self._phase = _PAYLOAD
+                self._due = now + deadlines.payload + self._payload_len / deadlines.min_rate
+        elif self._decoder.frame_started:
+            if self._phase is not _HEAD:
+                self._phase, self._started, self._header_len = _HEAD, now, 0
+            head = self._decoder.peek()
+            if head is not None:
+                self._header_len = head.header_len
+            self._due = self._started + deadlines.head + self._header_len / deadlines.min_rate
+        else:
+            self._phase = _IDLE
+            return self.idle_timeout
+        left = self._due - now
+        if left <= 0:
+            raise self._too_slow()
+        return left
+
+    def _too_slow(self) -> TooSlow:
+        self.close()
+        return TooSlow(f"{self.peer} did not send its frame {self._phase} in time")
 
     def _wait_writable(self) -> None:
         poller = select.poll()  # not select(): it fails on descriptors past 1023
