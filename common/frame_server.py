@@ -15,6 +15,17 @@ A :class:`FileClusterError` raised by a handler becomes an ERROR frame and
 the connection goes on (a payload the handler did not read is drained
 first); a protocol error or anything unexpected closes that one connection
 (logged), never the server.
+
+Resources are bounded per daemon (:class:`~common.limits.ServerLimits`):
+connections by :class:`~common.admission.Admission` (a cap per client
+address, a cap overall, a reserve for trusted connections), the time a peer
+may take over a frame by the connection's deadlines (common.transport), and
+the memory of the headers in flight by a :class:`~common.budget.HeaderBudget`
+(a header it cannot take now is answered ERROR ``unavailable``).  A
+connection becomes *trusted* when the door resolves a principal for one of
+its requests (:attr:`Request.authenticated`): whatever an
+:class:`Authenticator` proves, a session now, cluster authentication later.
+Warnings about misbehaving peers are rate-limited.
 """
 
 from __future__ import annotations
@@ -28,10 +39,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from common.errors import FileClusterError, InternalError, ProtocolError, Unavailable
-from common.limits import IDLE_TIMEOUT, MAX_CONNECTIONS
+from common.admission import Admission, Slot
+from common.budget import ConnectionGate, HeaderBudget
+from common.errors import (
+    Busy,
+    FileClusterError,
+    InternalError,
+    InvalidRequest,
+    ProtocolError,
+    TooSlow,
+    Unavailable,
+)
+from common.limits import ServerLimits
 from common.messages import SPECS, Auth, MsgType
-from common.transport import Connection
+from common.protocol import header_limit
+from common.ratelog import RateLimitedLog
+from common.transport import Connection, FrameDeadlines
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +72,11 @@ class Request:
     peer: Address = ("", 0)  # who sent it
     local: Address = ("", 0)  # the address it arrived on (what the peer used to reach us)
     user: str | None = None  # the principal the door resolved (a session's user), if any
+
+    @property
+    def authenticated(self) -> bool:
+        """True if the door proved who sent it; its connection is then trusted (common.admission)."""
+        return self.user is not None
 
 
 @dataclass(frozen=True)
@@ -96,52 +124,85 @@ class _FrameHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
+        server = self.server
+        slot = server.slot(sock)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.server.idle_timeout)
-        conn = Connection(sock, max_header=self.server.max_header, max_payload=self.server.max_payload)
-        self.server.track(conn, True)
+        sock.settimeout(server.limits.idle_timeout)
+        gate = server.budget.gate(slot.address)
+        conn = Connection(
+            sock,
+            max_header=server.max_header,
+            max_payload=server.max_payload,
+            deadlines=server.deadlines,
+            gate=gate,
+        )
+        if slot.probation:  # in the reserve: the first request must come quickly
+            conn.idle_timeout = server.limits.head_deadline
+        server.track(conn, True)
         try:
-            self._serve(conn)
+            self._serve(conn, slot, gate)
         finally:
-            self.server.track(conn, False)
+            gate.release()
+            server.track(conn, False)
             conn.close()
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, conn: Connection, slot: Slot, gate: ConnectionGate) -> None:
         peer, local = _address(conn.sock.getpeername), _address(conn.sock.getsockname)
-        while not conn.closed:
+        while not conn.closed and self._serve_one(conn, slot, gate, peer, local):
+            pass
+
+    def _serve_one(
+        self, conn: Connection, slot: Slot, gate: ConnectionGate, peer: Address, local: Address
+    ) -> bool:
+        """Read one request and answer it; False: close.  A request and its header live in this
+        frame only, so an idle connection holds none of them while it waits for the next."""
+        try:
+            message = conn.receive()
+        except Busy as exc:  # its header was refused unread: the connection is still in step
+            return self._answer_error(conn, exc) and self.server.admission.answered(slot, False)
+        except (Unavailable, ProtocolError) as exc:  # peer left, too slow, or spoke nonsense
+            if isinstance(exc, (ProtocolError, TooSlow)):
+                self.server.warn("closing %s: %s", conn.peer, exc)
+            return False
+        request = Request(message.type, message.header, message.payload_len, _body(conn), peer, local)
+        try:
+            if not self._answer(conn, request):
+                return False
+        finally:
+            gate.release()  # the budget counts a parsed header until its request is answered
+        if not self.server.admission.answered(slot, request.authenticated):
+            return False  # on probation, and none of its requests authenticated
+        if slot.trusted:
+            conn.idle_timeout = self.server.limits.idle_timeout
+        return True
+
+    def _answer(self, conn: Connection, request: Request) -> bool:
+        """Run the request through the door and its handler and send the reply; False: close."""
+        try:
+            self._send(conn, dispatch(self.server.handlers, self.server.authenticate, request))
+        except ProtocolError as exc:
+            self.server.warn("closing %s: %s", conn.peer, exc)
+            self._try_send_error(conn, exc)
+            return False
+        except FileClusterError as exc:
+            return self._answer_error(conn, exc)
+        except Exception:
+            log.exception("unexpected error serving %s", conn.peer)
+            self._try_send_error(conn, InternalError("internal error; see the server log"))
+            return False
+        return True
+
+    def _answer_error(self, conn: Connection, exc: FileClusterError) -> bool:
+        """Answer ERROR, first draining a payload nobody read (it is within limits); False: close."""
+        if conn.closed:
+            return False
+        if conn.in_payload:
             try:
-                message = conn.receive()
-            except (Unavailable, ProtocolError) as exc:  # peer left, timed out, or spoke nonsense
-                if not isinstance(exc, Unavailable):
-                    log.warning("closing %s: %s", conn.peer, exc)
-                return
-            try:
-                handler = self.server.handlers.get(message.type)
-                if handler is None:
-                    raise ProtocolError(f"{message.type.name} is not a request this server takes")
-                auth = SPECS[message.type].auth
-                user = None if auth is Auth.NONE else self.server.authenticate(auth, message.header)
-                request = Request(
-                    message.type, message.header, message.payload_len, _body(conn), peer, local, user
-                )
-                self._send(conn, handler(request))
-            except ProtocolError as exc:
-                log.warning("closing %s: %s", conn.peer, exc)
-                self._try_send_error(conn, exc)
-                return
-            except FileClusterError as exc:
-                if conn.closed:
-                    return
-                if conn.in_payload:  # refused before reading it: drain it (it is within limits)
-                    try:
-                        conn.skip_payload()
-                    except FileClusterError:
-                        return
-                self._try_send_error(conn, exc)
-            except Exception:
-                log.exception("unexpected error serving %s", conn.peer)
-                self._try_send_error(conn, InternalError("internal error; see the server log"))
-                return
+                conn.skip_payload()
+            except FileClusterError:
+                return False
+        self._try_send_error(conn, exc)
+        return not conn.closed
 
     @staticmethod
     def _send(conn: Connection, reply: Reply) -> None:
@@ -189,16 +250,35 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         max_header: int,
         max_payload: int,
         authenticate: Authenticator = _nobody,
-        idle_timeout: float = IDLE_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS,
+        limits: ServerLimits | None = None,
     ) -> None:
+        limits = limits or ServerLimits()
         self.handlers = dict(handlers)
         self.authenticate = authenticate
-        self.max_connections = max_connections
         self.max_header = max_header
         self.max_payload = max_payload
-        self.idle_timeout = idle_timeout
+        self.limits = limits
+        self.deadlines = FrameDeadlines(
+            head=limits.head_deadline,
+            payload=limits.payload_deadline,
+            min_rate=limits.min_rate,
+            idle=limits.idle_timeout,
+        )
+        self.admission = Admission(
+            max_connections=limits.max_connections, per_address=limits.per_address, reserved=limits.reserved
+        )
+        self.budget = HeaderBudget(
+            receive=limits.receive_budget,
+            parse=limits.parse_budget,
+            wait=limits.budget_wait,
+            unmetered=limits.unmetered_header,
+        )
+        biggest = max((header_limit(t, max_header) for t in self.handlers), default=0)
+        if not self.budget.admits(biggest):
+            raise InvalidRequest(f"a header budget that cannot take a header of {biggest} bytes")
+        self.warn = RateLimitedLog(log).warning
         self._live: set[Connection] = set()
+        self._slots: dict[socket.socket, Slot] = {}
         self._live_lock = threading.Lock()
         super().__init__(address, _FrameHandler)
 
@@ -210,6 +290,10 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self._live_lock:
             (self._live.add if alive else self._live.discard)(conn)
 
+    def slot(self, sock: socket.socket) -> Slot:
+        with self._live_lock:
+            return self._slots[sock]
+
     def close_connections(self) -> None:
         """Drop every open connection (used when stopping, so no thread lingers)."""
         with self._live_lock:
@@ -218,14 +302,23 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             conn.abort()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse connections past ``max_connections``, so one greedy client cannot exhaust threads."""
+        """Admit a connection (common.admission) or refuse it, closed at once and unanswered."""
+        try:
+            slot = self.admission.admit(str(client_address[0]))
+        except Busy as exc:
+            self.warn("refusing a connection from %s: %s", client_address[0], exc)
+            return False
         with self._live_lock:
-            busy = len(self._live) >= self.max_connections
-        if busy:
-            log.warning(
-                "refusing a connection from %s: %d connections open", client_address, self.max_connections
-            )
-        return not busy
+            self._slots[request] = slot
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        """Every admitted connection ends here, whether its thread ran or could not start."""
+        with self._live_lock:
+            slot = self._slots.pop(request, None)
+        if slot is not None:
+            self.admission.release(slot)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("error on connection from %s", client_address)

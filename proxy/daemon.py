@@ -16,7 +16,14 @@ from common.config import (
     parse_address,
     proxy_port,
 )
-from common.daemon import announce, run_daemon, setup_logging, wait_for_signal
+from common.daemon import (
+    add_limit_options,
+    announce,
+    run_daemon,
+    server_limits,
+    setup_logging,
+    wait_for_signal,
+)
 from common.frame_server import FrameServer, serve_in_thread
 from common.limits import PROXY_MAX_HEADER
 from common.protocol import DEFAULT_MAX_PAYLOAD
@@ -67,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT to put in share links (default: the address clients used)",
     )
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
+    add_limit_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         max_header=PROXY_MAX_HEADER,
         max_payload=DEFAULT_MAX_PAYLOAD,
         authenticate=service.authenticate,
+        limits=server_limits(args),
     )
     collector.start()
     serve_in_thread(server, "proxy")

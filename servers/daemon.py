@@ -7,7 +7,14 @@ import logging
 from pathlib import Path
 
 from common.config import HEARTBEAT_INTERVAL, MAX_CHUNK_SIZE, data_dir, proxy_address, proxy_port
-from common.daemon import announce, run_daemon, setup_logging, wait_for_signal
+from common.daemon import (
+    add_limit_options,
+    announce,
+    run_daemon,
+    server_limits,
+    setup_logging,
+    wait_for_signal,
+)
 from common.frame_server import serve_in_thread
 from common.limits import MAX_SERVER_ID
 from servers.chunk_store import ChunkStore
@@ -43,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heartbeat", type=float, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats"
     )
     parser.add_argument("--max-chunk", type=int, default=MAX_CHUNK_SIZE, help=argparse.SUPPRESS)
+    add_limit_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -55,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     proxy = proxy_address(args.proxy)
     store = ChunkStore(folder / "ServerFiles")
     service = StorageService(args.id, store, max_chunk=args.max_chunk)
-    server = make_storage_server(service, (args.host, port))
+    server = make_storage_server(service, (args.host, port), server_limits(args))
     serve_in_thread(server, f"server{args.id}")
     membership = Membership(
         server_id=args.id,

@@ -19,7 +19,7 @@ from common.config import MAX_CHUNK_SIZE
 from common.errors import FileClusterError, InvalidRequest, ReplicationFailed
 from common.frame_server import FileBody, FrameServer, Handler, Reply, Request
 from common.hashing import check_chunk_id
-from common.limits import MAX_IDS_PER_REQUEST, STORAGE_MAX_HEADER
+from common.limits import MAX_IDS_PER_REQUEST, STORAGE_MAX_HEADER, ServerLimits
 from common.messages import MsgType
 from common.transport import Connection
 from servers.chunk_store import ChunkStore, MemoryChunkStore
@@ -161,7 +161,13 @@ class StorageService:
         return Reply({"id": self.id, "chunks": self.store.count, "used": self.store.used})
 
 
-def make_storage_server(service: StorageService, address: tuple[str, int]) -> FrameServer:
+def make_storage_server(
+    service: StorageService, address: tuple[str, int], limits: ServerLimits | None = None
+) -> FrameServer:
     return FrameServer(
-        address, service.handlers(), max_header=STORAGE_MAX_HEADER, max_payload=service.max_chunk
+        address,
+        service.handlers(),
+        max_header=STORAGE_MAX_HEADER,
+        max_payload=service.max_chunk,
+        limits=limits,
     )

@@ -10,6 +10,7 @@ import pytest
 
 from common.errors import ConnectionLost, FileClusterError, InternalError, NotFound, RemoteProtocolError
 from common.frame_server import FrameServer, Reply, Request, serve_in_thread
+from common.limits import ServerLimits
 from common.messages import MsgType
 from common.transport import Connection
 
@@ -33,7 +34,7 @@ def server() -> Iterator[FrameServer]:
         {MsgType.PING: ping, MsgType.HAS_CHUNKS: has_chunks, MsgType.GET_CHUNK: crash},
         max_header=4096,
         max_payload=4096,
-        max_connections=3,
+        limits=ServerLimits(max_connections=3, reserved=0),
     )
     serve_in_thread(srv, "test")
     yield srv

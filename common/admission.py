@@ -1,0 +1,110 @@
+"""Which connections a daemon takes: a cap per client address, a cap overall, and a reserve.
+
+Theory of operation
+-------------------
+A daemon serves at most ``max_connections`` connections at once (a thread each), at most
+``per_address`` of them from one client address.  Every connection starts *anonymous*; it
+becomes *trusted* once the door resolves a principal for one of its requests
+(common.frame_server: a live session today, cluster authentication once storage traffic has
+it), and stays trusted until it closes.
+
+The last ``reserved`` slots are kept from ordinary anonymous connections, so that a flood of
+them (idle, or trickling frames within their deadlines, from as many addresses as it takes)
+cannot shut out logged-in users, the storage servers or the proxy's own calls:
+
+- a newcomer gets an *ordinary* slot while ordinary connections hold fewer than
+  ``max_connections - reserved``; a connection that becomes trusted leaves the ordinary count;
+- past that, a newcomer is let into the reserve *on probation*: it must send its first request
+  within the head deadline, and once ``probation_requests`` of its requests have been answered
+  without one authenticating, it is closed.  That is enough for a HELLO followed by a session
+  request (an upload), a LOCATE by link, a chunk transfer or one of the proxy's own calls, and
+  a client whose request authenticates stays, trusted;
+- past ``max_connections`` in all, or past ``per_address`` from its address, a newcomer is
+  closed at once, unanswered.
+
+Trusted connections count against their address's cap like any other.  This module only counts;
+common.frame_server applies the verdicts to sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from common.errors import Busy
+from common.limits import PROBATION_REQUESTS
+
+
+@dataclass(eq=False)
+class Slot:
+    """One admitted connection."""
+
+    address: str
+    probation: bool = False  # in the reserve, and not trusted (yet)
+    trusted: bool = False
+    answered: int = 0  # requests answered while on probation
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        per_address: int,
+        reserved: int,
+        probation_requests: int = PROBATION_REQUESTS,
+    ) -> None:
+        self.max_connections = max_connections
+        self.per_address = per_address
+        self.reserved = reserved
+        self.probation_requests = probation_requests
+        self._lock = threading.Lock()
+        self._open = 0
+        self._ordinary = 0  # anonymous connections outside the reserve
+        self._by_address: dict[str, int] = {}
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return self._open
+
+    def admit(self, address: str) -> Slot:
+        """A slot for a new connection from ``address``, or :class:`Busy` saying why there is none."""
+        with self._lock:
+            held = self._by_address.get(address, 0)
+            if held >= self.per_address:
+                raise Busy(f"{address} already has {held} connections open, the most one address may")
+            if self._open >= self.max_connections:
+                raise Busy(f"all {self.max_connections} connections are in use")
+            slot = Slot(address, probation=self._ordinary >= self.max_connections - self.reserved)
+            self._open += 1
+            self._by_address[address] = held + 1
+            if not slot.probation:
+                self._ordinary += 1
+            return slot
+
+    def answered(self, slot: Slot, authenticated: bool) -> bool:
+        """Record an answered request; False if the connection must now close (probation is over)."""
+        with self._lock:
+            if slot.trusted:
+                return True
+            if authenticated:
+                if not slot.probation:
+                    self._ordinary -= 1
+                slot.trusted, slot.probation = True, False
+                return True
+            if slot.probation:
+                slot.answered += 1
+                return slot.answered < self.probation_requests
+            return True
+
+    def release(self, slot: Slot) -> None:
+        with self._lock:
+            self._open -= 1
+            left = self._by_address[slot.address] - 1
+            if left:
+                self._by_address[slot.address] = left
+            else:
+                del self._by_address[slot.address]
+            if not slot.trusted and not slot.probation:
+                self._ordinary -= 1
