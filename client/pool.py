@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from common.config import source_address
 from common.errors import ConnectionLost
 from common.transport import Connection
 
@@ -27,7 +28,10 @@ class ConnectionPool:
             if self._aborted:
                 raise ConnectionLost("the transfer was cancelled")
             conn = Connection.connect(
-                *key, timeout=self.timeout, what=f"storage server {server.get('id', '?')}"
+                *key,
+                timeout=self.timeout,
+                what=f"storage server {server.get('id', '?')}",
+                source_address=source_address(),
             )
             conns[key] = conn
             with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.config import source_address
 from common.messages import MsgType
 from common.transport import Connection
 
@@ -34,7 +35,9 @@ class ProxyLink:
         if self._conn is not None and self._conn.is_dropped():
             self.close()  # the proxy dropped this idle connection: open a fresh one, resend nothing
         if self._conn is None or self._conn.closed:
-            self._conn = Connection.connect(self.host, self.port, timeout=self.timeout, what="proxy")
+            self._conn = Connection.connect(
+                self.host, self.port, timeout=self.timeout, what="proxy", source_address=source_address()
+            )
         return self._conn
 
     def close(self) -> None:

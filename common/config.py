@@ -46,6 +46,11 @@ def proxy_port() -> int:
     return int(raw)
 
 
+def source_address() -> str | None:
+    """FILECLUSTER_SOURCE_ADDRESS: the local address a client connects from (a host with several)."""
+    return os.environ.get("FILECLUSTER_SOURCE_ADDRESS") or None
+
+
 def proxy_address(override: str | None = None) -> tuple[str, int]:
     """``--proxy``, else FILECLUSTER_PROXY, else 127.0.0.1 at FILECLUSTER_PORT (9000)."""
     return parse_address(override or os.environ.get("FILECLUSTER_PROXY") or f"127.0.0.1:{proxy_port()}")
