@@ -6,11 +6,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Window:
+    start: float
+    logged: int = 0
+    held_back: int = 0
 
 
 class RateLimitedLog:
-    """At most ``burst`` warnings per ``interval`` seconds; the rest are counted, and the count is
-    logged as one line with the first warning of a later interval."""
+    """At most ``burst`` warnings of each kind (the same format string) per ``interval`` seconds;
+    the rest are counted, and the count is logged in one line with the first warning of that kind
+    in a later interval."""
 
     def __init__(
         self,
@@ -25,24 +34,24 @@ class RateLimitedLog:
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._window = -interval
-        self._logged = 0
-        self._held_back = 0
+        self._windows: dict[str, _Window] = {}
 
     def warning(self, message: str, *args: object) -> None:
         with self._lock:
             now = self._clock()
-            if now - self._window >= self.interval:
-                if self._held_back:
+            window = self._windows.get(message)
+            if window is None or now - window.start >= self.interval:
+                if window is not None and window.held_back:
                     self.logger.warning(
-                        "%d more warnings like these were not logged (at most %d every %g s)",
-                        self._held_back,
+                        "%d more warnings like %r were not logged (at most %d every %g s)",
+                        window.held_back,
+                        message,
                         self.burst,
                         self.interval,
                     )
-                self._window, self._logged, self._held_back = now, 0, 0
-            if self._logged >= self.burst:
-                self._held_back += 1
+                window = self._windows[message] = _Window(now)
+            if window.logged >= self.burst:
+                window.held_back += 1
                 return
-            self._logged += 1
+            window.logged += 1
         self.logger.warning(message, *args)

@@ -62,12 +62,14 @@ def test_refusals_are_logged_at_most_burst_times_per_interval(caplog: pytest.Log
     with caplog.at_level(logging.WARNING, "test"):
         for i in range(1000):
             warn("refusing %d", i)
+        warn("closing %s", "x")  # another kind of warning has a budget of its own
         now[0] = 10.0
         warn("refusing %d", 1000)
     assert [r.getMessage() for r in caplog.records] == [
         "refusing 0",
         "refusing 1",
         "refusing 2",
-        "997 more warnings like these were not logged (at most 3 every 10 s)",
+        "closing x",
+        "997 more warnings like 'refusing %d' were not logged (at most 3 every 10 s)",
         "refusing 1000",
     ]
