@@ -54,11 +54,33 @@ def established_remote_ports(pid: int) -> set[int]:
     return ports
 
 
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of process ``pid``, in bytes."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) * 1024
+    return found
+
+
+def reset_peak_memory(pid: int) -> None:
+    """Start VmHWM again from the current RSS (Linux: write 5 to /proc/PID/clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 class Cluster:
     def __init__(
-        self, root: Path, servers: int = 4, chunk_size: int = CHUNK, replicas: int = 2, heartbeat: float = 0.5
+        self,
+        root: Path,
+        servers: int = 4,
+        chunk_size: int = CHUNK,
+        replicas: int = 2,
+        heartbeat: float = 0.5,
+        daemon_args: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
+        self.daemon_args = daemon_args  # given to the proxy and every server (e.g. hidden limits)
         self.n_servers = servers
         self.chunk_size = chunk_size
         self.replicas = replicas
@@ -120,6 +142,7 @@ class Cluster:
                 str(4 * self.heartbeat),
                 "--collect-interval",
                 "1",
+                *self.daemon_args,
             ],
         )
 
@@ -140,6 +163,7 @@ class Cluster:
                 f"127.0.0.1:{self.proxy_port}",
                 "--heartbeat",
                 str(self.heartbeat),
+                *self.daemon_args,
             ],
         )
         self.wait_for(lambda: log.read_text().count("registered with") > before, f"server {i} to register")
@@ -199,6 +223,11 @@ class Cluster:
     @property
     def proxy_addr(self) -> str:
         return f"127.0.0.1:{self.proxy_port}"
+
+    def proxy_memory(self) -> dict[str, int]:
+        """The proxy's VmRSS and VmHWM (peak RSS), in bytes, from /proc."""
+        assert self.proxy is not None
+        return process_memory(self.proxy.pid)
 
     def new_home(self) -> Path:
         self.homes += 1
