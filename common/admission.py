@@ -14,11 +14,13 @@ cannot shut out logged-in users, the storage servers or the proxy's own calls:
 
 - a newcomer gets an *ordinary* slot while ordinary connections hold fewer than
   ``max_connections - reserved``; a connection that becomes trusted leaves the ordinary count;
-- past that, a newcomer is let into the reserve *on probation*: it must send its first request
-  within the head deadline, and once ``probation_requests`` of its requests have been answered
-  without one authenticating, it is closed.  That is enough for a HELLO followed by a session
-  request (an upload), a LOCATE by link, a chunk transfer or one of the proxy's own calls, and
-  a client whose request authenticates stays, trusted;
+- past that, a newcomer is let into the reserve *on probation*: it must send each request
+  within the head deadline of the last (or of its arrival), and it may make ``probation_requests``
+  requests that do not authenticate; the next one is answered ERROR ``unavailable`` and the
+  connection closed (answered, so that a client never has a connection closed under a request
+  it has just sent).  That is enough for REGISTER, LOGIN and a HELLO before a session request
+  (an upload), a LOCATE by link, a few chunks, or one of the proxy's own calls; a client whose
+  request authenticates stays, trusted;
 - past ``max_connections`` in all, or past ``per_address`` from its address, a newcomer is
   closed at once, unanswered.
 
@@ -42,7 +44,7 @@ class Slot:
     address: str
     probation: bool = False  # in the reserve, and not trusted (yet)
     trusted: bool = False
-    answered: int = 0  # requests answered while on probation
+    anonymous: int = 0  # requests that did not authenticate, while on probation
 
 
 class Admission:
@@ -83,8 +85,9 @@ class Admission:
                 self._ordinary += 1
             return slot
 
-    def answered(self, slot: Slot, authenticated: bool) -> bool:
-        """Record an answered request; False if the connection must now close (probation is over)."""
+    def admit_request(self, slot: Slot, authenticated: bool) -> bool:
+        """Count a request that passed the door or not; False if the connection may not make it
+        (on probation, with its anonymous requests used up): it is then answered and closed."""
         with self._lock:
             if slot.trusted:
                 return True
@@ -94,8 +97,9 @@ class Admission:
                 slot.trusted, slot.probation = True, False
                 return True
             if slot.probation:
-                slot.answered += 1
-                return slot.answered < self.probation_requests
+                if slot.anonymous >= self.probation_requests:
+                    return False
+                slot.anonymous += 1
             return True
 
     def release(self, slot: Slot) -> None:

@@ -107,16 +107,22 @@ def _nobody(auth: Auth, header: Mapping[str, Any]) -> str | None:
     raise InternalError(f"this server cannot check {auth.value!r}")
 
 
-def dispatch(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Reply:
-    """Route one request: a type this server takes, authorised at the door, then its handler.
-
-    Pure of sockets, so tests drive a service through exactly the checks the wire goes through."""
+def authorize(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Handler:
+    """The door: a type this server takes, authorised as the message table says (setting
+    ``request.user``); the handler to run, or the error to answer."""
     handler = handlers.get(request.type)
     if handler is None:
         raise ProtocolError(f"{request.type.name} is not a request this server takes")
     need = SPECS[request.type].auth
     request.user = None if need is Auth.NONE else authenticate(need, request.header)
-    return handler(request)
+    return handler
+
+
+def dispatch(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Reply:
+    """Route one request: a type this server takes, authorised at the door, then its handler.
+
+    Pure of sockets, so tests drive a service through exactly the checks the wire goes through."""
+    return authorize(handlers, authenticate, request)(request)
 
 
 class _FrameHandler(socketserver.BaseRequestHandler):
@@ -159,27 +165,36 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         try:
             message = conn.receive()
         except Busy as exc:  # its header was refused unread: the connection is still in step
-            return self._answer_error(conn, exc) and self.server.admission.answered(slot, False)
+            return self.server.admission.admit_request(slot, False) and self._answer_error(conn, exc)
         except (Unavailable, ProtocolError) as exc:  # peer left, too slow, or spoke nonsense
             if isinstance(exc, (ProtocolError, TooSlow)):
                 self.server.warn("closing %s: %s", conn.peer, exc)
             return False
         request = Request(message.type, message.header, message.payload_len, _body(conn), peer, local)
         try:
-            if not self._answer(conn, request):
-                return False
+            return self._answer(conn, slot, request)
         finally:
             gate.release()  # the budget counts a parsed header until its request is answered
-        if not self.server.admission.answered(slot, request.authenticated):
-            return False  # on probation, and none of its requests authenticated
+
+    def _answer(self, conn: Connection, slot: Slot, request: Request) -> bool:
+        """The door, then admission's word on this connection, then the handler, and the reply is
+        sent; False: close.  A connection on probation that has used up its anonymous requests gets
+        an answer (ERROR unavailable) before it is closed, never a connection closed under it."""
+        try:
+            handler: Handler | None = authorize(self.server.handlers, self.server.authenticate, request)
+            refused: FileClusterError | None = None
+        except FileClusterError as exc:
+            handler, refused = None, exc
+        if not self.server.admission.admit_request(slot, request.authenticated):
+            self._answer_error(conn, Busy("all connections are taken; only a logged-in client may go on"))
+            return False
         if slot.trusted:
             conn.idle_timeout = self.server.limits.idle_timeout
-        return True
-
-    def _answer(self, conn: Connection, request: Request) -> bool:
-        """Run the request through the door and its handler and send the reply; False: close."""
         try:
-            self._send(conn, dispatch(self.server.handlers, self.server.authenticate, request))
+            if refused is not None:
+                raise refused
+            assert handler is not None
+            self._send(conn, handler(request))
         except ProtocolError as exc:
             self.server.warn("closing %s: %s", conn.peer, exc)
             self._try_send_error(conn, exc)

@@ -45,8 +45,9 @@ UPLOAD_BEGIN_HEADER: Final = MAX_CHUNKS_PER_FILE * MANIFEST_BYTES_PER_CHUNK + 16
 MAX_CONNECTIONS: Final = 512
 MAX_CONNECTIONS_PER_ADDRESS: Final = 64
 RESERVED_CONNECTIONS: Final = 64
-# a connection in the reserve that has not authenticated is closed after this many requests
-PROBATION_REQUESTS: Final = 2
+# a connection in the reserve may make this many requests that do not authenticate (REGISTER, LOGIN,
+# HELLO, then an upload's session request), then it is answered ERROR unavailable and closed
+PROBATION_REQUESTS: Final = 3
 
 # -- time ------------------------------------------------------------------------------------------
 IDLE_TIMEOUT: Final = 300.0  # between frames

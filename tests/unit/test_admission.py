@@ -32,14 +32,15 @@ def test_anonymous_connections_cannot_take_the_reserve_for_good() -> None:
     assert not any(slot.probation for slot in ordinary)
     newcomer = gate.admit("10.0.0.3")
     assert newcomer.probation
-    assert gate.answered(newcomer, authenticated=False)  # one anonymous request: fine
-    assert not gate.answered(newcomer, authenticated=False)  # a second without authenticating: out
+    assert gate.admit_request(newcomer, authenticated=False)  # two anonymous requests: fine
+    assert gate.admit_request(newcomer, authenticated=False)
+    assert not gate.admit_request(newcomer, authenticated=False)  # a third: answered, then out
     gate.release(newcomer)
     user = gate.admit("10.0.0.4")
-    assert gate.answered(user, authenticated=False)
-    assert gate.answered(user, authenticated=True)  # a session: trusted, and stays
+    assert gate.admit_request(user, authenticated=False)
+    assert gate.admit_request(user, authenticated=True)  # a session: trusted, and stays
     assert user.trusted and not user.probation
-    assert all(gate.answered(user, authenticated=False) for _ in range(5))
+    assert all(gate.admit_request(user, authenticated=False) for _ in range(5))
     gate.admit("10.0.0.5")
     with pytest.raises(Busy, match="all 6 connections are in use"):
         gate.admit("10.0.0.6")
@@ -49,7 +50,7 @@ def test_anonymous_connections_cannot_take_the_reserve_for_good() -> None:
 def test_a_connection_that_authenticates_leaves_room_for_another_ordinary_one() -> None:
     gate = admission()
     slots = [gate.admit(f"10.0.0.{i}") for i in range(4)]
-    assert gate.answered(slots[0], authenticated=True)
+    assert gate.admit_request(slots[0], authenticated=True)
     assert not gate.admit("10.0.0.9").probation  # the trusted one no longer counts as ordinary
     for slot in slots:
         gate.release(slot)
