@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 
 from common.admission import Admission, Slot
 from common.budget import ConnectionGate, HeaderBudget
+from common.deadlines import FrameDeadlines
 from common.errors import (
     Busy,
     FileClusterError,
@@ -54,7 +55,7 @@ from common.limits import ServerLimits
 from common.messages import SPECS, Auth, MsgType
 from common.protocol import header_limit
 from common.ratelog import RateLimitedLog
-from common.transport import Connection, FrameDeadlines
+from common.transport import Connection
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ class _FrameHandler(socketserver.BaseRequestHandler):
             deadlines=server.deadlines,
             gate=gate,
         )
-        if slot.probation:  # in the reserve: the first request must come quickly
-            conn.idle_timeout = server.limits.head_deadline
+        if slot.probation:  # in the reserve: each request must come quickly
+            conn.set_idle_timeout(server.limits.head_deadline)
         server.track(conn, True)
         try:
             self._serve(conn, slot, gate)
@@ -165,7 +166,8 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         try:
             message = conn.receive()
         except Busy as exc:  # its header was refused unread: the connection is still in step
-            return self.server.admission.admit_request(slot, False) and self._answer_error(conn, exc)
+            allowed = self.server.admission.admit_request(slot, False)
+            return self._answer_error(conn, exc) and allowed
         except (Unavailable, ProtocolError) as exc:  # peer left, too slow, or spoke nonsense
             if isinstance(exc, (ProtocolError, TooSlow)):
                 self.server.warn("closing %s: %s", conn.peer, exc)
@@ -181,19 +183,15 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         sent; False: close.  A connection on probation that has used up its anonymous requests gets
         an answer (ERROR unavailable) before it is closed, never a connection closed under it."""
         try:
-            handler: Handler | None = authorize(self.server.handlers, self.server.authenticate, request)
-            refused: FileClusterError | None = None
+            handler = authorize(self.server.handlers, self.server.authenticate, request)
         except FileClusterError as exc:
-            handler, refused = None, exc
+            handler = _answer_with(exc)
         if not self.server.admission.admit_request(slot, request.authenticated):
             self._answer_error(conn, Busy("all connections are taken; only a logged-in client may go on"))
             return False
         if slot.trusted:
-            conn.idle_timeout = self.server.limits.idle_timeout
+            conn.set_idle_timeout(self.server.limits.idle_timeout)
         try:
-            if refused is not None:
-                raise refused
-            assert handler is not None
             self._send(conn, handler(request))
         except ProtocolError as exc:
             self.server.warn("closing %s: %s", conn.peer, exc)
@@ -237,6 +235,15 @@ class _FrameHandler(socketserver.BaseRequestHandler):
             return
         with contextlib.suppress(FileClusterError):
             conn.send_error(exc)
+
+
+def _answer_with(error: FileClusterError) -> Handler:
+    """A handler that answers ``error``: what the door said instead of the request's handler."""
+
+    def refuse(request: Request) -> Reply:
+        raise error
+
+    return refuse
 
 
 def _body(conn: Connection) -> Iterator[bytes | memoryview]:

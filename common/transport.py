@@ -7,13 +7,11 @@ both directions; this module only moves bytes), sends frames
 and receives them, handing payloads out piece by piece so that no side ever
 holds more than one receive buffer of a large payload.
 
-On a server's side a connection is also given :class:`FrameDeadlines` and a
-:class:`HeaderGate`.  Deadlines bound a whole frame, not each read: its
-prefix and header must arrive within ``head`` seconds of its first byte, its
-payload within ``payload`` seconds of when the server starts reading it, each
-plus a second per ``min_rate`` bytes of it; between frames only the idle
-timeout applies.  A peer that misses one gets :class:`TooSlow` (the
-connection is closed).  The gate is asked before a header is buffered and
+On a server's side a connection is also given
+:class:`~common.deadlines.FrameDeadlines` and a :class:`HeaderGate`.
+Deadlines bound a whole frame, not each read (common.deadlines): each read
+waits only for what is left of the frame's deadline, and a peer that misses
+it gets :class:`TooSlow` (the connection is closed).  The gate is asked before a header is buffered and
 before it is parsed (common.budget); if it says no, the header is skipped
 unparsed and :meth:`Connection.receive` raises :class:`Busy` with the
 connection still in step (its payload, if any, is still to be read).
@@ -26,11 +24,10 @@ import errno
 import os
 import select
 import socket
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
+from common.deadlines import IDLE, FrameDeadlines, FrameTimer
 from common.errors import (
     Busy,
     ConnectionLost,
@@ -63,16 +60,6 @@ HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection ho
 DEFAULT_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class FrameDeadlines:
-    """How long a peer may take over the frames it sends (a server's side; a client times reads)."""
-
-    head: float  # prefix and header, from the frame's first byte...
-    payload: float  # ...payload, from when the receiver starts reading it...
-    min_rate: float  # ...each plus a second per this many bytes of it
-    idle: float  # between frames
-
-
 class HeaderGate(Protocol):
     """Admission of headers to a daemon's memory (common.budget.ConnectionGate)."""
 
@@ -83,9 +70,6 @@ class HeaderGate(Protocol):
     def header_parsed(self) -> None: ...
 
     def release(self) -> None: ...
-
-
-_IDLE, _HEAD, _PAYLOAD = "idle", "head", "payload"
 
 
 _NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
@@ -110,15 +94,10 @@ class Connection:
         self.closed = False
         self._unread = False  # the current frame's payload has not been read to its end
         # server side: deadlines and the header gate (see the module docstring)
-        self._deadlines = deadlines
-        self.idle_timeout = deadlines.idle if deadlines else None  # may be shortened per connection
+        self._timer = FrameTimer(deadlines) if deadlines else None
         self._gate = gate
         self._send_timeout = sock.gettimeout()  # a deadline changes the socket's; sends get this back
         self._timeout_changed = False
-        self._phase = _IDLE
-        self._due = 0.0  # when the current phase's deadline passes
-        self._started = 0.0  # when the current frame's first byte was seen
-        self._header_len = 0  # of the frame arriving, once its prefix is in
         self._payload_len = 0  # of the frame last received
         self._gated: FrameHead | None = None  # the frame the gate has admitted the header of...
         self._parse_gated = False  # ...and its parsing
@@ -127,6 +106,11 @@ class Connection:
     def in_payload(self) -> bool:
         """True while the current frame's payload has not been read to its end."""
         return self._unread
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """How long this (server-side) connection may stay idle between frames."""
+        if self._timer is not None:
+            self._timer.idle = seconds
 
     # -- connecting -------------------------------------------------------------
     @classmethod
@@ -291,7 +275,8 @@ class Connection:
             if event is not NEED_DATA:
                 if isinstance(event, EndOfFrame):
                     self._rbuf = None  # between frames a connection holds no big buffer
-                    self._phase = _IDLE
+                    if self._timer is not None:
+                        self._timer.frame_done()
                 return event
             self._receive_more()
 
@@ -329,41 +314,25 @@ class Connection:
             else:
                 self._decoder.receive_data(self.sock.recv(HEAD_RECV_SIZE))
         except TimeoutError as exc:
-            if self._deadlines is not None and self._phase is not _IDLE:
+            if self._timer is not None and self._timer.phase != IDLE:
                 raise self._too_slow() from None
             raise self._broken(exc) from None
         except OSError as exc:
             raise self._broken(exc) from None
 
     def _receive_timeout(self) -> float | None:
-        """The socket timeout for the next read: what is left of the frame's deadline, or the idle
-        timeout between frames; None for a connection without deadlines (its timeout stays)."""
-        deadlines = self._deadlines
-        if deadlines is None:
+        """The socket timeout for the next read (None: a connection without deadlines keeps its own)."""
+        if self._timer is None:
             return None
-        now = time.monotonic()
-        if self._decoder.in_payload:
-            if self._phase is not _PAYLOAD:
-                self._phase = _PAYLOAD
-                self._due = now + deadlines.payload + self._payload_len / deadlines.min_rate
-        elif self._decoder.frame_started:
-            if self._phase is not _HEAD:
-                self._phase, self._started, self._header_len = _HEAD, now, 0
-            head = self._decoder.peek()
-            if head is not None:
-                self._header_len = head.header_len
-            self._due = self._started + deadlines.head + self._header_len / deadlines.min_rate
-        else:
-            self._phase = _IDLE
-            return self.idle_timeout
-        left = self._due - now
+        left = self._timer.timeout(self._decoder, self._payload_len)
         if left <= 0:
             raise self._too_slow()
         return left
 
     def _too_slow(self) -> TooSlow:
         self.close()
-        return TooSlow(f"{self.peer} did not send its frame {self._phase} in time")
+        phase = self._timer.phase if self._timer else "frame"
+        return TooSlow(f"{self.peer} did not send its frame's {phase} in time")
 
     def _wait_writable(self) -> None:
         poller = select.poll()  # not select(): it fails on descriptors past 1023
