@@ -171,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _interrupt_on_sigterm()
         with Client.from_environment(args.proxy) as client:
             func = args.func if args.command else cmd_menu
-            return func(client, args)
+            status = func(client, args)
+        sys.stdout.flush()  # a reader that has gone away shows up here, not at exit
+        return status
     except FileClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -181,5 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated", file=sys.stderr)
         return 143
-    except BrokenPipeError:
+    except BrokenPipeError:  # `filecluster list | head`: nobody reads the rest, and nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without a complaint
+        os.close(devnull)
         return 1

@@ -103,6 +103,10 @@ class StorageService:
                     writer.commit()
                 except FileClusterError as exc:
                     local_error = exc
+        except BaseException:  # the sender vanished mid-chunk: cut the replica's copy short too
+            if downstream is not None:
+                downstream.close()
+            raise
         finally:
             if writer is not None:
                 writer.abort()
