@@ -75,7 +75,7 @@ def cmd_upload(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_list(c: Client, a: argparse.Namespace) -> int:
-    files = c.list(everyone=a.all)
+    files = c.list()
     if a.json:
         print(json.dumps(output.files_json(files), ensure_ascii=False, indent=2))
     else:
@@ -139,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("upload", cmd_upload, "upload files (the name in the cluster is the base name)").add_argument(
         "paths", nargs="+", metavar="PATH"
     )
-    p = add("list", cmd_list, "list your files (or everyone's with --all)")
-    p.add_argument("--all", action="store_true", help="everyone's files")
+    p = add("list", cmd_list, "list your files")
     p.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     add("share", cmd_share, "print a download link for one of your files").add_argument("name")
     p = add("download", cmd_download, "download a shared link, or one of your files by name")

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from common.cluster_auth import ClusterKey
 from common.errors import FileClusterError, InternalError, ProtocolError, Unavailable
 from common.limits import IDLE_TIMEOUT, MAX_CONNECTIONS
 from common.messages import SPECS, Auth, MsgType
@@ -68,26 +69,45 @@ class Reply:
 
 
 Handler = Callable[[Request], Reply]
+CLUSTER_PRINCIPAL = "cluster"  # Request.user of a request signed with the cluster secret
 
 
-# the door: (what the message table asks for, the header) -> the principal it proves, or AuthError;
-# called only for requests whose ``auth`` is not NONE
-Authenticator = Callable[[Auth, Mapping[str, Any]], str | None]
+# the door: (what the message table asks for, the request) -> the principal it proves, or an
+# AuthError/Forbidden; called for requests whose ``auth`` is neither NONE nor CLUSTER
+Authenticator = Callable[[Auth, "Request"], str | None]
 
 
-def _nobody(auth: Auth, header: Mapping[str, Any]) -> str | None:
+def _nobody(auth: Auth, request: Request) -> str | None:
     raise InternalError(f"this server cannot check {auth.value!r}")
 
 
-def dispatch(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Reply:
+def dispatch(
+    handlers: Mapping[MsgType, Handler],
+    authenticate: Authenticator,
+    request: Request,
+    cluster: ClusterKey | None = None,
+) -> Reply:
     """Route one request: a type this server takes, authorised at the door, then its handler.
 
-    Pure of sockets, so tests drive a service through exactly the checks the wire goes through."""
+    The ``auth`` column of the message table says what the request must prove.  CLUSTER is
+    checked here with the cluster key (and the OK reply is signed, bound to the request's nonce);
+    every other kind by the daemon's ``authenticate``, which returns the principal (a session's
+    user, a ticket's holder).  Pure of sockets, so tests drive a service through exactly the
+    checks the wire goes through."""
     handler = handlers.get(request.type)
     if handler is None:
         raise ProtocolError(f"{request.type.name} is not a request this server takes")
     need = SPECS[request.type].auth
-    request.user = None if need is Auth.NONE else authenticate(need, request.header)
+    if need is Auth.CLUSTER:
+        if cluster is None:
+            raise InternalError("this server has no cluster secret")
+        nonce = cluster.verify(request.type, request.header)
+        request.user = CLUSTER_PRINCIPAL
+        reply = handler(request)
+        if reply.type is MsgType.OK:
+            reply = Reply(cluster.sign_reply(nonce, reply.header), reply.type, reply.payload)
+        return reply
+    request.user = None if need is Auth.NONE else authenticate(need, request)
     return handler(request)
 
 
@@ -116,15 +136,9 @@ class _FrameHandler(socketserver.BaseRequestHandler):
                     log.warning("closing %s: %s", conn.peer, exc)
                 return
             try:
-                handler = self.server.handlers.get(message.type)
-                if handler is None:
-                    raise ProtocolError(f"{message.type.name} is not a request this server takes")
-                auth = SPECS[message.type].auth
-                user = None if auth is Auth.NONE else self.server.authenticate(auth, message.header)
-                request = Request(
-                    message.type, message.header, message.payload_len, _body(conn), peer, local, user
-                )
-                self._send(conn, handler(request))
+                request = Request(message.type, message.header, message.payload_len, _body(conn), peer, local)
+                server = self.server
+                self._send(conn, dispatch(server.handlers, server.authenticate, request, server.cluster))
             except ProtocolError as exc:
                 log.warning("closing %s: %s", conn.peer, exc)
                 self._try_send_error(conn, exc)
@@ -189,11 +203,13 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         max_header: int,
         max_payload: int,
         authenticate: Authenticator = _nobody,
+        cluster: ClusterKey | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.handlers = dict(handlers)
         self.authenticate = authenticate
+        self.cluster = cluster
         self.max_connections = max_connections
         self.max_header = max_header
         self.max_payload = max_payload

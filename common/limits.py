@@ -22,3 +22,5 @@ MAX_SERVER_ID: Final = 1_000_000
 # each daemon serves at most this many connections at once; a connection silent this long is closed
 MAX_CONNECTIONS: Final = 512
 IDLE_TIMEOUT: Final = 300.0
+# proof of ownership: the longest byte range a challenge may name (proxy.ownership uses 4 KiB)
+MAX_PROOF_RANGE: Final = 64 * 1024

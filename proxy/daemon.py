@@ -16,7 +16,15 @@ from common.config import (
     parse_address,
     proxy_port,
 )
-from common.daemon import announce, run_daemon, setup_logging, wait_for_signal
+from common.daemon import (
+    add_secret_argument,
+    announce,
+    load_cluster_key,
+    run_daemon,
+    secret_path,
+    setup_logging,
+    wait_for_signal,
+)
 from common.frame_server import FrameServer, serve_in_thread
 from common.limits import PROXY_MAX_HEADER
 from common.protocol import DEFAULT_MAX_PAYLOAD
@@ -24,6 +32,7 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
+from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="HOST:PORT to put in share links (default: the address clients used)",
     )
+    parser.add_argument(
+        "--ticket-ttl",
+        type=float,
+        default=600.0,
+        help="seconds a ticket for reading or writing a chunk stays valid (default: 600)",
+    )
+    add_secret_argument(parser)
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -77,23 +93,26 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: --replicas must be 1..16")
     setup_logging("proxy", args.verbose)
     port = args.port if args.port is not None else proxy_port()
+    key = load_cluster_key(secret_path(args.secret_file))
     catalog = Catalog(args.data or data_dir() / "proxy")
     registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1, known=catalog.known_servers())
     uploads = Uploads()
-    collector = Collector(catalog, registry, uploads, interval=args.collect_interval)
+    collector = Collector(catalog, registry, uploads, StorageClient(key), interval=args.collect_interval)
     config = ProxyConfig(
         chunk_size=args.chunk_size,
         replicas=args.replicas,
         heartbeat=args.heartbeat,
         advertise=parse_address(args.advertise) if args.advertise else None,
+        ticket_ttl=args.ticket_ttl,
     )
-    service = ProxyService(catalog, registry, uploads, collector, config)
+    service = ProxyService(catalog, registry, uploads, collector, config, key)
     server = FrameServer(
         (args.host, port),
         service.handlers(),
         max_header=PROXY_MAX_HEADER,
         max_payload=DEFAULT_MAX_PAYLOAD,
         authenticate=service.authenticate,
+        cluster=key,
     )
     collector.start()
     serve_in_thread(server, "proxy")

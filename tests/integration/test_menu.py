@@ -57,18 +57,17 @@ def test_every_action_of_the_menu(cluster: Cluster, tmp_path: Path) -> None:
     home = cluster.new_home()
     first = [
         "1", user, PASSWORD, PASSWORD,  # register (and log in)
-        "10",  # who am I
+        "9",  # who am I
         "3", str(src),  # upload
         "4",  # list my files
-        "5",  # list everyone's files
-        "6", "menu doc.txt",  # share
+        "5", "menu doc.txt",  # share
         "0",
     ]  # fmt: skip
     rc, stdout, stderr = run_menu(cluster, home, first)
     assert (rc, stderr) == (0, "")
     assert stdout.startswith(f"filecluster — proxy {cluster.proxy_addr}\n")
     r = replies(stdout)
-    assert len(r) == len([x for x in first if x.isdigit() and len(x) <= 2]) == 7
+    assert len(r) == len([x for x in first if x.isdigit() and len(x) <= 2]) == 6
     assert r[0].endswith(f"registered and logged in as {user}\n")
     assert r[0].count("password") == 2  # asked twice, to catch a typo
     assert r[1] == f"{user}\n"
@@ -76,26 +75,25 @@ def test_every_action_of_the_menu(cluster: Cluster, tmp_path: Path) -> None:
     mine = table(r[3])
     assert mine[0] == ["name", "owner", "size", "sha1", "uploaded"]
     assert [row[:4] for row in mine[1:]] == [["menu doc.txt", user, "20", sha1]]
-    assert ["menu doc.txt", user, "20", sha1] in [row[:4] for row in table(r[4])]  # among everyone's
-    asked, _, link = r[5].rstrip("\n").partition(": ")
+    asked, _, link = r[4].rstrip("\n").partition(": ")
     assert asked == "name of your file to share"
     assert link.startswith(f"filecluster://{cluster.proxy_addr}/s/")
-    assert r[6] == ""  # quit: nothing more
+    assert r[5] == ""  # quit: nothing more
 
     second = [
-        "7", link, str(out),  # download the link
-        "7", "menu doc.txt", "",  # by name, into the default folder
-        "7", "menu doc.txt", str(out),  # again: it is already there
-        "8", "menu doc.txt", "n",  # delete: no
+        "6", link, str(out),  # download the link
+        "6", "menu doc.txt", "",  # by name, into the default folder
+        "6", "menu doc.txt", str(out),  # again: it is already there
+        "7", "menu doc.txt", "n",  # delete: no
         "4",
-        "8", "menu doc.txt", "yes",  # delete: yes
+        "7", "menu doc.txt", "yes",  # delete: yes
         "4",
-        "9",  # storage servers status
-        "11",  # logout
-        "11",  # logout again
-        "10",  # who am I, logged out: an error, and the menu goes on
+        "8",  # storage servers status
+        "10",  # logout
+        "10",  # logout again
+        "9",  # who am I, logged out: an error, and the menu goes on
         "2", user, PASSWORD,  # login
-        "10",
+        "9",
         "q",
     ]  # fmt: skip
     rc, stdout, stderr = run_menu(cluster, home, second)
@@ -129,7 +127,7 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
         "1", user, "short", "short",  # too short
         "",  # nothing chosen
         "x",
-        "12",
+        "11",
         "-1",
         "3", str(tmp_path / "missing.txt"),
         "exit",
@@ -142,7 +140,7 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
         "error: not logged in; run: filecluster login USER",
     ]
     r = replies(stdout)
-    assert r[2:6] == ["choose a number from 0 to 11\n"] * 4
+    assert r[2:6] == ["choose a number from 0 to 10\n"] * 4
     assert not (home / "session.json").exists()
     login = cluster.cli("login", user, home=cluster.new_home(), password=PASSWORD)
     assert "wrong user name or password" in login.stderr  # the account was never made
@@ -150,7 +148,7 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
 
 def test_end_of_input_leaves_the_menu_quietly(cluster: Cluster) -> None:
     home = cluster.new_home()
-    at_choice = cluster.cli("menu", home=home, stdin="10\n")  # input ends at "choose:"
+    at_choice = cluster.cli("menu", home=home, stdin="9\n")  # input ends at "choose:"
     assert at_choice.returncode == 0 and at_choice.stdout.endswith("choose: \n")
     in_action = cluster.cli(home=home, stdin="1\nsomeone\n")  # no command: the menu; ends at "password:"
     assert in_action.returncode == 0, in_action.stderr
@@ -160,11 +158,11 @@ def test_end_of_input_leaves_the_menu_quietly(cluster: Cluster) -> None:
 def test_ctrl_c_inside_an_action_cancels_it_and_returns_to_the_menu(cluster: Cluster, home: Path) -> None:
     with Session(cluster, "menu", home=home) as menu:
         menu.expect("choose: ")
-        menu.type("8\n")  # delete a file: it asks which
+        menu.type("7\n")  # delete a file: it asks which
         menu.expect("name of your file to delete: ")
         menu.interrupt()
         menu.expect("choose: ")  # back at the menu
-        menu.type("10\n0\n")
+        menu.type("9\n0\n")
         rc, stdout, stderr = menu.finish()
     assert rc == 0
     assert stderr == "\ncancelled\n"
