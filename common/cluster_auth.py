@@ -179,11 +179,7 @@ class ClusterKey:
         ):
             raise Forbidden("malformed ticket")
         self._check_mac(mac, {"op": "put", "id": chunk_id, "chain": links, "who": who, "exp": exp}, exp)
-        ids = [link[0] if isinstance(link, list) and link else None for link in links]
-        if server_id not in ids:
-            raise Forbidden("the ticket is not for this server")
-        rest = links[ids.index(server_id) + 1 :]
-        return [{"id": link[0], "host": link[1], "port": link[2]} for link in rest]
+        return chain_after(ticket, server_id)
 
     def check_get(self, ticket: object, chunk_id: str, server_id: int) -> None:
         if not isinstance(ticket, dict):
@@ -207,6 +203,15 @@ class ClusterKey:
             raise Forbidden("the ticket does not match this request")
         if exp < self.clock():
             raise Forbidden("the ticket has expired; ask the proxy again")
+
+
+def chain_after(ticket: Mapping[str, Any], server_id: int) -> list[dict[str, Any]]:
+    """The servers after ``server_id`` in a PUT ticket's chain (the ticket's MAC checked already)."""
+    links = ticket["chain"]
+    ids = [link[0] if isinstance(link, list) and len(link) == 3 else None for link in links]
+    if server_id not in ids:
+        raise Forbidden("the ticket is not for this server")
+    return [{"id": link[0], "host": link[1], "port": link[2]} for link in links[ids.index(server_id) + 1 :]]
 
 
 def aggregate(macs: Iterable[str]) -> str:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from common.cluster_auth import ClusterKey
+from common.cluster_auth import ClusterKey, chain_after
 from common.config import MAX_CHUNK_SIZE
 from common.errors import FileClusterError, InternalError, InvalidRequest, NotFound, ReplicationFailed
 from common.frame_server import FileBody, FrameServer, Handler, Reply, Request
@@ -79,7 +79,7 @@ class StorageService:
         if size != req.payload_len or not 0 < size <= self.max_chunk:
             raise InvalidRequest(f"chunk size must match the payload and be 1..{self.max_chunk} bytes")
         ticket = req.header["ticket"]
-        forward = self.key.check_put(ticket, chunk_id, self.id)  # the rest of the chain the proxy chose
+        forward = chain_after(ticket, self.id)  # the rest of the chain the proxy chose (checked at the door)
         downstream, down_error = self._open_downstream(chunk_id, size, ticket, forward)
         local_error: FileClusterError | None = None
         try:
