@@ -9,13 +9,18 @@ so that a MAC made for one purpose can never be replayed as the other:
 * the **message key** authenticates the traffic between the proxy and the
   storage servers (SERVER_REGISTER, HEARTBEAT, HAS_CHUNKS, DELETE_CHUNKS,
   PING, PROVE_CHUNKS).  The sender adds ``auth = {"ts", "nonce", "mac"}`` to
-  the header; the MAC covers the message type and the canonical JSON of every
-  other header field.  The receiver refuses a MAC that does not match, a
-  timestamp more than :data:`WINDOW` seconds away from its clock, and a nonce
-  it has already seen inside that window, so a recorded message cannot be
-  replayed, now or later.  The OK reply carries ``auth = {"mac"}`` over the
-  reply header *and the request's nonce*, so the requester knows that the
-  holder of the secret answered this very request (mutual authentication).
+  the header; the MAC covers the message type, the recipient and the
+  canonical JSON of every other header field.  The receiver refuses a MAC
+  that does not match, a timestamp more than :data:`WINDOW` seconds away from
+  its clock, and a nonce it has already seen inside that window, so a
+  recorded message cannot be replayed, now or later.  Each server process
+  remembers only the nonces it has seen itself, so a message to a storage
+  server is bound to that server (:func:`server_audience`): one the proxy
+  sent to server 1 is refused by server 2.  Messages to the proxy name no
+  recipient (a cluster has one proxy, and it takes no message a server
+  does).  The OK reply carries ``auth = {"mac"}`` over the reply header *and
+  the request's nonce*, so the requester knows that the holder of the secret
+  answered this very request (mutual authentication).
 * the **ticket key** also signs *receipts*: a storage server's word that it
   holds a chunk that a given upload sent it.  UPLOAD_COMMIT carries, per
   server, the XOR of the receipts for the chunks placed there, so a client
@@ -73,6 +78,11 @@ def new_secret() -> str:
     return secrets.token_hex(SECRET_BYTES)
 
 
+def server_audience(server_id: int) -> str:
+    """Whom a cluster message to storage server ``server_id`` is for (bound into its MAC)."""
+    return f"server:{server_id}"
+
+
 class ReplayGuard:
     """Nonces of authentic messages seen within the window; bounded in memory."""
 
@@ -109,25 +119,27 @@ class ClusterKey:
         data = b"%d|%s|" % (int(msg_type), extra.encode()) + canonical(body)
         return hmac.new(self._message_key, data, hashlib.sha256).hexdigest()
 
-    def sign(self, msg_type: MsgType, header: Mapping[str, Any]) -> dict[str, Any]:
-        """``header`` with a fresh ``auth`` field: timestamp, nonce, MAC."""
+    def sign(self, msg_type: MsgType, header: Mapping[str, Any], *, to: str = "") -> dict[str, Any]:
+        """``header`` with a fresh ``auth`` field: timestamp, nonce, MAC; for the recipient ``to``."""
         signed = {k: v for k, v in header.items() if k != "auth"}
         stamp = {"ts": int(self.clock()), "nonce": secrets.token_hex(16)}
-        mac = self._message_mac(msg_type, signed, f"{stamp['ts']}|{stamp['nonce']}")
+        mac = self._message_mac(msg_type, signed, f"{stamp['ts']}|{stamp['nonce']}|{to}")
         signed["auth"] = {**stamp, "mac": mac}
         return signed
 
-    def verify(self, msg_type: MsgType, header: Mapping[str, Any]) -> str:
-        """Check a cluster message; returns its nonce (the reply is bound to it)."""
+    def verify(self, msg_type: MsgType, header: Mapping[str, Any], *, me: str = "") -> str:
+        """Check a cluster message for the recipient ``me``; returns its nonce (the reply is bound to it)."""
         auth = header.get("auth")
         if not isinstance(auth, dict):
             raise AuthError(f"{msg_type.name} must be authenticated with the cluster secret")
         ts, nonce, mac = auth.get("ts"), auth.get("nonce"), auth.get("mac")
         if not (type(ts) is int and isinstance(nonce, str) and isinstance(mac, str)) or len(nonce) > 64:
             raise AuthError(f"{msg_type.name} carries a malformed cluster authentication")
-        want = self._message_mac(msg_type, header, f"{ts}|{nonce}")
+        want = self._message_mac(msg_type, header, f"{ts}|{nonce}|{me}")
         if not hmac.compare_digest(want, mac):
-            raise AuthError(f"{msg_type.name} is not signed with this cluster's secret")
+            raise AuthError(
+                f"{msg_type.name} is not signed with this cluster's secret" + (f" for {me}" if me else "")
+            )
         now = self.clock()
         if abs(now - ts) > self.replays.window:
             raise AuthError(f"{msg_type.name} is too old or from the future (check the clocks)")

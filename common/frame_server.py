@@ -86,14 +86,15 @@ def dispatch(
     authenticate: Authenticator,
     request: Request,
     cluster: ClusterKey | None = None,
+    audience: str = "",
 ) -> Reply:
     """Route one request: a type this server takes, authorised at the door, then its handler.
 
     The ``auth`` column of the message table says what the request must prove.  CLUSTER is
-    checked here with the cluster key (and the OK reply is signed, bound to the request's nonce);
-    every other kind by the daemon's ``authenticate``, which returns the principal (a session's
-    user, a ticket's holder).  Pure of sockets, so tests drive a service through exactly the
-    checks the wire goes through."""
+    checked here with the cluster key, as signed for this server's ``audience`` (and the OK reply
+    is signed, bound to the request's nonce); every other kind by the daemon's ``authenticate``,
+    which returns the principal (a session's user, a ticket's holder).  Pure of sockets, so tests
+    drive a service through exactly the checks the wire goes through."""
     handler = handlers.get(request.type)
     if handler is None:
         raise ProtocolError(f"{request.type.name} is not a request this server takes")
@@ -101,7 +102,7 @@ def dispatch(
     if need is Auth.CLUSTER:
         if cluster is None:
             raise InternalError("this server has no cluster secret")
-        nonce = cluster.verify(request.type, request.header)
+        nonce = cluster.verify(request.type, request.header, me=audience)
         request.user = CLUSTER_PRINCIPAL
         reply = handler(request)
         if reply.type is MsgType.OK:
@@ -138,7 +139,10 @@ class _FrameHandler(socketserver.BaseRequestHandler):
             try:
                 request = Request(message.type, message.header, message.payload_len, _body(conn), peer, local)
                 server = self.server
-                self._send(conn, dispatch(server.handlers, server.authenticate, request, server.cluster))
+                reply = dispatch(
+                    server.handlers, server.authenticate, request, server.cluster, server.audience
+                )
+                self._send(conn, reply)
             except ProtocolError as exc:
                 log.warning("closing %s: %s", conn.peer, exc)
                 self._try_send_error(conn, exc)
@@ -204,12 +208,14 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         max_payload: int,
         authenticate: Authenticator = _nobody,
         cluster: ClusterKey | None = None,
+        audience: str = "",  # whom cluster messages must be signed for (a storage server's id)
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.handlers = dict(handlers)
         self.authenticate = authenticate
         self.cluster = cluster
+        self.audience = audience
         self.max_connections = max_connections
         self.max_header = max_header
         self.max_payload = max_payload

@@ -1,7 +1,8 @@
 """How the proxy talks to a storage server: short request/reply exchanges, signed with the cluster key.
 
-Every request carries a fresh MAC (common.cluster_auth) and every OK reply must carry one bound to
-that request, so the proxy only ever believes the holder of the cluster secret.
+Every request carries a fresh MAC (common.cluster_auth), bound to the server it is for, and every OK
+reply must carry one bound to that request, so the proxy only ever believes the holder of the cluster
+secret, and a request recorded on its way to one server cannot be replayed to another.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from common.cluster_auth import ClusterKey
+from common.cluster_auth import ClusterKey, server_audience
 from common.errors import FileClusterError
 from common.limits import MAX_IDS_PER_REQUEST
 from common.messages import MsgType
@@ -28,7 +29,7 @@ class StorageClient:
     def ask(
         self, server: ServerRef, msg_type: MsgType, header: dict[str, Any], timeout: float | None = None
     ) -> dict[str, Any]:
-        signed = self.key.sign(msg_type, header)
+        signed = self.key.sign(msg_type, header, to=server_audience(server.id))  # for this server only
         with Connection.connect(
             server.host, server.port, timeout=timeout or self.timeout, what=f"storage server {server.id}"
         ) as conn:

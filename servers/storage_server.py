@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from common.cluster_auth import ClusterKey, chain_after
+from common.cluster_auth import ClusterKey, chain_after, server_audience
 from common.config import MAX_CHUNK_SIZE
 from common.errors import FileClusterError, InternalError, InvalidRequest, NotFound, ReplicationFailed
 from common.frame_server import FileBody, FrameServer, Handler, Reply, Request
@@ -198,4 +198,5 @@ def make_storage_server(service: StorageService, address: tuple[str, int]) -> Fr
         max_payload=service.max_chunk,
         authenticate=service.authenticate,
         cluster=service.key,
+        audience=server_audience(service.id),  # a message the proxy signed for another server is refused
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
+from common.cluster_auth import server_audience
 from common.errors import AlreadyExists, CorruptData, InvalidRequest, RemoteProtocolError, Unavailable
 from common.messages import MsgType
 from common.protocol import PREFIX, encode
@@ -198,7 +199,7 @@ def test_garbage_and_lies_do_not_hurt_a_storage_server(
         with pytest.raises(InvalidRequest, match="invalid chunk id"):
             conn.request(MsgType.GET_CHUNK, {"id": "../../../etc/passwd"})
         # the same connection still works after refused requests
-        signed = cluster.key.sign(MsgType.PING, {})
+        signed = cluster.key.sign(MsgType.PING, {}, to=server_audience(1))
         assert conn.request(MsgType.PING, signed)["id"] == 1
     assert not [p for p in cluster.chunk_files(1) if p.name == chunk_id]
     assert cluster.servers[1].poll() is None

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.cluster_auth import ClusterKey
+from common.cluster_auth import ClusterKey, server_audience
 from common.errors import (
     AuthError,
     ConnectionLost,
@@ -109,6 +109,37 @@ def test_cluster_messages_need_a_fresh_mac_and_the_reply_is_signed(cluster_serve
         reply = conn.request(MsgType.PING, first)
         with pytest.raises(AuthError, match="reply is not signed"):
             KEY.verify_reply(second, reply)
+
+
+def test_a_cluster_message_is_for_the_one_server_it_was_signed_for() -> None:
+    """Each server process remembers the nonces it has seen, and only those: a message the proxy
+    signed for server 1, recorded on the wire, must not be accepted by server 2 (a DELETE_CHUNKS
+    would delete server 2's copies).  Two keys of one secret, as in two processes."""
+    servers = [
+        FrameServer(
+            ("127.0.0.1", 0),
+            {MsgType.PING: ping},
+            max_header=4096,
+            max_payload=4096,
+            cluster=ClusterKey(b"\x01" * 32),
+            audience=server_audience(i),
+        )
+        for i in (1, 2)
+    ]
+    for srv in servers:
+        serve_in_thread(srv, "test")
+    try:
+        for_one = KEY.sign(MsgType.PING, {}, to=server_audience(1))
+        with connect(servers[1]) as conn:
+            with pytest.raises(AuthError, match="not signed with this cluster's secret for server:2"):
+                conn.request(MsgType.PING, for_one)
+            with pytest.raises(AuthError, match="not signed with this cluster's secret for server:2"):
+                conn.request(MsgType.PING, KEY.sign(MsgType.PING, {}))  # for nobody in particular
+        with connect(servers[0]) as conn:
+            assert KEY.verify_reply(for_one, conn.request(MsgType.PING, for_one)) == {"pong": True}
+    finally:
+        for srv in servers:
+            srv.stop()
 
 
 def test_connections_past_the_cap_are_refused_and_the_rest_keep_working(server: FrameServer) -> None:

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import pytest
 
-from common.cluster_auth import ClusterKey
+from common.cluster_auth import ClusterKey, server_audience
 from common.errors import (
     FileClusterError,
     Forbidden,
@@ -197,8 +197,8 @@ def put(conn: Connection, data: bytes, forward: list[dict[str, Any]] | None = No
     return stored
 
 
-def ping(conn: Connection) -> dict[str, Any]:
-    signed = KEY.sign(MsgType.PING, {})
+def ping(conn: Connection, server_id: int = 1) -> dict[str, Any]:
+    signed = KEY.sign(MsgType.PING, {}, to=server_audience(server_id))
     return KEY.verify_reply(signed, conn.request(MsgType.PING, signed))
 
 
