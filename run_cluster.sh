@@ -5,7 +5,8 @@
 #   ./run_cluster.sh stop     stop what 'start' started
 #   ./run_cluster.sh status   say what runs
 # Environment: FILECLUSTER_DATA (./data), FILECLUSTER_PORT (9000; servers take the next ones),
-#              FILECLUSTER_SERVERS (4).
+#              FILECLUSTER_SERVERS (4), FILECLUSTER_SECRET_FILE ($FILECLUSTER_DATA/cluster.secret,
+#              created on first start).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$(pwd)"
@@ -102,9 +103,21 @@ launch() {  # name port program args...
   echo "$name started (pid $pid, port $port)"
 }
 
+ensure_secret() {  # the cluster secret: made once, mode 0600; every daemon reads it
+  local secret="${FILECLUSTER_SECRET_FILE:-$DATA/cluster.secret}"
+  if [ ! -f "$secret" ]; then
+    ( umask 077 && "$ROOT/.venv/bin/python" -c 'from common.cluster_auth import new_secret; print(new_secret())' \
+        >"$secret.tmp" && mv "$secret.tmp" "$secret" ) || { echo "error: cannot create $secret" >&2; exit 1; }
+    echo "created the cluster secret $secret (mode 0600; keep it private, copy it to every host of the cluster)"
+  fi
+  export FILECLUSTER_SECRET_FILE="$secret"
+}
+
 start() {
   ensure_venv "" || exit 1
   mkdir -p "$RUN" "$LOGS"
+  chmod 700 "$DATA"
+  ensure_secret
   launch proxy "$PORT" "$ROOT/.venv/bin/filecluster-proxy" --port "$PORT" --replicas "$REPLICAS" || { stop_started; exit 1; }
   for i in $(seq 1 "$SERVERS"); do
     launch "server$i" "$((PORT + i))" "$ROOT/.venv/bin/filecluster-server" --id "$i" --port "$((PORT + i))" \

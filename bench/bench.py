@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -338,7 +339,13 @@ class Cluster:
         self.procs = procs
         self.root = root
         self.python = python
-        self.env = env
+        secret = root / "cluster.secret"  # the cluster secret every daemon reads (mode 0600)
+        root.mkdir(parents=True, exist_ok=True)
+        if not secret.exists():
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        self.env = {**env, "FILECLUSTER_SECRET_FILE": str(secret)}
         self.proxy_port = 0
         self.chunk_size: int | None = None  # as the proxy's log reports them
         self.replicas: int | None = None

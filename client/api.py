@@ -123,9 +123,10 @@ class Client:
         self._need_session()
         return uploader.upload(self.proxy, Path(path), progress)
 
-    def list(self, everyone: bool = False) -> list[dict[str, Any]]:
+    def list(self) -> list[dict[str, Any]]:
+        """Your own files (nobody can list another user's)."""
         self._need_session()
-        return list(self.proxy.call(MsgType.LIST, {"all": everyone}, session=True)["files"])
+        return list(self.proxy.call(MsgType.LIST, session=True)["files"])
 
     def share(self, name: str) -> str:
         self._need_session()
@@ -169,7 +170,7 @@ class Client:
         self, target: str, out_dir: Path = Path("ClientFiles"), progress: downloader.Progress | None = None
     ) -> downloader.DownloadResult:
         info = self.locate(target)
-        return downloader.download(info, out_dir, progress)
+        return downloader.download(info, out_dir, progress, relocate=lambda: self.locate(target))
 
 
 __all__ = ["Client", "FileClusterError", "Link", "parse_link"]

@@ -75,7 +75,7 @@ def cmd_upload(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_list(c: Client, a: argparse.Namespace) -> int:
-    files = c.list(everyone=a.all)
+    files = c.list()
     if a.json:
         print(json.dumps(output.files_json(files), ensure_ascii=False, indent=2))
     else:
@@ -139,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("upload", cmd_upload, "upload files (the name in the cluster is the base name)").add_argument(
         "paths", nargs="+", metavar="PATH"
     )
-    p = add("list", cmd_list, "list your files (or everyone's with --all)")
-    p.add_argument("--all", action="store_true", help="everyone's files")
+    p = add("list", cmd_list, "list your files")
     p.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     add("share", cmd_share, "print a download link for one of your files").add_argument("name")
     p = add("download", cmd_download, "download a shared link, or one of your files by name")
@@ -171,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _interrupt_on_sigterm()
         with Client.from_environment(args.proxy) as client:
             func = args.func if args.command else cmd_menu
-            return func(client, args)
+            status = func(client, args)
+        sys.stdout.flush()  # a reader that has gone away shows up here, not at exit
+        return status
     except FileClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -181,5 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated", file=sys.stderr)
         return 143
-    except BrokenPipeError:
+    except BrokenPipeError:  # `filecluster list | head`: nobody reads the rest, and nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without a complaint
+        os.close(devnull)
         return 1

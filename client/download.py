@@ -29,8 +29,10 @@ from client.pool import ConnectionPool
 from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
+    Conflict,
     CorruptData,
     FileClusterError,
+    Forbidden,
     InvalidRequest,
     ProtocolError,
     Unavailable,
@@ -84,8 +86,15 @@ def _clean_stale_parts(folder: Path) -> None:
                 part.unlink()
 
 
-def download(info: dict[str, Any], out_dir: Path, progress: Progress | None = None) -> DownloadResult:
-    """Fetch the file described by a LOCATE reply into ``out_dir``."""
+def download(
+    info: dict[str, Any],
+    out_dir: Path,
+    progress: Progress | None = None,
+    relocate: Callable[[], dict[str, Any]] | None = None,
+) -> DownloadResult:
+    """Fetch the file described by a LOCATE reply into ``out_dir``.
+
+    ``relocate`` repeats the LOCATE, for fresh tickets if a long download outlives them."""
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
     out_dir = Path(out_dir)
@@ -112,7 +121,7 @@ def download(info: dict[str, Any], out_dir: Path, progress: Progress | None = No
     try:
         try:
             os.ftruncate(fd, size)
-            _fetch_all(fd, info["chunks"], size, sha1, progress)
+            _fetch_all(fd, Tickets(info, relocate), info["chunks"], size, sha1, progress)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -142,7 +151,12 @@ def _link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
 
 
 def _fetch_all(
-    fd: int, chunks: list[dict[str, Any]], size: int, sha1: str, progress: Progress | None
+    fd: int,
+    tickets: Tickets,
+    chunks: list[dict[str, Any]],
+    size: int,
+    sha1: str,
+    progress: Progress | None,
 ) -> None:
     offsets = []
     offset = 0
@@ -168,7 +182,9 @@ def _fetch_all(
         futures: list[Future[None]] = []
         try:
             for i, chunk in enumerate(chunks):
-                futures.append(workers.submit(_fetch_chunk, pool, fd, chunk, offsets[i], on_bytes))
+                futures.append(
+                    workers.submit(_fetch_chunk, pool, fd, chunk, i, tickets, offsets[i], on_bytes)
+                )
             for i, future in enumerate(futures):
                 future.result()
                 _hash_region(fd, offsets[i], int(chunks[i]["size"]), whole)
@@ -191,17 +207,63 @@ def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
         offset += len(block)
 
 
+class Tickets:
+    """The GET tickets of a LOCATE reply; renewed by locating the file again once they expire."""
+
+    def __init__(self, info: dict[str, Any], relocate: Callable[[], dict[str, Any]] | None) -> None:
+        self._info = info
+        self._relocate = relocate
+        self._lock = threading.Lock()
+
+    def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
+        """(the tickets' expiry, [(server, ticket header)]) for chunk ``index``."""
+        with self._lock:
+            info = self._info
+        common = info.get("ticket") or {}
+        servers = info["chunks"][index]["servers"]
+        return int(common.get("exp", 0)), [
+            (s, {"exp": common.get("exp"), "who": common.get("who"), "mac": s.get("ticket")}) for s in servers
+        ]
+
+    def renew(self, seen_exp: int) -> bool:
+        """LOCATE again (once for all threads); False if there is no way to."""
+        if self._relocate is None:
+            return False
+        with self._lock:
+            if int((self._info.get("ticket") or {}).get("exp", 0)) != seen_exp:
+                return True  # another thread renewed them already
+            fresh = self._relocate()
+            if [c["id"] for c in fresh["chunks"]] != [c["id"] for c in self._info["chunks"]]:
+                raise Conflict("the file changed during the download; nothing was saved, try again")
+            self._info = fresh
+        return True
+
+
 def _fetch_chunk(
-    pool: ConnectionPool, fd: int, chunk: dict[str, Any], offset: int, on_bytes: Callable[[int], None]
+    pool: ConnectionPool,
+    fd: int,
+    chunk: dict[str, Any],
+    index: int,
+    tickets: Tickets,
+    offset: int,
+    on_bytes: Callable[[int], None],
 ) -> None:
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
-    errors = []
-    for server in chunk["servers"]:
-        try:
-            _fetch_from(pool, server, fd, chunk_id, size, offset, on_bytes)
-            return
-        except (FileClusterError, OSError) as exc:
-            errors.append(f"server {server.get('id', '?')}: {exc}")
+    errors: list[str] = []
+    for attempt in range(2):
+        exp, sources = tickets.sources(index)
+        expired = False
+        for server, ticket in sources:
+            try:
+                _fetch_from(pool, server, ticket, fd, chunk_id, size, offset, on_bytes)
+                return
+            except Forbidden as exc:  # the tickets expired (a long download): locate again, once
+                expired = True
+                errors.append(f"server {server.get('id', '?')}: {exc}")
+            except (FileClusterError, OSError) as exc:
+                errors.append(f"server {server.get('id', '?')}: {exc}")
+        if not (expired and attempt == 0 and tickets.renew(exp)):
+            break
     detail = "; ".join(errors) or "no server holds it"
     raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
 
@@ -209,6 +271,7 @@ def _fetch_chunk(
 def _fetch_from(
     pool: ConnectionPool,
     server: dict[str, Any],
+    ticket: dict[str, Any],
     fd: int,
     chunk_id: str,
     size: int,
@@ -216,7 +279,7 @@ def _fetch_from(
     on_bytes: Callable[[int], None],
 ) -> None:
     conn = pool.get(server)
-    conn.send(MsgType.GET_CHUNK, {"id": chunk_id})
+    conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
     reply = conn.expect_reply(MsgType.GET_CHUNK)
     if reply.header["id"] != chunk_id or reply.payload_len != size:
         conn.close()

@@ -45,8 +45,8 @@ def _upload(c: Client) -> None:
     print(f"uploaded {r.name}  size={r.size}  sha1={r.sha1}  sent={r.sent}")
 
 
-def _list(c: Client, everyone: bool) -> None:
-    print(output.files_table(c.list(everyone=everyone)))
+def _list(c: Client) -> None:
+    print(output.files_table(c.list()))
 
 
 def _share(c: Client) -> None:
@@ -80,8 +80,7 @@ ACTIONS: list[tuple[str, Callable[[Client], None]]] = [
     ("register", _register),
     ("login", _login),
     ("upload a file", _upload),
-    ("list my files", lambda c: _list(c, False)),
-    ("list everyone's files", lambda c: _list(c, True)),
+    ("list my files", _list),
     ("share a file (sharelink)", _share),
     ("download a link or one of my files", _download),
     ("delete a file", _delete),

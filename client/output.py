@@ -8,11 +8,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-import tabulate as tabulate_module
 from tabulate import tabulate
 from tqdm import tqdm
-
-tabulate_module.PRESERVE_WHITESPACE = True  # a name's leading or trailing spaces are part of it
 
 
 def human_size(n: int) -> str:
@@ -40,6 +37,7 @@ def files_table(files: list[dict[str, Any]]) -> str:
         rows,
         headers=["name", "owner", "size", "sha1", "uploaded"],
         colalign=("left", "left", "right", "left", "left"),
+        preserve_whitespace=True,  # a name's leading or trailing spaces are part of it
     )
 
 

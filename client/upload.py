@@ -16,6 +16,7 @@ import contextlib
 import os
 import stat
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,19 +25,22 @@ from typing import Any, BinaryIO
 
 from client.pool import ConnectionPool
 from client.proxy_link import ProxyLink
+from common.cluster_auth import aggregate
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
     Conflict,
     CorruptData,
     FileClusterError,
+    Forbidden,
     InvalidRequest,
     NotFound,
+    RemoteProtocolError,
     ReplicationFailed,
     SourceShrank,
     StorageServerFailed,
     Unavailable,
 )
-from common.hashing import Manifest, manifest_of
+from common.hashing import Manifest, manifest_of, proof_digest
 from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import MsgType
 from common.names import check_file_name
@@ -142,8 +146,13 @@ def _attempt(
     )
     upload_id = begin["upload_id"]
     try:
-        _send_missing(file, manifest, begin["missing"], progress, sent)
-        proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id}, session=True)
+        proofs = prove(file, manifest, begin["challenge"])
+        missing = proxy.call(MsgType.UPLOAD_PROVE, {"upload_id": upload_id, "proofs": proofs}, session=True)[
+            "missing"
+        ]
+        renewal = _Renewal(lambda: proxy.call(MsgType.UPLOAD_TICKETS, {"upload_id": upload_id}, session=True))
+        receipts = _send_missing(file, manifest, missing, progress, sent, renewal)
+        proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id, "receipts": receipts}, session=True)
     except BaseException as exc:
         suspects = exc.suspects if isinstance(exc, StorageServerFailed) else []
         with contextlib.suppress(FileClusterError):
@@ -157,10 +166,56 @@ def _attempt(
         raise
 
 
+def prove(file: BinaryIO, manifest: Manifest, challenge: dict[str, Any]) -> list[str]:
+    """Answer the proxy's proof-of-ownership challenge: one digest per distinct chunk, in order.
+
+    Reads only the challenged ranges (4 KiB a chunk), at explicit offsets (proxy.ownership)."""
+    offsets: dict[str, int] = {}
+    for chunk in manifest.chunks:
+        offsets.setdefault(chunk.id, chunk.offset)
+    nonce, ranges = challenge.get("nonce"), challenge.get("ranges")
+    if not isinstance(nonce, str) or not isinstance(ranges, list) or len(ranges) != len(offsets):
+        raise RemoteProtocolError("the proxy's proof-of-ownership challenge does not fit the file")
+    proofs = []
+    for chunk_id, item in zip(offsets, ranges, strict=True):
+        offset, length = int(item[0]), int(item[1])
+        data = os.pread(file.fileno(), length, offsets[chunk_id] + offset)
+        if len(data) != length:
+            raise SourceShrank(f"the file shrank while it was being uploaded ({chunk_id[:12]})")
+        proofs.append(proof_digest(nonce, chunk_id, data))
+    return proofs
+
+
+class _Renewal:
+    """Fresh PUT tickets from the proxy when one expires mid-upload (one request for all threads)."""
+
+    def __init__(self, fetch: Callable[[], dict[str, Any]]) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._tickets: dict[str, dict[str, Any]] = {}
+
+    def fresh(self, item: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            current = self._tickets.get(item["id"])
+            if current is None or current["ticket"]["exp"] <= item["ticket"]["exp"]:
+                self._tickets = {m["id"]: m for m in self._fetch()["missing"]}
+            renewed = self._tickets.get(item["id"])
+        if renewed is None:
+            raise Conflict("the proxy no longer expects this chunk; upload again")
+        return renewed
+
+
 def _send_missing(
-    file: BinaryIO, manifest: Manifest, missing: list[dict[str, Any]], progress: Progress | None, sent: _Sent
-) -> None:
-    """Send the missing chunks, several at a time; at the first failure, start no more."""
+    file: BinaryIO,
+    manifest: Manifest,
+    missing: list[dict[str, Any]],
+    progress: Progress | None,
+    sent: _Sent,
+    renewal: _Renewal,
+) -> list[list[Any]]:
+    """Send the missing chunks, several at a time; at the first failure, start no more.
+
+    Returns, per storage server, the aggregate of the receipts it gave for them (for the commit)."""
     offsets: dict[str, int] = {}
     for chunk in manifest.chunks:
         offsets.setdefault(chunk.id, chunk.offset)
@@ -170,12 +225,20 @@ def _send_missing(
         progress("sending", 0, total)
 
     stop = threading.Event()
+    receipts: defaultdict[int, list[str]] = defaultdict(list)
+    receipts_lock = threading.Lock()
 
     def send_one(pool: ConnectionPool, item: dict[str, Any]) -> None:
         if stop.is_set():
             return
         try:
-            _put_chunk(pool, file, item, offsets[item["id"]])
+            try:
+                got = _put_chunk(pool, file, item, offsets[item["id"]])
+            except Forbidden:  # the ticket expired (a slow upload): once more with a fresh one
+                got = _put_chunk(pool, file, renewal.fresh(item), offsets[item["id"]])
+            with receipts_lock:
+                for server_id, receipt in got:
+                    receipts[server_id].append(receipt)
         except BaseException:
             stop.set()
             raise
@@ -203,18 +266,26 @@ def _send_missing(
             suspects = sorted({s for e in trouble for s in e.suspects})
             raise StorageServerFailed(trouble[0].message, suspects)
         raise failures[0]
+    return [[server_id, aggregate(macs)] for server_id, macs in sorted(receipts.items())]
 
 
-def _put_chunk(pool: ConnectionPool, file: BinaryIO, item: dict[str, Any], offset: int) -> None:
+def _put_chunk(pool: ConnectionPool, file: BinaryIO, item: dict[str, Any], offset: int) -> list[Any]:
+    """PUT one chunk to the head of its chain; returns the receipts of every server that stored it."""
     servers = item["servers"]
-    head, forward = servers[0], servers[1:]
+    head = servers[0]  # it forwards to the rest of the chain, which the ticket names
     size = int(item["size"])
     try:
         conn = pool.get(head)
-        conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "forward": forward}, size)
+        conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "ticket": item["ticket"]}, size)
         conn.send_file(file, offset, size)
-        conn.read_reply(MsgType.PUT_CHUNK)
+        reply = conn.read_reply(MsgType.PUT_CHUNK)
     except ReplicationFailed as exc:  # a replica behind the head failed: the proxy checks which
         raise StorageServerFailed(exc.message, [s["id"] for s in servers]) from None
     except Unavailable as exc:  # the head itself failed
         raise StorageServerFailed(exc.message, [head["id"]]) from None
+    receipts = reply.get("receipts")
+    if not isinstance(receipts, list) or not all(
+        isinstance(r, list) and len(r) == 2 and isinstance(r[1], str) for r in receipts
+    ):
+        raise RemoteProtocolError(f"storage server {head['id']} stored a chunk but gave no receipts")
+    return receipts

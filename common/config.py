@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +28,11 @@ def client_home() -> Path:
     return Path(os.environ.get("FILECLUSTER_HOME", str(Path.home() / ".filecluster")))
 
 
+def _is_number(text: str) -> bool:
+    """1 to 5 ASCII digits: str.isdigit() is also true of "²" and of 5000 nines, which int() refuses."""
+    return re.fullmatch(r"[0-9]{1,5}", text) is not None
+
+
 def parse_address(text: str, default_port: int = DEFAULT_PROXY_PORT) -> tuple[str, int]:
     """``HOST:PORT`` (or ``HOST``, or ``[v6]:PORT``) into a pair; a clear error otherwise."""
     text = text.strip()
@@ -34,14 +40,14 @@ def parse_address(text: str, default_port: int = DEFAULT_PROXY_PORT) -> tuple[st
     if not sep:
         host, port_text = text, str(default_port)
     host = host.strip("[]")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not host or not _is_number(port_text) or not 0 < int(port_text) < 65536:
         raise InvalidRequest(f"invalid address {text!r}: expected HOST:PORT")
     return host, int(port_text)
 
 
 def proxy_port() -> int:
     raw = os.environ.get("FILECLUSTER_PORT", str(DEFAULT_PROXY_PORT))
-    if not raw.isdigit() or not 0 <= int(raw) < 65536:
+    if not _is_number(raw) or not 0 <= int(raw) < 65536:
         raise InvalidRequest(f"FILECLUSTER_PORT must be a port number, not {raw!r}")
     return int(raw)
 

@@ -1,18 +1,61 @@
-"""What both daemons share when run from the command line: logging, signals, the ready line."""
+"""What both daemons share when run from the command line: logging, signals, the ready line,
+and the cluster secret."""
 
 from __future__ import annotations
 
 import argparse
 import ctypes
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
+from common.cluster_auth import ClusterKey, parse_secret
+from common.config import data_dir
 from common.errors import InvalidRequest
 from common.limits import ServerLimits
+
+SECRET_ENV = "FILECLUSTER_SECRET_FILE"
+SECRET_FILE = "cluster.secret"
+
+
+def add_secret_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help=f"the cluster secret, 64 hex characters in a file only its owner can read "
+        f"(default: ${SECRET_ENV}, else $FILECLUSTER_DATA/{SECRET_FILE}; ./run_cluster.sh creates it)",
+    )
+
+
+def secret_path(override: Path | None) -> Path:
+    if override is not None:
+        return override
+    env = os.environ.get(SECRET_ENV)
+    return Path(env) if env else data_dir() / SECRET_FILE
+
+
+def load_cluster_key(path: Path) -> ClusterKey:
+    """The cluster key from the secret file; a missing, unreadable or exposed file is one clear line."""
+    try:
+        info = path.stat()
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"no cluster secret at {path}: ./run_cluster.sh creates one, or write 64 hex characters "
+            f"there (mode 0600), e.g. python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        ) from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the cluster secret {path}: {exc.strerror or exc}") from None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise InvalidRequest(f"the cluster secret {path} is readable by others: chmod 600 {path}")
+    return ClusterKey(parse_secret(text))
 
 
 def setup_logging(name: str, verbose: bool = False) -> None:
@@ -62,12 +105,15 @@ def give_back_big_buffers() -> None:
 
 
 def run_daemon(what: str, run: Callable[[], int]) -> int:
-    """Run a daemon's main loop; a failure to start (port taken, folder unwritable) is one line."""
+    """Run a daemon's main loop; a failure to start (port taken, no secret...) is one line."""
     give_back_big_buffers()
     try:
         return run()
     except OSError as exc:
         print(f"error: cannot start the {what}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except InvalidRequest as exc:
+        print(f"error: cannot start the {what}: {exc}", file=sys.stderr)
         return 1
 
 
@@ -88,13 +134,11 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def server_limits(args: argparse.Namespace) -> ServerLimits:
-    try:
-        return ServerLimits(
-            max_connections=args.max_connections,
-            per_address=args.connections_per_address,
-            reserved=args.reserved_connections,
-            head_deadline=args.head_deadline,
-            payload_deadline=args.payload_deadline,
-        )
-    except InvalidRequest as exc:
-        raise SystemExit(f"error: {exc}") from None
+    """The limits the options ask for (InvalidRequest, one line from run_daemon, if they make no sense)."""
+    return ServerLimits(
+        max_connections=args.max_connections,
+        per_address=args.connections_per_address,
+        reserved=args.reserved_connections,
+        head_deadline=args.head_deadline,
+        payload_deadline=args.payload_deadline,
+    )

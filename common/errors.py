@@ -58,6 +58,12 @@ class AuthError(FileClusterError):
     code = "auth"
 
 
+class Forbidden(FileClusterError):
+    """A request to a storage server without a valid ticket from the proxy (or with an expired one)."""
+
+    code = "forbidden"
+
+
 class NotFound(FileClusterError):
     """A file, link, user, chunk or local path that does not exist."""
 
@@ -142,6 +148,7 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
         ProtocolError,
         InvalidRequest,
         AuthError,
+        Forbidden,
         NotFound,
         AlreadyExists,
         Conflict,

@@ -24,7 +24,7 @@ the memory of the headers in flight by a :class:`~common.budget.HeaderBudget`
 (a header it cannot take now is answered ERROR ``unavailable``).  A
 connection becomes *trusted* when the door resolves a principal for one of
 its requests (:attr:`Request.authenticated`): whatever an
-:class:`Authenticator` proves, a session now, cluster authentication later.
+:class:`Authenticator` proves (a session, a ticket) or the cluster secret.
 Warnings about misbehaving peers are rate-limited.
 """
 
@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 
 from common.admission import Admission, Slot
 from common.budget import ConnectionGate, HeaderBudget
+from common.cluster_auth import ClusterKey
 from common.deadlines import FrameDeadlines
 from common.errors import (
     Busy,
@@ -97,33 +98,69 @@ class Reply:
 
 
 Handler = Callable[[Request], Reply]
+CLUSTER_PRINCIPAL = "cluster"  # Request.user of a request signed with the cluster secret
 
 
-# the door: (what the message table asks for, the header) -> the principal it proves, or AuthError;
-# called only for requests whose ``auth`` is not NONE
-Authenticator = Callable[[Auth, Mapping[str, Any]], str | None]
+# the door: (what the message table asks for, the request) -> the principal it proves, or an
+# AuthError/Forbidden; called for requests whose ``auth`` is neither NONE nor CLUSTER
+Authenticator = Callable[[Auth, "Request"], str | None]
 
 
-def _nobody(auth: Auth, header: Mapping[str, Any]) -> str | None:
+def _nobody(auth: Auth, request: Request) -> str | None:
     raise InternalError(f"this server cannot check {auth.value!r}")
 
 
-def authorize(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Handler:
+def authorize(
+    handlers: Mapping[MsgType, Handler],
+    authenticate: Authenticator,
+    request: Request,
+    cluster: ClusterKey | None = None,
+    audience: str = "",
+) -> Handler:
     """The door: a type this server takes, authorised as the message table says (setting
-    ``request.user``); the handler to run, or the error to answer."""
+    ``request.user``); the handler to run, or the error to answer.
+
+    The ``auth`` column of the message table says what the request must prove.  CLUSTER is
+    checked here with the cluster key, as signed for this server's ``audience`` (and the OK reply
+    is signed, bound to the request's nonce); every other kind by the daemon's ``authenticate``,
+    which returns the principal (a session's user, a ticket's holder)."""
     handler = handlers.get(request.type)
     if handler is None:
         raise ProtocolError(f"{request.type.name} is not a request this server takes")
     need = SPECS[request.type].auth
-    request.user = None if need is Auth.NONE else authenticate(need, request.header)
+    if need is Auth.CLUSTER:
+        if cluster is None:
+            raise InternalError("this server has no cluster secret")
+        nonce = cluster.verify(request.type, request.header, me=audience)
+        request.user = CLUSTER_PRINCIPAL
+        return _signing_replies(handler, cluster, nonce)
+    request.user = None if need is Auth.NONE else authenticate(need, request)
     return handler
 
 
-def dispatch(handlers: Mapping[MsgType, Handler], authenticate: Authenticator, request: Request) -> Reply:
+def _signing_replies(handler: Handler, cluster: ClusterKey, nonce: str) -> Handler:
+    """``handler``, its OK reply signed for the request whose nonce this is."""
+
+    def signed(request: Request) -> Reply:
+        reply = handler(request)
+        if reply.type is MsgType.OK:
+            reply = Reply(cluster.sign_reply(nonce, reply.header), reply.type, reply.payload)
+        return reply
+
+    return signed
+
+
+def dispatch(
+    handlers: Mapping[MsgType, Handler],
+    authenticate: Authenticator,
+    request: Request,
+    cluster: ClusterKey | None = None,
+    audience: str = "",
+) -> Reply:
     """Route one request: a type this server takes, authorised at the door, then its handler.
 
     Pure of sockets, so tests drive a service through exactly the checks the wire goes through."""
-    return authorize(handlers, authenticate, request)(request)
+    return authorize(handlers, authenticate, request, cluster, audience)(request)
 
 
 class _FrameHandler(socketserver.BaseRequestHandler):
@@ -182,8 +219,11 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         """The door, then admission's word on this connection, then the handler, and the reply is
         sent; False: close.  A connection on probation that has used up its anonymous requests gets
         an answer (ERROR unavailable) before it is closed, never a connection closed under it."""
+        server = self.server
         try:
-            handler = authorize(self.server.handlers, self.server.authenticate, request)
+            handler = authorize(
+                server.handlers, server.authenticate, request, server.cluster, server.audience
+            )
         except FileClusterError as exc:
             handler = _answer_with(exc)
         if not self.server.admission.admit_request(slot, request.authenticated):
@@ -272,11 +312,15 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         max_header: int,
         max_payload: int,
         authenticate: Authenticator = _nobody,
+        cluster: ClusterKey | None = None,
+        audience: str = "",  # whom cluster messages must be signed for (a storage server's id)
         limits: ServerLimits | None = None,
     ) -> None:
         limits = limits or ServerLimits()
         self.handlers = dict(handlers)
         self.authenticate = authenticate
+        self.cluster = cluster
+        self.audience = audience
         self.max_header = max_header
         self.max_payload = max_payload
         self.limits = limits

@@ -69,3 +69,13 @@ def manifest_of(file: BinaryIO, chunk_size: int, progress: Callable[[int], None]
         if got < chunk_size:
             break
     return Manifest(offset, whole.hexdigest(), chunk_size, tuple(chunks))
+
+
+def proof_digest(nonce: str, chunk_id: str, data: bytes | memoryview) -> str:
+    """The answer to a proof-of-ownership challenge for one byte range of one chunk.
+
+    SHA-256 over the proxy's fresh nonce, the chunk id and the range's bytes: only someone who
+    holds those bytes can compute it, and a fresh nonce makes every answer new."""
+    digest = hashlib.sha256(f"{nonce}:{chunk_id}:".encode())
+    digest.update(data)
+    return digest.hexdigest()

@@ -34,9 +34,17 @@ SMALL_HEADER: Final = 4 * KIB  # a session, a name, a token, a few numbers: with
 CREDENTIALS_HEADER: Final = 16 * KIB
 PUT_CHUNK_HEADER: Final = 16 * KIB  # an id, a size and a `forward` chain of up to 16 servers
 IDS_HEADER: Final = STORAGE_MAX_HEADER  # HAS_CHUNKS / DELETE_CHUNKS: MAX_IDS_PER_REQUEST ids
+# (cluster messages also carry `auth`, ~150 bytes, and tickets are at most a few hundred bytes but
+# for a PUT chain of 16 servers)
 # UPLOAD_BEGIN: `["<64 hex>",67108864],` is 78 bytes; 96 a chunk leaves room for JSON with spaces
 MANIFEST_BYTES_PER_CHUNK: Final = 96
 UPLOAD_BEGIN_HEADER: Final = MAX_CHUNKS_PER_FILE * MANIFEST_BYTES_PER_CHUNK + 16 * KIB  # 4.6 MiB
+# UPLOAD_PROVE: a proof (`"<64 hex>",`, 67 bytes) per distinct chunk; 72 leaves room for spaces
+UPLOAD_PROVE_HEADER: Final = MAX_CHUNKS_PER_FILE * 72 + 16 * KIB  # 3.5 MiB
+# UPLOAD_COMMIT: a receipt per storage server used (`[<id>,"<22 characters>"],`, ~35 bytes)
+UPLOAD_COMMIT_HEADER: Final = 64 * KIB
+# PROVE_CHUNKS: MAX_IDS_PER_REQUEST ranges `["<64 hex>",<offset>,<length>],` (~87 bytes with spaces)
+PROVE_CHUNKS_HEADER: Final = IDS_HEADER
 
 # -- connections ---------------------------------------------------------------------------------
 # each daemon serves at most MAX_CONNECTIONS at once, at most MAX_CONNECTIONS_PER_ADDRESS from one
@@ -48,6 +56,8 @@ RESERVED_CONNECTIONS: Final = 64
 # a connection in the reserve may make this many requests that do not authenticate (REGISTER, LOGIN,
 # HELLO, then an upload's session request), then it is answered ERROR unavailable and closed
 PROBATION_REQUESTS: Final = 3
+# proof of ownership: the longest byte range a challenge may name (proxy.ownership uses 4 KiB)
+MAX_PROOF_RANGE: Final = 64 * 1024
 
 # -- time ------------------------------------------------------------------------------------------
 IDLE_TIMEOUT: Final = 300.0  # between frames

@@ -25,9 +25,12 @@ from common.errors import LocalProtocolError
 from common.limits import (
     CREDENTIALS_HEADER,
     IDS_HEADER,
+    PROVE_CHUNKS_HEADER,
     PUT_CHUNK_HEADER,
     SMALL_HEADER,
     UPLOAD_BEGIN_HEADER,
+    UPLOAD_COMMIT_HEADER,
+    UPLOAD_PROVE_HEADER,
 )
 
 
@@ -45,6 +48,8 @@ class MsgType(enum.IntEnum):
     UPLOAD_BEGIN = 0x15
     UPLOAD_COMMIT = 0x16
     UPLOAD_ABORT = 0x17
+    UPLOAD_PROVE = 0x1D
+    UPLOAD_TICKETS = 0x1E
     LIST = 0x18
     SHARE = 0x19
     LOCATE = 0x1A
@@ -59,14 +64,17 @@ class MsgType(enum.IntEnum):
     HAS_CHUNKS = 0x32
     DELETE_CHUNKS = 0x33
     PING = 0x34
+    PROVE_CHUNKS = 0x35
 
 
 class Auth(enum.Enum):
     """Who may send a request; checked by the dispatcher before the handler runs."""
 
-    NONE = "anyone"  # no credentials (replies; HELLO, REGISTER, LOGIN; storage traffic for now)
+    NONE = "anyone"  # no credentials (replies; HELLO, REGISTER, LOGIN)
     SESSION = "a logged-in user"  # `session` must name a live session
     SESSION_IF_GIVEN = "a logged-in user, if a session is given"  # LOCATE: by link, or by name
+    CLUSTER = "a holder of the cluster secret"  # `auth`: a fresh MAC with the cluster's message key
+    TICKET = "a holder of a ticket from the proxy"  # `ticket`: signed by the proxy for this chunk
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class MessageSpec:
 
 _SESSION = {"session": str}
 _USER = Auth.SESSION
+_SIGNED = {"auth": dict}  # checked at the door (common.cluster_auth), so optional in the schema
 
 SPECS: dict[MsgType, MessageSpec] = {
     MsgType.ERROR: MessageSpec(required={"code": str, "message": str}, max_header=None),
@@ -103,16 +112,26 @@ SPECS: dict[MsgType, MessageSpec] = {
         },
         max_header=UPLOAD_BEGIN_HEADER,
     ),
-    MsgType.UPLOAD_COMMIT: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
+    MsgType.UPLOAD_COMMIT: MessageSpec(
+        auth=_USER,
+        required={**_SESSION, "upload_id": str},
+        optional={"receipts": list},
+        max_header=UPLOAD_COMMIT_HEADER,
+    ),
     MsgType.UPLOAD_ABORT: MessageSpec(
         auth=_USER, required={**_SESSION, "upload_id": str}, optional={"unreachable": list}
     ),
-    MsgType.LIST: MessageSpec(auth=_USER, required=_SESSION, optional={"all": bool}),
+    MsgType.UPLOAD_PROVE: MessageSpec(
+        auth=_USER, required={**_SESSION, "upload_id": str, "proofs": list}, max_header=UPLOAD_PROVE_HEADER
+    ),
+    MsgType.UPLOAD_TICKETS: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
+    MsgType.LIST: MessageSpec(auth=_USER, required=_SESSION, optional={"all": bool}),  # `all`: refused
     MsgType.SHARE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.LOCATE: MessageSpec(auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str}),
     MsgType.DELETE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.STATUS: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.SERVER_REGISTER: MessageSpec(
+        auth=Auth.CLUSTER,
         required={
             "id": int,
             "host": str,
@@ -120,21 +139,37 @@ SPECS: dict[MsgType, MessageSpec] = {
             "capacity": int,
             "used": int,
             "chunks": int,
+            "inventory_sha256": str,  # of the payload: the MAC covers the header, this the payload
         },
-        optional={"cluster_id": str},
+        optional={**_SIGNED, "cluster_id": str},
         payload=True,
     ),
-    MsgType.HEARTBEAT: MessageSpec(required={"id": int, "capacity": int, "used": int, "chunks": int}),
+    MsgType.HEARTBEAT: MessageSpec(
+        auth=Auth.CLUSTER,
+        required={"id": int, "capacity": int, "used": int, "chunks": int},
+        optional=_SIGNED,
+    ),
     MsgType.PUT_CHUNK: MessageSpec(
+        auth=Auth.TICKET,
         required={"id": str, "size": int},
-        optional={"forward": list},
+        optional={"ticket": dict},
         payload=True,
         max_header=PUT_CHUNK_HEADER,
     ),
-    MsgType.GET_CHUNK: MessageSpec(required={"id": str}),
-    MsgType.HAS_CHUNKS: MessageSpec(required={"ids": list}, max_header=IDS_HEADER),
-    MsgType.DELETE_CHUNKS: MessageSpec(required={"ids": list}, max_header=IDS_HEADER),
-    MsgType.PING: MessageSpec(),
+    MsgType.GET_CHUNK: MessageSpec(auth=Auth.TICKET, required={"id": str}, optional={"ticket": dict}),
+    MsgType.HAS_CHUNKS: MessageSpec(
+        auth=Auth.CLUSTER, required={"ids": list}, optional=_SIGNED, max_header=IDS_HEADER
+    ),
+    MsgType.DELETE_CHUNKS: MessageSpec(
+        auth=Auth.CLUSTER, required={"ids": list}, optional=_SIGNED, max_header=IDS_HEADER
+    ),
+    MsgType.PING: MessageSpec(auth=Auth.CLUSTER, optional=_SIGNED),
+    MsgType.PROVE_CHUNKS: MessageSpec(
+        auth=Auth.CLUSTER,
+        required={"nonce": str, "ranges": list},
+        optional=_SIGNED,
+        max_header=PROVE_CHUNKS_HEADER,
+    ),
 }
 
 _REQUEST_REPLY = frozenset({MsgType.ERROR, MsgType.OK})

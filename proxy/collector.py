@@ -18,9 +18,9 @@ import threading
 from collections import defaultdict
 
 from common.errors import FileClusterError
-from proxy import storage_client
 from proxy.catalog import Catalog
 from proxy.registry import Registry
+from proxy.storage_client import StorageClient
 from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,17 @@ log = logging.getLogger(__name__)
 
 class Collector:
     def __init__(
-        self, catalog: Catalog, registry: Registry, uploads: Uploads, interval: float = 30.0
+        self,
+        catalog: Catalog,
+        registry: Registry,
+        uploads: Uploads,
+        storage: StorageClient,
+        interval: float = 30.0,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.uploads = uploads
+        self.storage = storage  # signed calls to the storage servers, shared by the whole proxy
         self.interval = interval
         self.lock = threading.Lock()  # pins, commits and deletions are serialised on this
         self._freed: set[str] = set()
@@ -133,7 +139,7 @@ class Collector:
             if not ids or state is None or not self.registry.is_up(state):
                 continue
             try:
-                deleted = storage_client.delete_chunks(state.ref, ids)
+                deleted = self.storage.delete_chunks(state.ref, ids)
                 log.info("freed %d chunk(s) on server %d", deleted, server_id)
             except FileClusterError as exc:
                 log.warning("could not free chunks on server %d: %s", server_id, exc)

@@ -18,8 +18,11 @@ from common.config import (
 )
 from common.daemon import (
     add_limit_options,
+    add_secret_argument,
     announce,
+    load_cluster_key,
     run_daemon,
+    secret_path,
     server_limits,
     setup_logging,
     wait_for_signal,
@@ -31,6 +34,7 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
+from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="HOST:PORT to put in share links (default: the address clients used)",
     )
+    parser.add_argument(
+        "--ticket-ttl",
+        type=float,
+        default=600.0,
+        help="seconds a ticket for reading or writing a chunk stays valid (default: 600)",
+    )
+    add_secret_argument(parser)
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     add_limit_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -85,23 +96,26 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: --replicas must be 1..16")
     setup_logging("proxy", args.verbose)
     port = args.port if args.port is not None else proxy_port()
+    key = load_cluster_key(secret_path(args.secret_file))
     catalog = Catalog(args.data or data_dir() / "proxy")
     registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1, known=catalog.known_servers())
     uploads = Uploads()
-    collector = Collector(catalog, registry, uploads, interval=args.collect_interval)
+    collector = Collector(catalog, registry, uploads, StorageClient(key), interval=args.collect_interval)
     config = ProxyConfig(
         chunk_size=args.chunk_size,
         replicas=args.replicas,
         heartbeat=args.heartbeat,
         advertise=parse_address(args.advertise) if args.advertise else None,
+        ticket_ttl=args.ticket_ttl,
     )
-    service = ProxyService(catalog, registry, uploads, collector, config)
+    service = ProxyService(catalog, registry, uploads, collector, config, key)
     server = FrameServer(
         (args.host, port),
         service.handlers(),
         max_header=PROXY_MAX_HEADER,
         max_payload=DEFAULT_MAX_PAYLOAD,
         authenticate=service.authenticate,
+        cluster=key,
         limits=server_limits(args),
     )
     collector.start()

@@ -13,14 +13,14 @@ makes the server register again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 
-from common.errors import Conflict, FileClusterError, InvalidRequest, NotFound, RemoteProtocolError
+from common.errors import AuthError, Conflict, FileClusterError, InvalidRequest, NotFound, RemoteProtocolError
 from common.frame_server import Handler, Reply, Request
 from common.limits import MAX_SERVER_ID
 from common.messages import MsgType
-from proxy import storage_client
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.placement import ServerRef
@@ -54,17 +54,21 @@ class Membership:
             )
         present: set[str] = set()
         partial = b""
+        digest = hashlib.sha256()
         for piece in req.body:  # streamed: ids are kept, the raw bytes are not
+            digest.update(piece)
             data = partial + bytes(piece)
             whole = len(data) - len(data) % 32
             present.update(data[i : i + 32].hex() for i in range(0, whole, 32))
             partial = data[whole:]
+        if digest.hexdigest() != h["inventory_sha256"]:  # the MAC covers the header, this the payload
+            raise AuthError("SERVER_REGISTER inventory does not match its signed digest")
         ref = ServerRef(h["id"], h["host"], h["port"])
         with self.collector.lock:  # no commit records a copy on this server meanwhile
             absent = self.catalog.listed_but_absent(h["id"], present)
             # the inventory was read before it was sent: ask again before forgetting any copy
             try:
-                still_there = storage_client.has_chunks(ref, absent) if absent else set()
+                still_there = self.collector.storage.has_chunks(ref, absent) if absent else set()
             except FileClusterError as exc:
                 log.warning("server %d did not confirm its inventory (%s); forgetting nothing", h["id"], exc)
                 still_there = set(absent)

@@ -9,6 +9,7 @@ every chunk of it is confirmed on the servers.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 from collections import defaultdict
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from common.cluster_auth import ClusterKey, aggregate
 from common.errors import (
     AlreadyExists,
     AuthError,
@@ -30,14 +32,14 @@ from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
 from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import Auth, MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
-from proxy import storage_client
 from proxy.auth import LoginThrottle, hash_password, new_token, token_hash, verify_password
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.membership import Membership
+from proxy.ownership import new_challenge, proven_chunks
 from proxy.placement import ServerRef, place
 from proxy.registry import Registry
-from proxy.uploads import Uploads
+from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class ProxyConfig:
     replicas: int
     heartbeat: float
     advertise: tuple[str, int] | None = None
+    ticket_ttl: float = 600.0  # seconds a ticket for a chunk stays valid
 
 
 class ProxyService:
@@ -58,12 +61,15 @@ class ProxyService:
         uploads: Uploads,
         collector: Collector,
         config: ProxyConfig,
+        key: ClusterKey,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.uploads = uploads
         self.collector = collector
         self.config = config
+        self.key = key  # signs tickets
+        self.storage = collector.storage
         self.throttle = LoginThrottle()
         self.members = Membership(catalog, registry, collector, heartbeat=config.heartbeat)
 
@@ -77,6 +83,8 @@ class ProxyService:
             MsgType.UPLOAD_BEGIN: self.upload_begin,
             MsgType.UPLOAD_COMMIT: self.upload_commit,
             MsgType.UPLOAD_ABORT: self.upload_abort,
+            MsgType.UPLOAD_PROVE: self.upload_prove,
+            MsgType.UPLOAD_TICKETS: self.upload_tickets,
             MsgType.LIST: self.list_files,
             MsgType.SHARE: self.share,
             MsgType.LOCATE: self.locate,
@@ -85,9 +93,9 @@ class ProxyService:
             **self.members.handlers(),
         }
 
-    def authenticate(self, need: Auth, header: Mapping[str, Any]) -> str | None:
+    def authenticate(self, need: Auth, req: Request) -> str | None:
         """The door (called by the frame server before any handler): the session's user."""
-        token = header.get("session")
+        token = req.header.get("session")
         if need is Auth.SESSION_IF_GIVEN and not token:
             return None
         user = self.catalog.session_user(token_hash(token)) if isinstance(token, str) and token else None
@@ -101,7 +109,6 @@ class ProxyService:
             {
                 "chunk_size": self.config.chunk_size,
                 "replicas": self.config.replicas,
-                "cluster_id": self.catalog.cluster_id,
             }
         )
 
@@ -168,21 +175,46 @@ class ProxyService:
         return clean
 
     def upload_begin(self, req: Request) -> Reply:
+        """Record the manifest and answer with a proof-of-ownership challenge over every chunk.
+
+        Nothing in the reply depends on what the cluster holds (proxy.ownership)."""
         h = req.header
         owner = _principal(req)
         name = check_file_name(h["name"], new=True)
         sha1 = check_sha1(h["sha1"])
         chunks = self._check_manifest(h)
-        sizes = dict(chunks)
+        challenge = new_challenge(dict(chunks))
+        upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, challenge)
+        return Reply({"upload_id": upload.id, "challenge": challenge.wire()})
+
+    def upload_prove(self, req: Request) -> Reply:
+        """Check the proofs; deduplicate only proven chunks; place every other one (with tickets)."""
+        h = req.header
+        upload = self.uploads.get(h["upload_id"], _principal(req))
+        if upload.proven:
+            raise Conflict("this upload was already proved; ask for fresh tickets with UPLOAD_TICKETS")
+        proofs = h["proofs"]
+        if len(proofs) != len(upload.challenge.ranges) or not all(isinstance(p, str) for p in proofs):
+            raise InvalidRequest(f"expected {len(upload.challenge.ranges)} proofs, one per distinct chunk")
+        sizes = dict(upload.chunks)
+        holders = {}  # chunks the cluster holds (same size) on a live server: candidates for dedup
+        for chunk_id, size in sizes.items():
+            known = self.catalog.chunk(chunk_id)
+            if known is not None and known["size"] == size:
+                live = [
+                    s
+                    for s in (self.registry.get(i) for i in known["servers"])
+                    if s and self.registry.is_up(s)
+                ]
+                if live:
+                    holders[chunk_id] = [s.ref for s in live]
+        proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
         with self.collector.lock:
             live_ids = self.registry.live_ids()
             placement: dict[str, list[ServerRef]] = {}
             for chunk_id, size in sizes.items():
-                known = self.catalog.chunk(chunk_id)
-                if known is not None and known["size"] != size:
-                    raise InvalidRequest(f"chunk {chunk_id[:12]} is {known['size']} bytes, not {size}")
-                if any(s in live_ids for s in self.catalog.chunk_servers(chunk_id)):
-                    continue  # already stored on a live server: nothing to send
+                if chunk_id in proven and set(self.catalog.chunk_servers(chunk_id)) & live_ids:
+                    continue  # proven and still stored on a live server: nothing to send
                 targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
                 if len(targets) < self.config.replicas:
                     raise Unavailable(
@@ -190,21 +222,38 @@ class ProxyService:
                         f"{self.config.replicas} needed; see: filecluster status"
                     )
                 placement[chunk_id] = targets
-            upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, placement)
-        return Reply(
+            self.uploads.place(upload.id, placement)
+        return Reply({"missing": self._missing(upload)})
+
+    def upload_tickets(self, req: Request) -> Reply:
+        """Fresh tickets for what an upload still has to send (tickets expire in minutes)."""
+        upload = self.uploads.get(req.header["upload_id"], _principal(req))
+        if not upload.proven:
+            raise Conflict("prove the upload first (UPLOAD_PROVE)")
+        return Reply({"missing": self._missing(upload)})
+
+    def _missing(self, upload: PendingUpload) -> list[dict[str, Any]]:
+        sizes = dict(upload.chunks)
+        who = f"upload:{upload.id[:16]}"  # what the tickets and receipts are bound to
+        return [
             {
-                "upload_id": upload.id,
-                "missing": [
-                    {"id": c, "size": sizes[c], "servers": [s.wire() for s in targets]}
-                    for c, targets in placement.items()
-                ],
+                "id": chunk_id,
+                "size": sizes[chunk_id],
+                "servers": [s.wire() for s in targets],
+                "ticket": self.key.put_ticket(
+                    chunk_id, [s.wire() for s in targets], who, self.config.ticket_ttl
+                ),
             }
-        )
+            for chunk_id, targets in upload.placement.items()
+        ]
 
     def upload_commit(self, req: Request) -> Reply:
         h = req.header
         owner = _principal(req)
         upload = self.uploads.get(h["upload_id"], owner)
+        if not upload.proven:
+            raise Conflict("prove the upload first (UPLOAD_PROVE)")
+        self._check_receipts(upload, h.get("receipts") or [])
         with self.collector.lock:
             try:
                 locations = self._confirm_stored(upload.placement)
@@ -223,6 +272,34 @@ class ProxyService:
         log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size, len(upload.chunks))
         return Reply({"file": entry})
 
+    def _check_receipts(self, upload: PendingUpload, receipts: list[Any]) -> None:
+        """Every placed copy must come with the receipt of the server that got it from this upload.
+
+        A copy that is merely present proves nothing: it may predate the upload, and whoever knows
+        a chunk's hash could otherwise commit it without ever holding its bytes."""
+        got: dict[int, str] = {}
+        for item in receipts:
+            if not (
+                isinstance(item, list)
+                and len(item) == 2
+                and type(item[0]) is int
+                and isinstance(item[1], str)
+            ):
+                raise InvalidRequest("receipts is a list of [server id, aggregate receipt]")
+            got[item[0]] = item[1]
+        want: defaultdict[int, list[str]] = defaultdict(list)
+        who = f"upload:{upload.id[:16]}"
+        for chunk_id, servers in upload.placement.items():
+            for server in servers:
+                want[server.id].append(self.key.receipt(chunk_id, server.id, who))
+        for server_id, macs in want.items():
+            if not hmac.compare_digest(got.get(server_id, ""), aggregate(macs)):
+                self._abandon(upload.id)
+                raise Conflict(
+                    f"storage server {server_id} has no receipt for every chunk this upload "
+                    "had to send; upload again"
+                )
+
     def _confirm_stored(self, placement: Mapping[str, list[ServerRef]]) -> dict[str, list[int]]:
         """Ask each server whether it holds the chunks placed on it; every copy must be there."""
         by_server: defaultdict[ServerRef, list[str]] = defaultdict(list)
@@ -231,7 +308,7 @@ class ProxyService:
                 by_server[server].append(chunk_id)
         locations: defaultdict[str, list[int]] = defaultdict(list)
         for server, ids in by_server.items():
-            present = storage_client.has_chunks(server, ids)
+            present = self.storage.has_chunks(server, ids)
             for chunk_id in ids:
                 if chunk_id not in present:
                     raise Conflict(
@@ -256,7 +333,7 @@ class ProxyService:
             pass  # already gone; still check the servers the client could not reach
         for server_id in h.get("unreachable") or []:
             state = self.registry.get(server_id) if isinstance(server_id, int) else None
-            if state is not None and not storage_client.answers(state.ref):
+            if state is not None and not self.storage.answers(state.ref):
                 log.warning(
                     "client reports server %d unreachable, and it does not answer: marking it down", server_id
                 )
@@ -265,9 +342,9 @@ class ProxyService:
 
     # -- files and links -------------------------------------------------------------------
     def list_files(self, req: Request) -> Reply:
-        h = req.header
-        owner = _principal(req)
-        return Reply({"files": self.catalog.list_files(None if h.get("all") else owner)})
+        if req.header.get("all"):
+            raise InvalidRequest("a listing shows only your own files")
+        return Reply({"files": self.catalog.list_files(_principal(req))})
 
     def _link(self, local: tuple[str, int], token: str) -> str:
         host, port = self.config.advertise or local
@@ -296,23 +373,27 @@ class ProxyService:
                 if share is None:
                     raise NotFound("unknown link (it may have been deleted)")
                 owner, name = share["owner"], share["name"]
+                who = "link"
             elif h.get("name") is not None:
                 owner, name = _principal(req), check_file_name(h["name"])
                 if self.catalog.file(owner, name) is None:
                     raise NotFound(f"you have no file named {name!r}")
+                who = f"user:{owner}"
             else:
                 raise InvalidRequest("LOCATE needs a token, or a session and a name")
             entry = self.catalog.file(owner, name)
             assert entry is not None
-            chunks = [{"id": c, "size": s, "servers": self._sources(c)} for c, s in entry["chunks"]]
-            return Reply({**self.catalog.describe(owner, name), "chunks": chunks})
+            exp = int(self.key.clock() + self.config.ticket_ttl)
+            chunks = [{"id": c, "size": s, "servers": self._sources(c, who, exp)} for c, s in entry["chunks"]]
+            info = self.catalog.describe(owner, name)
+            return Reply({**info, "chunks": chunks, "ticket": {"exp": exp, "who": who}})
 
-    def _sources(self, chunk_id: str) -> list[dict[str, Any]]:
-        """Where a chunk can be read, servers believed up first."""
+    def _sources(self, chunk_id: str, who: str, exp: int) -> list[dict[str, Any]]:
+        """Where a chunk can be read, servers believed up first, each with its GET ticket's MAC."""
         states = [self.registry.get(i) for i in self.catalog.chunk_servers(chunk_id)]
         known = [s for s in states if s is not None]
         known.sort(key=lambda s: not self.registry.is_up(s))
-        return [s.ref.wire() for s in known]
+        return [{**s.ref.wire(), "ticket": self.key.get_mac(chunk_id, s.id, who, exp)} for s in known]
 
     def delete(self, req: Request) -> Reply:
         h = req.header
@@ -332,7 +413,7 @@ class ProxyService:
         with ThreadPoolExecutor(max(1, min(16, len(states)))) as pool:
             fresh = list(
                 pool.map(
-                    lambda s: storage_client.ping(s.ref, timeout=1.0) if self.registry.is_up(s) else None,
+                    lambda s: self.storage.ping(s.ref, timeout=1.0) if self.registry.is_up(s) else None,
                     states,
                 )
             )

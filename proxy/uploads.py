@@ -2,8 +2,10 @@
 
 An upload exists only in the proxy's memory between UPLOAD_BEGIN and
 UPLOAD_COMMIT (or abort, or expiry); nothing is journaled until commit.
-Every chunk an upload names is *pinned*: the collector will not delete it,
-so a chunk the upload relies on cannot vanish before the commit.
+UPLOAD_BEGIN records the manifest and the proof-of-ownership challenge;
+UPLOAD_PROVE records the placement (the chunks the client must send, and
+where).  Every chunk an upload names is *pinned*: the collector will not
+delete it, so a chunk the upload relies on cannot vanish before the commit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from common.errors import Conflict, NotFound
 from proxy.auth import new_token
+from proxy.ownership import Challenge
 from proxy.placement import ServerRef
 
 UPLOAD_TTL = 6 * 3600.0
@@ -29,7 +32,9 @@ class PendingUpload:
     size: int
     sha1: str
     chunks: list[list[Any]]
-    placement: dict[str, list[ServerRef]]  # the chunks the client must send, and where
+    challenge: Challenge
+    placement: dict[str, list[ServerRef]] = field(default_factory=dict)  # what to send, and where
+    proven: bool = False  # UPLOAD_PROVE has decided the placement
     created: float = field(default_factory=time.monotonic)
 
 
@@ -47,9 +52,9 @@ class Uploads:
         size: int,
         sha1: str,
         chunks: list[list[Any]],
-        placement: dict[str, list[ServerRef]],
+        challenge: Challenge,
     ) -> PendingUpload:
-        upload = PendingUpload(new_token(), owner, name, size, sha1, chunks, placement)
+        upload = PendingUpload(new_token(), owner, name, size, sha1, chunks, challenge)
         with self._lock:
             self._pending[upload.id] = upload
             self._pins.update({chunk_id for chunk_id, _ in chunks})
@@ -63,6 +68,14 @@ class Uploads:
         if time.monotonic() - upload.created > self.ttl:
             raise Conflict("the upload expired; upload again")  # the collector frees what it stored
         return upload
+
+    def place(self, upload_id: str, placement: dict[str, list[ServerRef]]) -> None:
+        """Record where an upload's chunks go (UPLOAD_PROVE): from now on it may commit."""
+        with self._lock:
+            upload = self._pending.get(upload_id)
+            if upload is None:
+                raise NotFound("unknown upload (it may have expired or been aborted); upload again")
+            upload.placement, upload.proven = placement, True
 
     def finish(self, upload_id: str) -> PendingUpload | None:
         with self._lock:

@@ -9,8 +9,11 @@ from pathlib import Path
 from common.config import HEARTBEAT_INTERVAL, MAX_CHUNK_SIZE, data_dir, proxy_address, proxy_port
 from common.daemon import (
     add_limit_options,
+    add_secret_argument,
     announce,
+    load_cluster_key,
     run_daemon,
+    secret_path,
     server_limits,
     setup_logging,
     wait_for_signal,
@@ -49,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heartbeat", type=float, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats"
     )
+    add_secret_argument(parser)
     parser.add_argument("--max-chunk", type=int, default=MAX_CHUNK_SIZE, help=argparse.SUPPRESS)
     add_limit_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -61,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else proxy_port() + args.id
     folder = args.data or data_dir() / f"server{args.id}"
     proxy = proxy_address(args.proxy)
+    key = load_cluster_key(secret_path(args.secret_file))
     store = ChunkStore(folder / "ServerFiles")
-    service = StorageService(args.id, store, max_chunk=args.max_chunk)
+    service = StorageService(args.id, store, key, max_chunk=args.max_chunk)
     server = make_storage_server(service, (args.host, port), server_limits(args))
     serve_in_thread(server, f"server{args.id}")
     membership = Membership(
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         advertise=(args.advertise or args.host, server.port),
         proxy=proxy,
         store=store,
+        key=key,
         capacity=args.capacity,
         interval=args.heartbeat,
         state_dir=folder,

@@ -9,12 +9,15 @@ the proxy cannot be reached it keeps trying, quietly, until it can.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 from common.atomic import write_atomic
-from common.errors import Conflict, FileClusterError, NotFound
+from common.cluster_auth import ClusterKey
+from common.errors import AuthError, Conflict, FileClusterError, NotFound
 from common.messages import MsgType
 from common.transport import Connection
 from servers.storage_server import Store
@@ -30,6 +33,7 @@ class Membership:
         advertise: tuple[str, int],
         proxy: tuple[str, int],
         store: Store,
+        key: ClusterKey,
         capacity: int | None,
         interval: float,
         state_dir: Path,
@@ -38,6 +42,7 @@ class Membership:
         self.advertise = advertise
         self.proxy = proxy
         self.store = store
+        self.key = key
         self.capacity = capacity
         self.interval = interval
         self.cluster_file = state_dir / "cluster_id"
@@ -75,6 +80,11 @@ class Membership:
             self._conn = Connection.connect(*self.proxy, timeout=10.0, what="proxy")
         return self._conn
 
+    def _signed_call(self, msg_type: MsgType, header: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
+        """A request signed with the cluster key, whose reply must be signed by the proxy too."""
+        signed = self.key.sign(msg_type, header)
+        return self.key.verify_reply(signed, self._connection().request(msg_type, signed, payload))
+
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -93,7 +103,7 @@ class Membership:
             except NotFound:  # the proxy restarted and forgot us
                 self.registered.clear()
                 wait = 0
-            except Conflict as exc:
+            except (Conflict, AuthError) as exc:  # another cluster, or another cluster secret
                 log.error("the proxy refused this server: %s", exc)
                 self.registered.clear()
                 wait = max(self.interval, 10.0)
@@ -117,8 +127,9 @@ class Membership:
             "used": self.store.used,
             "chunks": len(ids) // 32,
             "cluster_id": self._cluster_id(),
+            "inventory_sha256": hashlib.sha256(ids).hexdigest(),
         }
-        reply = self._connection().request(MsgType.SERVER_REGISTER, header, bytes(ids))
+        reply = self._signed_call(MsgType.SERVER_REGISTER, header, bytes(ids))
         self._remember_cluster(str(reply["cluster_id"]))
         beat = reply.get("heartbeat")
         if isinstance(beat, (int, float)) and 0 < beat < self.interval:
@@ -127,7 +138,7 @@ class Membership:
         log.info("registered with the proxy at %s:%d (%d chunks)", *self.proxy, header["chunks"])
 
     def _heartbeat(self) -> None:
-        self._connection().request(
+        self._signed_call(
             MsgType.HEARTBEAT,
             {
                 "id": self.server_id,

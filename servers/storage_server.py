@@ -15,12 +15,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from common.cluster_auth import ClusterKey, chain_after, server_audience
 from common.config import MAX_CHUNK_SIZE
-from common.errors import FileClusterError, InvalidRequest, ReplicationFailed
+from common.errors import FileClusterError, InternalError, InvalidRequest, NotFound, ReplicationFailed
 from common.frame_server import FileBody, FrameServer, Handler, Reply, Request
-from common.hashing import check_chunk_id
-from common.limits import MAX_IDS_PER_REQUEST, STORAGE_MAX_HEADER, ServerLimits
-from common.messages import MsgType
+from common.hashing import check_chunk_id, proof_digest
+from common.limits import MAX_IDS_PER_REQUEST, MAX_PROOF_RANGE, STORAGE_MAX_HEADER, ServerLimits
+from common.messages import Auth, MsgType
 from common.transport import Connection
 from servers.chunk_store import ChunkStore, MemoryChunkStore
 
@@ -28,27 +29,6 @@ log = logging.getLogger(__name__)
 
 FORWARD_TIMEOUT = 30.0
 Store = ChunkStore | MemoryChunkStore
-
-
-def parse_targets(raw: object) -> list[dict[str, Any]]:
-    """The ``forward`` list: objects with an int ``id``, a str ``host`` and an int ``port``."""
-    if not isinstance(raw, list) or len(raw) > 16:
-        raise InvalidRequest("forward must be a list of at most 16 servers")
-    targets = []
-    for item in raw:
-        if not (
-            isinstance(item, dict)
-            and _is_int(item.get("id"))
-            and isinstance(item.get("host"), str)
-            and _is_int(item.get("port"))
-        ):
-            raise InvalidRequest("each forward target needs an int id, a host and an int port")
-        targets.append({"id": item["id"], "host": item["host"], "port": item["port"]})
-    return targets
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_ids(raw: object) -> list[str]:
@@ -60,9 +40,12 @@ def check_ids(raw: object) -> list[str]:
 class StorageService:
     """What one storage server does with each request; the socket side is common.frame_server."""
 
-    def __init__(self, server_id: int, store: Store, *, max_chunk: int = MAX_CHUNK_SIZE) -> None:
+    def __init__(
+        self, server_id: int, store: Store, key: ClusterKey, *, max_chunk: int = MAX_CHUNK_SIZE
+    ) -> None:
         self.id = server_id
         self.store = store
+        self.key = key  # checks the proxy's tickets and signed requests; signs nothing itself
         self.max_chunk = max_chunk
 
     def handlers(self) -> Mapping[MsgType, Handler]:
@@ -72,15 +55,32 @@ class StorageService:
             MsgType.HAS_CHUNKS: self.has_chunks,
             MsgType.DELETE_CHUNKS: self.delete_chunks,
             MsgType.PING: self.ping,
+            MsgType.PROVE_CHUNKS: self.prove_chunks,
         }
+
+    def authenticate(self, need: Auth, req: Request) -> str | None:
+        """The door for PUT_CHUNK and GET_CHUNK: a ticket the proxy signed for this chunk and server.
+
+        Checked here, with no round trip to the proxy; nothing is written for a refused request."""
+        if need is not Auth.TICKET:
+            raise InternalError(f"a storage server cannot check {need.value!r}")
+        chunk_id = check_chunk_id(req.header["id"])
+        ticket = req.header.get("ticket")
+        if req.type is MsgType.PUT_CHUNK:
+            self.key.check_put(ticket, chunk_id, self.id)
+        else:
+            self.key.check_get(ticket, chunk_id, self.id)
+        assert isinstance(ticket, dict)
+        return str(ticket["who"])
 
     def put_chunk(self, req: Request) -> Reply:
         chunk_id = check_chunk_id(req.header["id"])
         size = req.header["size"]
         if size != req.payload_len or not 0 < size <= self.max_chunk:
             raise InvalidRequest(f"chunk size must match the payload and be 1..{self.max_chunk} bytes")
-        forward = parse_targets(req.header.get("forward") or [])
-        downstream, down_error = self._open_downstream(chunk_id, size, forward)
+        ticket = req.header["ticket"]
+        forward = chain_after(ticket, self.id)  # the rest of the chain the proxy chose (checked at the door)
+        downstream, down_error = self._open_downstream(chunk_id, size, ticket, forward)
         local_error: FileClusterError | None = None
         try:
             writer = self.store.writer(chunk_id, size)
@@ -103,13 +103,20 @@ class StorageService:
                     writer.commit()
                 except FileClusterError as exc:
                     local_error = exc
+        except BaseException:  # the sender vanished mid-chunk: cut the replica's copy short too
+            if downstream is not None:
+                downstream.close()
+            raise
         finally:
             if writer is not None:
                 writer.abort()
         stored = [] if local_error else [self.id]
+        receipts = [] if local_error else [[self.id, self.key.receipt(chunk_id, self.id, str(ticket["who"]))]]
         if downstream is not None:
             try:
-                stored += downstream.read_reply(MsgType.PUT_CHUNK).get("stored", [])
+                answer = downstream.read_reply(MsgType.PUT_CHUNK)
+                stored += answer.get("stored", [])
+                receipts += answer.get("receipts", [])
             except FileClusterError as exc:
                 down_error = exc
             finally:
@@ -122,10 +129,10 @@ class StorageService:
                 f"chunk stored on server {self.id} but its replica on server {target['id']} "
                 f"({target['host']}:{target['port']}) failed: {down_error}"
             )
-        return Reply({"stored": stored})
+        return Reply({"stored": stored, "receipts": receipts})
 
     def _open_downstream(
-        self, chunk_id: str, size: int, forward: list[dict[str, Any]]
+        self, chunk_id: str, size: int, ticket: dict[str, Any], forward: list[dict[str, Any]]
     ) -> tuple[Connection | None, FileClusterError | None]:
         if not forward:
             return None, None
@@ -134,9 +141,7 @@ class StorageService:
             downstream = Connection.connect(
                 target["host"], target["port"], timeout=FORWARD_TIMEOUT, what=f"storage server {target['id']}"
             )
-            downstream.send_head(
-                MsgType.PUT_CHUNK, {"id": chunk_id, "size": size, "forward": forward[1:]}, size
-            )
+            downstream.send_head(MsgType.PUT_CHUNK, {"id": chunk_id, "size": size, "ticket": ticket}, size)
         except FileClusterError as exc:
             return None, exc
         return downstream, None
@@ -157,6 +162,30 @@ class StorageService:
             log.info("deleted %d chunk(s) no file references", deleted)
         return Reply({"deleted": deleted})
 
+    def prove_chunks(self, req: Request) -> Reply:
+        """Answer a proof-of-ownership challenge from this server's copies (proxy.ownership)."""
+        nonce, ranges = req.header["nonce"], req.header["ranges"]
+        if not isinstance(ranges, list) or len(ranges) > MAX_IDS_PER_REQUEST:
+            raise InvalidRequest(f"ranges must be a list of at most {MAX_IDS_PER_REQUEST} items")
+        digests: list[str | None] = []
+        for item in ranges:
+            if not (isinstance(item, list) and len(item) == 3 and all(type(v) is int for v in item[1:])):
+                raise InvalidRequest("each range is [chunk id, offset, length]")
+            chunk_id, offset, length = check_chunk_id(item[0]), item[1], item[2]
+            if offset < 0 or not 0 < length <= MAX_PROOF_RANGE:
+                raise InvalidRequest(f"a proof range is 1..{MAX_PROOF_RANGE} bytes at a positive offset")
+            try:
+                file, size = self.store.open(chunk_id)
+            except NotFound:
+                digests.append(None)
+                continue
+            with file:
+                if offset + length > size:
+                    raise InvalidRequest(f"a proof range past the end of chunk {chunk_id[:12]}")
+                file.seek(offset)
+                digests.append(proof_digest(nonce, chunk_id, file.read(length)))
+        return Reply({"digests": digests})
+
     def ping(self, req: Request) -> Reply:
         return Reply({"id": self.id, "chunks": self.store.count, "used": self.store.used})
 
@@ -169,5 +198,8 @@ def make_storage_server(
         service.handlers(),
         max_header=STORAGE_MAX_HEADER,
         max_payload=service.max_chunk,
+        authenticate=service.authenticate,
+        cluster=service.key,
+        audience=server_audience(service.id),  # a message the proxy signed for another server is refused
         limits=limits,
     )

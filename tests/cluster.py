@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from client.api import Client
+from common.cluster_auth import ClusterKey, new_secret, parse_secret
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
@@ -92,6 +93,8 @@ class Cluster:
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         for key in ("FILECLUSTER_PROXY", "FILECLUSTER_PORT", "FILECLUSTER_DATA", "FILECLUSTER_HOME"):
             self.env.pop(key, None)
+        self.secret_file = self.root / "cluster.secret"  # every daemon finds it through the env
+        self.env["FILECLUSTER_SECRET_FILE"] = str(self.secret_file)
         self.homes = 0
 
     # -- processes ---------------------------------------------------------------
@@ -116,8 +119,17 @@ class Cluster:
             raise RuntimeError(f"{name} did not start: {(self.root / f'{name}.log').read_text()}")
         return proc, int(line.rsplit(":", 1)[1])
 
+    @property
+    def key(self) -> ClusterKey:
+        """The cluster's key, for tests that speak to the daemons as the cluster does."""
+        return ClusterKey(parse_secret(self.secret_file.read_text()))
+
     def start(self) -> Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self.secret_file.exists():
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new_secret() + "\n")
         self.start_proxy()
         for i in range(1, self.n_servers + 1):
             self.start_server(i)

@@ -170,7 +170,7 @@ def test_proxy_down_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
 def test_menu_drives_the_same_actions(cluster: Cluster, home: Path, tmp_path: Path) -> None:
     src = tmp_path / "menu file.txt"
     src.write_text("from the menu")
-    script = f"3\n{src}\n4\n6\nmenu file.txt\n42\n0\n"
+    script = f"3\n{src}\n4\n5\nmenu file.txt\n42\n0\n"
     result = cluster.cli("menu", home=home, stdin=script)
     assert result.returncode == 0, result.stderr
     assert "uploaded menu file.txt" in result.stdout
@@ -297,7 +297,7 @@ def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
     )
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(b"8\n")  # "delete": it asks for a name, and waits
+        proc.stdin.write(b"7\n")  # "delete": it asks for a name, and waits
         proc.stdin.flush()
         read_until(proc.stdout, b"name of your file to delete: ")  # main() set the SIGTERM handler first
         assert proc.poll() is None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
+from common.cluster_auth import server_audience
 from common.errors import AlreadyExists, CorruptData, InvalidRequest, RemoteProtocolError, Unavailable
 from common.messages import MsgType
 from common.protocol import PREFIX, encode
@@ -189,13 +190,17 @@ def test_garbage_and_lies_do_not_hurt_a_storage_server(
     _garbage_then_check(port, GARBAGE)
     data = b"honest bytes" + os.urandom(1000)  # no other test can have stored these
     chunk_id = hashlib.sha256(data).hexdigest()
+    chain = [{"id": 1, "host": "127.0.0.1", "port": port}]
+    ticket = cluster.key.put_ticket(chunk_id, chain, "upload:test", 60)  # as the proxy would issue
     with Connection.connect("127.0.0.1", port) as conn:
         with pytest.raises(CorruptData, match="do not match"):  # bytes that are not the id
-            conn.request(MsgType.PUT_CHUNK, {"id": chunk_id, "size": len(data)}, data[:-1] + b"!")
+            header = {"id": chunk_id, "size": len(data), "ticket": ticket}
+            conn.request(MsgType.PUT_CHUNK, header, data[:-1] + b"!")
         with pytest.raises(InvalidRequest, match="invalid chunk id"):
             conn.request(MsgType.GET_CHUNK, {"id": "../../../etc/passwd"})
         # the same connection still works after refused requests
-        assert conn.request(MsgType.PING, {})["id"] == 1
+        signed = cluster.key.sign(MsgType.PING, {}, to=server_audience(1))
+        assert conn.request(MsgType.PING, signed)["id"] == 1
     assert not [p for p in cluster.chunk_files(1) if p.name == chunk_id]
     assert cluster.servers[1].poll() is None
     src = write(tmp_path / "after.bin", os.urandom(2 * CHUNK))
@@ -207,9 +212,11 @@ def test_a_client_that_vanishes_mid_chunk_leaves_nothing_behind(cluster: Cluster
     port = cluster.server_ports[2]
     data = os.urandom(CHUNK)
     chunk_id = hashlib.sha256(data).hexdigest()
+    ticket = cluster.key.put_ticket(chunk_id, [{"id": 2, "host": "127.0.0.1", "port": port}], "upload:t", 60)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         me = f"127.0.0.1:{s.getsockname()[1]}"
-        s.sendall(encode(MsgType.PUT_CHUNK, {"id": chunk_id, "size": len(data)}, data)[:-1000])
+        frame = encode(MsgType.PUT_CHUNK, {"id": chunk_id, "size": len(data), "ticket": ticket}, data)
+        s.sendall(frame[:-1000])
     log = cluster.root / "server2.log"
     cluster.wait_for(  # the server is done with the connection: it logs why it closed it
         lambda: f"closing {me}: connection closed in the middle of" in log.read_text(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from client.proxy_link import ProxyLink
+from common.cluster_auth import ClusterKey
 from common.frame_server import FrameServer, serve_in_thread
 from common.limits import PROXY_MAX_HEADER
 from common.messages import MsgType
@@ -27,6 +29,7 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
+from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 from servers.chunk_store import MemoryChunkStore
 from servers.membership import Membership
@@ -62,8 +65,9 @@ def id_file(c: Cluster, i: int) -> Path:
 
 
 def proxy_cluster_id(c: Cluster) -> str:
-    with ProxyLink("127.0.0.1", c.proxy_port) as link:
-        return str(link.call(MsgType.HELLO)["cluster_id"])
+    """The cluster id the running proxy logged at start (clients are not told it)."""
+    found = re.findall(r"proxy serving cluster ([0-9a-f]+) ", (c.root / "proxy.log").read_text())
+    return str(found[-1])
 
 
 def server_log(c: Cluster, i: int) -> str:
@@ -154,6 +158,7 @@ def test_unknown_chunks_of_a_server_of_this_cluster_are_collected(
 
 # -- a server the proxy forgot (in-process: a proxy service and a storage server on real sockets) -----
 HEARTBEAT = 0.05
+KEY = ClusterKey(b"\x03" * 32)  # the secret this in-process proxy and server share
 DATA = b"chunk kept by server 1"
 CHUNK_ID = hashlib.sha256(DATA).hexdigest()
 
@@ -167,8 +172,9 @@ def proxy(tmp_path: Path) -> Iterator[tuple[ProxyService, FrameServer]]:
         catalog,
         registry,
         uploads,
-        Collector(catalog, registry, uploads),  # not started: nothing is collected behind the test
+        Collector(catalog, registry, uploads, StorageClient(KEY)),  # not started: collects nothing
         ProxyConfig(chunk_size=CHUNK, replicas=1, heartbeat=HEARTBEAT),
+        KEY,
     )
     catalog.add_user("ana", "00", "11")
     catalog.add_session(token_hash("tok"), "ana")
@@ -180,6 +186,7 @@ def proxy(tmp_path: Path) -> Iterator[tuple[ProxyService, FrameServer]]:
         max_header=PROXY_MAX_HEADER,
         max_payload=DEFAULT_MAX_PAYLOAD,
         authenticate=service.authenticate,
+        cluster=KEY,
     )
     serve_in_thread(server, "proxy")
     try:
@@ -197,7 +204,7 @@ def test_a_server_the_proxy_forgot_registers_again_at_its_next_heartbeat(
     with store.writer(CHUNK_ID, len(DATA)) as writer:
         writer.write(DATA)
         writer.commit()
-    storage = make_storage_server(StorageService(1, store), ("127.0.0.1", 0))
+    storage = make_storage_server(StorageService(1, store, KEY), ("127.0.0.1", 0))
     serve_in_thread(storage, "server1")
     (tmp_path / "server1").mkdir()
     membership = Membership(
@@ -205,6 +212,7 @@ def test_a_server_the_proxy_forgot_registers_again_at_its_next_heartbeat(
         advertise=("127.0.0.1", storage.port),
         proxy=("127.0.0.1", proxy_server.port),
         store=store,
+        key=KEY,
         capacity=10**9,
         interval=HEARTBEAT,
         state_dir=tmp_path / "server1",
@@ -228,6 +236,9 @@ def test_a_server_the_proxy_forgot_registers_again_at_its_next_heartbeat(
 
         with ProxyLink("127.0.0.1", proxy_server.port, token="tok") as link:
             located = link.call(MsgType.LOCATE, {"name": "f.bin"}, session=True)
+        for chunk in located["chunks"]:
+            for server in chunk["servers"]:
+                assert isinstance(server.pop("ticket"), str)  # each copy comes with its GET ticket
         assert located["chunks"] == [
             {
                 "id": CHUNK_ID,

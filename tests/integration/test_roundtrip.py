@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
-from common.errors import NotFound
+from common.errors import InvalidRequest, NotFound
+from common.messages import MsgType
 from tests.cluster import CHUNK, Cluster
 from tests.conftest import new_user
 
@@ -91,13 +92,14 @@ def test_reupload_replaces_entry(user: Client, tmp_path: Path) -> None:
     assert out.path.read_bytes() == b"second, longer version"
 
 
-def test_list_mine_versus_all(cluster: Cluster, tmp_path: Path) -> None:
+def test_listings_are_private(cluster: Cluster, tmp_path: Path) -> None:
     ana, bob = new_user(cluster, "ana"), new_user(cluster, "bob")
     ana.upload(write(tmp_path / "ana.txt", b"ana"))
     bob.upload(write(tmp_path / "bob.txt", b"bob"))
-    assert [f["name"] for f in ana.list()] == ["ana.txt"]
-    everyone = {(f["owner"], f["name"]) for f in ana.list(everyone=True)}
-    assert {(ana.user, "ana.txt"), (bob.user, "bob.txt")} <= everyone
+    assert [(f["owner"], f["name"]) for f in ana.list()] == [(ana.user, "ana.txt")]
+    assert [(f["owner"], f["name"]) for f in bob.list()] == [(bob.user, "bob.txt")]
+    with pytest.raises(InvalidRequest, match="only your own files"):  # the old `list --all`
+        ana.proxy.call(MsgType.LIST, {"all": True}, session=True)
 
 
 def test_share_and_download_as_another_user(

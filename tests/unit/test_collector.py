@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from common.cluster_auth import ClusterKey, aggregate
 from common.errors import Conflict, InsufficientStorage, NotFound, StorageIOError
 from common.frame_server import FrameServer, Request, dispatch, serve_in_thread
+from common.hashing import proof_digest
 from common.messages import MsgType
 from common.transport import Connection
 from proxy import uploads as uploads_module
@@ -29,6 +31,7 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
+from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 from servers.chunk_store import MemoryChunkStore
 from servers.storage_server import StorageService, make_storage_server
@@ -36,6 +39,7 @@ from servers.storage_server import StorageService, make_storage_server
 CHUNK = 64 * 1024
 TTL = 60.0
 SESSION = "tok"
+KEY = ClusterKey(b"\x07" * 32)  # the cluster secret these servers and this proxy share
 SERVER_IDS = (1, 2)
 
 
@@ -68,7 +72,7 @@ def storage() -> Iterator[dict[int, tuple[StorageService, FrameServer]]]:
     running: dict[int, tuple[StorageService, FrameServer]] = {}
     try:
         for i in SERVER_IDS:
-            service = StorageService(i, MemoryChunkStore())
+            service = StorageService(i, MemoryChunkStore(), KEY)
             server = make_storage_server(service, ("127.0.0.1", 0))
             serve_in_thread(server, f"storage-{i}")
             running[i] = (service, server)
@@ -83,9 +87,9 @@ def proxy(tmp_path: Path, storage: dict[int, tuple[StorageService, FrameServer]]
     catalog = Catalog(tmp_path)
     registry = Registry(dead_after=60)
     uploads = Uploads(ttl=TTL)
-    collector = Collector(catalog, registry, uploads)
+    collector = Collector(catalog, registry, uploads, StorageClient(KEY))
     config = ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1)
-    service = ProxyService(catalog, registry, uploads, collector, config)
+    service = ProxyService(catalog, registry, uploads, collector, config, KEY)
     stores: dict[int, MemoryChunkStore] = {}
     ports: dict[int, int] = {}
     for i, (storage_service, server) in storage.items():
@@ -115,7 +119,7 @@ class Clock:
 # -- what the client and the servers do ----------------------------------------------------------
 def call(p: Proxy, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> dict[str, Any]:
     request = Request(msg_type, header, len(payload), [payload] if payload else [])
-    return dict(dispatch(p.service.handlers(), p.service.authenticate, request).header)
+    return dict(dispatch(p.service.handlers(), p.service.authenticate, request, KEY).header)
 
 
 def begin(p: Proxy, name: str, *blobs: bytes) -> dict[str, Any]:
@@ -127,21 +131,38 @@ def begin(p: Proxy, name: str, *blobs: bytes) -> dict[str, Any]:
         "chunk_size": CHUNK,
         "chunks": [[cid(b), CHUNK] for b in blobs],
     }
-    return call(p, MsgType.UPLOAD_BEGIN, header)
+    started = call(p, MsgType.UPLOAD_BEGIN, header)
+    challenge, data = started["challenge"], {cid(b): b for b in blobs}
+    proofs = [
+        proof_digest(challenge["nonce"], chunk_id, data[chunk_id][offset : offset + length])
+        for chunk_id, (offset, length) in zip(data, challenge["ranges"], strict=True)
+    ]
+    proved = call(
+        p, MsgType.UPLOAD_PROVE, {"session": SESSION, "upload_id": started["upload_id"], "proofs": proofs}
+    )
+    return {"upload_id": started["upload_id"], "missing": proved["missing"]}
 
 
 def send(started: Mapping[str, Any], *blobs: bytes) -> None:
     """PUT_CHUNK each missing chunk to the first server placed, which forwards it down the chain."""
     data = {cid(b): b for b in blobs}
+    receipts: dict[int, list[str]] = {}
     for item in started["missing"]:
-        head, *rest = item["servers"]
+        head = item["servers"][0]
         with Connection.connect(head["host"], head["port"], timeout=5) as conn:
-            header = {"id": item["id"], "size": item["size"], "forward": rest}
-            conn.request(MsgType.PUT_CHUNK, header, data[item["id"]])
+            header = {"id": item["id"], "size": item["size"], "ticket": item["ticket"]}
+            reply = conn.request(MsgType.PUT_CHUNK, header, data[item["id"]])
+        for server_id, receipt in reply["receipts"]:
+            receipts.setdefault(server_id, []).append(receipt)
+    RECEIPTS[started["upload_id"]] = [[i, aggregate(r)] for i, r in receipts.items()]
+
+
+RECEIPTS: dict[str, list[list[Any]]] = {}  # upload id -> what its commit shows for the chunks sent
 
 
 def commit(p: Proxy, upload_id: str) -> dict[str, Any]:
-    return call(p, MsgType.UPLOAD_COMMIT, {"session": SESSION, "upload_id": upload_id})
+    header = {"session": SESSION, "upload_id": upload_id, "receipts": RECEIPTS.get(upload_id, [])}
+    return call(p, MsgType.UPLOAD_COMMIT, header)
 
 
 def upload(p: Proxy, name: str, *blobs: bytes) -> None:
@@ -183,7 +204,9 @@ def register_again(p: Proxy, server_id: int) -> None:
         "chunks": len(ids),
         "cluster_id": p.catalog.cluster_id,
     }
-    call(p, MsgType.SERVER_REGISTER, header, b"".join(bytes.fromhex(c) for c in ids))
+    inventory = b"".join(bytes.fromhex(c) for c in ids)
+    header["inventory_sha256"] = hashlib.sha256(inventory).hexdigest()
+    call(p, MsgType.SERVER_REGISTER, KEY.sign(MsgType.SERVER_REGISTER, header), inventory)
 
 
 def holders(p: Proxy, data: bytes) -> set[int]:

@@ -9,7 +9,7 @@ import json
 import socket
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,13 +24,13 @@ from common.transport import Connection
 seen: list[weakref.ref[Request]] = []
 
 
-def ping(req: Request) -> Reply:
+def hello(req: Request) -> Reply:
     seen.append(weakref.ref(req))
     return Reply({"pong": True})
 
 
-def has_chunks(req: Request) -> Reply:
-    return Reply({"present": []})
+def login(req: Request) -> Reply:
+    return Reply({"user": req.header["user"]})
 
 
 def put_chunk(req: Request) -> Reply:
@@ -41,18 +41,17 @@ def whoami(req: Request) -> Reply:
     return Reply({"user": req.user})
 
 
-def authenticate(auth: Auth, header: Mapping[str, Any]) -> str:
-    if header.get("session") != "good":
+def authenticate(auth: Auth, req: Request) -> str:
+    """A session "good" is ana's; any ticket will do."""
+    if auth is Auth.TICKET and isinstance(req.header.get("ticket"), dict):
+        return "a ticket's holder"
+    if req.header.get("session") != "good":
         raise AuthError("not logged in")
     return "ana"
 
 
-HANDLERS = {
-    MsgType.PING: ping,
-    MsgType.HAS_CHUNKS: has_chunks,
-    MsgType.PUT_CHUNK: put_chunk,
-    MsgType.WHOAMI: whoami,
-}
+PASSWORD = {"user": "ana", "password": "x" * 1400}
+HANDLERS = {MsgType.HELLO: hello, MsgType.LOGIN: login, MsgType.PUT_CHUNK: put_chunk, MsgType.WHOAMI: whoami}
 
 
 def start(**limits: Any) -> FrameServer:
@@ -104,15 +103,15 @@ def test_a_trickled_frame_is_closed_at_its_deadline_while_an_idle_connection_sta
     server: FrameServer,
 ) -> None:
     with connect(server) as idle, raw(server) as trickler:
-        took = closed_after(trickler, encode(MsgType.PING, {}), 0.1)  # 18 bytes over 1.8 s
+        took = closed_after(trickler, encode(MsgType.HELLO, {}), 0.1)  # 18 bytes over 1.8 s
         assert 0.45 <= took < 1.2
         time.sleep(0.2)
-        assert idle.request(MsgType.PING, {}) == {"pong": True}  # idle 0.8 s: no deadline between frames
+        assert idle.request(MsgType.HELLO, {}) == {"pong": True}  # idle 0.8 s: no deadline between frames
 
 
 def test_a_trickled_payload_is_closed_at_its_deadline(server: FrameServer) -> None:
     with raw(server) as trickler:
-        head = encode(MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 40}, b"x" * 40)[:-40]
+        head = encode(MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 40, "ticket": {}}, b"x" * 40)[:-40]
         trickler.sendall(head)
         assert 0.45 <= closed_after(trickler, b"x" * 40, 0.1) < 1.2
 
@@ -121,35 +120,34 @@ def test_a_deadline_grows_with_the_frame_so_a_slow_honest_sender_gets_through() 
     srv = start(min_rate=1000)  # 0.5 s, plus a second per 1000 bytes of header
     try:
         with raw(srv) as sock:
-            frame = encode(MsgType.HAS_CHUNKS, {"ids": ["a" * 64] * 20})  # 1.4 kB: 1.9 s allowed
+            frame = encode(MsgType.LOGIN, PASSWORD)  # 1.4 kB: 1.9 s allowed
             for start_at in range(0, len(frame), 100):
                 sock.sendall(frame[start_at : start_at + 100])
                 time.sleep(0.06)  # ~1 s in all, twice the base deadline
             conn = Connection(sock)
-            assert conn.read_reply(MsgType.HAS_CHUNKS) == {"present": []}
+            assert conn.read_reply(MsgType.LOGIN) == {"user": "ana"}
     finally:
         srv.stop()
 
 
-def big_header(size: int) -> bytes:
-    ids = ["a" * 64] * ((size - 10) // 67)
-    return json.dumps({"ids": ids}, separators=(",", ":")).encode()
+def big_login(size: int) -> bytes:
+    return json.dumps({"user": "ana", "password": "x" * (size - 32)}, separators=(",", ":")).encode()
 
 
 def test_a_header_the_budget_cannot_take_now_is_answered_busy_and_the_connection_goes_on() -> None:
     srv = start(unmetered_header=100, receive_budget=4000, parse_budget=20_000, budget_wait=0.2)
     try:
         with raw(srv) as holder, connect(srv) as conn, connect(srv, "127.0.0.2") as other:
-            holder.sendall(PREFIX.pack(b"FC", 1, MsgType.HAS_CHUNKS, 1500, 0))  # then nothing
+            holder.sendall(PREFIX.pack(b"FC", 1, MsgType.LOGIN, 1500, 0))  # then nothing
             time.sleep(0.1)  # 1687 of the 2000 one address may hold, for the head deadline
-            body = big_header(1500)
-            conn.sock.sendall(PREFIX.pack(b"FC", 1, MsgType.HAS_CHUNKS, len(body), 0) + body)
+            body = big_login(1500)
+            conn.sock.sendall(PREFIX.pack(b"FC", 1, MsgType.LOGIN, len(body), 0) + body)
             with pytest.raises(Unavailable, match="too many requests in flight"):  # Busy, on the wire
-                conn.read_reply(MsgType.HAS_CHUNKS)
-            assert conn.request(MsgType.PING, {}) == {"pong": True}  # skipped in step
-            assert other.request(MsgType.HAS_CHUNKS, {"ids": ["a" * 64] * 20}) == {"present": []}
+                conn.read_reply(MsgType.LOGIN)
+            assert conn.request(MsgType.HELLO, {}) == {"pong": True}  # skipped in step
+            assert other.request(MsgType.LOGIN, PASSWORD) == {"user": "ana"}
             time.sleep(0.5)  # the holder misses its deadline and lets go
-            assert conn.request(MsgType.HAS_CHUNKS, {"ids": ["a" * 64] * 20}) == {"present": []}
+            assert conn.request(MsgType.LOGIN, PASSWORD) == {"user": "ana"}
     finally:
         srv.stop()
 
@@ -158,10 +156,11 @@ def test_a_header_that_would_cost_more_than_the_whole_budget_closes_the_connecti
     srv = start(unmetered_header=100, receive_budget=4000, parse_budget=20_000)
     try:
         with connect(srv) as conn:
-            body = ('{"ids":[' + ",".join(["{}"] * 450) + "]}").encode()  # 1.4 kB, ~68 kB to parse
-            conn.sock.sendall(PREFIX.pack(b"FC", 1, MsgType.HAS_CHUNKS, len(body), 0) + body)
+            many = ",".join(["{}"] * 450)
+            body = ('{"user":"a","password":"b","x":[' + many + "]}").encode()  # 1.4 kB, ~68 kB to parse
+            conn.sock.sendall(PREFIX.pack(b"FC", 1, MsgType.LOGIN, len(body), 0) + body)
             with pytest.raises(ConnectionLost):
-                conn.read_reply(MsgType.HAS_CHUNKS)
+                conn.read_reply(MsgType.LOGIN)
             assert srv.budget.receiving.used == srv.budget.parsing.used == 0
     finally:
         srv.stop()
@@ -174,9 +173,9 @@ def test_one_address_cannot_take_every_connection() -> None:
         with raw(srv) as extra:
             assert extra.recv(1) == b""  # closed at once, unanswered
         with connect(srv, "127.0.0.2") as other:
-            assert other.request(MsgType.PING, {}) == {"pong": True}
+            assert other.request(MsgType.HELLO, {}) == {"pong": True}
         for conn in held:
-            assert conn.request(MsgType.PING, {}) == {"pong": True}
+            assert conn.request(MsgType.HELLO, {}) == {"pong": True}
             conn.close()
     finally:
         srv.stop()
@@ -189,17 +188,17 @@ def test_the_reserve_serves_newcomers_briefly_and_keeps_those_that_authenticate(
         time.sleep(0.1)
         with connect(srv, "127.0.0.2") as anonymous:  # in the reserve, on probation
             for _ in range(3):  # PROBATION_REQUESTS anonymous requests...
-                assert anonymous.request(MsgType.PING, {}) == {"pong": True}
+                assert anonymous.request(MsgType.HELLO, {}) == {"pong": True}
             with pytest.raises(Unavailable, match="only a logged-in client may go on"):
-                anonymous.request(MsgType.PING, {})  # ...then one more is answered...
+                anonymous.request(MsgType.HELLO, {})  # ...then one more is answered...
             with pytest.raises(ConnectionLost):
-                anonymous.request(MsgType.PING, {})  # ...and the connection closed
+                anonymous.request(MsgType.HELLO, {})  # ...and the connection closed
         with connect(srv, "127.0.0.2") as user:
-            assert user.request(MsgType.PING, {}) == {"pong": True}  # a HELLO first, say
+            assert user.request(MsgType.HELLO, {}) == {"pong": True}  # a HELLO first, say
             assert user.request(MsgType.WHOAMI, {"session": "good"}) == {"user": "ana"}
             time.sleep(0.8)  # trusted: the idle timeout is the ordinary one again
             for _ in range(5):
-                assert user.request(MsgType.PING, {}) == {"pong": True}
+                assert user.request(MsgType.HELLO, {}) == {"pong": True}
             with raw(srv, "127.0.0.4") as silent:  # on probation and silent: out at the head deadline
                 silent.settimeout(5)
                 started = time.monotonic()
@@ -216,7 +215,7 @@ def test_an_idle_connection_holds_nothing_of_its_last_request(server: FrameServe
     with connect(server) as conn:
         gc.disable()  # only reference counting may free it
         try:
-            assert conn.request(MsgType.PING, {}) == {"pong": True}
+            assert conn.request(MsgType.HELLO, {}) == {"pong": True}
             time.sleep(0.1)  # the server is waiting for the next frame now
             assert seen and seen[-1]() is None
         finally:

@@ -128,7 +128,7 @@ def events(decoder: FrameDecoder) -> Iterator[Any]:
 @pytest.mark.parametrize("piece", [1, 7, 4096], ids=["byte by byte", "7 bytes", "whole"])
 @pytest.mark.parametrize("when", ["prefix", "header"], ids=["refused at its prefix", "refused whole"])
 def test_a_refused_header_is_skipped_and_the_stream_stays_in_step(piece: int, when: str) -> None:
-    refused = encode(MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 5, "forward": []}, b"hello")
+    refused = encode(MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 5, "ticket": {}}, b"hello")
     after = encode(MsgType.PING, {})
     stream = refused + after
     decoder = FrameDecoder()

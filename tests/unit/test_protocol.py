@@ -26,7 +26,7 @@ CASES: list[tuple[MsgType, dict[str, Any], bytes]] = [
     (MsgType.PING, {}, b""),
     (MsgType.HELLO, {"client": "tests"}, b""),
     (MsgType.LOGIN, {"user": "ana", "password": "ñandú 🔑"}, b""),
-    (MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 5, "forward": []}, b"hello"),
+    (MsgType.PUT_CHUNK, {"id": "a" * 64, "size": 5, "ticket": {"exp": 1, "who": "w", "mac": "m"}}, b"hello"),
     (MsgType.CHUNK_DATA, {"id": "b" * 64, "size": 70000}, bytes(range(256)) * 273 + b"x" * 112),
     (MsgType.OK, {"files": [{"name": "x", "size": 1}], "n": None}, b""),
     (MsgType.ERROR, {"code": "not_found", "message": "no such file"}, b""),

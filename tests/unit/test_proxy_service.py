@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from common.cluster_auth import ClusterKey
 from common.errors import AuthError, Conflict, FileClusterError, InvalidRequest, ProtocolError
-from common.frame_server import Request, dispatch
-from common.hashing import EMPTY_SHA1
+from common.frame_server import Request, dispatch, serve_in_thread
+from common.hashing import EMPTY_SHA1, proof_digest
 from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import MsgType
 from proxy.auth import token_hash
@@ -19,7 +20,10 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
+from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
+from servers.chunk_store import MemoryChunkStore
+from servers.storage_server import StorageService, make_storage_server
 
 CHUNK = 64 * 1024
 DATA = b"x" * 1000
@@ -27,8 +31,28 @@ ID = hashlib.sha256(DATA).hexdigest()
 SHA1 = hashlib.sha1(DATA).hexdigest()
 
 
+KEY = ClusterKey(b"\x05" * 32)
+
+
 @pytest.fixture
-def service(tmp_path: Path) -> ProxyService:
+def servers() -> Iterator[dict[int, int]]:
+    """Storage servers 1 and 2 (in-process, real sockets), each holding a copy of DATA: id -> port."""
+    running = []
+    try:
+        for i in (1, 2):
+            store = MemoryChunkStore()
+            store.chunks[ID] = DATA
+            server = make_storage_server(StorageService(i, store, KEY), ("127.0.0.1", 0))
+            serve_in_thread(server, f"storage-{i}")
+            running.append(server)
+        yield {i: server.port for i, server in enumerate(running, 1)}
+    finally:
+        for server in running:
+            server.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path, servers: dict[int, int]) -> ProxyService:
     catalog = Catalog(tmp_path)
     registry = Registry(dead_after=60)
     uploads = Uploads()
@@ -36,11 +60,12 @@ def service(tmp_path: Path) -> ProxyService:
         catalog,
         registry,
         uploads,
-        Collector(catalog, registry, uploads),
+        Collector(catalog, registry, uploads, StorageClient(KEY)),
         ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1),
+        KEY,
     )
-    for i in (1, 2):
-        registry.register(i, "127.0.0.1", 1, 10**9, 0, 0)
+    for i, port in servers.items():
+        registry.register(i, "127.0.0.1", port, 10**9, 0, 0)
     catalog.add_user("ana", "00", "11")
     catalog.add_session(token_hash("tok"), "ana")
     catalog.put_file("ana", "first.txt", len(DATA), SHA1, [[ID, len(DATA)]], {ID: [1, 2]})
@@ -59,9 +84,17 @@ def begin(svc: ProxyService, name: str, **manifest: Any) -> dict[str, Any]:
     return call(svc, MsgType.UPLOAD_BEGIN, header)
 
 
+def prove(svc: ProxyService, started: Mapping[str, Any], data: bytes = DATA) -> list[dict[str, Any]]:
+    """Answer the challenge from ``data`` (the bytes of ID, or whatever a liar has); the missing list."""
+    challenge = started["challenge"]
+    proofs = [proof_digest(challenge["nonce"], ID, data[o : o + n]) for o, n in challenge["ranges"]]
+    header = {"session": "tok", "upload_id": started["upload_id"], "proofs": proofs}
+    return list(call(svc, MsgType.UPLOAD_PROVE, header)["missing"])
+
+
 def test_dedup_commit_needs_a_live_copy(service: ProxyService) -> None:
     started = begin(service, "second.txt")
-    assert started["missing"] == []  # both copies live: nothing to send
+    assert prove(service, started) == []  # proven, and both copies live: nothing to send
     service.registry.mark_down(1)
     service.registry.mark_down(2)  # ...and then both copies go away before the commit
     with pytest.raises(Conflict, match="no longer has a live copy"):
@@ -69,9 +102,25 @@ def test_dedup_commit_needs_a_live_copy(service: ProxyService) -> None:
     assert service.catalog.file("ana", "second.txt") is None
 
 
-def test_a_known_chunk_with_another_size_is_refused(service: ProxyService) -> None:
-    with pytest.raises(InvalidRequest, match="bytes, not"):
-        begin(service, "liar.txt", size=999)
+def test_a_known_chunk_claimed_with_another_size_is_placed_without_a_hint(service: ProxyService) -> None:
+    started = begin(service, "liar.txt", size=999, sha1="0" * 40)  # no error: that would be an oracle
+    assert [m["id"] for m in prove(service, started, b"?" * 999)] == [ID]  # not proven: send it
+
+
+def test_a_proof_from_the_hashes_alone_does_not_deduplicate(service: ProxyService) -> None:
+    started = begin(service, "stolen.txt")
+    missing = prove(service, started, b"\0" * len(DATA))  # knows ID, size and SHA-1, not the bytes
+    assert [m["id"] for m in missing] == [ID]  # must send the bytes, which it does not have
+    assert len(missing[0]["servers"]) == 2 and missing[0]["ticket"]["chain"]
+    with pytest.raises(Conflict):  # and without sending them there is nothing to commit
+        call(service, MsgType.UPLOAD_COMMIT, {"session": "tok", "upload_id": started["upload_id"]})
+    assert service.catalog.file("ana", "stolen.txt") is None
+
+
+def test_commit_before_proving_is_refused(service: ProxyService) -> None:
+    started = begin(service, "hasty.txt")
+    with pytest.raises(Conflict, match="prove the upload first"):
+        call(service, MsgType.UPLOAD_COMMIT, {"session": "tok", "upload_id": started["upload_id"]})
 
 
 C2 = "c" * 64
@@ -115,7 +164,9 @@ def test_upload_begin_refuses_a_bad_manifest(
 
 def test_an_empty_file_with_the_right_sha1_is_accepted(service: ProxyService) -> None:
     started = begin(service, "empty.txt", size=0, chunks=[], sha1=EMPTY_SHA1)
-    assert started["missing"] == []
+    assert started["challenge"]["ranges"] == []
+    header = {"session": "tok", "upload_id": started["upload_id"], "proofs": []}
+    assert call(service, MsgType.UPLOAD_PROVE, header)["missing"] == []
     reply = call(service, MsgType.UPLOAD_COMMIT, {"session": "tok", "upload_id": started["upload_id"]})
     assert reply["file"]["size"] == 0 and reply["file"]["sha1"] == EMPTY_SHA1
 

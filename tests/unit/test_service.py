@@ -8,7 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.errors import ConnectionLost, FileClusterError, InternalError, NotFound, RemoteProtocolError
+from common.cluster_auth import ClusterKey, server_audience
+from common.errors import (
+    AuthError,
+    ConnectionLost,
+    FileClusterError,
+    InternalError,
+    NotFound,
+    RemoteProtocolError,
+)
 from common.frame_server import FrameServer, Reply, Request, serve_in_thread
 from common.limits import ServerLimits
 from common.messages import MsgType
@@ -31,7 +39,7 @@ def crash(req: Request) -> Reply:
 def server() -> Iterator[FrameServer]:
     srv = FrameServer(
         ("127.0.0.1", 0),
-        {MsgType.PING: ping, MsgType.HAS_CHUNKS: has_chunks, MsgType.GET_CHUNK: crash},
+        {MsgType.HELLO: ping, MsgType.REGISTER: has_chunks, MsgType.LOGIN: crash},
         max_header=4096,
         max_payload=4096,
         limits=ServerLimits(max_connections=3, reserved=0),
@@ -47,30 +55,98 @@ def connect(srv: FrameServer) -> Connection:
 
 def test_errors_are_replies_and_the_connection_goes_on(server: FrameServer) -> None:
     with connect(server) as conn:
-        assert conn.request(MsgType.PING, {}) == {"pong": True}
+        assert conn.request(MsgType.HELLO, {}) == {"pong": True}
         with pytest.raises(NotFound, match="nothing here"):
-            conn.request(MsgType.HAS_CHUNKS, {"ids": []})
-        assert conn.request(MsgType.PING, {}) == {"pong": True}
+            conn.request(MsgType.REGISTER, {"user": "u", "password": "p"})
+        assert conn.request(MsgType.HELLO, {}) == {"pong": True}
 
 
 def test_a_bug_answers_internal_and_closes_only_that_connection(server: FrameServer) -> None:
     with connect(server) as bystander, connect(server) as conn:
         with pytest.raises(InternalError, match="internal error"):
-            conn.request(MsgType.GET_CHUNK, {"id": "a" * 64})
+            conn.request(MsgType.LOGIN, {"user": "u", "password": "p"})
         with pytest.raises(ConnectionLost):
-            conn.request(MsgType.PING, {})
-        assert bystander.request(MsgType.PING, {}) == {"pong": True}
+            conn.request(MsgType.HELLO, {})
+        assert bystander.request(MsgType.HELLO, {}) == {"pong": True}
 
 
 def test_requests_the_server_does_not_take_are_refused(server: FrameServer) -> None:
     with connect(server) as conn, pytest.raises(RemoteProtocolError, match="not a request this server"):
-        conn.request(MsgType.LOGIN, {"user": "a", "password": "b"})
+        conn.request(MsgType.LIST, {"session": "s"})
+
+
+KEY = ClusterKey(b"\x01" * 32)
+
+
+@pytest.fixture
+def cluster_server() -> Iterator[FrameServer]:
+    """A frame server that takes PING, a message only the holders of the cluster secret may send."""
+    srv = FrameServer(("127.0.0.1", 0), {MsgType.PING: ping}, max_header=4096, max_payload=4096, cluster=KEY)
+    serve_in_thread(srv, "test")
+    yield srv
+    srv.stop()
+
+
+def test_cluster_messages_need_a_fresh_mac_and_the_reply_is_signed(cluster_server: FrameServer) -> None:
+    with connect(cluster_server) as conn:
+        with pytest.raises(AuthError, match="must be authenticated"):
+            conn.request(MsgType.PING, {})
+        forged = ClusterKey(b"\x02" * 32).sign(MsgType.PING, {})  # another cluster's secret
+        with pytest.raises(AuthError, match="not signed with this cluster's secret"):
+            conn.request(MsgType.PING, forged)
+        signed = KEY.sign(MsgType.PING, {})
+        assert KEY.verify_reply(signed, conn.request(MsgType.PING, signed)) == {"pong": True}
+        with pytest.raises(AuthError, match="replayed"):  # the same message again
+            conn.request(MsgType.PING, signed)
+        stale = ClusterKey(b"\x01" * 32, clock=lambda: time.time() - 3600).sign(MsgType.PING, {})
+        with pytest.raises(AuthError, match="too old"):
+            conn.request(MsgType.PING, stale)
+        tampered = KEY.sign(MsgType.PING, {})
+        tampered["auth"] = {**tampered["auth"], "ts": tampered["auth"]["ts"] + 1}  # a fresher time
+        with pytest.raises(AuthError, match="not signed with this cluster's secret"):
+            conn.request(MsgType.PING, tampered)
+    with connect(cluster_server) as conn:  # a reply signed for another request is refused
+        first, second = KEY.sign(MsgType.PING, {}), KEY.sign(MsgType.PING, {})
+        reply = conn.request(MsgType.PING, first)
+        with pytest.raises(AuthError, match="reply is not signed"):
+            KEY.verify_reply(second, reply)
+
+
+def test_a_cluster_message_is_for_the_one_server_it_was_signed_for() -> None:
+    """Each server process remembers the nonces it has seen, and only those: a message the proxy
+    signed for server 1, recorded on the wire, must not be accepted by server 2 (a DELETE_CHUNKS
+    would delete server 2's copies).  Two keys of one secret, as in two processes."""
+    servers = [
+        FrameServer(
+            ("127.0.0.1", 0),
+            {MsgType.PING: ping},
+            max_header=4096,
+            max_payload=4096,
+            cluster=ClusterKey(b"\x01" * 32),
+            audience=server_audience(i),
+        )
+        for i in (1, 2)
+    ]
+    for srv in servers:
+        serve_in_thread(srv, "test")
+    try:
+        for_one = KEY.sign(MsgType.PING, {}, to=server_audience(1))
+        with connect(servers[1]) as conn:
+            with pytest.raises(AuthError, match="not signed with this cluster's secret for server:2"):
+                conn.request(MsgType.PING, for_one)
+            with pytest.raises(AuthError, match="not signed with this cluster's secret for server:2"):
+                conn.request(MsgType.PING, KEY.sign(MsgType.PING, {}))  # for nobody in particular
+        with connect(servers[0]) as conn:
+            assert KEY.verify_reply(for_one, conn.request(MsgType.PING, for_one)) == {"pong": True}
+    finally:
+        for srv in servers:
+            srv.stop()
 
 
 def test_connections_past_the_cap_are_refused_and_the_rest_keep_working(server: FrameServer) -> None:
     held = [connect(server) for _ in range(3)]
     for conn in held:
-        assert conn.request(MsgType.PING, {}) == {"pong": True}
+        assert conn.request(MsgType.HELLO, {}) == {"pong": True}
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
         assert extra.recv(1) == b""  # closed at once
     held.pop().close()
@@ -78,11 +154,11 @@ def test_connections_past_the_cap_are_refused_and_the_rest_keep_working(server: 
     while True:  # the server notices the close, then has room again
         try:
             with connect(server) as late:
-                assert late.request(MsgType.PING, {}) == {"pong": True}
+                assert late.request(MsgType.HELLO, {}) == {"pong": True}
             break
         except FileClusterError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     for conn in held:
-        assert conn.request(MsgType.PING, {}) == {"pong": True}
+        assert conn.request(MsgType.HELLO, {}) == {"pong": True}
         conn.close()

@@ -26,10 +26,11 @@ from typing import IO, Any
 
 import pytest
 
+from common.cluster_auth import ClusterKey, server_audience
 from common.errors import (
     FileClusterError,
+    Forbidden,
     InsufficientStorage,
-    InvalidRequest,
     ReplicationFailed,
     SourceShrank,
     StorageIOError,
@@ -44,6 +45,7 @@ from servers.storage_server import StorageService, make_storage_server
 
 DATA = bytes(range(256)) * (3 * RECV_SIZE // 256)  # 3 MiB: at least three receive buffers
 ID = hashlib.sha256(DATA).hexdigest()
+KEY = ClusterKey(b"\x09" * 32)  # the cluster secret of these servers
 OTHER = b"a chunk stored before the fault" * 100
 OTHER_ID = hashlib.sha256(OTHER).hexdigest()
 # the fault strikes after this many bytes of a chunk: inside the payload, with at least one more
@@ -84,7 +86,7 @@ def start(tmp_path: Path) -> Iterator[Callable[[int], Node]]:
 
     def _start(server_id: int) -> Node:
         store = ChunkStore(tmp_path / f"server{server_id}" / "ServerFiles")
-        server = make_storage_server(StorageService(server_id, store), ("127.0.0.1", 0))
+        server = make_storage_server(StorageService(server_id, store, KEY), ("127.0.0.1", 0))
         started.append(server)
         serve_in_thread(server, f"storage-{server_id}")
         return Node(server_id, store, server)
@@ -181,14 +183,23 @@ class DiskFault:
         self._replace(src, dst)
 
 
+def ticket(conn: Connection, chunk_id: str, forward: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The proxy's ticket to store ``chunk_id`` on the server behind ``conn`` (id 1), then ``forward``."""
+    host, port = conn.peer.rsplit(":", 1)
+    chain = [{"id": 1, "host": host, "port": int(port)}, *(forward or [])]
+    return KEY.put_ticket(chunk_id, chain, "upload:test", 60)
+
+
 def put(conn: Connection, data: bytes, forward: list[dict[str, Any]] | None = None) -> list[int]:
-    header = {"id": hashlib.sha256(data).hexdigest(), "size": len(data), "forward": forward or []}
+    chunk_id = hashlib.sha256(data).hexdigest()
+    header = {"id": chunk_id, "size": len(data), "ticket": ticket(conn, chunk_id, forward)}
     stored: list[int] = conn.request(MsgType.PUT_CHUNK, header, data)["stored"]
     return stored
 
 
-def ping(conn: Connection) -> dict[str, Any]:
-    return conn.request(MsgType.PING, {})
+def ping(conn: Connection, server_id: int = 1) -> dict[str, Any]:
+    signed = KEY.sign(MsgType.PING, {}, to=server_audience(server_id))
+    return KEY.verify_reply(signed, conn.request(MsgType.PING, signed))
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -246,9 +257,9 @@ def test_a_disk_fault_is_a_clean_error_and_the_same_connection_goes_on(
 def test_a_put_refused_before_its_payload_is_read_is_drained(node: Node) -> None:
     """PROTOCOL.md §4: a request refused before its payload is read still has the payload drained."""
     with node.connect() as conn:
-        bad_forward = [{"id": 2, "host": "127.0.0.1"}]  # no port
-        with pytest.raises(InvalidRequest, match="forward target"):
-            put(conn, DATA, bad_forward)
+        forged = {**ticket(conn, ID), "chain": [[1, "127.0.0.1", 1], [2, "10.9.9.9", 22]]}
+        with pytest.raises(Forbidden, match="does not match"):
+            conn.request(MsgType.PUT_CHUNK, {"id": ID, "size": len(DATA), "ticket": forged}, DATA)
         assert ping(conn)["chunks"] == 0
         assert put(conn, DATA) == [1]
 
@@ -329,9 +340,14 @@ def test_a_replica_that_hangs_up_mid_payload_is_replication_failed(node: Node, c
     # what the head sent on before the replica hung up: the chunk's frame, the chain's rest, its bytes
     decoder = FrameDecoder()
     decoder.receive_data(bytes(cut_off.received))
-    assert decoder.next_event() == Message(
-        MsgType.PUT_CHUNK, {"id": ID, "size": len(DATA), "forward": []}, len(DATA)
+    forwarded = decoder.next_event()
+    assert isinstance(forwarded, Message) and forwarded.type is MsgType.PUT_CHUNK
+    assert (forwarded.header["id"], forwarded.header["size"], forwarded.payload_len) == (
+        ID,
+        len(DATA),
+        len(DATA),
     )
+    assert forwarded.header["ticket"]["chain"][1] == [9, "127.0.0.1", cut_off.port]  # the same ticket
     piece = decoder.next_event()
     assert isinstance(piece, PayloadData) and DATA.startswith(bytes(piece.data))
     assert 0 < len(piece.data) < len(DATA)
@@ -366,7 +382,9 @@ def test_a_source_that_shrinks_mid_send_leaves_nothing_on_the_server(
     source = tmp_path / "source"
     source.write_bytes(DATA[: 2 * RECV_SIZE])  # a third shorter than announced
     with node.connect() as conn, open(source, "rb") as f:
-        conn.send_head(MsgType.PUT_CHUNK, {"id": ID, "size": len(DATA)}, len(DATA))
+        conn.send_head(
+            MsgType.PUT_CHUNK, {"id": ID, "size": len(DATA), "ticket": ticket(conn, ID)}, len(DATA)
+        )
         with pytest.raises(SourceShrank, match=f"{2 * RECV_SIZE} of {len(DATA)} bytes"):
             conn.send_file(f, 0, len(DATA))
         assert conn.closed  # the frame cannot be finished: the server must not wait for the rest
