@@ -60,6 +60,8 @@ from common.transport import Connection
 
 log = logging.getLogger(__name__)
 
+PROBATION_OVER = "all connections are taken; only a logged-in client may go on"
+
 Address = tuple[str, int]
 
 
@@ -218,32 +220,44 @@ class _FrameHandler(socketserver.BaseRequestHandler):
     def _answer(self, conn: Connection, slot: Slot, request: Request) -> bool:
         """The door, then admission's word on this connection, then the handler, and the reply is
         sent; False: close.  A connection on probation that has used up its anonymous requests gets
-        an answer (ERROR unavailable) before it is closed, never a connection closed under it."""
+        an answer (ERROR unavailable) before it is closed, never a connection closed under it.
+        (No exception is kept in a variable: its traceback would hold this frame, and so the
+        request, in a cycle.)"""
         server = self.server
         try:
             handler = authorize(
                 server.handlers, server.authenticate, request, server.cluster, server.audience
             )
-        except FileClusterError as exc:
-            handler = _answer_with(exc)
-        if not self.server.admission.admit_request(slot, request.authenticated):
-            self._answer_error(conn, Busy("all connections are taken; only a logged-in client may go on"))
-            return False
+        except FileClusterError as exc:  # the door said no: that is the answer, if any is allowed
+            if not server.admission.admit_request(slot, False):
+                return self._probation_over(conn)
+            return self._answer_failure(conn, exc)
+        if not server.admission.admit_request(slot, request.authenticated):
+            return self._probation_over(conn)
         if slot.trusted:
-            conn.set_idle_timeout(self.server.limits.idle_timeout)
+            conn.set_idle_timeout(server.limits.idle_timeout)
         try:
             self._send(conn, handler(request))
-        except ProtocolError as exc:
-            self.server.warn("closing %s: %s", conn.peer, exc)
-            self._try_send_error(conn, exc)
-            return False
         except FileClusterError as exc:
-            return self._answer_error(conn, exc)
+            return self._answer_failure(conn, exc)
         except Exception:
             log.exception("unexpected error serving %s", conn.peer)
             self._try_send_error(conn, InternalError("internal error; see the server log"))
             return False
         return True
+
+    def _probation_over(self, conn: Connection) -> bool:
+        """Answer a request a connection on probation may not make; then it closes (False)."""
+        self._answer_error(conn, Busy(PROBATION_OVER))
+        return False
+
+    def _answer_failure(self, conn: Connection, exc: FileClusterError) -> bool:
+        """Answer a refusal or a failure; a protocol error closes the connection.  False: close."""
+        if isinstance(exc, ProtocolError):
+            self.server.warn("closing %s: %s", conn.peer, exc)
+            self._try_send_error(conn, exc)
+            return False
+        return self._answer_error(conn, exc)
 
     def _answer_error(self, conn: Connection, exc: FileClusterError) -> bool:
         """Answer ERROR, first draining a payload nobody read (it is within limits); False: close."""
@@ -275,15 +289,6 @@ class _FrameHandler(socketserver.BaseRequestHandler):
             return
         with contextlib.suppress(FileClusterError):
             conn.send_error(exc)
-
-
-def _answer_with(error: FileClusterError) -> Handler:
-    """A handler that answers ``error``: what the door said instead of the request's handler."""
-
-    def refuse(request: Request) -> Reply:
-        raise error
-
-    return refuse
 
 
 def _body(conn: Connection) -> Iterator[bytes | memoryview]:

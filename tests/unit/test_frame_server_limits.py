@@ -4,6 +4,7 @@ probation, and no request outliving its answer on an idle connection."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import socket
@@ -43,6 +44,7 @@ def whoami(req: Request) -> Reply:
 
 def authenticate(auth: Auth, req: Request) -> str:
     """A session "good" is ana's; any ticket will do."""
+    seen.append(weakref.ref(req))
     if auth is Auth.TICKET and isinstance(req.header.get("ticket"), dict):
         return "a ticket's holder"
     if req.header.get("session") != "good":
@@ -210,13 +212,21 @@ def test_the_reserve_serves_newcomers_briefly_and_keeps_those_that_authenticate(
         srv.stop()
 
 
-def test_an_idle_connection_holds_nothing_of_its_last_request(server: FrameServer) -> None:
+@pytest.mark.parametrize(
+    ("msg_type", "header"),
+    [(MsgType.HELLO, {}), (MsgType.WHOAMI, {"session": "bad"})],
+    ids=["answered", "refused at the door"],
+)
+def test_an_idle_connection_holds_nothing_of_its_last_request(
+    server: FrameServer, msg_type: MsgType, header: dict[str, Any]
+) -> None:
     seen.clear()
     with connect(server) as conn:
-        gc.disable()  # only reference counting may free it
+        gc.disable()  # only reference counting may free it, not the cycle collector
         try:
-            assert conn.request(MsgType.HELLO, {}) == {"pong": True}
+            with contextlib.suppress(AuthError):
+                conn.request(msg_type, header)
             time.sleep(0.1)  # the server is waiting for the next frame now
-            assert seen and seen[-1]() is None
+            assert seen and all(ref() is None for ref in seen)
         finally:
             gc.enable()
