@@ -112,6 +112,7 @@ def _open_part(out_dir: Path) -> tuple[Path, int]:
         except FileNotFoundError:
             continue
         except OSError as exc:
+            _remove_if_empty(tmp.parent)
             raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
     raise InvalidRequest(f"cannot write in {out_dir}: its {PARTIAL_DIR} folder keeps disappearing")
 
