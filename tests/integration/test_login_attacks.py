@@ -247,7 +247,9 @@ def test_data_is_private_whatever_the_umask(tmp_path: Path) -> None:
             src = tmp_path / "secret.bin"
             src.write_bytes(os.urandom(3 * 64 * 1024))
             client.upload(src)
-        c.kill_proxy(signal.SIGTERM)  # a clean stop writes catalog.json too
+        journal = c.root / "proxy" / "journal.jsonl"
+        assert oct(journal.stat().st_mode & 0o777) == "0o600"  # as the running proxy made it
+        c.kill_proxy(signal.SIGTERM)  # a clean stop writes catalog.json (and a fresh journal)
         folders = [c.root / "proxy", *(c.root / f"server{i}" for i in (1, 2))]
         for server in folders[1:]:
             folders += [server / "ServerFiles", server / "ServerFiles" / "tmp"]
