@@ -82,11 +82,11 @@ def test_a_wrong_password_takes_as_long_for_an_unknown_user_as_for_a_known_one(c
 
 def test_megabyte_user_names_are_refused_before_anything_is_kept(cluster: Cluster) -> None:
     assert cluster.proxy is not None
-    name = "n" * (1 << 20)
     before = rss(cluster.proxy.pid)
-    for _ in range(75):  # 300 attempts from 75 addresses: under every throttle's limit
+    for address in range(75):  # 300 attempts from 75 addresses: under every throttle's limit
         with cluster.link() as link:
-            for _ in range(4):
+            for attempt in range(4):
+                name = f"{address:02d}{attempt}".ljust(1 << 20, "n")  # each a new name to keep
                 with pytest.raises(InvalidRequest) as refused:
                     login(link, name, WRONG)
                 assert refused.value.message.startswith("a user name is 1 to 32 letters")  # one short line
