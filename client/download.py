@@ -1,7 +1,10 @@
 """Downloading one file: locate it, fetch chunks in parallel, verify, then show it.
 
 Chunks are fetched several at a time straight from the storage servers and
-written at their offsets into a hidden temp file next to the destination.
+written at their offsets into a temp file in a hidden folder of its own,
+``.filecluster-partial/`` inside the destination folder (0700; the file is
+created exclusively), so a temp file can never collide with a user's file,
+and the sweep of stale temp files never looks anywhere else.
 Each chunk's SHA-256 is checked as it arrives; a server that is down, lacks
 the chunk or sends bad bytes is skipped for the chunk's next copy.  The
 whole file's SHA-1 is computed in order, as chunks complete, and checked at
@@ -16,6 +19,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
+import stat
 import threading
 import time
 import uuid
@@ -43,6 +48,8 @@ from common.names import MAX_NAME_BYTES, check_file_name
 
 Progress = Callable[[str, int, int], None]
 STALE_PART_SECONDS = 3600
+PARTIAL_DIR = ".filecluster-partial"
+_PART_NAME = re.compile(r"[0-9a-f]{16}\.part\Z")
 
 
 @dataclass(frozen=True)
@@ -77,13 +84,57 @@ def _candidates(folder: Path, name: str) -> Iterator[Path]:
         n += 1
 
 
-def _clean_stale_parts(folder: Path) -> None:
-    """Remove temp files of downloads that were killed (untouched for an hour)."""
-    cutoff = time.time() - STALE_PART_SECONDS
-    for part in folder.glob(".filecluster-*.part"):
+def _partial_dir(out_dir: Path) -> Path:
+    """The hidden folder for ``out_dir``'s temp files: made 0700 if missing; it must be a real
+    folder of ours (not a symlink someone planted)."""
+    folder = out_dir / PARTIAL_DIR
+    try:
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise InvalidRequest(f"{folder} is not a folder of yours; move it away and try again")
+    if info.st_mode & 0o077:
         with contextlib.suppress(OSError):
-            if part.stat().st_mtime < cutoff:
-                part.unlink()
+            os.chmod(folder, 0o700)
+    return folder
+
+
+def _open_part(out_dir: Path) -> tuple[Path, int]:
+    """A new temp file (created exclusively, never through a symlink) and its descriptor.  Its mode
+    is the one the downloaded file will keep; while it is partial, the 0700 folder hides it."""
+    for _ in range(3):  # another download may remove the emptied folder between mkdir and open
+        tmp = _partial_dir(out_dir) / f"{uuid.uuid4().hex[:16]}.part"
+        try:
+            return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            _remove_if_empty(tmp.parent)
+            raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
+    raise InvalidRequest(f"cannot write in {out_dir}: its {PARTIAL_DIR} folder keeps disappearing")
+
+
+def _clean_stale_parts(folder: Path) -> None:
+    """Remove temp files of downloads that were killed (untouched for an hour).  Only our own
+    hidden folder is looked at, and in it only regular files with our temp names."""
+    cutoff = time.time() - STALE_PART_SECONDS
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        for part in folder.iterdir():
+            with contextlib.suppress(OSError):
+                info = part.lstat()
+                if _PART_NAME.match(part.name) and stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    part.unlink()
+    _remove_if_empty(folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: another download is using it, or left a part
+        folder.rmdir()
 
 
 def download(
@@ -104,7 +155,7 @@ def download(
         raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
     if not out_dir.is_dir():
         raise InvalidRequest(f"{out_dir} is not a folder")
-    _clean_stale_parts(out_dir)
+    _clean_stale_parts(out_dir / PARTIAL_DIR)
     try:
         for candidate in _candidates(out_dir, name):
             if not candidate.exists() and not candidate.is_symlink():
@@ -113,11 +164,7 @@ def download(
                 return DownloadResult(name, candidate, size, sha1, fetched=False)
     except OSError as exc:
         raise InvalidRequest(f"cannot look in {out_dir}: {exc.strerror or exc}") from None
-    tmp = out_dir / f".filecluster-{uuid.uuid4().hex[:16]}.part"  # short: any name fits beside it
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
+    tmp, fd = _open_part(out_dir)
     try:
         try:
             os.ftruncate(fd, size)
@@ -128,6 +175,7 @@ def download(
         final = _link_into_place(tmp, out_dir, name)
     finally:
         tmp.unlink(missing_ok=True)
+        _remove_if_empty(tmp.parent)
     fsync_dir(out_dir)
     return DownloadResult(name, final, size, sha1, fetched=True)
 

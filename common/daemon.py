@@ -10,7 +10,7 @@ import os
 import signal
 import stat
 import sys
-import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -67,16 +67,22 @@ def setup_logging(name: str, verbose: bool = False) -> None:
 
 
 def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT."""
-    done = threading.Event()
+    """Block until SIGTERM or SIGINT.
+
+    Python runs a signal handler in the main thread, between bytecodes; but the kernel may deliver
+    the signal to any thread, and then nothing interrupts what the main thread waits for.  So it
+    sleeps a quarter of a second at a time: the handler runs that soon however the signal came (a
+    wait of an hour let a daemon with busy threads ignore SIGTERM for that hour).  The handler only
+    sets a flag: taking a lock there could deadlock with the code it interrupted."""
+    received: list[int] = []
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
+        received.append(signum)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    while not done.wait(3600):
-        pass
+    while not received:
+        time.sleep(0.25)
 
 
 def announce(what: str, host: str, port: int) -> None:

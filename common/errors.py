@@ -64,6 +64,12 @@ class Forbidden(FileClusterError):
     code = "forbidden"
 
 
+class Throttled(FileClusterError):
+    """Too many failed attempts (logins, unknown share links) from one address: wait, then retry."""
+
+    code = "throttled"
+
+
 class NotFound(FileClusterError):
     """A file, link, user, chunk or local path that does not exist."""
 
@@ -149,6 +155,7 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
         InvalidRequest,
         AuthError,
         Forbidden,
+        Throttled,
         NotFound,
         AlreadyExists,
         Conflict,

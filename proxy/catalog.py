@@ -16,6 +16,10 @@ servers and journaled ``chunk_del``; that is what lets an upload in flight
 pin it.  Chunk *locations* are also soft state: a storage server's
 registration tells the proxy exactly which chunks it holds, and
 :meth:`reconcile_server` brings the catalog in line without journaling.
+
+Sessions are keyed by the SHA-256 of their token.  Their lifetimes are
+proxy.sessions' business: a session's last use is journaled only now and
+then (``session_touch``), and expired ones leave in batches (``session_expire``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,9 @@ class Catalog:
         for owner_files in self.state["files"].values():
             for entry in owner_files.values():
                 self.refs.update(chunk_id for chunk_id, _ in entry["chunks"])
+        self._user_sessions: defaultdict[str, set[str]] = defaultdict(set)  # derived: user -> hashes
+        for token_hash, session in self.state["sessions"].items():
+            self._user_sessions[session["user"]].add(token_hash)
         for entry in entries:
             self._apply(entry)
         if not self.state["cluster_id"]:
@@ -110,9 +117,27 @@ class Catalog:
 
     def _apply_session_add(self, e: dict[str, Any]) -> None:
         self.state["sessions"][e["token_hash"]] = {"user": e["user"], "created": e["created"]}
+        self._user_sessions[e["user"]].add(e["token_hash"])
+
+    def _apply_session_touch(self, e: dict[str, Any]) -> None:
+        session = self.state["sessions"].get(e["token_hash"])
+        if session is not None:
+            session["used"] = e["used"]
 
     def _apply_session_del(self, e: dict[str, Any]) -> None:
-        self.state["sessions"].pop(e["token_hash"], None)
+        self._forget_session(e["token_hash"])
+
+    def _apply_session_expire(self, e: dict[str, Any]) -> None:
+        for token_hash in e["token_hashes"]:
+            self._forget_session(token_hash)
+
+    def _forget_session(self, token_hash: str) -> None:
+        session = self.state["sessions"].pop(token_hash, None)
+        if session is not None:
+            mine = self._user_sessions[session["user"]]
+            mine.discard(token_hash)
+            if not mine:
+                del self._user_sessions[session["user"]]
 
     def _apply_file_put(self, e: dict[str, Any]) -> list[str]:
         owner_files = self.state["files"].setdefault(e["owner"], {})
@@ -166,11 +191,24 @@ class Catalog:
     def add_user(self, user: str, salt: str, hashed: str) -> None:
         self._change({"op": "user_add", "user": user, "salt": salt, "hash": hashed, "created": time.time()})
 
-    def add_session(self, token_hash: str, user: str) -> None:
-        self._change({"op": "session_add", "token_hash": token_hash, "user": user, "created": time.time()})
+    def add_session(self, token_hash: str, user: str, created: float | None = None) -> None:
+        created = time.time() if created is None else created
+        self._change({"op": "session_add", "token_hash": token_hash, "user": user, "created": created})
 
     def drop_session(self, token_hash: str) -> None:
         self._change({"op": "session_del", "token_hash": token_hash})
+
+    def touch_session(self, token_hash: str, used: float, *, every: float) -> None:
+        """Journal a session's last use, unless the journaled one is less than ``every`` s older."""
+        with self.lock:
+            session = self.state["sessions"].get(token_hash)
+            if session is not None and used - session.get("used", session["created"]) >= every:
+                self._change({"op": "session_touch", "token_hash": token_hash, "used": used})
+
+    def expire_sessions(self, token_hashes: list[str]) -> None:
+        """End many sessions with one journal entry."""
+        if token_hashes:
+            self._change({"op": "session_expire", "token_hashes": token_hashes})
 
     def put_file(
         self,
@@ -253,6 +291,20 @@ class Catalog:
     def session_user(self, token_hash: str) -> str | None:
         session = self.state["sessions"].get(token_hash)
         return session["user"] if session else None
+
+    def session(self, token_hash: str) -> dict[str, Any] | None:
+        """A session's record: ``user``, ``created`` and, once journaled, ``used`` (Unix times)."""
+        session: dict[str, Any] | None = self.state["sessions"].get(token_hash)
+        return session
+
+    def sessions(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every session (token hash, a copy of its record)."""
+        with self.lock:
+            return [(h, dict(s)) for h, s in self.state["sessions"].items()]
+
+    def sessions_of(self, user: str) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {h: dict(self.state["sessions"][h]) for h in self._user_sessions.get(user, ())}
 
     def file(self, owner: str, name: str) -> dict[str, Any] | None:
         entry: dict[str, Any] | None = self.state["files"].get(owner, {}).get(name)

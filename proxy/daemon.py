@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
 from common.config import (
@@ -34,10 +35,23 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
+from proxy.sessions import SessionSweeper
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A positive duration: seconds, or a number with a unit: ``90``, ``90s``, ``15m``, ``12h``, ``7d``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected e.g. 3600, 90s, 15m, 12h or 7d"
+        )
+    return float(match[1]) * _UNITS[match[2]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +97,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=600.0,
         help="seconds a ticket for reading or writing a chunk stays valid (default: 600)",
     )
+    parser.add_argument(
+        "--session-idle",
+        type=duration,
+        default="7d",
+        help="a session ends after this long without a request (default: 7d; units s, m, h, d)",
+    )
+    parser.add_argument(
+        "--session-max",
+        type=duration,
+        default="30d",
+        help="a session ends this long after login, however busy (default: 30d)",
+    )
     add_secret_argument(parser)
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     add_limit_options(parser)
@@ -107,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         advertise=parse_address(args.advertise) if args.advertise else None,
         ticket_ttl=args.ticket_ttl,
+        session_idle=args.session_idle,
+        session_max=args.session_max,
     )
     service = ProxyService(catalog, registry, uploads, collector, config, key)
     server = FrameServer(
@@ -118,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
         cluster=key,
         limits=server_limits(args),
     )
+    sweeper = SessionSweeper(service.sessions, service.sessions.policy.sweep_every)
     collector.start()
+    sweeper.start()
     serve_in_thread(server, "proxy")
     log.info(
         "proxy serving cluster %s on %s:%d (chunk size %d, %d replicas)",
@@ -133,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         wait_for_signal()
     finally:
         server.stop()
+        sweeper.stop()
         collector.stop()
         catalog.snapshot()
         catalog.close()

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.atomic import fsync_dir, write_atomic
+from common.atomic import PRIVATE_FILE, fsync_dir, make_private_dir, open_private, tighten, write_atomic
 from common.errors import CorruptData, InsufficientStorage, StorageIOError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ JOURNAL = "journal.jsonl"
 class Journal:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.folder)  # 0700, and every file in it 0600: users' password hashes
         self.snapshot_path = self.folder / SNAPSHOT
         self.journal_path = self.folder / JOURNAL
         self.seq = 0
@@ -47,6 +47,9 @@ class Journal:
     def load(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The last snapshot (or None) and the journal entries that came after it."""
         snapshot = None
+        for path in (self.snapshot_path, self.journal_path):  # made by an older version: tighten
+            if path.exists():
+                tighten(path, PRIVATE_FILE)
         if self.snapshot_path.exists():
             try:
                 snapshot = json.loads(self.snapshot_path.read_bytes())
@@ -62,7 +65,7 @@ class Journal:
                 raise CorruptData(f"{self.journal_path}: change {self.seq + 1} is missing")
             self.seq = entry["seq"]
         self.entries_since_snapshot = len(fresh)
-        self._file = open(self.journal_path, "ab")
+        self._file = open(self.journal_path, "ab", opener=open_private)
         fsync_dir(self.folder)  # a journal created just now must survive a crash too
         return snapshot, fresh
 
@@ -87,7 +90,7 @@ class Journal:
                 raise CorruptData(f"{self.journal_path} is damaged at line {number}") from None
             entries.append(entry)
         if raw and not raw.endswith(b"\n") and entries:  # complete, but its newline was cut off
-            with open(self.journal_path, "ab") as f:
+            with open(self.journal_path, "ab", opener=open_private) as f:
                 f.write(b"\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -131,7 +134,7 @@ class Journal:
             self._file.seek(good)
             os.fsync(self._file.fileno())
             self._file.close()
-            self._file = open(self.journal_path, "ab")
+            self._file = open(self.journal_path, "ab", opener=open_private)
         except OSError:
             self._broken = str(cause)
             log.error("catalog journal damaged and not repairable: refusing further changes")
@@ -142,7 +145,7 @@ class Journal:
         write_atomic(self.snapshot_path, data, mode=0o600)
         write_atomic(self.journal_path, b"", mode=0o600)
         try:
-            new = open(self.journal_path, "ab")
+            new = open(self.journal_path, "ab", opener=open_private)
         except OSError as exc:  # the old handle points at a replaced file: appending there is lost
             self._broken = f"cannot reopen the journal after a snapshot: {exc}"
             log.error("%s; refusing further changes", self._broken)

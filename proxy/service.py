@@ -32,13 +32,14 @@ from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
 from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import Auth, MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
-from proxy.auth import LoginThrottle, hash_password, new_token, token_hash, verify_password
+from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, client_key, hash_password, new_token
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.membership import Membership
 from proxy.ownership import new_challenge, proven_chunks
-from proxy.placement import ServerRef, place
+from proxy.placement import ServerRef, place, rank
 from proxy.registry import Registry
+from proxy.sessions import DEFAULT_IDLE, DEFAULT_MAX_AGE, SessionPolicy, Sessions
 from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ProxyConfig:
     heartbeat: float
     advertise: tuple[str, int] | None = None
     ticket_ttl: float = 600.0  # seconds a ticket for a chunk stays valid
+    session_idle: float = DEFAULT_IDLE  # seconds without a request before a session ends
+    session_max: float = DEFAULT_MAX_AGE  # seconds after LOGIN before a session ends, however busy
 
 
 class ProxyService:
@@ -71,6 +74,9 @@ class ProxyService:
         self.key = key  # signs tickets
         self.storage = collector.storage
         self.throttle = LoginThrottle()
+        self.link_throttle = LinkThrottle()
+        self.passwords = PasswordCheck()
+        self.sessions = Sessions(catalog, SessionPolicy(config.session_idle, config.session_max))
         self.members = Membership(catalog, registry, collector, heartbeat=config.heartbeat)
 
     def handlers(self) -> Mapping[MsgType, Handler]:
@@ -98,7 +104,7 @@ class ProxyService:
         token = req.header.get("session")
         if need is Auth.SESSION_IF_GIVEN and not token:
             return None
-        user = self.catalog.session_user(token_hash(token)) if isinstance(token, str) and token else None
+        user = self.sessions.user_of(token) if isinstance(token, str) and token else None
         if user is None:
             raise AuthError("not logged in (or the session ended); run: filecluster login USER")
         return user
@@ -125,22 +131,21 @@ class ProxyService:
         return Reply({"user": user})
 
     def login(self, req: Request) -> Reply:
+        """Validated before anything is counted; one scrypt check whether or not the user exists;
+        throttled per address and per (address, user), never per user alone (proxy.auth)."""
         h = req.header
-        user, password = h["user"], check_password_rules(h["password"], new=False)
-        wait = self.throttle.attempt(user)
-        if wait > 0:
-            raise AuthError(f"too many failed logins for {user!r}; try again in {math.ceil(wait)} s")
-        record = self.catalog.user(user)
-        if record is None or not verify_password(password, record["salt"], record["hash"]):
+        user = check_user_name(h["user"])
+        password = check_password_rules(h["password"], new=False)
+        address = client_key(req.peer[0])
+        self.throttle.attempt(address, user)
+        if not self.passwords.matches(password, self.catalog.user(user)):
             raise AuthError("wrong user name or password")
-        self.throttle.succeeded(user)
-        token = new_token()
-        self.catalog.add_session(token_hash(token), user)
-        return Reply({"user": user, "session": token})
+        self.throttle.succeeded(address, user)
+        return Reply({"user": user, "session": self.sessions.start(user)})
 
     def logout(self, req: Request) -> Reply:
         h = req.header
-        self.catalog.drop_session(token_hash(h["session"]))
+        self.sessions.end(h["session"])
         return Reply({})
 
     def whoami(self, req: Request) -> Reply:
@@ -197,17 +202,18 @@ class ProxyService:
         if len(proofs) != len(upload.challenge.ranges) or not all(isinstance(p, str) for p in proofs):
             raise InvalidRequest(f"expected {len(upload.challenge.ranges)} proofs, one per distinct chunk")
         sizes = dict(upload.chunks)
-        holders = {}  # chunks the cluster holds (same size) on a live server: candidates for dedup
+        up = [s.ref for s in self.registry.all() if self.registry.is_up(s)]
+        holders = {}  # who checks each proof: the live servers with a copy (same size), in rank order
         for chunk_id, size in sizes.items():
             known = self.catalog.chunk(chunk_id)
-            if known is not None and known["size"] == size:
-                live = [
-                    s
-                    for s in (self.registry.get(i) for i in known["servers"])
-                    if s and self.registry.is_up(s)
-                ]
-                if live:
-                    holders[chunk_id] = [s.ref for s in live]
+            held = set(known["servers"]) if known is not None and known["size"] == size else set()
+            ranked = rank(chunk_id, up)
+            # content the cluster lacks is checked too, by the server that would hold it (it answers
+            # "no copy"): the same round trip either way, so UPLOAD_PROVE takes as long for stored
+            # content as for fresh, and its time does not tell what its reply does not
+            asked = [s for s in ranked if s.id in held] or ranked[:1]
+            if asked:
+                holders[chunk_id] = asked
         proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
         with self.collector.lock:
             live_ids = self.registry.live_ids()
@@ -369,10 +375,7 @@ class ProxyService:
         h = req.header
         with self.catalog.lock:
             if h.get("token"):
-                share = self.catalog.share(h["token"])
-                if share is None:
-                    raise NotFound("unknown link (it may have been deleted)")
-                owner, name = share["owner"], share["name"]
+                owner, name = self._shared_file(h["token"], req.peer[0])
                 who = "link"
             elif h.get("name") is not None:
                 owner, name = _principal(req), check_file_name(h["name"])
@@ -387,6 +390,16 @@ class ProxyService:
             chunks = [{"id": c, "size": s, "servers": self._sources(c, who, exp)} for c, s in entry["chunks"]]
             info = self.catalog.describe(owner, name)
             return Reply({**info, "chunks": chunks, "ticket": {"exp": exp, "who": who}})
+
+    def _shared_file(self, token: str, peer: str) -> tuple[str, str]:
+        """The (owner, name) a share token names; unknown tokens count against the address."""
+        address = client_key(peer)
+        self.link_throttle.attempt(address)
+        share = self.catalog.share(token)
+        if share is None:
+            raise NotFound("unknown link (it may have been deleted)")
+        self.link_throttle.found(address)
+        return share["owner"], share["name"]
 
     def _sources(self, chunk_id: str, who: str, exp: int) -> list[dict[str, Any]]:
         """Where a chunk can be read, servers believed up first, each with its GET ticket's MAC."""

@@ -7,6 +7,10 @@ mismatch, fsyncs the file, renames it into place and fsyncs the directory.
 A temp file that was never committed is removed, so a reader never sees a
 half-written chunk.  :class:`MemoryChunkStore` is the in-memory twin for
 tests.
+
+Only the server's user can read chunks: files are 0600 and every folder
+(the root, the fan-out folders, ``tmp``) 0700, whatever the umask; a store
+made by an older version is tightened when it opens.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from common.atomic import fsync_dir
+from common.atomic import PRIVATE_DIR, PRIVATE_FILE, fsync_dir, make_private_dir, open_private, tighten
 from common.errors import CorruptData, InsufficientStorage, NotFound, StorageIOError
 from common.hashing import check_chunk_id
 
@@ -64,12 +68,18 @@ class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.tmp = self.root / TMP_DIR
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
+        make_private_dir(self.tmp)
         for leftover in self.tmp.iterdir():  # half-written chunks from a crash
             leftover.unlink(missing_ok=True)
         self._usage = _Usage()
+        for sub in self.root.iterdir():
+            if sub.is_dir() and not sub.is_symlink():
+                tighten(sub, PRIVATE_DIR)
         for chunk_id in self.ids():
-            self._usage.add(1, self._path(chunk_id).stat().st_size)
+            path = self._path(chunk_id)
+            self._usage.add(1, path.stat().st_size)
+            tighten(path, PRIVATE_FILE)
 
     def _path(self, chunk_id: str) -> Path:
         check_chunk_id(chunk_id)
@@ -133,7 +143,7 @@ class ChunkStore:
     def _install(self, tmp: Path, final: Path, size: int) -> None:
         """Rename a verified, fsynced temp file into place; count it once, whatever the race."""
         if not final.parent.is_dir():
-            final.parent.mkdir(exist_ok=True)
+            final.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
             fsync_dir(self.root)  # the new folder itself must survive a crash
         with self._usage.lock:
             existed = final.exists()
@@ -153,7 +163,7 @@ class _DiskWriter:
         self.hash = hashlib.sha256()
         self.tmp_path = store.tmp / f"{chunk_id}.{uuid.uuid4().hex}"
         try:
-            self.file: BinaryIO | None = open(self.tmp_path, "wb")
+            self.file: BinaryIO | None = open(self.tmp_path, "wb", opener=open_private)  # 0600
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
 

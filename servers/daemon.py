@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from common.atomic import make_private_dir
 from common.config import HEARTBEAT_INTERVAL, MAX_CHUNK_SIZE, data_dir, proxy_address, proxy_port
 from common.daemon import (
     add_limit_options,
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     folder = args.data or data_dir() / f"server{args.id}"
     proxy = proxy_address(args.proxy)
     key = load_cluster_key(secret_path(args.secret_file))
+    make_private_dir(folder)  # 0700: chunks, and the cluster id, for the server's user only
     store = ChunkStore(folder / "ServerFiles")
     service = StorageService(args.id, store, key, max_chunk=args.max_chunk)
     server = make_storage_server(service, (args.host, port), server_limits(args))

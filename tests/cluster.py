@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from client.api import Client
+from client.proxy_link import ProxyLink
 from common.cluster_auth import ClusterKey, new_secret, parse_secret
+from common.transport import Connection
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
@@ -70,6 +74,32 @@ def reset_peak_memory(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+_sources = itertools.count(1)
+
+
+def loopback_source() -> str:
+    """A loopback address of its own for a test's client (all of 127/8 reaches 127.0.0.1's
+    listeners), so per-address throttles never mix one test's clients with another's."""
+    n = next(_sources)
+    return f"127.{100 + n // 62500}.{n // 250 % 250}.{n % 250 + 1}"
+
+
+class SourceLink(ProxyLink):
+    """A proxy link whose connections come from the loopback address ``source``."""
+
+    def __init__(self, host: str, port: int, source: str) -> None:
+        super().__init__(host, port)
+        self.source = source
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            sock = socket.create_connection(
+                (self.host, self.port), timeout=self.timeout, source_address=(self.source, 0)
+            )
+            self._conn = Connection(sock, peer=self.address)
+        return self._conn
+
+
 class Cluster:
     def __init__(
         self,
@@ -78,9 +108,15 @@ class Cluster:
         chunk_size: int = CHUNK,
         replicas: int = 2,
         heartbeat: float = 0.5,
+        session_idle: float | None = None,
+        session_max: float | None = None,
         daemon_args: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
+        self.session_args = [
+            *(["--session-idle", str(session_idle)] if session_idle is not None else []),
+            *(["--session-max", str(session_max)] if session_max is not None else []),
+        ]
         self.daemon_args = daemon_args  # given to the proxy and every server (e.g. hidden limits)
         self.n_servers = servers
         self.chunk_size = chunk_size
@@ -154,6 +190,7 @@ class Cluster:
                 str(4 * self.heartbeat),
                 "--collect-interval",
                 "1",
+                *self.session_args,
                 *self.daemon_args,
             ],
         )
@@ -317,6 +354,10 @@ class Cluster:
             return bool(established_remote_ports(proc.pid) & storage_ports)
 
         self.wait_for(connected, what)
+
+    def link(self, source: str | None = None) -> SourceLink:
+        """A raw proxy link from ``source`` (default: a loopback address no other link uses)."""
+        return SourceLink("127.0.0.1", self.proxy_port, source or loopback_source())
 
     # -- what is on disk ---------------------------------------------------------------
     def chunk_files(self, i: int | None = None) -> set[Path]:

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import socket
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -711,6 +712,38 @@ def test_upload_replies_do_not_tell_whether_content_is_stored(
             conn.request(MsgType.UPLOAD_ABORT, with_session(token, upload))
             assert len(proved["missing"]) == sent
     assert_intact(cluster, victim)
+
+
+def test_upload_prove_takes_as_long_for_stored_as_for_fresh_content(
+    cluster: Cluster, tmp_path: Path, clients: contextlib.ExitStack
+) -> None:
+    """The time is a reply too: if the proxy asked a storage server to check the proofs only for
+    content it holds, a wrong proof would come back several times slower for stored content, and
+    one UPLOAD_PROVE would tell whether a file is stored (Harnik et al., "Side channels in cloud
+    services", 2010).  One-chunk files, so either way the proxy asks exactly one server; the
+    attempts alternate, so a busy machine slows both alike."""
+    client = user(cluster, clients, "victim")
+    stored = os.urandom(CHUNK // 2)
+    (tmp_path / "one.bin").write_bytes(stored)
+    client.upload(tmp_path / "one.bin")
+    token = token_of(user(cluster, clients, "mallory"))
+    took: dict[bool, list[float]] = {True: [], False: []}
+    with connect(cluster.proxy_port) as conn:
+        for _ in range(25):
+            for is_stored in (True, False):
+                data = stored if is_stored else os.urandom(len(stored))
+                begun = conn.request(MsgType.UPLOAD_BEGIN, with_session(token, manifest("probe.bin", data)))
+                upload = {"upload_id": begun["upload_id"]}
+                header = with_session(token, {**upload, "proofs": guessed_proofs(data, begun["challenge"])})
+                start = time.perf_counter()
+                assert len(conn.request(MsgType.UPLOAD_PROVE, header)["missing"]) == 1
+                took[is_stored].append(time.perf_counter() - start)
+                conn.request(MsgType.UPLOAD_ABORT, with_session(token, upload))
+    stored_median, fresh_median = (statistics.median(took[flag]) for flag in (True, False))
+    assert stored_median < 2 * fresh_median + 0.0005, (
+        f"UPLOAD_PROVE takes {stored_median * 1000:.2f} ms for stored content, "
+        f"{fresh_median * 1000:.2f} ms for fresh"
+    )
 
 
 def test_listings_and_replies_show_only_your_own_files(

@@ -18,7 +18,7 @@ from typing import IO
 import pytest
 
 from client.api import Client
-from client.download import STALE_PART_SECONDS
+from client.download import PARTIAL_DIR, STALE_PART_SECONDS
 from common.errors import InvalidRequest
 from tests.cluster import CHUNK, Cluster, die_with_parent
 from tests.conftest import PASSWORD
@@ -211,7 +211,7 @@ def test_a_bad_session_folder_is_one_line_and_left_alone(
     assert (shared / "session.json").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_killed_download_leaves_nothing_visible_and_stale_parts_are_swept(
+def test_a_killed_download_leaves_its_part_only_in_the_hidden_folder_and_stale_parts_are_swept(
     fresh_cluster: Cluster, tmp_path: Path
 ) -> None:
     c = fresh_cluster
@@ -235,20 +235,32 @@ def test_a_killed_download_leaves_nothing_visible_and_stale_parts_are_swept(
                 proc.kill()
                 proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    left = list(out.iterdir())
-    assert len(left) == 1 and re.fullmatch(r"\.filecluster-[0-9a-f]{16}\.part", left[0].name), left
-    killed = left[0]  # only the hidden temp file: nothing visible appeared
+    partial = out / PARTIAL_DIR
+    assert [p.name for p in out.iterdir()] == [PARTIAL_DIR]  # nothing visible appeared
+    assert partial.stat().st_mode & 0o777 == 0o700
+    left = list(partial.iterdir())
+    assert len(left) == 1 and re.fullmatch(r"[0-9a-f]{16}\.part", left[0].name), left
+    killed = left[0]
     long_ago = time.time() - STALE_PART_SECONDS - 60
     os.utime(killed, (long_ago, long_ago))  # the killed download's, untouched for over an hour
-    running = out / ".filecluster-0123456789abcdef.part"  # a concurrent download's, written just now
+    running = partial / "0123456789abcdef.part"  # a concurrent download's, written just now
     running.write_bytes(b"x" * 1000)
-    recent = out / ".filecluster-fedcba9876543210.part"  # another's, untouched for under an hour
+    recent = partial / "fedcba9876543210.part"  # another's, untouched for under an hour
     recent.write_bytes(b"y" * 1000)
     a_while_ago = time.time() - STALE_PART_SECONDS + 300
     os.utime(recent, (a_while_ago, a_while_ago))
+    # the user's own files, named like the temp files of older versions, old: never the sweep's
+    mine = [out / ".filecluster-0123456789abcdef.part", out / "0123456789abcdef.part"]
+    for path in mine:
+        path.write_bytes(b"mine")
+        os.utime(path, (long_ago, long_ago))
     again = c.cli("download", "sweep.bin", "-o", str(out), home=home)
     assert again.returncode == 0, again.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted([recent.name, running.name, "sweep.bin"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [PARTIAL_DIR, "sweep.bin", *(p.name for p in mine)]
+    )
+    assert sorted(p.name for p in partial.iterdir()) == sorted([recent.name, running.name])
+    assert all(path.read_bytes() == b"mine" for path in mine)
     assert (out / "sweep.bin").read_bytes() == data
 
 

@@ -338,7 +338,9 @@ def test_collisions_count_up_and_fit_long_extensions(user: Client, tmp_path: Pat
 def test_a_temp_file_of_a_download_in_progress_is_left_alone(user: Client, tmp_path: Path) -> None:
     user.upload(write(tmp_path / "src" / "f.txt", b"data"))
     out = tmp_path / "out"
-    running = write(out / ".filecluster-00000000running.part", b"another download, still running")
+    running = write(
+        out / downloader.PARTIAL_DIR / "0123456789abcdef.part", b"another download, still running"
+    )
     assert user.download("f.txt", out).path.read_bytes() == b"data"
     assert running.exists()  # only temp files untouched for an hour are swept
 

@@ -68,7 +68,7 @@ def listed(c: Cluster, home: Path) -> list[str]:
 
 
 def parts(folder: Path) -> list[Path]:
-    return list(folder.glob(".filecluster-*.part"))
+    return list((folder / downloader.PARTIAL_DIR).glob("*.part"))
 
 
 @pytest.mark.parametrize(("sig", "status", "message"), SIGNALS)
@@ -121,7 +121,7 @@ def test_an_interrupted_download_leaves_nothing_in_the_folder(
     assert err == f"{message}\n"  # one line, no traceback
     assert out == ""
     assert took < PROMPTLY, f"the interrupted download took {took:.1f} s to end"
-    assert list(out_dir.iterdir()) == []  # neither the temp file nor a partial file
+    assert list(out_dir.iterdir()) == []  # neither the temp file (nor its folder) nor a partial file
     again = c.cli("download", "big.bin", "-o", str(out_dir), home=home)
     assert again.returncode == 0, again.stderr
     assert (out_dir / "big.bin").read_bytes() == data

@@ -1,8 +1,9 @@
 """The login throttle over the wire, against the real proxy process of the shared cluster.
 
-Each test has a user of its own (the throttle is per user), so the cluster is not disturbed.
-"AuthError 'wrong user name or password'" means the password was actually checked; "too many
-failed logins" means the proxy refused before checking it.
+Each test has a user of its own and guesses from a loopback address of its own (the throttle counts
+per address and per (address, user)), so the cluster is not disturbed.  "AuthError 'wrong user name
+or password'" means the password was actually checked; Throttled ("too many failed logins") means
+the proxy refused before checking it.  More attacks: test_login_attacks.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from client.proxy_link import ProxyLink
-from common.errors import AuthError
+from common.errors import AuthError, Throttled
 from common.messages import MsgType
 from proxy.auth import LoginThrottle
-from tests.cluster import Cluster
+from tests.cluster import Cluster, loopback_source
 from tests.conftest import PASSWORD, new_user
 
 FREE = LoginThrottle.FREE
@@ -25,7 +26,7 @@ CHECKED = "wrong user name or password"
 
 
 def throttled(user: str) -> str:
-    return rf"^too many failed logins for '{user}'; try again in \d+ s$"
+    return rf"^too many failed logins for '{user}' from your address; try again in \d+ s$"
 
 
 def victim(cluster: Cluster) -> str:
@@ -42,20 +43,20 @@ def login(link: ProxyLink, user: str, password: str) -> str:
 def logs_in(link: ProxyLink, user: str) -> bool:
     try:
         return login(link, user, PASSWORD) == user
-    except AuthError as exc:
+    except Throttled as exc:
         assert "too many failed logins" in str(exc)
         return False
 
 
 def test_after_five_failures_even_the_right_password_is_refused(cluster: Cluster) -> None:
     user = victim(cluster)
-    with ProxyLink("127.0.0.1", cluster.proxy_port) as link:
+    with cluster.link() as link:
         for _ in range(FREE):
             with pytest.raises(AuthError, match=CHECKED):
                 login(link, user, WRONG)
-        with pytest.raises(AuthError, match=throttled(user)):
+        with pytest.raises(Throttled, match=throttled(user)):
             login(link, user, PASSWORD)
-        with pytest.raises(AuthError, match=throttled(user)):
+        with pytest.raises(Throttled, match=throttled(user)):
             login(link, user, WRONG)
 
         # a wait, not a lock-out: refused attempts do not extend it, and once it is over the
@@ -67,7 +68,7 @@ def test_after_five_failures_even_the_right_password_is_refused(cluster: Cluster
 
 def test_a_success_before_the_limit_resets_the_count(cluster: Cluster) -> None:
     user = victim(cluster)
-    with ProxyLink("127.0.0.1", cluster.proxy_port) as link:
+    with cluster.link() as link:
         for _ in range(2):  # without the reset, the second round would hit the limit
             for _ in range(FREE - 1):
                 with pytest.raises(AuthError, match=CHECKED):
@@ -78,7 +79,8 @@ def test_a_success_before_the_limit_resets_the_count(cluster: Cluster) -> None:
 def test_parallel_guesses_share_the_same_five(cluster: Cluster) -> None:
     user = victim(cluster)
     guessers = 12
-    links = [ProxyLink("127.0.0.1", cluster.proxy_port) for _ in range(guessers)]
+    source = loopback_source()  # one guesser with many connections
+    links = [cluster.link(source) for _ in range(guessers)]
     start = threading.Barrier(guessers)
 
     def guess(link: ProxyLink) -> str:
@@ -86,7 +88,7 @@ def test_parallel_guesses_share_the_same_five(cluster: Cluster) -> None:
         start.wait(timeout=10)
         try:
             return f"logged in as {login(link, user, WRONG)}"
-        except AuthError as exc:
+        except (AuthError, Throttled) as exc:
             return str(exc)
 
     try:
@@ -96,7 +98,7 @@ def test_parallel_guesses_share_the_same_five(cluster: Cluster) -> None:
         refused = [a for a in answers if a.startswith(f"too many failed logins for '{user}'")]
         assert len(checked) + len(refused) == guessers, answers
         assert 1 <= len(checked) <= FREE, answers  # at most FREE passwords were actually checked
-        with pytest.raises(AuthError, match=throttled(user)):  # the budget is spent for everyone
+        with pytest.raises(Throttled, match=throttled(user)):  # the budget is spent for this address
             login(links[0], user, PASSWORD)
     finally:
         for link in links:

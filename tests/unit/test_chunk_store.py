@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,40 @@ def test_rewriting_a_chunk_keeps_counts(store: Store) -> None:
     put(store, ID, DATA)
     put(store, ID, DATA)
     assert store.count == 1
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    old = os.umask(0)  # whatever is created without an explicit mode is world-writable
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root.parent)): oct(p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_chunks_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "server1" / "ServerFiles")
+    put(store, ID, DATA)
+    assert modes(tmp_path / "server1") == {
+        "server1": "0o700",
+        "server1/ServerFiles": "0o700",
+        "server1/ServerFiles/tmp": "0o700",
+        f"server1/ServerFiles/{ID[:2]}": "0o700",
+        f"server1/ServerFiles/{ID[:2]}/{ID}": "0o600",
+    }
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_a_store_made_by_an_older_version_is_tightened(tmp_path: Path) -> None:
+    root = tmp_path / "ServerFiles"
+    put(ChunkStore(root), ID, DATA)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    reopened = ChunkStore(root)
+    assert set(modes(root).values()) == {"0o700", "0o600"}
+    assert read(reopened, ID) == DATA

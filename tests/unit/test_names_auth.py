@@ -1,4 +1,4 @@
-"""Name rules and the login throttle: pure functions and small state, no network."""
+"""Name rules and password hashes: pure functions, no network (the throttles: test_auth.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from common.errors import InvalidRequest
 from common.names import check_file_name, check_user_name
-from proxy.auth import LoginThrottle, hash_password, verify_password
+from proxy.auth import hash_password, verify_password
 
 
 @pytest.mark.parametrize(
@@ -55,34 +55,3 @@ def test_password_hash_round_trip() -> None:
     assert verify_password("correct horse", salt, hashed)
     assert not verify_password("wrong horse", salt, hashed)
     assert hash_password("correct horse")[1] != hashed  # a fresh salt each time
-
-
-def test_login_throttle_backs_off_and_resets() -> None:
-    throttle = LoginThrottle()
-    for _ in range(LoginThrottle.FREE - 1):  # attempts count as failed until they succeed
-        assert throttle.attempt("ana") == 0
-        assert throttle.wait_needed("ana") == 0
-    assert throttle.attempt("ana") == 0
-    assert throttle.attempt("ana") > 0  # the fifth failure set a wait: refused, and not counted
-    assert throttle.wait_needed("bob") == 0  # per user
-    throttle.succeeded("ana")
-    assert throttle.wait_needed("ana") == 0 and throttle.attempt("ana") == 0
-
-
-def test_parallel_guesses_cannot_slip_past_the_limit() -> None:
-    import threading
-
-    throttle = LoginThrottle()
-    allowed = []
-    start = threading.Barrier(60)
-
-    def guess() -> None:
-        start.wait()
-        allowed.append(throttle.attempt("ana") == 0)
-
-    threads = [threading.Thread(target=guess) for _ in range(60)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(allowed) == LoginThrottle.FREE
