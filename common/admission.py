@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A daemon serves at most ``max_connections`` connections at once (a thread each), at most
-``per_address`` of them from one client address.  Every connection starts *anonymous*; it
+``per_address`` of them from one client address (:func:`client_key`: an IPv4 address, or an
+IPv6 /64, as the login throttles count them).  Every connection starts *anonymous*; it
 becomes *trusted* once the door resolves a principal for one of its requests
 (common.frame_server: a live session today, cluster authentication once storage traffic has
 it), and stays trusted until it closes.
@@ -30,11 +31,26 @@ common.frame_server applies the verdicts to sockets.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from dataclasses import dataclass
 
 from common.errors import Busy
 from common.limits import PROBATION_REQUESTS
+
+
+def client_key(host: str) -> str:
+    """The address caps and throttles count under: an IPv4 address (also when IPv4-mapped), or the /64 of
+    an IPv6 address (one subscriber usually holds a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass(eq=False)

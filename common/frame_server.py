@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from common.admission import Admission, Slot
+from common.admission import Admission, Slot, client_key
 from common.budget import ConnectionGate, HeaderBudget
 from common.cluster_auth import ClusterKey
 from common.deadlines import FrameDeadlines
@@ -375,7 +375,7 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit a connection (common.admission) or refuse it, closed at once and unanswered."""
         try:
-            slot = self.admission.admit(str(client_address[0]))
+            slot = self.admission.admit(client_key(str(client_address[0])))
         except Busy as exc:
             self.warn("refusing a connection from %s: %s", client_address[0], exc)
             return False

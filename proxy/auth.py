@@ -9,7 +9,7 @@ start (:class:`PasswordCheck`), so the time of a refusal says nothing about
 which names are taken.
 
 Guessing is slowed per client *address* (an IPv4 address, or an IPv6 /64,
-:func:`client_key`), never per user name alone, so an attacker's guesses
+:func:`common.admission.client_key`), never per user name alone, so an attacker's guesses
 cannot lock the real owner out from another address:
 
 - :class:`LoginThrottle` counts failed logins per (address, user), which
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import math
 import secrets
 import threading
@@ -84,20 +83,6 @@ class PasswordCheck:
             verify_password(password, self._dummy_salt, self._dummy_hash)  # the same work, wasted
             return False
         return verify_password(password, record["salt"], record["hash"])
-
-
-def client_key(host: str) -> str:
-    """The address a throttle counts under: an IPv4 address (also when IPv4-mapped), or the /64 of
-    an IPv6 address (one subscriber usually holds a whole /64)."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class Backoff:

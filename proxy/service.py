@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from common.admission import client_key
 from common.cluster_auth import ClusterKey, aggregate
 from common.errors import (
     AlreadyExists,
@@ -32,7 +33,7 @@ from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
 from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import Auth, MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
-from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, client_key, hash_password, new_token
+from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, hash_password, new_token
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.membership import Membership

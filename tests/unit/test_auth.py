@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from common.admission import client_key
 from common.errors import Throttled
 from proxy.auth import (
     FORGET_AFTER,
@@ -14,7 +15,6 @@ from proxy.auth import (
     LinkThrottle,
     LoginThrottle,
     PasswordCheck,
-    client_key,
     hash_password,
 )
 
