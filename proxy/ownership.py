@@ -12,7 +12,10 @@ for each.  For the chunks the cluster holds on a live server, the proxy has a
 server compute the same from its copy (PROVE_CHUNKS, cluster-authenticated)
 and compares.  A chunk is deduplicated only if its proof matches; every other
 chunk, stored or not, is placed and must be sent, so the reply never tells a
-user whether content they have not proved is stored.
+user whether content they have not proved is stored.  Nor does its time: a
+chunk the cluster lacks is asked about too, of the live server that would
+hold it (which answers that it has no copy), so UPLOAD_PROVE makes the same
+round trip for stored content as for fresh.
 
 Someone who knows every hash but none of the bytes must guess ``8·n`` bits
 of a range of n bytes per chunk (n = 4096 for full chunks): the chance is
@@ -28,6 +31,7 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +40,7 @@ from proxy.placement import ServerRef
 from proxy.storage_client import StorageClient
 
 PROOF_BYTES = 4096
+PROVE_TIMEOUT = 2.0  # a server that does not answer a proof request in time vouches for nothing
 log = logging.getLogger(__name__)
 
 
@@ -63,23 +68,31 @@ def proven_chunks(
     holders: Mapping[str, Sequence[ServerRef]],
     storage: StorageClient,
 ) -> set[str]:
-    """The chunks among ``holders`` (id -> live servers with a copy) whose proof matches a server's
-    answer.  A server that cannot answer is skipped for the next holder; a chunk nobody can vouch
-    for is simply not proven (the client then sends it)."""
+    """The chunks among ``holders`` (id -> the live servers asked: those with a copy, else one
+    without, for the same timing) whose proof matches a server's answer.  A server that cannot
+    answer is skipped for the next holder; a chunk nobody can vouch for is simply not proven (the
+    client then sends it)."""
     claimed = {cid: (offset, length, proofs[i]) for i, (cid, offset, length) in enumerate(challenge.ranges)}
     pending = {cid: list(servers) for cid, servers in holders.items() if cid in claimed}
     proven: set[str] = set()
+
+    def ask(server: ServerRef, ids: list[str]) -> list[str | None] | None:
+        ranges = [[cid, claimed[cid][0], claimed[cid][1]] for cid in ids]
+        try:
+            return storage.prove_chunks(server, challenge.nonce, ranges, timeout=PROVE_TIMEOUT)
+        except FileClusterError as exc:
+            log.warning("server %d could not answer a proof request: %s", server.id, exc)
+            return None
+
     while pending:
         by_server: defaultdict[ServerRef, list[str]] = defaultdict(list)
         for cid, servers in pending.items():
             by_server[servers.pop(0)].append(cid)
         pending = {cid: servers for cid, servers in pending.items() if servers}
-        for server, ids in by_server.items():
-            ranges = [[cid, claimed[cid][0], claimed[cid][1]] for cid in ids]
-            try:
-                answers = storage.prove_chunks(server, challenge.nonce, ranges)
-            except FileClusterError as exc:
-                log.warning("server %d could not answer a proof request: %s", server.id, exc)
+        with ThreadPoolExecutor(min(16, len(by_server))) as pool:  # at once: a hung server costs one wait
+            replies = list(pool.map(ask, by_server, by_server.values()))
+        for ids, answers in zip(by_server.values(), replies, strict=True):
+            if answers is None:
                 continue
             for cid, answer in zip(ids, answers, strict=True):
                 if answer is None:

@@ -37,7 +37,7 @@ from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.membership import Membership
 from proxy.ownership import new_challenge, proven_chunks
-from proxy.placement import ServerRef, place
+from proxy.placement import ServerRef, place, rank
 from proxy.registry import Registry
 from proxy.uploads import PendingUpload, Uploads
 
@@ -197,17 +197,18 @@ class ProxyService:
         if len(proofs) != len(upload.challenge.ranges) or not all(isinstance(p, str) for p in proofs):
             raise InvalidRequest(f"expected {len(upload.challenge.ranges)} proofs, one per distinct chunk")
         sizes = dict(upload.chunks)
-        holders = {}  # chunks the cluster holds (same size) on a live server: candidates for dedup
+        up = [s.ref for s in self.registry.all() if self.registry.is_up(s)]
+        holders = {}  # who checks each proof: the live servers with a copy (same size), in rank order
         for chunk_id, size in sizes.items():
             known = self.catalog.chunk(chunk_id)
-            if known is not None and known["size"] == size:
-                live = [
-                    s
-                    for s in (self.registry.get(i) for i in known["servers"])
-                    if s and self.registry.is_up(s)
-                ]
-                if live:
-                    holders[chunk_id] = [s.ref for s in live]
+            held = set(known["servers"]) if known is not None and known["size"] == size else set()
+            ranked = rank(chunk_id, up)
+            # content the cluster lacks is checked too, by the server that would hold it (it answers
+            # "no copy"): the same round trip either way, so UPLOAD_PROVE takes as long for stored
+            # content as for fresh, and its time does not tell what its reply does not
+            asked = [s for s in ranked if s.id in held] or ranked[:1]
+            if asked:
+                holders[chunk_id] = asked
         proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
         with self.collector.lock:
             live_ids = self.registry.live_ids()

@@ -49,12 +49,14 @@ class StorageClient:
             deleted += int(reply.get("deleted", 0))
         return deleted
 
-    def prove_chunks(self, server: ServerRef, nonce: str, ranges: Sequence[list[Any]]) -> list[str | None]:
+    def prove_chunks(
+        self, server: ServerRef, nonce: str, ranges: Sequence[list[Any]], timeout: float | None = None
+    ) -> list[str | None]:
         """The server's answers to a proof-of-ownership challenge (None where it lacks the chunk)."""
         answers: list[str | None] = []
         for start in range(0, len(ranges), BATCH):
             batch = list(ranges[start : start + BATCH])
-            reply = self.ask(server, MsgType.PROVE_CHUNKS, {"nonce": nonce, "ranges": batch})
+            reply = self.ask(server, MsgType.PROVE_CHUNKS, {"nonce": nonce, "ranges": batch}, timeout)
             got = reply.get("digests")
             if not isinstance(got, list) or len(got) != len(batch):
                 raise FileClusterError(f"storage server {server.id} answered a proof request oddly")
