@@ -459,6 +459,47 @@ def test_a_recorded_delete_chunks_cannot_be_replayed_to_its_server_or_another(
     assert_intact(cluster, victim)
 
 
+def test_a_recorded_delete_chunks_cannot_be_replayed_to_its_server_after_a_restart(
+    fresh_cluster: Cluster, tmp_path: Path, clients: contextlib.ExitStack
+) -> None:
+    """A server remembers the nonces it has seen only as long as its process lives: the DELETE_CHUNKS
+    recorded before it restarted (a second or two, well inside the 120 s window) must not be taken
+    by the new process, or it would delete the copies of a file uploaded since."""
+    c = fresh_cluster
+    data = os.urandom(2 * CHUNK - 1000)
+    ids = list(distinct_chunks(data))
+    key = c.key
+    recorded: dict[int, bytes] = {}
+    for i, port in sorted(c.server_ports.items()):
+        signed = key.sign(MsgType.DELETE_CHUNKS, {"ids": ids}, to=server_audience(i))
+        recorded[i] = encode(MsgType.DELETE_CHUNKS, signed)
+        with connect(port) as conn:  # delivered once, as the proxy sent it: nothing to delete yet
+            conn.sock.sendall(recorded[i])
+            assert key.verify_reply(signed, conn.read_reply(MsgType.DELETE_CHUNKS)) == {"deleted": 0}
+    signed_at = int(time.time())  # the messages' timestamps are whole seconds, this one at the latest
+    client = user(c, clients, "victim")
+    (tmp_path / "again.bin").write_bytes(data)
+    client.upload(tmp_path / "again.bin")
+    victim = Victim(client, "again.bin", data, tmp_path)
+    before = victim.copies(c)
+    restarted = sorted(before[ids[0]])[0]  # a server holding a copy
+    c.wait_for(lambda: time.time() >= signed_at + 1, "the next second")  # the restart comes later
+    c.kill_server(restarted)
+    c.start_server(restarted)
+    for i in sorted(set().union(*(held.keys() for held in before.values()))):
+        with connect(c.server_ports[i]) as conn:
+            conn.sock.sendall(recorded[i])
+            error = refused(
+                AuthError,
+                f"the DELETE_CHUNKS replayed to server {i}"
+                + (" after its restart" if i == restarted else ""),
+                partial(conn.read_reply, MsgType.DELETE_CHUNKS),
+            )
+            assert ("before this process started" if i == restarted else "replayed") in error.message
+    assert victim.copies(c) == before
+    assert_intact(c, victim)
+
+
 # -- the proxy: membership ----------------------------------------------------------------------------
 def register_header(server_id: int, port: int, inventory: bytes, **extra: Any) -> dict[str, Any]:
     return {
