@@ -16,11 +16,13 @@ so that a MAC made for one purpose can never be replayed as the other:
   recorded message cannot be replayed, now or later.  Each server process
   remembers only the nonces it has seen itself, so a message to a storage
   server is bound to that server (:func:`server_audience`): one the proxy
-  sent to server 1 is refused by server 2.  Messages to the proxy name no
-  recipient (a cluster has one proxy, and it takes no message a server
-  does).  The OK reply carries ``auth = {"mac"}`` over the reply header *and
-  the request's nonce*, so the requester knows that the holder of the secret
-  answered this very request (mutual authentication).
+  sent to server 1 is refused by server 2; and a storage server refuses what
+  was signed before its process started, which the process before it may
+  have seen.  Messages to the proxy name no recipient (a cluster has one
+  proxy, and it takes no message a server does).  The OK reply carries
+  ``auth = {"mac"}`` over the reply header *and the request's nonce*, so the
+  requester knows that the holder of the secret answered this very request
+  (mutual authentication).
 * the **ticket key** also signs *receipts*: a storage server's word that it
   holds a chunk that a given upload sent it.  UPLOAD_COMMIT carries, per
   server, the XOR of the receipts for the chunks placed there, so a client
@@ -112,6 +114,7 @@ class ClusterKey:
         self._ticket_key = hmac.digest(secret, b"filecluster/v1/ticket", "sha256")
         self.clock = clock
         self.replays = ReplayGuard()
+        self.since = int(clock())  # when this process started (its replay memory is no older)
 
     # -- cluster messages -------------------------------------------------------------------
     def _message_mac(self, msg_type: MsgType, header: Mapping[str, Any], extra: str = "") -> str:
@@ -128,7 +131,8 @@ class ClusterKey:
         return signed
 
     def verify(self, msg_type: MsgType, header: Mapping[str, Any], *, me: str = "") -> str:
-        """Check a cluster message for the recipient ``me``; returns its nonce (the reply is bound to it)."""
+        """Check a cluster message for the recipient ``me`` (a storage server's audience, or "" for
+        the proxy); returns its nonce (the reply is bound to it)."""
         auth = header.get("auth")
         if not isinstance(auth, dict):
             raise AuthError(f"{msg_type.name} must be authenticated with the cluster secret")
@@ -143,6 +147,13 @@ class ClusterKey:
         now = self.clock()
         if abs(now - ts) > self.replays.window:
             raise AuthError(f"{msg_type.name} is too old or from the future (check the clocks)")
+        if me and ts < self.since:
+            # a storage server's replay memory starts empty with its process: what was signed before
+            # may have been seen by the process before it (a DELETE_CHUNKS replayed after a restart
+            # would delete what was stored again since).  The proxy does not refuse these: a replay
+            # to it only repeats a server's own registration or heartbeat, and servers whose clocks
+            # lag a little must not be turned away when it starts
+            raise AuthError(f"{msg_type.name} was signed before this process started (check the clocks)")
         if not self.replays.first_time(nonce, now):
             raise AuthError(f"{msg_type.name} was replayed")
         return nonce

@@ -459,6 +459,47 @@ def test_a_recorded_delete_chunks_cannot_be_replayed_to_its_server_or_another(
     assert_intact(cluster, victim)
 
 
+def test_a_recorded_delete_chunks_cannot_be_replayed_to_its_server_after_a_restart(
+    fresh_cluster: Cluster, tmp_path: Path, clients: contextlib.ExitStack
+) -> None:
+    """A server remembers the nonces it has seen only as long as its process lives: the DELETE_CHUNKS
+    recorded before it restarted (a second or two, well inside the 120 s window) must not be taken
+    by the new process, or it would delete the copies of a file uploaded since."""
+    c = fresh_cluster
+    data = os.urandom(2 * CHUNK - 1000)
+    ids = list(distinct_chunks(data))
+    key = c.key
+    recorded: dict[int, bytes] = {}
+    for i, port in sorted(c.server_ports.items()):
+        signed = key.sign(MsgType.DELETE_CHUNKS, {"ids": ids}, to=server_audience(i))
+        recorded[i] = encode(MsgType.DELETE_CHUNKS, signed)
+        with connect(port) as conn:  # delivered once, as the proxy sent it: nothing to delete yet
+            conn.sock.sendall(recorded[i])
+            assert key.verify_reply(signed, conn.read_reply(MsgType.DELETE_CHUNKS)) == {"deleted": 0}
+    signed_at = int(time.time())  # the messages' timestamps are whole seconds, this one at the latest
+    client = user(c, clients, "victim")
+    (tmp_path / "again.bin").write_bytes(data)
+    client.upload(tmp_path / "again.bin")
+    victim = Victim(client, "again.bin", data, tmp_path)
+    before = victim.copies(c)
+    restarted = sorted(before[ids[0]])[0]  # a server holding a copy
+    c.wait_for(lambda: time.time() >= signed_at + 1, "the next second")  # the restart comes later
+    c.kill_server(restarted)
+    c.start_server(restarted)
+    for i in sorted(set().union(*(held.keys() for held in before.values()))):
+        with connect(c.server_ports[i]) as conn:
+            conn.sock.sendall(recorded[i])
+            error = refused(
+                AuthError,
+                f"the DELETE_CHUNKS replayed to server {i}"
+                + (" after its restart" if i == restarted else ""),
+                partial(conn.read_reply, MsgType.DELETE_CHUNKS),
+            )
+            assert ("before this process started" if i == restarted else "replayed") in error.message
+    assert victim.copies(c) == before
+    assert_intact(c, victim)
+
+
 # -- the proxy: membership ----------------------------------------------------------------------------
 def register_header(server_id: int, port: int, inventory: bytes, **extra: Any) -> dict[str, Any]:
     return {
@@ -720,29 +761,36 @@ def test_upload_prove_takes_as_long_for_stored_as_for_fresh_content(
     """The time is a reply too: if the proxy asked a storage server to check the proofs only for
     content it holds, a wrong proof would come back several times slower for stored content, and
     one UPLOAD_PROVE would tell whether a file is stored (Harnik et al., "Side channels in cloud
-    services", 2010).  One-chunk files, so either way the proxy asks exactly one server; the
-    attempts alternate, so a busy machine slows both alike."""
+    services", 2010).  One-chunk files, so either way the proxy asks exactly one server.  The
+    attempts come in pairs, stored then fresh, and each pair is compared (a sign test: a busy
+    machine slows both of a pair alike): with the oracle, stored content was slower in 97-100 % of
+    40 pairs; without, in 23-70 %.  The uploads are aborted only at the end, so no collector round
+    (it deletes what an aborted upload placed) runs in between."""
     client = user(cluster, clients, "victim")
     stored = os.urandom(CHUNK // 2)
     (tmp_path / "one.bin").write_bytes(stored)
     client.upload(tmp_path / "one.bin")
     token = token_of(user(cluster, clients, "mallory"))
     took: dict[bool, list[float]] = {True: [], False: []}
+    uploads = []
     with connect(cluster.proxy_port) as conn:
-        for _ in range(25):
+        for _ in range(40):
             for is_stored in (True, False):
                 data = stored if is_stored else os.urandom(len(stored))
                 begun = conn.request(MsgType.UPLOAD_BEGIN, with_session(token, manifest("probe.bin", data)))
-                upload = {"upload_id": begun["upload_id"]}
-                header = with_session(token, {**upload, "proofs": guessed_proofs(data, begun["challenge"])})
+                uploads.append({"upload_id": begun["upload_id"]})
+                proofs = guessed_proofs(data, begun["challenge"])
+                header = with_session(token, {**uploads[-1], "proofs": proofs})
                 start = time.perf_counter()
                 assert len(conn.request(MsgType.UPLOAD_PROVE, header)["missing"]) == 1
                 took[is_stored].append(time.perf_counter() - start)
-                conn.request(MsgType.UPLOAD_ABORT, with_session(token, upload))
-    stored_median, fresh_median = (statistics.median(took[flag]) for flag in (True, False))
-    assert stored_median < 2 * fresh_median + 0.0005, (
-        f"UPLOAD_PROVE takes {stored_median * 1000:.2f} ms for stored content, "
-        f"{fresh_median * 1000:.2f} ms for fresh"
+        for upload in uploads:
+            conn.request(MsgType.UPLOAD_ABORT, with_session(token, upload))
+    slower = sum(s > f for s, f in zip(took[True], took[False], strict=True)) / len(took[True])
+    stored_ms, fresh_ms = (statistics.median(took[flag]) * 1000 for flag in (True, False))
+    assert slower < 0.85, (
+        f"UPLOAD_PROVE was slower for stored content in {slower:.0%} of the pairs "
+        f"(medians {stored_ms:.2f} ms against {fresh_ms:.2f} ms)"
     )
 
 

@@ -143,6 +143,16 @@ def test_a_cluster_message_is_for_the_one_server_it_was_signed_for() -> None:
             srv.stop()
 
 
+def test_a_storage_server_refuses_what_was_signed_before_it_started() -> None:
+    """Its replay memory starts empty with its process, so a message from before (which the process
+    before it may have taken) is refused; the proxy, which names no audience, still takes it."""
+    started_later = ClusterKey(b"\x01" * 32, clock=lambda: time.time() + 5)  # as if started 5 s on
+    before = KEY.sign(MsgType.PING, {}, to=server_audience(1))
+    with pytest.raises(AuthError, match="signed before this process started"):
+        started_later.verify(MsgType.PING, before, me=server_audience(1))
+    assert started_later.verify(MsgType.PING, KEY.sign(MsgType.PING, {}))  # to the proxy: taken
+
+
 def test_connections_past_the_cap_are_refused_and_the_rest_keep_working(server: FrameServer) -> None:
     held = [connect(server) for _ in range(3)]
     for conn in held:
