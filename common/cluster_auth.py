@@ -80,6 +80,12 @@ def new_secret() -> str:
     return secrets.token_hex(SECRET_BYTES)
 
 
+def same_mac(expected: str, given: str) -> bool:
+    """Constant-time comparison of a MAC we computed with one a peer sent (any text: compared as
+    UTF-8 bytes, since ``hmac.compare_digest`` refuses non-ASCII strings with a TypeError)."""
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
 def server_audience(server_id: int) -> str:
     """Whom a cluster message to storage server ``server_id`` is for (bound into its MAC)."""
     return f"server:{server_id}"
@@ -140,7 +146,7 @@ class ClusterKey:
         if not (type(ts) is int and isinstance(nonce, str) and isinstance(mac, str)) or len(nonce) > 64:
             raise AuthError(f"{msg_type.name} carries a malformed cluster authentication")
         want = self._message_mac(msg_type, header, f"{ts}|{nonce}|{me}")
-        if not hmac.compare_digest(want, mac):
+        if not same_mac(want, mac):
             raise AuthError(
                 f"{msg_type.name} is not signed with this cluster's secret" + (f" for {me}" if me else "")
             )
@@ -168,9 +174,7 @@ class ClusterKey:
         nonce = request["auth"]["nonce"]
         auth = reply.get("auth")
         mac = auth.get("mac") if isinstance(auth, dict) else None
-        if not isinstance(mac, str) or not hmac.compare_digest(
-            self._message_mac(MsgType.OK, reply, nonce), mac
-        ):
+        if not isinstance(mac, str) or not same_mac(self._message_mac(MsgType.OK, reply, nonce), mac):
             raise AuthError("the reply is not signed with this cluster's secret")
         return {k: v for k, v in reply.items() if k != "auth"}
 
@@ -222,7 +226,7 @@ class ClusterKey:
         return self._ticket_mac({"op": "stored", "id": chunk_id, "server": server_id, "who": who})
 
     def _check_mac(self, mac: str, fields: Mapping[str, Any], exp: int) -> None:
-        if not hmac.compare_digest(self._ticket_mac(fields), mac):
+        if not same_mac(self._ticket_mac(fields), mac):
             raise Forbidden("the ticket does not match this request")
         if exp < self.clock():
             raise Forbidden("the ticket has expired; ask the proxy again")

@@ -9,7 +9,6 @@ every chunk of it is confirmed on the servers.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 from collections import defaultdict
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.admission import client_key
-from common.cluster_auth import ClusterKey, aggregate
+from common.cluster_auth import ClusterKey, aggregate, same_mac
 from common.errors import (
     AlreadyExists,
     AuthError,
@@ -300,7 +299,7 @@ class ProxyService:
             for server in servers:
                 want[server.id].append(self.key.receipt(chunk_id, server.id, who))
         for server_id, macs in want.items():
-            if not hmac.compare_digest(got.get(server_id, ""), aggregate(macs)):
+            if not same_mac(aggregate(macs), got.get(server_id, "")):
                 self._abandon(upload.id)
                 raise Conflict(
                     f"storage server {server_id} has no receipt for every chunk this upload "

@@ -117,6 +117,17 @@ def test_a_proof_from_the_hashes_alone_does_not_deduplicate(service: ProxyServic
     assert service.catalog.file("ana", "stolen.txt") is None
 
 
+@pytest.mark.parametrize("receipt", ["é" * 22, "A" * 22])
+def test_a_forged_receipt_is_refused(service: ProxyService, receipt: str) -> None:
+    started = begin(service, "forged.txt")
+    placed = prove(service, started, b"\0" * len(DATA))  # not proven: ID is placed on 1 and 2
+    receipts = [[s["id"], receipt] for s in placed[0]["servers"]]
+    header = {"session": "tok", "upload_id": started["upload_id"], "receipts": receipts}
+    with pytest.raises(Conflict, match="no receipt for every chunk"):
+        call(service, MsgType.UPLOAD_COMMIT, header)
+    assert service.catalog.file("ana", "forged.txt") is None
+
+
 def test_commit_before_proving_is_refused(service: ProxyService) -> None:
     started = begin(service, "hasty.txt")
     with pytest.raises(Conflict, match="prove the upload first"):
