@@ -240,14 +240,13 @@ class ProxyService:
 
     def _missing(self, upload: PendingUpload) -> list[dict[str, Any]]:
         sizes = dict(upload.chunks)
-        who = f"upload:{upload.id[:16]}"  # what the tickets and receipts are bound to
         return [
             {
                 "id": chunk_id,
                 "size": sizes[chunk_id],
                 "servers": [s.wire() for s in targets],
                 "ticket": self.key.put_ticket(
-                    chunk_id, [s.wire() for s in targets], who, self.config.ticket_ttl
+                    chunk_id, [s.wire() for s in targets], upload.holder, self.config.ticket_ttl
                 ),
             }
             for chunk_id, targets in upload.placement.items()
@@ -294,10 +293,9 @@ class ProxyService:
                 raise InvalidRequest("receipts is a list of [server id, aggregate receipt]")
             got[item[0]] = item[1]
         want: defaultdict[int, list[str]] = defaultdict(list)
-        who = f"upload:{upload.id[:16]}"
         for chunk_id, servers in upload.placement.items():
             for server in servers:
-                want[server.id].append(self.key.receipt(chunk_id, server.id, who))
+                want[server.id].append(self.key.receipt(chunk_id, server.id, upload.holder))
         for server_id, macs in want.items():
             if not same_mac(aggregate(macs), got.get(server_id, "")):
                 self._abandon(upload.id)

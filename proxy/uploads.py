@@ -37,6 +37,11 @@ class PendingUpload:
     proven: bool = False  # UPLOAD_PROVE has decided the placement
     created: float = field(default_factory=time.monotonic)
 
+    @property
+    def holder(self) -> str:
+        """Whom this upload's PUT tickets and the servers' receipts are bound to."""
+        return f"upload:{self.id[:16]}"
+
 
 class Uploads:
     def __init__(self, ttl: float = UPLOAD_TTL) -> None:
