@@ -14,9 +14,11 @@ class FileClusterError(Exception):
 
     code = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, server: int | None = None, cause: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.server = server  # the storage server (behind the one answering) that failed, if known
+        self.cause = cause  # that server's error code
 
     def __str__(self) -> str:
         return self.message
@@ -168,8 +170,10 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
 }
 
 
-def error_from_wire(code: str, message: str) -> FileClusterError:
+def error_from_wire(
+    code: str, message: str, server: int | None = None, cause: str | None = None
+) -> FileClusterError:
     """Rebuild the error a peer reported; a peer's protocol error is remote to us."""
     if code == ProtocolError.code:
-        return RemoteProtocolError(message)
-    return _BY_CODE.get(code, InternalError)(message)
+        return RemoteProtocolError(message, server=server, cause=cause)
+    return _BY_CODE.get(code, InternalError)(message, server=server, cause=cause)

@@ -36,6 +36,9 @@ PUT_CHUNK_HEADER: Final = 16 * KIB  # an id, a size and a `forward` chain of up 
 IDS_HEADER: Final = STORAGE_MAX_HEADER  # HAS_CHUNKS / DELETE_CHUNKS: MAX_IDS_PER_REQUEST ids
 # (cluster messages also carry `auth`, ~150 bytes, and tickets are at most a few hundred bytes but
 # for a PUT chain of 16 servers)
+# HEARTBEAT: figures, plus at most LOST_PER_HEARTBEAT ids of copies found bad or missing (67 bytes each)
+LOST_PER_HEARTBEAT: Final = 500
+HEARTBEAT_HEADER: Final = 64 * KIB
 # UPLOAD_BEGIN: `["<64 hex>",67108864],` is 78 bytes; 96 a chunk leaves room for JSON with spaces
 MANIFEST_BYTES_PER_CHUNK: Final = 96
 UPLOAD_BEGIN_HEADER: Final = MAX_CHUNKS_PER_FILE * MANIFEST_BYTES_PER_CHUNK + 16 * KIB  # 4.6 MiB

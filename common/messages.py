@@ -24,6 +24,7 @@ from typing import Any
 from common.errors import LocalProtocolError
 from common.limits import (
     CREDENTIALS_HEADER,
+    HEARTBEAT_HEADER,
     IDS_HEADER,
     PROVE_CHUNKS_HEADER,
     PUT_CHUNK_HEADER,
@@ -50,14 +51,20 @@ class MsgType(enum.IntEnum):
     UPLOAD_ABORT = 0x17
     UPLOAD_PROVE = 0x1D
     UPLOAD_TICKETS = 0x1E
+    UPLOAD_REPLACE = 0x1F
     LIST = 0x18
     SHARE = 0x19
     LOCATE = 0x1A
     DELETE = 0x1B
     STATUS = 0x1C
+    REPORT_BAD = 0x40
+    RELEASE = 0x41
+    # operator (holder of the cluster secret) -> proxy
+    ADMIN = 0x50
     # storage server -> proxy
     SERVER_REGISTER = 0x20
     HEARTBEAT = 0x21
+    INVENTORY = 0x22
     # anyone -> storage server
     PUT_CHUNK = 0x30
     GET_CHUNK = 0x31
@@ -65,6 +72,8 @@ class MsgType(enum.IntEnum):
     DELETE_CHUNKS = 0x33
     PING = 0x34
     PROVE_CHUNKS = 0x35
+    VERIFY_CHUNKS = 0x36
+    REPLICATE = 0x37
 
 
 class Auth(enum.Enum):
@@ -92,7 +101,10 @@ _USER = Auth.SESSION
 _SIGNED = {"auth": dict}  # checked at the door (common.cluster_auth), so optional in the schema
 
 SPECS: dict[MsgType, MessageSpec] = {
-    MsgType.ERROR: MessageSpec(required={"code": str, "message": str}, max_header=None),
+    # `server`, `cause`: which storage server behind the one answering failed, and its error code
+    MsgType.ERROR: MessageSpec(
+        required={"code": str, "message": str}, optional={"server": int, "cause": str}, max_header=None
+    ),
     MsgType.OK: MessageSpec(open=True, max_header=None),
     MsgType.CHUNK_DATA: MessageSpec(required={"id": str, "size": int}, payload=True, max_header=None),
     MsgType.HELLO: MessageSpec(optional={"client": str}),
@@ -125,9 +137,23 @@ SPECS: dict[MsgType, MessageSpec] = {
         auth=_USER, required={**_SESSION, "upload_id": str, "proofs": list}, max_header=UPLOAD_PROVE_HEADER
     ),
     MsgType.UPLOAD_TICKETS: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
+    # new servers for chunks whose chain failed, avoiding the servers that failed them
+    MsgType.UPLOAD_REPLACE: MessageSpec(
+        auth=_USER,
+        required={**_SESSION, "upload_id": str, "chunks": list, "avoid": list},
+        max_header=IDS_HEADER,
+    ),
     MsgType.LIST: MessageSpec(auth=_USER, required=_SESSION, optional={"all": bool}),  # `all`: refused
     MsgType.SHARE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
-    MsgType.LOCATE: MessageSpec(auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str}),
+    MsgType.LOCATE: MessageSpec(
+        auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str, "lease": str}
+    ),
+    # a copy that failed the reader's check; the GET ticket for it is the credential
+    MsgType.REPORT_BAD: MessageSpec(required={"id": str, "server": int, "ticket": dict, "problem": str}),
+    MsgType.RELEASE: MessageSpec(required={"lease": str}),  # a download ended: its chunks may go
+    MsgType.ADMIN: MessageSpec(
+        auth=Auth.CLUSTER, required={"action": str}, optional={**_SIGNED, "server": int}
+    ),
     MsgType.DELETE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.STATUS: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.SERVER_REGISTER: MessageSpec(
@@ -141,13 +167,22 @@ SPECS: dict[MsgType, MessageSpec] = {
             "chunks": int,
             "inventory_sha256": str,  # of the payload: the MAC covers the header, this the payload
         },
-        optional={**_SIGNED, "cluster_id": str},
+        optional={**_SIGNED, "cluster_id": str, "free": int},
         payload=True,
     ),
     MsgType.HEARTBEAT: MessageSpec(
         auth=Auth.CLUSTER,
         required={"id": int, "capacity": int, "used": int, "chunks": int},
+        # free: disk bytes free; lost: ids of copies found bad (quarantined) or missing since the
+        # last heartbeat (at most LOST_PER_HEARTBEAT); quarantined: count; scrub: progress figures
+        optional={**_SIGNED, "free": int, "lost": list, "quarantined": int, "scrub": dict},
+        max_header=HEARTBEAT_HEADER,
+    ),
+    MsgType.INVENTORY: MessageSpec(  # a periodic block report: every chunk id the server holds
+        auth=Auth.CLUSTER,
+        required={"id": int, "chunks": int, "inventory_sha256": str},
         optional=_SIGNED,
+        payload=True,
     ),
     MsgType.PUT_CHUNK: MessageSpec(
         auth=Auth.TICKET,
@@ -160,8 +195,11 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.HAS_CHUNKS: MessageSpec(
         auth=Auth.CLUSTER, required={"ids": list}, optional=_SIGNED, max_header=IDS_HEADER
     ),
-    MsgType.DELETE_CHUNKS: MessageSpec(
-        auth=Auth.CLUSTER, required={"ids": list}, optional=_SIGNED, max_header=IDS_HEADER
+    MsgType.DELETE_CHUNKS: MessageSpec(  # older_than: only copies last written/verified before it
+        auth=Auth.CLUSTER,
+        required={"ids": list},
+        optional={**_SIGNED, "older_than": (int, float)},
+        max_header=IDS_HEADER,
     ),
     MsgType.PING: MessageSpec(auth=Auth.CLUSTER, optional=_SIGNED),
     MsgType.PROVE_CHUNKS: MessageSpec(
@@ -169,6 +207,18 @@ SPECS: dict[MsgType, MessageSpec] = {
         required={"nonce": str, "ranges": list},
         optional=_SIGNED,
         max_header=PROVE_CHUNKS_HEADER,
+    ),
+    MsgType.VERIFY_CHUNKS: MessageSpec(  # max_age: a copy verified this recently is not re-read
+        auth=Auth.CLUSTER,
+        required={"ids": list},
+        optional={**_SIGNED, "max_age": (int, float)},
+        max_header=IDS_HEADER,
+    ),
+    MsgType.REPLICATE: MessageSpec(  # fetch a chunk from one of `sources` (GET tickets included)
+        auth=Auth.CLUSTER,
+        required={"id": str, "size": int, "sources": list},
+        optional=_SIGNED,
+        max_header=PUT_CHUNK_HEADER,
     ),
 }
 

@@ -374,7 +374,8 @@ class Connection:
         reply = self.receive()
         if reply.type == MsgType.ERROR:
             self.skip_payload()
-            raise error_from_wire(reply.header["code"], reply.header["message"])
+            h = reply.header
+            raise error_from_wire(h["code"], h["message"], h.get("server"), h.get("cause"))
         if reply.type not in REPLIES.get(msg_type, ()):
             self.close()
             raise RemoteProtocolError(f"{self.peer} answered {msg_type.name} with {reply.type.name}")
@@ -385,7 +386,12 @@ class Connection:
         if self._encoder.owed:
             self.close()
             return
-        self.send(MsgType.ERROR, {"code": error.code, "message": error.message})
+        header: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.server is not None:
+            header["server"] = error.server
+        if error.cause is not None:
+            header["cause"] = error.cause
+        self.send(MsgType.ERROR, header)
 
     def _broken(self, exc: OSError) -> ConnectionLost:
         self.close()
