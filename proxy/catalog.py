@@ -171,7 +171,22 @@ class Catalog:
         self.state["shares"][e["token"]] = {"owner": e["owner"], "name": e["name"], "created": e["created"]}
 
     def _apply_server_seen(self, e: dict[str, Any]) -> None:
-        self.state["servers"][str(e["id"])] = {"host": e["host"], "port": e["port"]}
+        known = self.state["servers"].setdefault(str(e["id"]), {})
+        known.update(host=e["host"], port=e["port"])
+
+    def _apply_server_drain(self, e: dict[str, Any]) -> None:
+        known = self.state["servers"].get(str(e["id"]))
+        if known is not None:
+            if e["draining"]:
+                known["draining"] = True
+            else:
+                known.pop("draining", None)
+
+    def _apply_server_forget(self, e: dict[str, Any]) -> None:
+        self.state["servers"].pop(str(e["id"]), None)
+        for info in self.state["chunks"].values():
+            if e["id"] in info["servers"]:
+                info["servers"].remove(e["id"])
 
     def _apply_chunk_del(self, e: dict[str, Any]) -> None:
         for chunk_id in e["ids"]:
@@ -246,18 +261,65 @@ class Catalog:
     def remember_server(self, server_id: int, host: str, port: int) -> None:
         """Keep a storage server's address, so locations resolve right after a proxy restart."""
         with self.lock:
-            if self.state["servers"].get(str(server_id)) != {"host": host, "port": port}:
+            known = self.state["servers"].get(str(server_id)) or {}
+            if (known.get("host"), known.get("port")) != (host, port):
                 self._change({"op": "server_seen", "id": server_id, "host": host, "port": port})
+
+    def set_draining(self, server_id: int, draining: bool) -> bool:
+        """Journal a server's decommissioning flag; False if the catalog does not know the server."""
+        with self.lock:
+            known = self.state["servers"].get(str(server_id))
+            if known is None:
+                return False
+            if bool(known.get("draining")) != draining:
+                self._change({"op": "server_drain", "id": server_id, "draining": draining})
+            return True
+
+    def forget_server(self, server_id: int) -> None:
+        """Remove a server for good: its address, its flags and every copy it was listed with."""
+        self._change({"op": "server_forget", "id": server_id})
 
     def known_servers(self) -> dict[int, tuple[str, int]]:
         with self.lock:
             return {int(i): (s["host"], s["port"]) for i, s in self.state["servers"].items()}
+
+    def draining_servers(self) -> set[int]:
+        with self.lock:
+            return {int(i) for i, s in self.state["servers"].items() if s.get("draining")}
 
     def drop_chunks(self, ids: list[str]) -> None:
         if ids:
             self._change({"op": "chunk_del", "ids": ids})
 
     # -- soft state: where chunks are --------------------------------------------------------
+    def add_location(self, chunk_id: str, server_id: int) -> bool:
+        """Record a copy (made by repair, or found in an inventory); False if the chunk is unknown."""
+        with self.lock:
+            info = self.state["chunks"].get(chunk_id)
+            if info is None:
+                return False
+            if server_id not in info["servers"]:
+                info["servers"].append(server_id)
+            return True
+
+    def drop_location(self, chunk_id: str, server_id: int) -> bool:
+        """Forget a copy (found bad or missing, or removed as an extra); True if it was listed."""
+        with self.lock:
+            info = self.state["chunks"].get(chunk_id)
+            if info is None or server_id not in info["servers"]:
+                return False
+            info["servers"].remove(server_id)
+            return True
+
+    def chunk_table(self) -> list[tuple[str, int, list[int], bool]]:
+        """Every chunk: (id, size, the servers listed with a copy, whether a file uses it).  A copy
+        taken under the lock, for repair planning outside it."""
+        with self.lock:
+            return [
+                (c, info["size"], list(info["servers"]), self.refs[c] > 0)
+                for c, info in self.state["chunks"].items()
+            ]
+
     def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
         """Chunks the catalog places on a server that its inventory does not list."""
         with self.lock:

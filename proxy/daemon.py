@@ -33,7 +33,9 @@ from common.limits import PROXY_MAX_HEADER
 from common.protocol import DEFAULT_MAX_PAYLOAD
 from proxy.catalog import Catalog
 from proxy.collector import Collector
-from proxy.registry import Registry
+from proxy.leases import Leases
+from proxy.registry import DEFAULT_LOW_WATER, Registry
+from proxy.repair import DEFAULT_INTERVAL, Repairer
 from proxy.service import ProxyConfig, ProxyService
 from proxy.sessions import SessionSweeper
 from proxy.storage_client import StorageClient
@@ -109,8 +111,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="30d",
         help="a session ends this long after login, however busy (default: 30d)",
     )
+    parser.add_argument(
+        "--repair-grace",
+        type=duration,
+        default="5m",
+        help="how long a storage server may be down before its chunks are copied elsewhere (default: 5m)",
+    )
+    parser.add_argument(
+        "--repair-rate",
+        type=float,
+        default=64.0,
+        help="MiB per second repair may copy between servers, at most (default: 64; 0: no limit)",
+    )
+    parser.add_argument(
+        "--repair-streams", type=int, default=2, help="copies repair makes at once (default: 2)"
+    )
+    parser.add_argument(
+        "--orphan-grace",
+        type=duration,
+        default="10m",
+        help="how long a chunk no file or upload uses may stay on a server before it is deleted "
+        "(default: 10m)",
+    )
+    parser.add_argument(
+        "--low-water",
+        type=int,
+        default=DEFAULT_LOW_WATER,
+        help="bytes of free disk below which a server takes no new chunks (default: 256 MiB)",
+    )
+    parser.add_argument(
+        "--verify-age",
+        type=duration,
+        default="1h",
+        help="dedup trusts a stored copy verified this recently, and has older ones re-read (default: 1h)",
+    )
     add_secret_argument(parser)
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
+    parser.add_argument("--repair-interval", type=float, default=DEFAULT_INTERVAL, help=argparse.SUPPRESS)
     add_limit_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -124,9 +161,37 @@ def run(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else proxy_port()
     key = load_cluster_key(secret_path(args.secret_file))
     catalog = Catalog(args.data or data_dir() / "proxy")
-    registry = Registry(dead_after=args.dead_after or 3 * args.heartbeat + 1, known=catalog.known_servers())
+    registry = Registry(
+        dead_after=args.dead_after or 3 * args.heartbeat + 1,
+        known=catalog.known_servers(),
+        grace=args.repair_grace,
+        low_water=args.low_water,
+        draining=catalog.draining_servers(),
+    )
     uploads = Uploads()
-    collector = Collector(catalog, registry, uploads, StorageClient(key), interval=args.collect_interval)
+    leases = Leases(ttl=2 * args.ticket_ttl)
+    storage = StorageClient(key)
+    collector = Collector(
+        catalog,
+        registry,
+        uploads,
+        storage,
+        interval=args.collect_interval,
+        leases=leases,
+        orphan_grace=args.orphan_grace,
+    )
+    repairer = Repairer(
+        catalog,
+        registry,
+        storage,
+        key,
+        args.replicas,
+        leases=leases,
+        rate=args.repair_rate * 1024 * 1024,
+        streams=args.repair_streams,
+        interval=args.repair_interval,
+        ticket_ttl=args.ticket_ttl,
+    )
     config = ProxyConfig(
         chunk_size=args.chunk_size,
         replicas=args.replicas,
@@ -135,8 +200,9 @@ def run(args: argparse.Namespace) -> int:
         ticket_ttl=args.ticket_ttl,
         session_idle=args.session_idle,
         session_max=args.session_max,
+        verify_age=args.verify_age,
     )
-    service = ProxyService(catalog, registry, uploads, collector, config, key)
+    service = ProxyService(catalog, registry, uploads, collector, config, key, repairer)
     server = FrameServer(
         (args.host, port),
         service.handlers(),
@@ -148,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     )
     sweeper = SessionSweeper(service.sessions, service.sessions.policy.sweep_every)
     collector.start()
+    repairer.start()
     sweeper.start()
     serve_in_thread(server, "proxy")
     log.info(
@@ -164,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         sweeper.stop()
+        repairer.stop()
         collector.stop()
         catalog.snapshot()
         catalog.close()

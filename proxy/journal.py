@@ -43,6 +43,7 @@ class Journal:
         self.entries_since_snapshot = 0
         self._file: Any = None
         self._broken = ""  # why appends are refused, after a failed write that could not be undone
+        self._good = 0  # the journal's length after its last complete entry (what a repair cuts back to)
 
     def load(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The last snapshot (or None) and the journal entries that came after it."""
@@ -103,12 +104,15 @@ class Journal:
             os.fsync(f.fileno())
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Number, write and fsync one change; only then may it be applied."""
-        if self._broken:
+        """Number, write and fsync one change; only then may it be applied.  After a failure that
+        could not be undone at once (a full disk), each new change first tries the repair again, so
+        the journal recovers on its own once the disk has room."""
+        if self._broken and not self._repair():
             raise StorageIOError(f"the catalog journal could not be repaired after: {self._broken}")
         entry = {"seq": self.seq + 1, **entry}
         line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         good = self._file.tell()
+        self._good = good
         try:
             self._file.write(line)
             self._file.flush()
@@ -137,13 +141,36 @@ class Journal:
             self._file = open(self.journal_path, "ab", opener=open_private)
         except OSError:
             self._broken = str(cause)
-            log.error("catalog journal damaged and not repairable: refusing further changes")
+            self._file = None
+            log.error(
+                "catalog journal could not be cut back after a failed write; refusing changes until it can"
+            )
+
+    def _repair(self) -> bool:
+        """Cut the journal back to its last complete entry and reopen it; True if that worked."""
+        try:
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
+            with open(self.journal_path, "r+b") as f:
+                if os.fstat(f.fileno()).st_size > self._good:
+                    f.truncate(self._good)
+                os.fsync(f.fileno())
+            self._file = open(self.journal_path, "ab", opener=open_private)
+        except OSError as exc:
+            log.warning("catalog journal still cannot be repaired: %s", exc)
+            return False
+        log.warning("catalog journal repaired after: %s", self._broken)
+        self._broken = ""
+        return True
 
     def snapshot(self, state: dict[str, Any]) -> None:
         """Write the whole state (as of ``self.seq``) and start an empty journal."""
         data = json.dumps({**state, "seq": self.seq}, separators=(",", ":"), ensure_ascii=False).encode()
         write_atomic(self.snapshot_path, data, mode=0o600)
         write_atomic(self.journal_path, b"", mode=0o600)
+        self._good = 0  # the snapshot holds every change; the new journal starts empty
         try:
             new = open(self.journal_path, "ab", opener=open_private)
         except OSError as exc:  # the old handle points at a replaced file: appending there is lost

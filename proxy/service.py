@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,26 +24,33 @@ from common.errors import (
     AlreadyExists,
     AuthError,
     Conflict,
+    FileClusterError,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Unavailable,
 )
 from common.frame_server import Handler, Reply, Request
 from common.hashing import EMPTY_SHA1, check_chunk_id, check_sha1
-from common.limits import MAX_CHUNKS_PER_FILE
+from common.limits import MAX_CHUNKS_PER_FILE, MAX_IDS_PER_REQUEST
 from common.messages import Auth, MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
+from proxy.admin import Admin
 from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, hash_password, new_token
 from proxy.catalog import Catalog
 from proxy.collector import Collector
+from proxy.leases import Lease
 from proxy.membership import Membership
 from proxy.ownership import new_challenge, proven_chunks
 from proxy.placement import ServerRef, place, rank
 from proxy.registry import Registry
+from proxy.repair import Repairer
 from proxy.sessions import DEFAULT_IDLE, DEFAULT_MAX_AGE, SessionPolicy, Sessions
 from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
+
+REPORT_WINDOW = 3600.0  # a GET ticket may report a bad copy up to this long after it expired
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class ProxyConfig:
     ticket_ttl: float = 600.0  # seconds a ticket for a chunk stays valid
     session_idle: float = DEFAULT_IDLE  # seconds without a request before a session ends
     session_max: float = DEFAULT_MAX_AGE  # seconds after LOGIN before a session ends, however busy
+    verify_age: float = 3600.0  # dedup trusts a copy its server verified this recently, else re-reads it
 
 
 class ProxyService:
@@ -65,6 +74,7 @@ class ProxyService:
         collector: Collector,
         config: ProxyConfig,
         key: ClusterKey,
+        repairer: Repairer | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
@@ -73,11 +83,19 @@ class ProxyService:
         self.config = config
         self.key = key  # signs tickets
         self.storage = collector.storage
+        self.leases = collector.leases
+        self.repairer = repairer or Repairer(
+            catalog, registry, self.storage, key, config.replicas, leases=self.leases
+        )
+        self.report_throttle = LinkThrottle()
         self.throttle = LoginThrottle()
         self.link_throttle = LinkThrottle()
         self.passwords = PasswordCheck()
         self.sessions = Sessions(catalog, SessionPolicy(config.session_idle, config.session_max))
-        self.members = Membership(catalog, registry, collector, heartbeat=config.heartbeat)
+        self.members = Membership(
+            catalog, registry, collector, heartbeat=config.heartbeat, on_change=self.repairer.wake
+        )
+        self.admin = Admin(catalog, registry, self.repairer, self.status_figures)
 
     def handlers(self) -> Mapping[MsgType, Handler]:
         return {
@@ -91,11 +109,15 @@ class ProxyService:
             MsgType.UPLOAD_ABORT: self.upload_abort,
             MsgType.UPLOAD_PROVE: self.upload_prove,
             MsgType.UPLOAD_TICKETS: self.upload_tickets,
+            MsgType.UPLOAD_REPLACE: self.upload_replace,
             MsgType.LIST: self.list_files,
             MsgType.SHARE: self.share,
             MsgType.LOCATE: self.locate,
             MsgType.DELETE: self.delete,
             MsgType.STATUS: self.status,
+            MsgType.REPORT_BAD: self.report_bad,
+            MsgType.RELEASE: self.release,
+            MsgType.ADMIN: self.admin.handle,
             **self.members.handlers(),
         }
 
@@ -215,12 +237,13 @@ class ProxyService:
             if asked:
                 holders[chunk_id] = asked
         proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
+        verified = self._verified_copies({c: holders[c] for c in proven if c in holders}, sizes)
         with self.collector.lock:
             live_ids = self.registry.live_ids()
             placement: dict[str, list[ServerRef]] = {}
             for chunk_id, size in sizes.items():
-                if chunk_id in proven and set(self.catalog.chunk_servers(chunk_id)) & live_ids:
-                    continue  # proven and still stored on a live server: nothing to send
+                if verified.get(chunk_id, set()) & set(self.catalog.chunk_servers(chunk_id)) & live_ids:
+                    continue  # proven, verified and still stored on a live server: nothing to send
                 targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
                 if len(targets) < self.config.replicas:
                     raise Unavailable(
@@ -230,6 +253,43 @@ class ProxyService:
                 placement[chunk_id] = targets
             self.uploads.place(upload.id, placement)
         return Reply({"missing": self._missing(upload)})
+
+    def _verified_copies(
+        self, holders: Mapping[str, list[ServerRef]], sizes: Mapping[str, int]
+    ) -> dict[str, set[int]]:
+        """Which of the holders' copies are known good: each server confirms the copy's size and a
+        verification within ``verify_age`` (or re-reads it now, quarantining a bad one).  Dedup
+        builds only on these; a copy found bad or missing is forgotten, and repair replaces it."""
+        by_server: defaultdict[ServerRef, list[str]] = defaultdict(list)
+        for chunk_id, servers in holders.items():
+            for server in servers:
+                by_server[server].append(chunk_id)
+        if not by_server:
+            return {}
+
+        def check(server: ServerRef) -> tuple[ServerRef, dict[str, int] | None, set[str]]:
+            try:
+                good, gone = self.storage.verify_chunks(
+                    server, by_server[server], self.config.verify_age, timeout=60.0
+                )
+                return server, good, gone
+            except FileClusterError as exc:
+                log.warning("server %d could not confirm its copies for dedup: %s", server.id, exc)
+                return server, None, set()
+
+        verified: defaultdict[str, set[int]] = defaultdict(set)
+        with ThreadPoolExecutor(min(16, len(by_server))) as pool:
+            for server, good, gone in pool.map(check, list(by_server)):
+                for chunk_id, size in (good or {}).items():
+                    if sizes.get(chunk_id) == size:
+                        verified[chunk_id].add(server.id)
+                dropped = [c for c in gone if self.catalog.drop_location(c, server.id)]
+                if dropped:
+                    log.warning(
+                        "server %d: %d copies bad or missing (found by dedup)", server.id, len(dropped)
+                    )
+                    self.repairer.wake()
+        return dict(verified)
 
     def upload_tickets(self, req: Request) -> Reply:
         """Fresh tickets for what an upload still has to send (tickets expire in minutes)."""
@@ -252,6 +312,47 @@ class ProxyService:
             for chunk_id, targets in upload.placement.items()
         ]
 
+    def upload_replace(self, req: Request) -> Reply:
+        """New servers for chunks whose chain failed (a server down, hung, or out of space),
+        avoiding the servers the client names; those that do not answer a ping are marked down."""
+        h = req.header
+        upload = self.uploads.get(h["upload_id"], _principal(req))
+        if not upload.proven:
+            raise Conflict("prove the upload first (UPLOAD_PROVE)")
+        chunks, avoid = h["chunks"], h["avoid"]
+        if len(chunks) > MAX_IDS_PER_REQUEST or len(avoid) > 64 or not all(type(a) is int for a in avoid):
+            raise InvalidRequest("UPLOAD_REPLACE names at most 10000 chunks and 64 server ids")
+        wanted = {check_chunk_id(c) for c in chunks}
+        if not wanted <= set(upload.placement):
+            raise InvalidRequest("UPLOAD_REPLACE names a chunk this upload does not send")
+        self._check_servers(set(avoid))
+        sizes = dict(upload.chunks)
+        with self.collector.lock:
+            for chunk_id in sorted(wanted):
+                servers = [s for s in self.registry.live(need_bytes=sizes[chunk_id]) if s.id not in avoid]
+                targets = place(chunk_id, servers, self.config.replicas)
+                if len(targets) < self.config.replicas:
+                    raise Unavailable(
+                        f"not enough storage servers left for chunk {chunk_id[:12]}: {len(targets)} of "
+                        f"{self.config.replicas} needed; see: filecluster status"
+                    )
+                upload.placement[chunk_id] = targets
+        return Reply({"missing": [m for m in self._missing(upload) if m["id"] in wanted]})
+
+    def _check_servers(self, suspects: set[int]) -> None:
+        """Ping the servers a client could not use, at once; mark down those that do not answer."""
+        states = [s for s in (self.registry.get(i) for i in suspects) if s is not None]
+        if not states:
+            return
+        with ThreadPoolExecutor(min(16, len(states))) as pool:
+            answers = list(pool.map(lambda s: self.storage.answers(s.ref), states))
+        for state, answered in zip(states, answers, strict=True):
+            if not answered:
+                log.warning(
+                    "client reports server %d failing, and it does not answer: marking it down", state.id
+                )
+                self.registry.mark_down(state.id)
+
     def upload_commit(self, req: Request) -> Reply:
         h = req.header
         owner = _principal(req)
@@ -259,9 +360,11 @@ class ProxyService:
         if not upload.proven:
             raise Conflict("prove the upload first (UPLOAD_PROVE)")
         self._check_receipts(upload, h.get("receipts") or [])
+        # every placed copy came with its server's receipt (verified and fsynced there) and is pinned
+        # by this upload, so the catalog records the placement as is: no network call here
+        locations = {chunk_id: [s.id for s in servers] for chunk_id, servers in upload.placement.items()}
         with self.collector.lock:
             try:
-                locations = self._confirm_stored(upload.placement)
                 live_ids = self.registry.live_ids()
                 for chunk_id, _ in upload.chunks:
                     if chunk_id not in locations and not set(self.catalog.chunk_servers(chunk_id)) & live_ids:
@@ -304,23 +407,6 @@ class ProxyService:
                     "had to send; upload again"
                 )
 
-    def _confirm_stored(self, placement: Mapping[str, list[ServerRef]]) -> dict[str, list[int]]:
-        """Ask each server whether it holds the chunks placed on it; every copy must be there."""
-        by_server: defaultdict[ServerRef, list[str]] = defaultdict(list)
-        for chunk_id, servers in placement.items():
-            for server in servers:
-                by_server[server].append(chunk_id)
-        locations: defaultdict[str, list[int]] = defaultdict(list)
-        for server, ids in by_server.items():
-            present = self.storage.has_chunks(server, ids)
-            for chunk_id in ids:
-                if chunk_id not in present:
-                    raise Conflict(
-                        f"chunk {chunk_id[:12]} is not on storage server {server.id}; upload again"
-                    )
-                locations[chunk_id].append(server.id)
-        return dict(locations)
-
     def _abandon(self, upload_id: str) -> None:
         upload = self.uploads.finish(upload_id)
         if upload is not None:
@@ -335,13 +421,8 @@ class ProxyService:
             log.info("upload %s of %s by %s aborted", upload.id[:8], upload.name, owner)
         except (NotFound, Conflict):
             pass  # already gone; still check the servers the client could not reach
-        for server_id in h.get("unreachable") or []:
-            state = self.registry.get(server_id) if isinstance(server_id, int) else None
-            if state is not None and not self.storage.answers(state.ref):
-                log.warning(
-                    "client reports server %d unreachable, and it does not answer: marking it down", server_id
-                )
-                self.registry.mark_down(server_id)
+        suspects = h.get("unreachable") or []
+        self._check_servers({i for i in suspects[:64] if type(i) is int})
         return Reply({})
 
     # -- files and links -------------------------------------------------------------------
@@ -370,7 +451,15 @@ class ProxyService:
         return Reply({"token": token, "link": self._link(req.local, token)})
 
     def locate(self, req: Request) -> Reply:
+        """Where a file's chunks are, with GET tickets, under a lease that keeps those chunks until
+        the download ends (RELEASE) or the lease expires; LOCATE ``{lease}`` renews it."""
         h = req.header
+        if h.get("lease"):
+            address = client_key(req.peer[0])
+            self.link_throttle.attempt(address)  # an unknown lease counts like an unknown link
+            lease = self.leases.renew(h["lease"])
+            self.link_throttle.found(address)
+            return Reply(self._located(lease))
         with self.catalog.lock:
             if h.get("token"):
                 owner, name = self._shared_file(h["token"], req.peer[0])
@@ -381,13 +470,45 @@ class ProxyService:
                     raise NotFound(f"you have no file named {name!r}")
                 who = f"user:{owner}"
             else:
-                raise InvalidRequest("LOCATE needs a token, or a session and a name")
+                raise InvalidRequest("LOCATE needs a token, a lease, or a session and a name")
             entry = self.catalog.file(owner, name)
             assert entry is not None
-            exp = int(self.key.clock() + self.config.ticket_ttl)
-            chunks = [{"id": c, "size": s, "servers": self._sources(c, who, exp)} for c, s in entry["chunks"]]
-            info = self.catalog.describe(owner, name)
-            return Reply({**info, "chunks": chunks, "ticket": {"exp": exp, "who": who}})
+            lease = self.leases.grant(owner, name, self.catalog.describe(owner, name), entry["chunks"], who)
+        return Reply(self._located(lease))
+
+    def _located(self, lease: Lease) -> dict[str, Any]:
+        exp = int(self.key.clock() + self.config.ticket_ttl)
+        chunks = [{"id": c, "size": s, "servers": self._sources(c, lease.who, exp)} for c, s in lease.chunks]
+        return {**lease.info, "chunks": chunks, "ticket": {"exp": exp, "who": lease.who}, "lease": lease.id}
+
+    def release(self, req: Request) -> Reply:
+        """A download ended: its lease goes, and with it the hold on its chunks."""
+        self.leases.release(req.header["lease"])
+        return Reply({})
+
+    def report_bad(self, req: Request) -> Reply:
+        """A reader found a copy bad (wrong bytes, wrong size) or missing.  The GET ticket it used
+        for that copy is its credential; the copy's server checks it (proxy.repair) before the
+        proxy forgets it, so a report can never make the cluster drop a good copy."""
+        h = req.header
+        chunk_id, server_id, ticket = check_chunk_id(h["id"]), h["server"], h["ticket"]
+        if h["problem"] not in ("corrupt", "missing", "short"):
+            raise InvalidRequest("problem must be corrupt, missing or short")
+        address = client_key(req.peer[0])
+        self.report_throttle.attempt(address)  # a forged ticket counts against the address
+        exp, who, mac = ticket.get("exp"), ticket.get("who"), ticket.get("mac")
+        if not (type(exp) is int and isinstance(who, str) and isinstance(mac, str)):
+            raise Forbidden("malformed ticket")
+        if not same_mac(self.key.get_mac(chunk_id, server_id, who, exp), mac):
+            raise Forbidden("the ticket does not match this copy")
+        self.report_throttle.found(address)
+        if exp < self.key.clock() - REPORT_WINDOW:
+            raise Forbidden("the ticket is too old to report with")
+        if self.repairer.report(chunk_id, server_id):
+            log.info(
+                "a reader reports the copy of %s on server %d %s", chunk_id[:12], server_id, h["problem"]
+            )
+        return Reply({})
 
     def _shared_file(self, token: str, peer: str) -> tuple[str, str]:
         """The (owner, name) a share token names; unknown tokens count against the address."""
@@ -419,7 +540,11 @@ class ProxyService:
         return Reply({"freed_chunks": len(freed)})
 
     def status(self, req: Request) -> Reply:
-        """Every known server; those believed up are asked for fresh figures right now."""
+        return Reply(self.status_figures())
+
+    def status_figures(self) -> dict[str, Any]:
+        """Every known server, its state and figures (those up are asked for fresh ones right
+        now, in parallel), and the chunks' health as of the last repair round."""
         states = self.registry.all()
         with ThreadPoolExecutor(max(1, min(16, len(states)))) as pool:
             fresh = list(
@@ -428,21 +553,35 @@ class ProxyService:
                     states,
                 )
             )
-        servers = [
-            {
-                "id": s.id,
-                "host": s.host,
-                "port": s.port,
-                "up": live is not None,
-                "chunks": live["chunks"] if live else s.chunks,
-                "used": live["used"] if live else s.used,
-                "capacity": s.capacity,
-            }
-            for s, live in zip(states, fresh, strict=True)
-        ]
-        return Reply(
-            {"servers": servers, "replicas": self.config.replicas, "chunk_size": self.config.chunk_size}
-        )
+        needed = self.repairer.last_plan.draining_needed
+        now = time.monotonic()
+        servers = []
+        for s, live in zip(states, fresh, strict=True):
+            state = self.registry.state_name(s)
+            if state == "draining" and needed.get(s.id) == 0:
+                state = "drained"
+            servers.append(
+                {
+                    "id": s.id,
+                    "host": s.host,
+                    "port": s.port,
+                    "up": live is not None,
+                    "state": state,
+                    "chunks": live["chunks"] if live else s.chunks,
+                    "used": live["used"] if live else s.used,
+                    "capacity": s.capacity,
+                    "free": live.get("free", s.free) if live else s.free,
+                    "last_seen": round(now - s.last_seen, 1) if s.registered else None,
+                    "quarantined": live.get("quarantined", s.quarantined) if live else s.quarantined,
+                    "scrub": s.scrub,
+                }
+            )
+        return {
+            "servers": servers,
+            "replicas": self.config.replicas,
+            "chunk_size": self.config.chunk_size,
+            "health": self.repairer.health(),
+        }
 
 
 def _principal(req: Request) -> str:

@@ -19,6 +19,7 @@ from proxy.placement import ServerRef
 
 TIMEOUT = 5.0
 BATCH = MAX_IDS_PER_REQUEST
+VERIFY_BATCH = 64  # a copy not verified lately is read whole: keep each request short
 
 
 class StorageClient:
@@ -42,12 +43,40 @@ class StorageClient:
             present.update(reply.get("present", []))
         return present
 
-    def delete_chunks(self, server: ServerRef, ids: Sequence[str]) -> int:
+    def delete_chunks(self, server: ServerRef, ids: Sequence[str], older_than: float | None = None) -> int:
+        """Delete copies; with ``older_than`` (Unix time), only those not written or verified since."""
         deleted = 0
         for start in range(0, len(ids), BATCH):
-            reply = self.ask(server, MsgType.DELETE_CHUNKS, {"ids": list(ids[start : start + BATCH])})
+            header: dict[str, Any] = {"ids": list(ids[start : start + BATCH])}
+            if older_than is not None:
+                header["older_than"] = older_than
+            reply = self.ask(server, MsgType.DELETE_CHUNKS, header)
             deleted += int(reply.get("deleted", 0))
         return deleted
+
+    def verify_chunks(
+        self, server: ServerRef, ids: Sequence[str], max_age: float, timeout: float | None = None
+    ) -> tuple[dict[str, int], set[str]]:
+        """Have a server check its copies (those verified within ``max_age`` s are not re-read):
+        (good copies and their sizes, ids whose copy is bad or missing; bad ones are quarantined)."""
+        good: dict[str, int] = {}
+        gone: set[str] = set()
+        for start in range(0, len(ids), VERIFY_BATCH):
+            batch = list(ids[start : start + VERIFY_BATCH])
+            reply = self.ask(server, MsgType.VERIFY_CHUNKS, {"ids": batch, "max_age": max_age}, timeout)
+            for item in reply.get("good", []):
+                if isinstance(item, list) and len(item) == 2 and item[0] in batch and type(item[1]) is int:
+                    good[item[0]] = item[1]
+            gone.update(c for c in batch if c not in good)
+        return good, gone
+
+    def replicate(
+        self, target: ServerRef, chunk_id: str, size: int, sources: list[dict[str, Any]], timeout: float
+    ) -> dict[str, Any]:
+        """Have ``target`` copy a chunk from one of ``sources`` (each with its GET ticket)."""
+        return self.ask(
+            target, MsgType.REPLICATE, {"id": chunk_id, "size": size, "sources": sources}, timeout
+        )
 
     def prove_chunks(
         self, server: ServerRef, nonce: str, ranges: Sequence[list[Any]], timeout: float | None = None

@@ -6,6 +6,7 @@ import builtins
 import errno
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -243,7 +244,7 @@ def test_a_write_that_fills_the_disk_is_cut_off_and_the_journal_goes_on(tmp_path
     assert again.user("dave") is not None and again.user("carol") is None
 
 
-def test_an_append_that_cannot_be_rolled_back_refuses_every_change(
+def test_an_append_that_cannot_be_rolled_back_refuses_changes_until_the_disk_works_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cat = Catalog(tmp_path)
@@ -255,18 +256,39 @@ def test_an_append_that_cannot_be_rolled_back_refuses_every_change(
     monkeypatch.setattr("proxy.journal.os.fsync", failing_disk)  # the append fails, and so does its undo
     with pytest.raises(StorageIOError, match="could not write its catalog"):
         cat.add_user("carol", "00", "11")
-    monkeypatch.undo()  # the disk works again, but the journal cannot vouch for what it left there
-    changes: list[Callable[[], object]] = [
-        lambda: cat.add_user("dave", "00", "11"),
-        lambda: cat.delete_file("ana", "x.bin"),
-        lambda: cat.drop_chunks([A]),
-    ]
-    for change in changes:
-        with pytest.raises(StorageIOError, match="could not be repaired"):
-            change()
-    assert cat.user("carol") is None and cat.user("dave") is None
+    # while the disk still fails, every change is refused: none can be made durable
+    with pytest.raises(StorageIOError, match="could not be repaired"):
+        cat.delete_file("ana", "x.bin")
     assert cat.file("ana", "x.bin") is not None
+    monkeypatch.undo()  # the disk works again: the journal is cut back to its last entry and goes on
+    cat.add_user("dave", "00", "11")
+    cat.drop_chunks([A])
+    assert cat.user("carol") is None and cat.user("dave") is not None
     same(cat, Catalog(tmp_path))  # a restart has every acknowledged change, and only those
+
+
+def test_a_full_disk_in_the_journal_heals_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    real_fsync = os.fsync
+    full = True
+
+    def fsync(fd: int) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("proxy.journal.os.fsync", fsync)
+    for name in ("eve", "fay", "gus"):
+        with pytest.raises((InsufficientStorage, StorageIOError)):
+            cat.add_user(name, "00", "11")
+    full = False  # space is back: no restart needed
+    cat.add_user("hal", "00", "11")
+    again = Catalog(tmp_path)
+    same(cat, again)
+    assert again.user("hal") is not None and all(again.user(n) is None for n in ("eve", "fay", "gus"))
 
 
 @pytest.mark.parametrize(
@@ -301,7 +323,7 @@ def test_a_line_that_is_json_but_not_an_entry_is_damage(tmp_path: Path, line: by
         Catalog(tmp_path)
 
 
-def test_a_journal_that_cannot_be_reopened_after_a_snapshot_refuses_changes(
+def test_a_journal_that_cannot_be_reopened_after_a_snapshot_recovers_into_the_new_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cat = Catalog(tmp_path, snapshot_every=1)  # every change ends with a snapshot and a fresh journal
@@ -314,11 +336,11 @@ def test_a_journal_that_cannot_be_reopened_after_a_snapshot_refuses_changes(
 
     monkeypatch.setattr("proxy.journal.open", out_of_files, raising=False)
     cat.add_user("hal", "00", "11")  # journaled and in the snapshot: done; reopening the journal fails
-    monkeypatch.undo()
-    assert cat.user("hal") is not None
     with pytest.raises(StorageIOError, match="cannot reopen the journal after a snapshot"):
-        cat.add_user("ivy", "00", "11")  # the old handle writes to a replaced file: refused, not lost
-    assert cat.user("ivy") is None
+        cat.add_user("joe", "00", "11")  # still failing: the old handle writes to a replaced file: refused
+    monkeypatch.undo()
+    assert cat.user("hal") is not None and cat.user("joe") is None
+    cat.add_user("ivy", "00", "11")  # the disk works again: written to the new journal, not lost
     again = Catalog(tmp_path)
     same(cat, again)
-    assert again.user("hal") is not None
+    assert again.user("hal") is not None and again.user("ivy") is not None and again.user("joe") is None

@@ -1,0 +1,85 @@
+"""Read leases: a download in progress keeps its chunks until it ends.
+
+LOCATE grants a lease over the chunks of the file it describes, as they are
+at that moment.  While the lease lives, the collector deletes none of those
+chunks and repair removes none of their copies, even if the file is deleted
+or replaced meanwhile; LOCATE ``{lease}`` renews it (with fresh tickets for
+the same chunks), RELEASE ends it, and it expires ``ttl`` seconds after it
+was granted or last renewed (a client that vanished holds nothing for long).
+
+Memory is bounded: a lease holds a reference to the file entry's own chunk
+list (no copy), and at most ``limit`` leases live at once; past that, the
+oldest is dropped (its download may then lose a chunk to a concurrent delete,
+which only happens under a flood of LOCATE requests).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import NotFound
+from proxy.auth import new_token
+
+DEFAULT_LIMIT = 100_000
+
+
+@dataclass
+class Lease:
+    id: str
+    owner: str  # whose file it is
+    name: str
+    info: dict[str, Any]  # the file's description at LOCATE time (name, owner, size, sha1, uploaded)
+    chunks: list[list[Any]]  # [[chunk id, size], ...], the file entry's list (shared, never mutated)
+    who: str  # whom the tickets are for (user:NAME or link)
+    expires: float
+
+
+class Leases:
+    def __init__(self, ttl: float, limit: int = DEFAULT_LIMIT) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._leases: OrderedDict[str, Lease] = OrderedDict()  # oldest renewal first
+        self._lock = threading.Lock()
+
+    def grant(self, owner: str, name: str, info: dict[str, Any], chunks: list[list[Any]], who: str) -> Lease:
+        lease = Lease(new_token(), owner, name, info, chunks, who, time.monotonic() + self.ttl)
+        with self._lock:
+            self._purge()
+            while len(self._leases) >= self.limit:
+                self._leases.popitem(last=False)
+            self._leases[lease.id] = lease
+        return lease
+
+    def renew(self, lease_id: str) -> Lease:
+        with self._lock:
+            self._purge()
+            lease = self._leases.get(lease_id)
+            if lease is None:
+                raise NotFound("the download's lease ended (it expired or was released); download again")
+            lease.expires = time.monotonic() + self.ttl
+            self._leases.move_to_end(lease_id)
+            return lease
+
+    def release(self, lease_id: str) -> None:
+        with self._lock:
+            self._leases.pop(lease_id, None)
+
+    def leased(self) -> set[str]:
+        """Every chunk id some live lease holds."""
+        with self._lock:
+            self._purge()
+            return {chunk_id for lease in self._leases.values() for chunk_id, _ in lease.chunks}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
+    def _purge(self) -> None:
+        """Drop expired leases: they expire in the order they were granted or renewed."""
+        now = time.monotonic()
+        while self._leases and next(iter(self._leases.values())).expires <= now:
+            self._leases.popitem(last=False)
