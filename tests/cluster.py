@@ -24,6 +24,8 @@ CHUNK = 64 * 1024
 
 
 PR_SET_PDEATHSIG = 1
+FAST_PROXY = ("--repair-grace", "4", "--repair-interval", "0.5", "--orphan-grace", "3")
+FAST_SERVER = ("--inventory-interval", "2", "--scrub-period", "60s")
 
 
 def die_with_parent() -> None:
@@ -111,6 +113,8 @@ class Cluster:
         session_idle: float | None = None,
         session_max: float | None = None,
         daemon_args: tuple[str, ...] = (),
+        proxy_args: tuple[str, ...] = (),
+        server_args: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
         self.session_args = [
@@ -118,6 +122,9 @@ class Cluster:
             *(["--session-max", str(session_max)] if session_max is not None else []),
         ]
         self.daemon_args = daemon_args  # given to the proxy and every server (e.g. hidden limits)
+        # self-healing at test speed: seconds, not minutes (each may be overridden by a later option)
+        self.proxy_args = (*FAST_PROXY, *proxy_args)
+        self.server_args = (*FAST_SERVER, *server_args)
         self.n_servers = servers
         self.chunk_size = chunk_size
         self.replicas = replicas
@@ -192,6 +199,7 @@ class Cluster:
                 "1",
                 *self.session_args,
                 *self.daemon_args,
+                *self.proxy_args,
             ],
         )
 
@@ -213,6 +221,7 @@ class Cluster:
                 "--heartbeat",
                 str(self.heartbeat),
                 *self.daemon_args,
+                *self.server_args,
             ],
         )
         self.wait_for(lambda: log.read_text().count("registered with") > before, f"server {i} to register")

@@ -87,7 +87,7 @@ def proxy(tmp_path: Path, storage: dict[int, tuple[StorageService, FrameServer]]
     catalog = Catalog(tmp_path)
     registry = Registry(dead_after=60)
     uploads = Uploads(ttl=TTL)
-    collector = Collector(catalog, registry, uploads, StorageClient(KEY))
+    collector = Collector(catalog, registry, uploads, StorageClient(KEY), orphan_grace=0)
     config = ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1)
     service = ProxyService(catalog, registry, uploads, collector, config, KEY)
     stores: dict[int, MemoryChunkStore] = {}
