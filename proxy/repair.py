@@ -235,7 +235,7 @@ class Repairer:
     def run_once(self) -> Plan:
         """One round: check reported copies, plan, copy what is short, trim what is extra."""
         self._check_reports()
-        status = self._server_status()
+        status = self.server_status()
         current = plan(
             self.catalog.chunk_table(), status, self.replicas, self._rank_ids, self.leases.leased()
         )
@@ -256,7 +256,9 @@ class Repairer:
         self.rounds += 1
         return current
 
-    def _server_status(self) -> dict[int, str]:
+    def server_status(self) -> dict[int, str]:
+        """Server id -> "good" (up), "readable" (up, draining), "pending" (down within the grace
+        period); dead and forgotten servers are absent."""
         status = {}
         for state in self.registry.all():
             if self.registry.is_up(state):
@@ -321,7 +323,7 @@ class Repairer:
         if info is None:
             return False  # collected since
         listed = list(info["servers"])
-        status = self._server_status()
+        status = self.server_status()
         good = [s for s in listed if status.get(s) == "good"]
         pending = [s for s in listed if status.get(s) == "pending"]
         live = good + [s for s in listed if status.get(s) == "readable"]
@@ -372,7 +374,7 @@ class Repairer:
         decided = time.time()
         by_server: defaultdict[int, list[str]] = defaultdict(list)
         leased = self.leases.leased()
-        status = self._server_status()
+        status = self.server_status()
         for chunk_id, server_id in trims:
             if chunk_id in leased:
                 continue

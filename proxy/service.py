@@ -429,7 +429,28 @@ class ProxyService:
     def list_files(self, req: Request) -> Reply:
         if req.header.get("all"):
             raise InvalidRequest("a listing shows only your own files")
-        return Reply({"files": self.catalog.list_files(_principal(req))})
+        owner = _principal(req)
+        files = self.catalog.list_files(owner)
+        status = self.repairer.server_status()
+        for item in files:
+            entry = self.catalog.file(owner, item["name"])
+            item["state"] = self._file_state(entry["chunks"] if entry else [], status)
+        return Reply({"files": files})
+
+    def _file_state(self, chunks: list[list[Any]], status: dict[int, str]) -> str:
+        """``ok``; ``degraded`` (a chunk short of copies: repair is on it); ``unavailable`` (a chunk
+        only on servers that are down for now); ``lost`` (a chunk with no copy anywhere)."""
+        worst = 0
+        for chunk_id, _ in chunks:
+            states = [status.get(s) for s in self.catalog.chunk_servers(chunk_id)]
+            if not any(states):
+                return "lost"
+            live = sum(1 for st in states if st in ("good", "readable"))
+            if not live:
+                worst = max(worst, 2)
+            elif states.count("good") < self.config.replicas:
+                worst = max(worst, 1)
+        return ("ok", "degraded", "unavailable")[worst]
 
     def _link(self, local: tuple[str, int], token: str) -> str:
         host, port = self.config.advertise or local

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from common.cluster_auth import ClusterKey
-from common.errors import AuthError, Conflict, FileClusterError, InvalidRequest, ProtocolError
+from common.errors import (
+    AuthError,
+    Conflict,
+    FileClusterError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ProtocolError,
+)
 from common.frame_server import Request, dispatch, serve_in_thread
 from common.hashing import EMPTY_SHA1, proof_digest
 from common.limits import MAX_CHUNKS_PER_FILE
@@ -203,3 +211,120 @@ def test_locate_by_name_needs_a_session_and_by_token_does_not(service: ProxyServ
 def test_a_request_the_proxy_does_not_take_is_a_protocol_error(service: ProxyService) -> None:
     with pytest.raises(ProtocolError, match="not a request this server takes"):
         call(service, MsgType.GET_CHUNK, {"id": ID})
+
+
+# -- issue 7: leases, reports of bad copies, re-placement, admin -----------------------------------
+def locate(svc: ProxyService, **header: Any) -> dict[str, Any]:
+    return call(svc, MsgType.LOCATE, header)
+
+
+def test_a_lease_keeps_a_deleted_files_chunks_until_it_is_released(service: ProxyService) -> None:
+    located = locate(service, session="tok", name="first.txt")
+    lease = located["lease"]
+    assert ID in service.leases.leased()
+    call(service, MsgType.DELETE, {"session": "tok", "name": "first.txt"})
+    renewed = locate(service, lease=lease)  # no session, no name: the lease is enough
+    assert [c["id"] for c in renewed["chunks"]] == [ID] and renewed["ticket"]["exp"] >= located["ticket"][
+        "exp"
+    ]
+    service.collector.run_once()
+    assert service.catalog.chunk(ID) is not None  # still there: the download may go on
+    call(service, MsgType.RELEASE, {"lease": lease})
+    with pytest.raises(NotFound):
+        locate(service, lease=lease)
+    service.collector.run_once()
+    assert service.catalog.chunk(ID) is None
+
+
+@pytest.mark.parametrize("forge", ["mac", "server", "chunk", "who"])
+def test_a_report_of_a_bad_copy_needs_the_ticket_for_that_copy(service: ProxyService, forge: str) -> None:
+    located = locate(service, session="tok", name="first.txt")
+    copy = located["chunks"][0]["servers"][0]
+    ticket = {**located["ticket"], "mac": copy["ticket"]}
+    header = {"id": ID, "server": copy["id"], "ticket": ticket, "problem": "corrupt"}
+    call(service, MsgType.REPORT_BAD, header)  # the genuine ticket: accepted
+    assert (ID, copy["id"]) in service.repairer._reports
+    service.repairer._reports.clear()
+    forged = {
+        "mac": {**header, "ticket": {**ticket, "mac": "A" * 22}},
+        "server": {**header, "server": 3 - copy["id"]},
+        "chunk": {**header, "id": "0" * 64},
+        "who": {**header, "ticket": {**ticket, "who": "user:bob"}},
+    }[forge]
+    with pytest.raises(Forbidden):
+        call(service, MsgType.REPORT_BAD, forged)
+    assert not service.repairer._reports
+
+
+def test_a_reported_copy_is_forgotten_only_if_its_server_finds_it_bad(
+    service: ProxyService, servers: dict[int, int]
+) -> None:
+    service.repairer.report(ID, 1)  # a lie: server 1's copy is fine
+    service.repairer.run_once()
+    assert set(service.catalog.chunk_servers(ID)) == {1, 2}
+
+
+def test_upload_replace_avoids_the_failed_servers(service: ProxyService, tmp_path: Path) -> None:
+    other = b"y" * 1000
+    for i in (3, 4):  # two more servers on the books (never contacted: the client says they failed)
+        service.registry.register(i, "127.0.0.1", 1, 10**9, 0, 0)
+    header = {
+        "session": "tok",
+        "name": "new.txt",
+        "size": len(other),
+        "sha1": hashlib.sha1(other).hexdigest(),
+    }
+    header.update(chunk_size=CHUNK, chunks=[[hashlib.sha256(other).hexdigest(), len(other)]])
+    started = call(service, MsgType.UPLOAD_BEGIN, header)
+    challenge = started["challenge"]
+    oid = hashlib.sha256(other).hexdigest()
+    proofs = [proof_digest(challenge["nonce"], oid, other[o : o + n]) for o, n in challenge["ranges"]]
+    first = call(
+        service, MsgType.UPLOAD_PROVE, {"session": "tok", "upload_id": started["upload_id"], "proofs": proofs}
+    )
+    placed = {s["id"] for s in first["missing"][0]["servers"]}
+    replaced = call(
+        service,
+        MsgType.UPLOAD_REPLACE,
+        {"session": "tok", "upload_id": started["upload_id"], "chunks": [oid], "avoid": sorted(placed)},
+    )["missing"]
+    assert {s["id"] for s in replaced[0]["servers"]}.isdisjoint(placed)
+    with pytest.raises(InvalidRequest):
+        call(
+            service,
+            MsgType.UPLOAD_REPLACE,
+            {"session": "tok", "upload_id": started["upload_id"], "chunks": [ID], "avoid": []},
+        )
+
+
+def test_admin_needs_the_cluster_secret_and_drains_and_forgets(service: ProxyService) -> None:
+    def door(header: Mapping[str, Any]) -> None:
+        dispatch(service.handlers(), service.authenticate, Request(MsgType.ADMIN, header), KEY)
+
+    with pytest.raises(AuthError):
+        door({"action": "status", "session": "tok"})  # a user's session is not enough
+    with pytest.raises(AuthError):
+        door(ClusterKey(b"\x06" * 32).sign(MsgType.ADMIN, {"action": "status"}))  # another secret
+
+    def admin(**header: Any) -> dict[str, Any]:
+        reply = dispatch(
+            service.handlers(),
+            service.authenticate,
+            Request(MsgType.ADMIN, KEY.sign(MsgType.ADMIN, header)),
+            KEY,
+        )
+        return dict(reply.header)
+
+    assert {s["id"] for s in admin(action="status")["servers"]} == {1, 2}
+    service.catalog.remember_server(1, "127.0.0.1", 1)
+    admin(action="drain", server=1)
+    assert service.registry.get(1).draining and service.catalog.draining_servers() == {1}  # type: ignore[union-attr]
+    assert all(s.id != 1 for s in service.registry.live())
+    with pytest.raises(Conflict):
+        admin(action="forget", server=1)  # up, and its chunk still needs it
+    admin(action="forget-force", server=1)
+    assert service.registry.get(1) is None and 1 not in service.catalog.chunk_servers(ID)
+    with pytest.raises(NotFound):
+        admin(action="drain", server=9)
+    with pytest.raises(InvalidRequest):
+        admin(action="explode")
