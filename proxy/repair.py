@@ -56,7 +56,7 @@ DEFAULT_STREAMS = 2
 DEFAULT_INTERVAL = 10.0
 MAX_REPORTS = 4096  # reported copies waiting to be checked; more are dropped (the scrubber finds them)
 REPORT_COOLDOWN = 60.0  # a copy checked on a report is not checked again on another this soon
-REPLICATE_TIMEOUT = 60.0
+REPLICATE_TIMEOUT = 30.0
 VERIFY_TIMEOUT = 60.0
 WHO = "repair"  # whom repair's GET tickets are for
 

@@ -50,6 +50,7 @@ from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
 
+DEDUP_VERIFY_TIMEOUT = 10.0  # a holder slower than this to vouch for its copies: the client sends them
 REPORT_WINDOW = 3600.0  # a GET ticket may report a bad copy up to this long after it expired
 
 
@@ -270,7 +271,7 @@ class ProxyService:
         def check(server: ServerRef) -> tuple[ServerRef, dict[str, int] | None, set[str]]:
             try:
                 good, gone = self.storage.verify_chunks(
-                    server, by_server[server], self.config.verify_age, timeout=60.0
+                    server, by_server[server], self.config.verify_age, timeout=DEDUP_VERIFY_TIMEOUT
                 )
                 return server, good, gone
             except FileClusterError as exc:
