@@ -70,7 +70,9 @@ _STATE_SHOWN = {"up": "up", "down": "DOWN", "dead": "DEAD", "draining": "drainin
 
 
 def _server_row(s: dict[str, Any]) -> list[Any]:
-    state = s.get("state") or ("up" if s.get("up") else "down")  # older proxies send only `up`
+    state = s.get("state") or "up"  # older proxies send only `up`
+    if not s.get("up") and state not in ("down", "dead"):
+        state = "down"  # it did not answer the proxy just now, whatever its heartbeats last said
     free, seen, quarantined = s.get("free"), s.get("last_seen"), s.get("quarantined")
     return [
         s["id"],

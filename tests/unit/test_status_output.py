@@ -109,6 +109,8 @@ def test_trouble_stands_out() -> None:
         server(3, up=False, state="dead", last_seen=2 * 3600.0, quarantined=4),
         server(4, state="draining"),
         server(5, state="drained", chunks=0),
+        server(6, up=False, state="up"),  # missed no heartbeat yet, but did not answer the proxy's ping
+        server(7, up=False, state="draining"),
         healthy=200,
         under_replicated=30,
         unavailable=8,
@@ -118,10 +120,10 @@ def test_trouble_stands_out() -> None:
     status["health"]["repair"].update(queued=30, running=4, failed=3, rate=0.0)
     table = output.status_table(status)
     by_id = rows(table)
-    assert [by_id[i][2] for i in "12345"] == ["up", "DOWN", "DEAD", "draining", "drained"]
+    assert [by_id[i][2] for i in "1234567"] == ["up", "DOWN", "DEAD", "draining", "drained", "DOWN", "DOWN"]
     assert by_id["2"][7:] == ["31s", "ago", "0"] and by_id["2"][6] == "-"  # free unknown
     assert by_id["3"][-3:] == ["2h", "ago", "4"]
-    assert "3 of 5 storage servers up" in table  # draining servers still answer
+    assert "3 of 7 storage servers up" in table  # draining servers still answer
     assert "chunks: 200 healthy, 30 under-replicated, 8 unavailable, 2 LOST,\n  1 over-replicated" in table
     assert "repair: 30 queued, 4 running, 3 failed, 7 copies made (28.0 MiB), no rate limit" in table
     assert "a server down for 10m counts as dead" in table
