@@ -106,8 +106,13 @@ def cmd_delete(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_status(c: Client, a: argparse.Namespace) -> int:
-    print(output.status_table(c.status()))
-    return 0
+    """Exit status 1 if a server is not up or a chunk is lost or unavailable (the output says which)."""
+    status = c.status()
+    if a.json:
+        print(json.dumps(output.status_json(status), ensure_ascii=False, indent=2))
+    else:
+        print(output.status_table(status))
+    return 0 if output.cluster_sound(status) else 1
 
 
 def cmd_menu(c: Client, a: argparse.Namespace) -> int:
@@ -146,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="LINK_OR_NAME")
     p.add_argument("-o", "--output", default="ClientFiles", help="folder (default: ./ClientFiles)")
     add("delete", cmd_delete, "delete one of your files").add_argument("name")
-    add("status", cmd_status, "show the storage servers")
+    p = add("status", cmd_status, "show the storage servers and the chunks' health")
+    p.add_argument("--json", action="store_true", help="the proxy's figures as a JSON object")
+    p.epilog = "Exit status 1 when a server is not up or a chunk is lost or unavailable."
     add("menu", cmd_menu, "the interactive menu")
     return parser
 

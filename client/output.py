@@ -11,6 +11,8 @@ from typing import Any
 from tabulate import tabulate
 from tqdm import tqdm
 
+WIDTH = 80  # status's summary lines wrap at this width
+
 
 def human_size(n: int) -> str:
     size = float(n)
@@ -54,16 +56,121 @@ def files_json(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def status_table(status: dict[str, Any]) -> str:
-    rows = [
-        [s["id"], f"{s['host']}:{s['port']}", "up" if s["up"] else "DOWN", s["chunks"], human_size(s["used"])]
-        for s in status["servers"]
+def since(seconds: float) -> str:
+    """A duration in its largest whole unit: "0s", "45s", "12m", "3h", "2d"."""
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+# how a server's state shows in the table: the states an operator must look at are in capitals
+_STATE_SHOWN = {"up": "up", "down": "DOWN", "dead": "DEAD", "draining": "draining", "drained": "drained"}
+
+
+def _server_row(s: dict[str, Any]) -> list[Any]:
+    state = s.get("state") or "up"  # older proxies send only `up`
+    if not s.get("up") and state not in ("down", "dead"):
+        state = "down"  # it did not answer the proxy just now, whatever its heartbeats last said
+    free, seen, quarantined = s.get("free"), s.get("last_seen"), s.get("quarantined")
+    return [
+        s["id"],
+        f"{s['host']}:{s['port']}",
+        _STATE_SHOWN.get(state, state),
+        s["chunks"] if isinstance(s.get("chunks"), int) else "-",
+        human_size(s["used"]) if isinstance(s.get("used"), int) else "-",
+        human_size(free) if isinstance(free, int) else "-",
+        f"{since(seen)} ago" if isinstance(seen, (int, float)) else "-",
+        quarantined if isinstance(quarantined, int) else "-",
     ]
-    table = tabulate(rows, headers=["id", "address", "state", "chunks", "used"])
-    up = sum(1 for s in status["servers"] if s["up"])
+
+
+def _listed(phrases: list[str]) -> str:
+    """Phrases joined with commas, wrapped between phrases (never inside one) at :data:`WIDTH`."""
+    lines = [phrases[0]]
+    for phrase in phrases[1:]:
+        if len(lines[-1]) + 2 + len(phrase) > WIDTH:
+            lines[-1] += ","
+            lines.append("  " + phrase)
+        else:
+            lines[-1] += ", " + phrase
+    return "\n".join(lines)
+
+
+def _health_lines(health: dict[str, Any], some_down: bool) -> list[str]:
+    lines = []
+    if "chunks" in health:
+        counts = [
+            f"chunks: {health.get('healthy', 0)} healthy",
+            f"{health.get('under_replicated', 0)} under-replicated",
+            f"{health.get('unavailable', 0)} unavailable",
+            f"{health.get('lost', 0)} LOST",
+        ]
+        if health.get("over_replicated"):
+            counts.append(f"{health['over_replicated']} over-replicated")
+        lines.append(_listed(counts))
+    else:
+        lines.append("chunks: not checked yet (no repair round so far)")
+    repair = health.get("repair")
+    if isinstance(repair, dict):
+        work = [f"repair: {repair.get('queued', 0)} queued", f"{repair.get('running', 0)} running"]
+        if repair.get("failed"):
+            work.append(f"{repair['failed']} failed")
+        work.append(
+            f"{repair.get('copies_made', 0)} copies made ({human_size(repair.get('bytes_copied', 0))})"
+        )
+        rate = repair.get("rate") or 0
+        work.append(f"rate limit {human_size(int(rate))}/s" if rate > 0 else "no rate limit")
+        lines.append(_listed(work))
+        grace = repair.get("grace")
+        if some_down and isinstance(grace, (int, float)):
+            lines.append(f"a server down for {since(grace)} counts as dead: repair then replaces its copies")
+    return lines
+
+
+def _aligned(headers: list[str], rows: list[list[str]], align: tuple[str, ...]) -> str:
+    """Columns two spaces apart under a rule of dashes, each as wide as its widest cell (tabulate's
+    own headers widen every column by two, which an 80-column table cannot spare)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    rule = ["-" * w for w in widths]
+    return tabulate([headers, rule, *rows], tablefmt="plain", colalign=align, disable_numparse=True)
+
+
+def status_table(status: dict[str, Any]) -> str:
+    """The STATUS reply for a person: one row per storage server, then the cluster's health.
+    Every field but a server's id, host and port may be missing (older proxies send fewer)."""
+    servers = status["servers"]
+    table = _aligned(
+        ["id", "address", "state", "chunks", "used", "free", "seen", "quarantined"],
+        [[str(cell) for cell in _server_row(s)] for s in servers],
+        ("right", "left", "left", "right", "right", "right", "right", "right"),
+    )
+    up = sum(1 for s in servers if s.get("up"))
+    lines = [
+        table,
+        f"{up} of {len(servers)} storage servers up; "
+        f"{status['replicas']} copies of every chunk, {human_size(status['chunk_size'])} chunks",
+    ]
+    health = status.get("health")
+    if isinstance(health, dict):
+        lines += _health_lines(health, any(s.get("state") == "down" for s in servers))
+    return "\n".join(lines)
+
+
+def status_json(status: dict[str, Any]) -> dict[str, Any]:
+    """What ``status --json`` prints: the proxy's reply as it came (it is plain JSON already)."""
+    return status
+
+
+def cluster_sound(status: dict[str, Any]) -> bool:
+    """Every server up and no chunk lost or unavailable: what ``status`` exits 0 for."""
+    health = status.get("health")
+    health = health if isinstance(health, dict) else {}
     return (
-        f"{table}\n{up} of {len(status['servers'])} storage servers up; "
-        f"{status['replicas']} copies of every chunk, {human_size(status['chunk_size'])} chunks"
+        all(s.get("up") for s in status["servers"])
+        and not health.get("lost")
+        and not health.get("unavailable")
     )
 
 
