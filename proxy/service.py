@@ -580,6 +580,8 @@ class ProxyService:
         servers = []
         for s, live in zip(states, fresh, strict=True):
             state = self.registry.state_name(s)
+            if live is None and state in ("up", "draining"):
+                state = "down"  # it heartbeats, but did not answer just now
             if state == "draining" and needed.get(s.id) == 0:
                 state = "drained"
             servers.append(

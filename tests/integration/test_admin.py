@@ -14,7 +14,6 @@ import pytest
 from common.cluster_auth import new_secret
 from tests.cluster import Cluster, die_with_parent
 
-pytestmark = pytest.mark.skip(reason="needs the proxy's ADMIN handler")
 
 
 def admin(c: Cluster, *args: str, secret_file: Path | None = None) -> subprocess.CompletedProcess[str]:
