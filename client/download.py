@@ -40,9 +40,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from client.pool import ConnectionPool, Deadline
+from client.pool import ConnectionPool, Deadline, ProxyCaller
 from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
@@ -306,14 +306,6 @@ def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
             raise CorruptData("the temp file is shorter than expected")
         digest.update(block)
         offset += len(block)
-
-
-class ProxyCaller(Protocol):
-    """What a download needs of its proxy (client.proxy_link.ProxyLink)."""
-
-    def call(
-        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
-    ) -> dict[str, Any]: ...
 
 
 class Tickets:

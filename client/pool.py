@@ -1,18 +1,27 @@
-"""Connections to storage servers, one per (thread, server), reused across chunks; and the
-deadline of a whole transfer."""
+"""Connections to storage servers, one per (thread, server), reused across chunks; the deadline
+of a whole transfer; and what a transfer needs of its proxy."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from common.config import source_address, transfer_deadline
 from common.errors import ConnectionLost, Unavailable
+from common.messages import MsgType
 from common.transport import Connection
 
 TIMEOUT = 15.0  # a storage server silent this long counts as failed: the transfer routes around it
+
+
+class ProxyCaller(Protocol):
+    """What a transfer needs of its proxy: requests and replies (client.proxy_link.ProxyLink)."""
+
+    def call(
+        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

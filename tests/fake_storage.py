@@ -3,7 +3,9 @@ told, and a proxy that answers from a table (no socket: the client only calls it
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import socket
 import threading
 from collections.abc import Callable
@@ -74,7 +76,8 @@ class FakeStorage:
                     if self.put_error is not None:
                         conn.send_error(self.put_error)
                     else:
-                        receipt = f"{msg.header['id'][:8]}@{self.id}"
+                        raw = hashlib.sha256(f"{msg.header['id']}@{self.id}".encode()).digest()[:16]
+                        receipt = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
                         conn.send(MsgType.OK, {"receipts": [[self.id, receipt]]})
                 elif msg.type == MsgType.GET_CHUNK:
                     self._get(conn, msg.header["id"], dict(msg.header.get("ticket") or {}))

@@ -102,7 +102,7 @@ def test_a_bad_copy_is_reported_and_the_download_still_succeeds(
     proxy = FakeProxy({MsgType.REPORT_BAD: lambda h: {}, MsgType.RELEASE: lambda h: {}})
     progress: list[int] = []
     info = located(data, [bad, good], lease="L")
-    result = downloader.download(info, tmp_path, lambda phase, done, total: progress.append(done), proxy=proxy)
+    result = downloader.download(info, tmp_path, lambda _, done, __: progress.append(done), proxy=proxy)
     assert result.path.read_bytes() == data
     assert progress[-1] == len(data)
     reports = proxy.sent(MsgType.REPORT_BAD)
@@ -140,7 +140,8 @@ def test_the_deadline_breaks_every_connection(
     servers.append(hung)
     proxy = FakeProxy({MsgType.RELEASE: lambda h: {}})
     start = time.monotonic()
-    with pytest.raises(Unavailable, match=r"the download of f\.bin did not finish within its deadline of 0\.5 s"):
+    missed = r"the download of f\.bin did not finish within its deadline of 0\.5 s"
+    with pytest.raises(Unavailable, match=missed):
         downloader.download(located(data, [hung], lease="L"), tmp_path / "out", proxy=proxy)
     assert time.monotonic() - start < 3
     assert list((tmp_path / "out").iterdir()) == []
