@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client.pool import ConnectionPool, Deadline
-from client.proxy_link import ProxyLink
+from client.pool import ConnectionPool, Deadline, ProxyCaller
 from common.cluster_auth import aggregate
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
@@ -90,7 +89,7 @@ def open_for_upload(path: Path) -> tuple[Any, str]:
         raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
 
 
-def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> UploadResult:
+def upload(proxy: ProxyCaller, path: Path, progress: Progress | None = None) -> UploadResult:
     path = Path(path)
     file, name = open_for_upload(path)
     with file:
@@ -140,7 +139,7 @@ class _Sent:
 
 
 def _attempt(
-    proxy: ProxyLink,
+    proxy: ProxyCaller,
     file: BinaryIO,
     path: Path,
     name: str,
