@@ -169,8 +169,18 @@ class Client:
     def download(
         self, target: str, out_dir: Path = Path("ClientFiles"), progress: downloader.Progress | None = None
     ) -> downloader.DownloadResult:
+        link = parse_link(target.strip())
+        if link is not None and (link.host, link.port) != (self.proxy.host, self.proxy.port):
+            with ProxyLink(link.host, link.port) as other:  # its lease and reports go to that proxy
+                by_link = {"token": link.token}
+                info = other.call(MsgType.LOCATE, by_link)
+                return downloader.download(
+                    info, out_dir, progress, relocate=lambda: other.call(MsgType.LOCATE, by_link), proxy=other
+                )
         info = self.locate(target)
-        return downloader.download(info, out_dir, progress, relocate=lambda: self.locate(target))
+        return downloader.download(
+            info, out_dir, progress, relocate=lambda: self.locate(target), proxy=self.proxy
+        )
 
 
 __all__ = ["Client", "FileClusterError", "Link", "parse_link"]

@@ -5,12 +5,23 @@ written at their offsets into a temp file in a hidden folder of its own,
 ``.filecluster-partial/`` inside the destination folder (0700; the file is
 created exclusively), so a temp file can never collide with a user's file,
 and the sweep of stale temp files never looks anywhere else.
-Each chunk's SHA-256 is checked as it arrives; a server that is down, lacks
-the chunk or sends bad bytes is skipped for the chunk's next copy.  The
-whole file's SHA-1 is computed in order, as chunks complete, and checked at
-the end; only then is the file fsynced and linked into place under its
-name, never over an existing file (a different file of that name is kept,
-and the download gets a name like ``report (1).pdf``).
+Each chunk's SHA-256 is checked as it arrives.  The whole file's SHA-1 is
+computed in order, as chunks complete, and checked at the end; only then is
+the file fsynced and linked into place under its name, never over an
+existing file (a different file of that name is kept, and the download gets
+a name like ``report (1).pdf``).
+
+Routing around trouble: chunk i is read first from copy i mod n, so every
+copy gets read and the load is shared.  A server that times out, refuses or
+drops a connection goes to the back of every later chunk's list for the rest
+of the download (still tried if nothing else works), so a hung server costs
+each thread one timeout, not one per chunk.  A copy with wrong bytes, a
+wrong size or none at all is skipped for the next, and reported to the
+proxy afterwards (REPORT_BAD) so repair replaces it; the user hears of it
+only if no copy of a chunk is good.  The LOCATE reply's lease keeps the
+file's chunks on the servers while the download runs; it is released at the
+end.  The whole download has a deadline (common.config.transfer_deadline):
+when it passes, every connection is broken and the download fails.
 """
 
 from __future__ import annotations
@@ -26,11 +37,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.pool import ConnectionPool
+from client.pool import ConnectionPool, Deadline, ProxyCaller
 from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
@@ -39,7 +51,9 @@ from common.errors import (
     FileClusterError,
     Forbidden,
     InvalidRequest,
+    NotFound,
     ProtocolError,
+    RemoteProtocolError,
     Unavailable,
 )
 from common.hashing import READ_SIZE
@@ -142,13 +156,38 @@ def download(
     out_dir: Path,
     progress: Progress | None = None,
     relocate: Callable[[], dict[str, Any]] | None = None,
+    proxy: ProxyCaller | None = None,
 ) -> DownloadResult:
     """Fetch the file described by a LOCATE reply into ``out_dir``.
 
-    ``relocate`` repeats the LOCATE, for fresh tickets if a long download outlives them."""
+    ``proxy`` is the proxy that gave the reply.  If the reply carries a ``lease`` (the proxy keeps
+    the file's chunks while it lives), fresh tickets for a long download come from
+    ``LOCATE {lease}`` there, and the lease is released (RELEASE) when the download ends, however
+    it ends.  Copies that sent wrong bytes, were missing or had the wrong size are reported to it
+    (REPORT_BAD) after the download, quietly: the user hears only if no copy of a chunk was good.
+    ``relocate`` repeats the original LOCATE, for fresh tickets from a proxy that gives no lease.
+    The whole download must end within common.config.transfer_deadline of the file's size."""
+    tickets = Tickets(info, relocate, proxy)
+    reports = _Reports()
+    interrupted = True
+    try:
+        result = _download(info, Path(out_dir), progress, tickets, reports)
+        interrupted = False
+        return result
+    except Exception:
+        interrupted = False
+        raise
+    finally:
+        if not interrupted:  # Ctrl-C or SIGTERM: end now, with no more than a RELEASE
+            reports.send(tickets)
+        tickets.release()
+
+
+def _download(
+    info: dict[str, Any], out_dir: Path, progress: Progress | None, tickets: Tickets, reports: _Reports
+) -> DownloadResult:
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
-    out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -164,11 +203,13 @@ def download(
                 return DownloadResult(name, candidate, size, sha1, fetched=False)
     except OSError as exc:
         raise InvalidRequest(f"cannot look in {out_dir}: {exc.strerror or exc}") from None
+    deadline = Deadline.start(f"the download of {name}", "nothing was saved", size)
     tmp, fd = _open_part(out_dir)
     try:
         try:
             os.ftruncate(fd, size)
-            _fetch_all(fd, Tickets(info, relocate), info["chunks"], size, sha1, progress)
+            transfer = _Transfer(fd, tickets, _Trouble(), reports)
+            _fetch_all(transfer, info["chunks"], size, sha1, progress, deadline)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -198,13 +239,24 @@ def _link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
+@dataclass
+class _Transfer:
+    """What the threads of one download share."""
+
+    fd: int
+    tickets: Tickets
+    trouble: _Trouble
+    reports: _Reports
+    pool: ConnectionPool = field(default_factory=ConnectionPool)
+
+
 def _fetch_all(
-    fd: int,
-    tickets: Tickets,
+    transfer: _Transfer,
     chunks: list[dict[str, Any]],
     size: int,
     sha1: str,
     progress: Progress | None,
+    deadline: Deadline,
 ) -> None:
     offsets = []
     offset = 0
@@ -226,20 +278,21 @@ def _fetch_all(
                 progress("receiving", done, size)
 
     whole = hashlib.sha1()
-    with ConnectionPool() as pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
+    pool = transfer.pool
+    with pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
         futures: list[Future[None]] = []
         try:
             for i, chunk in enumerate(chunks):
-                futures.append(
-                    workers.submit(_fetch_chunk, pool, fd, chunk, i, tickets, offsets[i], on_bytes)
-                )
+                futures.append(workers.submit(_fetch_chunk, transfer, chunk, i, offsets[i], on_bytes))
             for i, future in enumerate(futures):
-                future.result()
-                _hash_region(fd, offsets[i], int(chunks[i]["size"]), whole)
-        except BaseException:  # a failed chunk, Ctrl-C or SIGTERM: break what is in flight
+                future.result(timeout=deadline.left())
+                _hash_region(transfer.fd, offsets[i], int(chunks[i]["size"]), whole)
+        except BaseException as exc:  # a failed chunk, the deadline, Ctrl-C or SIGTERM: break all
             for future in futures:
                 future.cancel()
             pool.abort()
+            if isinstance(exc, FutureTimeout):
+                raise deadline.missed() from None
             raise
     if whole.hexdigest() != sha1:
         raise CorruptData("the downloaded file does not match its SHA-1; nothing was saved")
@@ -256,11 +309,19 @@ def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
 
 
 class Tickets:
-    """The GET tickets of a LOCATE reply; renewed by locating the file again once they expire."""
+    """The GET tickets of a LOCATE reply, renewed once they expire: by its lease
+    (``LOCATE {lease}``) where the proxy gave one, else by locating the file again.  Every request
+    to the proxy goes through here, one at a time (a ProxyLink is one connection)."""
 
-    def __init__(self, info: dict[str, Any], relocate: Callable[[], dict[str, Any]] | None) -> None:
+    def __init__(
+        self,
+        info: dict[str, Any],
+        relocate: Callable[[], dict[str, Any]] | None,
+        proxy: ProxyCaller | None = None,
+    ) -> None:
         self._info = info
         self._relocate = relocate
+        self._proxy = proxy
         self._lock = threading.Lock()
 
     def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
@@ -274,46 +335,154 @@ class Tickets:
         ]
 
     def renew(self, seen_exp: int) -> bool:
-        """LOCATE again (once for all threads); False if there is no way to."""
-        if self._relocate is None:
-            return False
+        """Fresh tickets (once for all threads); False if there is no way to get them."""
         with self._lock:
             if int((self._info.get("ticket") or {}).get("exp", 0)) != seen_exp:
                 return True  # another thread renewed them already
-            fresh = self._relocate()
+            fresh = self._locate_again()
+            if fresh is None:
+                return False
             if [c["id"] for c in fresh["chunks"]] != [c["id"] for c in self._info["chunks"]]:
                 raise Conflict("the file changed during the download; nothing was saved, try again")
             self._info = fresh
         return True
 
+    def _locate_again(self) -> dict[str, Any] | None:
+        lease = self._lease()
+        if lease is not None and self._proxy is not None:
+            try:
+                return self._proxy.call(MsgType.LOCATE, {"lease": lease})
+            except NotFound:  # the lease ended (it expired): locate the file afresh, if we can
+                if self._relocate is None:
+                    raise
+        return None if self._relocate is None else self._relocate()
+
+    def _lease(self) -> str | None:
+        lease = self._info.get("lease")
+        return lease if isinstance(lease, str) and lease else None
+
+    def tell(self, msg_type: MsgType, header: dict[str, Any]) -> bool:
+        """A request the download does not depend on (REPORT_BAD, RELEASE): False if it failed."""
+        if self._proxy is None:
+            return False
+        with self._lock:
+            try:
+                self._proxy.call(msg_type, header)
+            except (FileClusterError, OSError):
+                return False
+        return True
+
+    def release(self) -> None:
+        """End the lease, if there is one: the proxy may then free chunks the file no longer uses."""
+        with self._lock:
+            lease = self._lease()
+        if lease is not None:
+            self.tell(MsgType.RELEASE, {"lease": lease})
+
+
+class _Trouble:
+    """The storage servers that timed out, refused or dropped a connection during this transfer:
+    tried last from then on, so a hung server costs each thread one timeout, not one per chunk.
+    Bad bytes or a missing chunk say nothing of the server's other copies, so they do not count."""
+
+    def __init__(self) -> None:
+        self._bad: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def failed(self, server: dict[str, Any]) -> None:
+        with self._lock:
+            self._bad.add(_where(server))
+
+    def order(self, index: int, sources: list[_Source]) -> Iterator[_Source]:
+        """Chunk ``index``'s copies: spread (chunk i starts at copy i mod n, so every copy gets read
+        and the load is shared), servers in trouble last, as things stand when each is picked."""
+        start = index % len(sources) if sources else 0
+        pending = sources[start:] + sources[:start]
+        while pending:
+            with self._lock:
+                pick = next((s for s in pending if _where(s[0]) not in self._bad), pending[0])
+            pending.remove(pick)
+            yield pick
+
+
+def _where(server: dict[str, Any]) -> tuple[str, int]:
+    return str(server["host"]), int(server["port"])
+
+
+class _Reports:
+    """Copies found bad (``corrupt``, ``missing``, ``short``), each with the ticket it was read
+    with: told to the proxy (REPORT_BAD) once the download is over, so repair replaces them."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, chunk_id: str, server: dict[str, Any], ticket: dict[str, Any], problem: str) -> None:
+        server_id = server.get("id")
+        if type(server_id) is int:
+            with self._lock:
+                self._found.setdefault(
+                    (chunk_id, server_id),
+                    {"id": chunk_id, "server": server_id, "ticket": ticket, "problem": problem},
+                )
+
+    def send(self, tickets: Tickets) -> None:
+        """Best effort: a proxy that cannot take them (down, too old to know REPORT_BAD) is left be."""
+        with self._lock:
+            found = list(self._found.values())
+        for report in found:
+            if not tickets.tell(MsgType.REPORT_BAD, report):
+                break
+
+
+_Source = tuple[dict[str, Any], dict[str, Any]]  # (server, the GET ticket for its copy)
+
+
+class _WrongSize(RemoteProtocolError):
+    """A copy whose size is not the one the catalog records."""
+
 
 def _fetch_chunk(
-    pool: ConnectionPool,
-    fd: int,
+    transfer: _Transfer,
     chunk: dict[str, Any],
     index: int,
-    tickets: Tickets,
     offset: int,
     on_bytes: Callable[[int], None],
 ) -> None:
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
     errors: list[str] = []
     for attempt in range(2):
-        exp, sources = tickets.sources(index)
+        exp, sources = transfer.tickets.sources(index)
         expired = False
-        for server, ticket in sources:
+        for server, ticket in transfer.trouble.order(index, sources):
             try:
-                _fetch_from(pool, server, ticket, fd, chunk_id, size, offset, on_bytes)
+                _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, on_bytes)
                 return
-            except Forbidden as exc:  # the tickets expired (a long download): locate again, once
+            except Forbidden as exc:  # the tickets expired (a long download): renew them, once
                 expired = True
                 errors.append(f"server {server.get('id', '?')}: {exc}")
             except (FileClusterError, OSError) as exc:
                 errors.append(f"server {server.get('id', '?')}: {exc}")
-        if not (expired and attempt == 0 and tickets.renew(exp)):
+                problem = _problem(exc)
+                if problem is not None:
+                    transfer.reports.add(chunk_id, server, ticket, problem)
+                elif isinstance(exc, Unavailable):  # timed out, refused, dropped: try it last
+                    transfer.trouble.failed(server)
+        if not (expired and attempt == 0 and transfer.tickets.renew(exp)):
             break
     detail = "; ".join(errors) or "no server holds it"
     raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
+
+
+def _problem(exc: BaseException) -> str | None:
+    """What REPORT_BAD calls a copy that failed with ``exc``; None if the copy may well be fine."""
+    if isinstance(exc, CorruptData):
+        return "corrupt"
+    if isinstance(exc, NotFound):
+        return "missing"
+    if isinstance(exc, _WrongSize):
+        return "short"
+    return None
 
 
 def _fetch_from(
@@ -331,7 +500,8 @@ def _fetch_from(
     reply = conn.expect_reply(MsgType.GET_CHUNK)
     if reply.header["id"] != chunk_id or reply.payload_len != size:
         conn.close()
-        raise ProtocolError(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
+        wrong = _WrongSize if reply.header["id"] == chunk_id else RemoteProtocolError
+        raise wrong(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
     digest = hashlib.sha256()
     position = offset
     for piece in conn.payload():

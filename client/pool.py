@@ -1,20 +1,56 @@
-"""Connections to storage servers, one per (thread, server), reused across chunks."""
+"""Connections to storage servers, one per (thread, server), reused across chunks; the deadline
+of a whole transfer; and what a transfer needs of its proxy."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from common.config import source_address
-from common.errors import ConnectionLost
+from common.config import source_address, transfer_deadline
+from common.errors import ConnectionLost, Unavailable
+from common.messages import MsgType
 from common.transport import Connection
 
-TIMEOUT = 15.0  # a storage server silent this long counts as failed: the upload re-places
+TIMEOUT = 15.0  # a storage server silent this long counts as failed: the transfer routes around it
+
+
+class ProxyCaller(Protocol):
+    """What a transfer needs of its proxy: requests and replies (client.proxy_link.ProxyLink)."""
+
+    def call(
+        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
+    ) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a whole transfer must be over (common.config.transfer_deadline), on the monotonic clock."""
+
+    what: str  # "the download of report.pdf"
+    outcome: str  # "nothing was saved"
+    seconds: float
+    at: float
+
+    @classmethod
+    def start(cls, what: str, outcome: str, size: int) -> Deadline:
+        seconds = transfer_deadline(size)
+        return cls(what, outcome, seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def missed(self) -> Unavailable:
+        return Unavailable(
+            f"{self.what} did not finish within its deadline of {self.seconds:g} s; {self.outcome} "
+            "(FILECLUSTER_TRANSFER_DEADLINE sets the seconds allowed)"
+        )
 
 
 class ConnectionPool:
-    def __init__(self, timeout: float = TIMEOUT) -> None:
-        self.timeout = timeout
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = TIMEOUT if timeout is None else timeout
         self._local = threading.local()
         self._all: list[Connection] = []
         self._lock = threading.Lock()

@@ -4,10 +4,20 @@ The file is read once to build its manifest (SHA-1 of the whole, SHA-256 of
 each chunk).  The proxy answers which chunks it lacks and which servers take
 each; the client streams just those, several at a time, each straight from
 the file to the first server with ``sendfile`` (that server forwards it to
-the replicas), then commits.  If a storage server fails, the client aborts,
-naming the servers it could not reach (the proxy checks them and marks the
-dead ones down) and tries once more with a fresh placement.  Nothing is in
-the catalog until the commit succeeds.
+the replicas), then commits.  Nothing is in the catalog until the commit
+succeeds.
+
+Routing around trouble: when a chunk's chain fails (its head cannot be
+reached or times out, is out of room, or a replica behind it fails), the
+client asks the proxy for a new chain for that chunk alone (UPLOAD_REPLACE),
+avoiding every server that has failed in this upload, and sends that chunk
+again; only the receipts of the PUT that succeeded go to the commit.  A chunk
+not yet sent whose chain includes a failed server is re-placed before it is
+sent.  After MAX_REPLACEMENTS re-placements of one chunk (or with a proxy
+that cannot re-place) the client aborts, naming the servers that failed (the
+proxy checks them and marks the dead ones down), and tries once more with a
+fresh placement.  The whole upload has a deadline
+(common.config.transfer_deadline).
 """
 
 from __future__ import annotations
@@ -19,12 +29,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client.pool import ConnectionPool
-from client.proxy_link import ProxyLink
+from client.pool import ConnectionPool, Deadline, ProxyCaller
 from common.cluster_auth import aggregate
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
@@ -32,8 +42,10 @@ from common.errors import (
     CorruptData,
     FileClusterError,
     Forbidden,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
+    ProtocolError,
     RemoteProtocolError,
     ReplicationFailed,
     SourceShrank,
@@ -47,6 +59,7 @@ from common.names import check_file_name
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 ATTEMPTS = 2
+MAX_REPLACEMENTS = 3  # new chains for one chunk before the upload gives up on this placement
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,7 @@ def open_for_upload(path: Path) -> tuple[Any, str]:
         raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
 
 
-def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> UploadResult:
+def upload(proxy: ProxyCaller, path: Path, progress: Progress | None = None) -> UploadResult:
     path = Path(path)
     file, name = open_for_upload(path)
     with file:
@@ -101,9 +114,10 @@ def upload(proxy: ProxyLink, path: Path, progress: Progress | None = None) -> Up
         if os.fstat(file.fileno()).st_size != manifest.size:
             raise Conflict(f"{path} changed while it was being read; try again")
         sent = _Sent()
+        deadline = Deadline.start(f"the upload of {name}", "nothing was stored", manifest.size)
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                _attempt(proxy, file, path, name, manifest, progress, sent)
+                _attempt(proxy, file, path, name, manifest, progress, sent, deadline)
                 return UploadResult(name, manifest.size, manifest.sha1, sent.bytes)
             except StorageServerFailed:
                 if attempt == ATTEMPTS:
@@ -125,13 +139,14 @@ class _Sent:
 
 
 def _attempt(
-    proxy: ProxyLink,
+    proxy: ProxyCaller,
     file: BinaryIO,
     path: Path,
     name: str,
     manifest: Manifest,
     progress: Progress | None,
     sent: _Sent,
+    deadline: Deadline | None = None,
 ) -> None:
     begin = proxy.call(
         MsgType.UPLOAD_BEGIN,
@@ -150,8 +165,19 @@ def _attempt(
         missing = proxy.call(MsgType.UPLOAD_PROVE, {"upload_id": upload_id, "proofs": proofs}, session=True)[
             "missing"
         ]
-        renewal = _Renewal(lambda: proxy.call(MsgType.UPLOAD_TICKETS, {"upload_id": upload_id}, session=True))
-        receipts = _send_missing(file, manifest, missing, progress, sent, renewal)
+        one_at_a_time = threading.Lock()  # worker threads share the proxy's one connection
+
+        def ask(msg_type: MsgType, header: dict[str, Any]) -> dict[str, Any]:
+            with one_at_a_time:
+                return proxy.call(msg_type, {"upload_id": upload_id, **header}, session=True)
+
+        renewal = _Renewal(lambda: ask(MsgType.UPLOAD_TICKETS, {}))
+        replacer = _Replacer(
+            lambda chunks, avoid: ask(MsgType.UPLOAD_REPLACE, {"chunks": chunks, "avoid": avoid})
+        )
+        receipts = _send_missing(
+            file, manifest, missing, progress, sent, renewal, replacer=replacer, deadline=deadline
+        )
         proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id, "receipts": receipts}, session=True)
     except BaseException as exc:
         suspects = exc.suspects if isinstance(exc, StorageServerFailed) else []
@@ -205,6 +231,46 @@ class _Renewal:
         return renewed
 
 
+class _Replacer:
+    """New chains from the proxy (UPLOAD_REPLACE) for chunks whose chain failed, never through a
+    server that has failed once in this upload (``avoid`` only grows)."""
+
+    def __init__(self, fetch: Callable[[list[str], list[int]], dict[str, Any]]) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self.avoid: set[int] = set()
+        self._works = True  # False once the proxy turned out not to know UPLOAD_REPLACE
+
+    def failed(self, servers: list[int]) -> None:
+        with self._lock:
+            self.avoid.update(servers)
+
+    def avoids(self, item: dict[str, Any]) -> bool:
+        """True if ``item``'s chain goes through a server that failed in this upload."""
+        with self._lock:
+            return any(s["id"] in self.avoid for s in item["servers"])
+
+    def replace(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """``item`` on a new chain, with a fresh ticket; None if the proxy cannot give one (it does
+        not know UPLOAD_REPLACE, or has too few servers left): the upload then gives up on this
+        placement as a whole."""
+        with self._lock:
+            if not self._works:
+                return None
+            avoid = sorted(self.avoid)
+        try:
+            reply = self._fetch([item["id"]], avoid)
+        except ProtocolError:  # a proxy from before UPLOAD_REPLACE
+            self._works = False
+            return None
+        except Unavailable:  # not enough servers left, or the proxy is unreachable
+            return None
+        fresh = next((m for m in reply.get("missing", []) if m.get("id") == item["id"]), None)
+        if fresh is None:
+            raise Conflict("the proxy no longer expects this chunk; upload again")
+        return dict(fresh)
+
+
 def _send_missing(
     file: BinaryIO,
     manifest: Manifest,
@@ -212,8 +278,12 @@ def _send_missing(
     progress: Progress | None,
     sent: _Sent,
     renewal: _Renewal,
+    *,
+    replacer: _Replacer | None = None,
+    deadline: Deadline | None = None,
 ) -> list[list[Any]]:
-    """Send the missing chunks, several at a time; at the first failure, start no more.
+    """Send the missing chunks, several at a time, each re-placed when its chain fails; at the
+    first failure re-placing cannot mend, start no more.
 
     Returns, per storage server, the aggregate of the receipts it gave for them (for the commit)."""
     offsets: dict[str, int] = {}
@@ -232,10 +302,7 @@ def _send_missing(
         if stop.is_set():
             return
         try:
-            try:
-                got = _put_chunk(pool, file, item, offsets[item["id"]])
-            except Forbidden:  # the ticket expired (a slow upload): once more with a fresh one
-                got = _put_chunk(pool, file, renewal.fresh(item), offsets[item["id"]])
+            got = _store(pool, file, item, offsets[item["id"]], renewal, replacer, stop)
             with receipts_lock:
                 for server_id, receipt in got:
                     receipts[server_id].append(receipt)
@@ -252,12 +319,14 @@ def _send_missing(
         try:
             for item in missing:
                 futures.append(workers.submit(send_one, pool, item))
-            errors = [f.exception() for f in futures]
-        except BaseException:  # Ctrl-C or SIGTERM: start nothing more, break what is in flight
+            errors = [f.exception(timeout=None if deadline is None else deadline.left()) for f in futures]
+        except BaseException as exc:  # the deadline, Ctrl-C or SIGTERM: start nothing more, break all
             stop.set()
             for future in futures:
                 future.cancel()
             pool.abort()
+            if isinstance(exc, FutureTimeout) and deadline is not None:
+                raise deadline.missed() from None
             raise
     failures = [e for e in errors if e is not None]
     if failures:
@@ -269,20 +338,76 @@ def _send_missing(
     return [[server_id, aggregate(macs)] for server_id, macs in sorted(receipts.items())]
 
 
+def _store(
+    pool: ConnectionPool,
+    file: BinaryIO,
+    item: dict[str, Any],
+    offset: int,
+    renewal: _Renewal,
+    replacer: _Replacer | None,
+    stop: threading.Event,
+) -> list[Any]:
+    """Store one chunk: PUT it to its chain, on a new chain each time one fails (at most
+    MAX_REPLACEMENTS times).  Returns the receipts of the PUT that succeeded."""
+    replaced = 0
+
+    def can_replace() -> bool:
+        return replacer is not None and replaced < MAX_REPLACEMENTS and not stop.is_set()
+
+    while True:
+        if replacer is not None and can_replace() and replacer.avoids(item):
+            fresh = replacer.replace(item)  # its chain has a server that failed: not worth a try
+            if fresh is not None:
+                item, replaced = fresh, replaced + 1
+        try:
+            try:
+                return _put_chunk(pool, file, item, offset)
+            except Forbidden:  # the ticket expired (a slow upload): once more with a fresh one
+                item = renewal.fresh(item)
+                return _put_chunk(pool, file, item, offset)
+        except FileClusterError as exc:
+            failed = _failed_servers(exc, item["servers"])
+            if failed is None:
+                raise
+            if replacer is None:
+                raise _as_before(exc, item["servers"], failed) from None
+            replacer.failed(failed)
+            fresh = replacer.replace(item) if can_replace() else None
+            if fresh is None:
+                raise _as_before(exc, item["servers"], sorted(replacer.avoid)) from None
+            item, replaced = fresh, replaced + 1
+
+
+def _failed_servers(exc: FileClusterError, servers: list[dict[str, Any]]) -> list[int] | None:
+    """The servers a PUT that failed with ``exc`` shows to be failing; None if a new chain would not
+    help (the ticket, the bytes, the file)."""
+    head = servers[0]["id"]
+    if isinstance(exc, ReplicationFailed):  # a replica behind the head: the ERROR names it, if known
+        return [exc.server] if exc.server is not None else [s["id"] for s in servers]
+    if isinstance(exc, (Unavailable, InsufficientStorage)):  # the head: unreachable, silent or full
+        return [head]
+    return None
+
+
+def _as_before(exc: FileClusterError, servers: list[dict[str, Any]], suspects: list[int]) -> FileClusterError:
+    """The error that ends this placement: the suspects go to UPLOAD_ABORT, whose proxy checks them
+    before the one fresh placement; a full disk is not a fault to report, so it stays as it is."""
+    if isinstance(exc, InsufficientStorage):
+        return exc
+    if isinstance(exc, ReplicationFailed):  # the proxy checks the whole chain, as before
+        suspects = sorted(set(suspects) | {s["id"] for s in servers})
+    return StorageServerFailed(exc.message, suspects)
+
+
 def _put_chunk(pool: ConnectionPool, file: BinaryIO, item: dict[str, Any], offset: int) -> list[Any]:
     """PUT one chunk to the head of its chain; returns the receipts of every server that stored it."""
     servers = item["servers"]
     head = servers[0]  # it forwards to the rest of the chain, which the ticket names
     size = int(item["size"])
-    try:
-        conn = pool.get(head)
-        conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "ticket": item["ticket"]}, size)
-        conn.send_file(file, offset, size)
-        reply = conn.read_reply(MsgType.PUT_CHUNK)
-    except ReplicationFailed as exc:  # a replica behind the head failed: the proxy checks which
-        raise StorageServerFailed(exc.message, [s["id"] for s in servers]) from None
-    except Unavailable as exc:  # the head itself failed
-        raise StorageServerFailed(exc.message, [head["id"]]) from None
+    conn = pool.get(head)
+    conn.send_head(MsgType.PUT_CHUNK, {"id": item["id"], "size": size, "ticket": item["ticket"]}, size)
+    conn.send_file(file, offset, size)
+    reply = conn.read_reply(MsgType.PUT_CHUNK)
     receipts = reply.get("receipts")
     if not isinstance(receipts, list) or not all(
         isinstance(r, list) and len(r) == 2 and isinstance(r[1], str) for r in receipts

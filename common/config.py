@@ -18,6 +18,8 @@ DEFAULT_REPLICAS: Final = 2
 HEARTBEAT_INTERVAL: Final = 2.0
 PARALLEL_TRANSFERS: Final = 4
 LINK_SCHEME: Final = "filecluster"
+TRANSFER_DEADLINE_BASE: Final = 120.0  # seconds: a whole upload or download gets this...
+TRANSFER_MIN_RATE: Final = 1024 * 1024  # ...plus a second per this many bytes of its file
 
 
 def data_dir() -> Path:
@@ -60,3 +62,19 @@ def source_address() -> str | None:
 def proxy_address(override: str | None = None) -> tuple[str, int]:
     """``--proxy``, else FILECLUSTER_PROXY, else 127.0.0.1 at FILECLUSTER_PORT (9000)."""
     return parse_address(override or os.environ.get("FILECLUSTER_PROXY") or f"127.0.0.1:{proxy_port()}")
+
+
+def transfer_deadline(size: int) -> float:
+    """Seconds a whole upload or download of ``size`` bytes may take before it is abandoned:
+    ``TRANSFER_DEADLINE_BASE`` plus a second per ``TRANSFER_MIN_RATE`` bytes (120 s + 1 s per MiB),
+    unless FILECLUSTER_TRANSFER_DEADLINE gives the seconds outright (for a very slow link)."""
+    raw = os.environ.get("FILECLUSTER_TRANSFER_DEADLINE", "").strip()
+    if not raw:
+        return TRANSFER_DEADLINE_BASE + size / TRANSFER_MIN_RATE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise InvalidRequest(f"FILECLUSTER_TRANSFER_DEADLINE must be a number of seconds, not {raw!r}")
+    return seconds
