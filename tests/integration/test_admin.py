@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from common.cluster_auth import new_secret
 from tests.cluster import Cluster, die_with_parent
-
 
 
 def admin(c: Cluster, *args: str, secret_file: Path | None = None) -> subprocess.CompletedProcess[str]:
