@@ -287,7 +287,7 @@ def test_a_round_that_cannot_journal_loses_nothing(proxy: Proxy, monkeypatch: py
     upload(proxy, "old.bin", OLD)
     delete(proxy, "old.bin")
     leave_on(proxy.stores[2], STRAY)
-    proxy.collector.queue_orphans(2, [cid(STRAY)])
+    proxy.collector.note_inventory(2, [cid(STRAY)])
     failures = {"left": 1}
 
     def full_disk(fd: int) -> None:  # the next journal append hits a full disk (and is rolled back)
@@ -312,7 +312,7 @@ def test_a_server_that_fails_to_delete_keeps_its_copy_and_the_round_goes_on(
 ) -> None:
     upload(proxy, "old.bin", OLD)
     leave_on(proxy.stores[1], STRAY)
-    proxy.collector.queue_orphans(1, [cid(STRAY)])
+    proxy.collector.note_inventory(1, [cid(STRAY)])
 
     def bad_disk(chunk_ids: object) -> int:
         raise StorageIOError("disk error while trying to delete a chunk: Input/output error")
