@@ -126,12 +126,15 @@ class FaultyFile:
         return self.fd
 
     def close(self) -> None:
+        """Closes the file; at ``close`` the flush of buffered bytes fails, as on a full disk."""
         self.fault.fds.discard(self.fd)
         self.file.close()
+        if self.fault.strikes("close"):
+            raise self.fault.error()
 
 
 class DiskFault:
-    """Makes the disk under one store fail at ``point`` (open, write, fsync or rename) with ``err``.
+    """Makes the disk under one store fail at ``point`` (open, write, fsync, close or rename) with ``err``.
 
     Only that store's temp files are touched: ``os.fsync`` and ``os.replace`` are patched for the
     whole process but pass everything else through, as ``open`` does for reads and for other
@@ -214,7 +217,7 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 FAULTS = [
     *(
         (point, err, error)
-        for point in ("open", "write", "fsync", "rename")
+        for point in ("open", "write", "fsync", "close", "rename")
         for err, error in ((errno.ENOSPC, InsufficientStorage), (errno.EIO, StorageIOError))
     ),
     ("write", errno.EDQUOT, InsufficientStorage),  # over quota is out of space too
@@ -252,6 +255,26 @@ def test_a_disk_fault_is_a_clean_error_and_the_same_connection_goes_on(
     assert node.holds(ID, DATA)
     assert (node.store.count, node.store.used) == (2, len(OTHER) + len(DATA))
     assert node.temp_files() == []
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
+def test_abort_never_raises_even_when_closing_fails(
+    node: Node, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    """Closing a temp file flushes what is buffered; on a full disk that fails, and abort (called in
+    every ``finally``) must still leave no temp file and raise nothing over the error in flight."""
+    fault = DiskFault(monkeypatch, node.store.root, "close", err)
+    writer = node.store.writer(ID, len(DATA))
+    writer.write(DATA[:AFTER])
+    writer.abort()
+    writer.abort()  # twice is harmless
+    assert fault.hits == 1
+    assert node.temp_files() == []
+    with node.store.writer(ID, len(DATA)) as failing:  # the context manager aborts the same way
+        failing.write(DATA)
+        with pytest.raises(InsufficientStorage if err == errno.ENOSPC else StorageIOError):
+            failing.commit()
+    assert fault.hits == 2 and node.temp_files() == [] and not node.store.has(ID)
 
 
 def test_a_put_refused_before_its_payload_is_read_is_drained(node: Node) -> None:
