@@ -105,6 +105,11 @@ class LostQueue:
             return chunk_id in self._ids
 
 
+def _bytes(info: os.stat_result) -> int:
+    """What an entry at a chunk's path adds to ``used``: its size if it is a file, else nothing."""
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
@@ -147,9 +152,11 @@ class ChunkStore:
         for chunk_id in self.ids():
             path = self._path(chunk_id)
             info = path.lstat()
-            if stat.S_ISREG(info.st_mode):  # anything else is not counted (verify quarantines it)
+            if stat.S_ISREG(info.st_mode):
                 self._usage.add(1, info.st_size)
                 tighten(path, PRIVATE_FILE)
+            else:  # counted, as ids() lists it, but has no bytes; verify() quarantines it
+                self._usage.add(1, 0)
 
     def _path(self, chunk_id: str) -> Path:
         check_chunk_id(chunk_id)
@@ -227,9 +234,8 @@ class ChunkStore:
                     path.unlink()
                 except FileNotFoundError:
                     continue
-                if stat.S_ISREG(info.st_mode):
-                    self._usage.count -= 1
-                    self._usage.bytes -= info.st_size
+                self._usage.count -= 1
+                self._usage.bytes -= _bytes(info)
             deleted += 1
         return deleted
 
@@ -301,9 +307,8 @@ class ChunkStore:
                 return False
             except OSError as exc:
                 raise _io_error(exc, "quarantine a chunk") from None
-            if stat.S_ISREG(info.st_mode):
-                self._usage.count -= 1
-                self._usage.bytes -= info.st_size
+            self._usage.count -= 1
+            self._usage.bytes -= _bytes(info)
             self._quarantined += 1
         with contextlib.suppress(OSError):
             fsync_dir(self.quarantine_dir)
@@ -318,7 +323,7 @@ class ChunkStore:
             final.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
             fsync_dir(self.root)  # the new folder itself must survive a crash
         with self._usage.lock:
-            existed = final.is_file()
+            existed = final.exists()
             os.utime(tmp)  # mtime = when this copy became known good (delete's older_than)
             os.replace(tmp, final)
             if not existed:

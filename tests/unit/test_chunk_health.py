@@ -101,11 +101,13 @@ def test_a_spoiled_copy_is_bad_and_quarantined_not_deleted(store: Store, bad: by
 
 
 def test_something_that_is_not_a_file_is_bad(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path / "ServerFiles")
-    (store.root / ID[:2]).mkdir()
-    (store.root / ID[:2] / ID).mkdir()  # a folder where the chunk should be
-    assert ChunkStore(store.root).count == 0  # not counted as a chunk
+    root = tmp_path / "ServerFiles"
+    (root / ID[:2]).mkdir(parents=True)
+    (root / ID[:2] / ID).mkdir()  # a folder where the chunk should be
+    store = ChunkStore(root)
+    assert (store.count, store.used) == (1, 0)  # counted (ids() lists it), with no bytes
     assert store.verify(ID) == "bad"
+    assert (store.count, store.used) == (0, 0)
     assert store.lost.take(1) == [ID]
     [kept] = store.quarantine_dir.iterdir()
     assert kept.is_dir()
