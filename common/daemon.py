@@ -7,6 +7,7 @@ import argparse
 import ctypes
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -22,6 +23,18 @@ from common.limits import ServerLimits
 
 SECRET_ENV = "FILECLUSTER_SECRET_FILE"
 SECRET_FILE = "cluster.secret"
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A positive duration: seconds, or a number with a unit: ``90``, ``90s``, ``15m``, ``12h``, ``7d``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected e.g. 3600, 90s, 15m, 12h or 7d"
+        )
+    return float(match[1]) * _UNITS[match[2]]
 
 
 def add_secret_argument(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 
 from common.config import (
@@ -21,6 +20,7 @@ from common.daemon import (
     add_limit_options,
     add_secret_argument,
     announce,
+    duration,
     load_cluster_key,
     run_daemon,
     secret_path,
@@ -42,18 +42,6 @@ from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
-
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(text: str) -> float:
-    """A positive duration: seconds, or a number with a unit: ``90``, ``90s``, ``15m``, ``12h``, ``7d``."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
-    if match is None or float(match[1]) <= 0:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: expected e.g. 3600, 90s, 15m, 12h or 7d"
-        )
-    return float(match[1]) * _UNITS[match[2]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,27 +9,51 @@ half-written chunk.  :class:`MemoryChunkStore` is the in-memory twin for
 tests.
 
 Only the server's user can read chunks: files are 0600 and every folder
-(the root, the fan-out folders, ``tmp``) 0700, whatever the umask; a store
-made by an older version is tightened when it opens.
+(the root, the fan-out folders, ``tmp``, ``quarantine``) 0700, whatever the
+umask; a store made by an older version is tightened when it opens.
+
+Self-healing (issue 7).  A chunk file's mtime is when its copy was last known
+good: the commit sets it, and :meth:`ChunkStore.verify` (a full re-read and
+SHA-256) touches it again.  ``delete(ids, older_than=T)`` removes only copies
+whose mtime is before ``T``, so a copy stored or verified after the proxy
+decided to delete it survives without the proxy holding a lock across the
+network.  A copy found bad (wrong bytes, unreadable with EIO, not a regular
+file) is never deleted: it is moved to ``quarantine/<id>.<unix time>`` (out of
+``ids()`` and the usage figures) and its id is queued in :attr:`lost`, which
+membership drains into heartbeats so the proxy repairs it from another copy.
+``reserve`` bytes of the disk are kept free (Swift's fallocate_reserve): a
+chunk that would eat into them is refused as ``insufficient_storage``, and
+:meth:`available` (what the server advertises) leaves them out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
+import logging
 import os
+import stat
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from common.atomic import PRIVATE_DIR, PRIVATE_FILE, fsync_dir, make_private_dir, open_private, tighten
-from common.errors import CorruptData, InsufficientStorage, NotFound, StorageIOError
+from common.errors import CorruptData, InsufficientStorage, InvalidRequest, NotFound, StorageIOError
 from common.hashing import check_chunk_id
 
+log = logging.getLogger(__name__)
+
 TMP_DIR = "tmp"
+QUARANTINE_DIR = "quarantine"
+READ_PIECE = 1024 * 1024  # verify() reads and paces this much at a time
+
+Verdict = Literal["good", "bad", "missing"]
+Pace = Callable[[int], None]  # called with each piece's length as verify() reads it (the scrubber's throttle)
 
 
 class ChunkWriter(Protocol):
@@ -46,6 +70,48 @@ def _io_error(exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage(f"no space left to {what}")
     return StorageIOError(f"disk error while trying to {what}: {exc.strerror or exc}")
+
+
+class LostQueue:
+    """Ids of copies this server lost (quarantined), waiting to be told to the proxy; thread-safe.
+
+    Membership ``take``s a batch for a heartbeat and ``put_back``s it if the proxy did not answer OK."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[str, None] = {}  # insertion-ordered, each id once
+
+    def add(self, chunk_id: str) -> None:
+        with self._lock:
+            self._ids[chunk_id] = None
+
+    def take(self, limit: int) -> list[str]:
+        with self._lock:
+            batch = list(self._ids)[:limit]
+            for chunk_id in batch:
+                del self._ids[chunk_id]
+        return batch
+
+    def put_back(self, chunk_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ids = {**dict.fromkeys(chunk_ids), **self._ids}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        with self._lock:
+            return chunk_id in self._ids
+
+
+def _bytes(info: os.stat_result) -> int:
+    """What an entry at a chunk's path adds to ``used``: its size if it is a file, else nothing."""
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class _Usage:
@@ -65,21 +131,32 @@ class _Usage:
 class ChunkStore:
     """Chunks on disk under ``root`` (a server's ``ServerFiles`` folder)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, reserve: int = 0) -> None:
+        if reserve < 0:
+            raise InvalidRequest("the reserve cannot be negative")
         self.root = Path(root)
         self.tmp = self.root / TMP_DIR
+        self.quarantine_dir = self.root / QUARANTINE_DIR
+        self.reserve = reserve
+        self.lost = LostQueue()
         make_private_dir(self.root)
         make_private_dir(self.tmp)
+        make_private_dir(self.quarantine_dir)
         for leftover in self.tmp.iterdir():  # half-written chunks from a crash
             leftover.unlink(missing_ok=True)
         self._usage = _Usage()
+        self._quarantined = sum(1 for _ in self.quarantine_dir.iterdir())
         for sub in self.root.iterdir():
             if sub.is_dir() and not sub.is_symlink():
                 tighten(sub, PRIVATE_DIR)
         for chunk_id in self.ids():
             path = self._path(chunk_id)
-            self._usage.add(1, path.stat().st_size)
-            tighten(path, PRIVATE_FILE)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                self._usage.add(1, info.st_size)
+                tighten(path, PRIVATE_FILE)
+            else:  # counted, as ids() lists it, but has no bytes; verify() quarantines it
+                self._usage.add(1, 0)
 
     def _path(self, chunk_id: str) -> Path:
         check_chunk_id(chunk_id)
@@ -97,9 +174,16 @@ class ChunkStore:
         usage = os.statvfs(self.root)
         return usage.f_bavail * usage.f_frsize
 
+    def available(self) -> int:
+        """Bytes chunks may still take: free disk space less the reserve (never negative)."""
+        return max(self.free() - self.reserve, 0)
+
+    def quarantined_count(self) -> int:
+        return self._quarantined
+
     def ids(self) -> Iterator[str]:
         for sub in sorted(self.root.iterdir()):
-            if sub.name == TMP_DIR or not sub.is_dir():
+            if sub.name in (TMP_DIR, QUARANTINE_DIR) or not sub.is_dir():
                 continue
             for entry in sorted(sub.iterdir()):
                 if len(entry.name) == 64 and entry.name.startswith(sub.name):
@@ -125,20 +209,113 @@ class ChunkStore:
         return file, os.fstat(file.fileno()).st_size
 
     def writer(self, chunk_id: str, size: int) -> ChunkWriter:
-        return _DiskWriter(self, check_chunk_id(chunk_id), size)
+        chunk_id = check_chunk_id(chunk_id)
+        try:
+            free = self.free()
+        except OSError as exc:
+            raise _io_error(exc, "check the free space") from None
+        if free - size < self.reserve:
+            raise InsufficientStorage(
+                f"no room for a chunk of {size} bytes: {free} bytes free, {self.reserve} kept in reserve"
+            )
+        return _DiskWriter(self, chunk_id, size)
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
+    def delete(self, chunk_ids: Iterable[str], older_than: float | None = None) -> int:
+        """Delete these copies; with ``older_than`` (Unix time) only those last written or verified
+        before it.  The check and the unlink are one step under the lock commits and verifies take."""
         deleted = 0
         for chunk_id in chunk_ids:
             path = self._path(chunk_id)
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            self._usage.add(-1, -size)
+            with self._usage.lock:
+                try:
+                    info = path.lstat()
+                    if older_than is not None and info.st_mtime >= older_than:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                self._usage.count -= 1
+                self._usage.bytes -= _bytes(info)
             deleted += 1
         return deleted
+
+    def verified_age(self, chunk_id: str) -> float | None:
+        """Seconds since this copy was written or last fully verified; None if there is none."""
+        try:
+            return max(time.time() - self._path(chunk_id).lstat().st_mtime, 0.0)
+        except FileNotFoundError:
+            return None
+
+    def verify(self, chunk_id: str, pace: Pace | None = None) -> Verdict:
+        """Re-read the whole copy and check its SHA-256: "good" (and its mtime says so), "missing",
+        or "bad" (then it is quarantined).  No lock is held while reading."""
+        path = self._path(chunk_id)
+        info: os.stat_result | None = None
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                return self._found_bad(chunk_id, info, "not a regular file")
+            digest = hashlib.sha256()
+            with open(path, "rb", buffering=0) as file:
+                opened = os.fstat(file.fileno())
+                while piece := file.read(READ_PIECE):
+                    digest.update(piece)
+                    if pace is not None:
+                        pace(len(piece))
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            if exc.errno != errno.EIO or info is None:
+                raise _io_error(exc, "verify a chunk") from None
+            return self._found_bad(chunk_id, info, f"unreadable ({exc.strerror})")
+        if digest.hexdigest() != chunk_id:
+            return self._found_bad(chunk_id, opened, "its bytes do not match their SHA-256")
+        with self._usage.lock:  # the copy we read, still in place: mark it verified now
+            try:
+                if not _same_file(path.lstat(), opened):
+                    return "good" if path.is_file() else "missing"  # replaced by a fresh commit
+                os.utime(path)
+            except FileNotFoundError:
+                return "missing"
+        return "good"
+
+    def _found_bad(self, chunk_id: str, seen: os.stat_result, reason: str) -> Verdict:
+        """Quarantine the copy verify() judged, unless it was replaced (or deleted) meanwhile."""
+        if self.quarantine(chunk_id, reason, only=seen):
+            return "bad"
+        return "good" if self.has(chunk_id) else "missing"
+
+    def quarantine(self, chunk_id: str, reason: str, *, only: os.stat_result | None = None) -> bool:
+        """Move a copy out of the store into ``quarantine/`` (kept, never deleted) and queue its id
+        as lost; ``only``: just if the file there is still that one.  False if there was none."""
+        path = self._path(chunk_id)
+        with self._usage.lock:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                return False
+            if only is not None and not _same_file(info, only):
+                return False
+            target = self.quarantine_dir / f"{chunk_id}.{int(time.time())}"
+            n = 0
+            while target.exists() or target.is_symlink():
+                n += 1
+                target = self.quarantine_dir / f"{chunk_id}.{int(time.time())}.{n}"
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise _io_error(exc, "quarantine a chunk") from None
+            self._usage.count -= 1
+            self._usage.bytes -= _bytes(info)
+            self._quarantined += 1
+        with contextlib.suppress(OSError):
+            fsync_dir(self.quarantine_dir)
+            fsync_dir(path.parent)
+        self.lost.add(chunk_id)
+        log.warning("quarantined chunk %s (%s) as %s", chunk_id, reason, target.name)
+        return True
 
     def _install(self, tmp: Path, final: Path, size: int) -> None:
         """Rename a verified, fsynced temp file into place; count it once, whatever the race."""
@@ -147,6 +324,7 @@ class ChunkStore:
             fsync_dir(self.root)  # the new folder itself must survive a crash
         with self._usage.lock:
             existed = final.exists()
+            os.utime(tmp)  # mtime = when this copy became known good (delete's older_than)
             os.replace(tmp, final)
             if not existed:
                 self._usage.count += 1
@@ -188,8 +366,8 @@ class _DiskWriter:
         try:
             self.file.flush()
             os.fsync(self.file.fileno())
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            file.close()
             self.store._install(self.tmp_path, final, self.size)
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
@@ -197,10 +375,15 @@ class _DiskWriter:
             self.abort()
 
     def abort(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        self.tmp_path.unlink(missing_ok=True)
+        """Drop the temp file; never raises (closing may flush buffered bytes onto a full disk)."""
+        file, self.file = self.file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()  # the descriptor is closed even when the flush fails
+        try:
+            self.tmp_path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove the temp file %s: %s", self.tmp_path, exc)
 
     def __enter__(self) -> _DiskWriter:
         return self
@@ -210,10 +393,17 @@ class _DiskWriter:
 
 
 class MemoryChunkStore:
-    """The in-memory twin of :class:`ChunkStore`, same contract, for tests."""
+    """The in-memory twin of :class:`ChunkStore`, same contract, for tests.
 
-    def __init__(self) -> None:
+    ``stamps`` stands for the files' mtimes; ``capacity`` for the disk's size."""
+
+    def __init__(self, *, capacity: int = 1 << 40, reserve: int = 0) -> None:
         self.chunks: dict[str, bytes] = {}
+        self.stamps: dict[str, float] = {}  # when each copy was last written or verified
+        self.quarantined: list[tuple[str, bytes]] = []  # (id, bytes), oldest first
+        self.capacity = capacity
+        self.reserve = reserve
+        self.lost = LostQueue()
         self.lock = threading.Lock()
 
     @property
@@ -225,7 +415,13 @@ class MemoryChunkStore:
         return sum(len(v) for v in self.chunks.values())
 
     def free(self) -> int:
-        return 1 << 40
+        return max(self.capacity - self.used, 0)
+
+    def available(self) -> int:
+        return max(self.free() - self.reserve, 0)
+
+    def quarantined_count(self) -> int:
+        return len(self.quarantined)
 
     def ids(self) -> Iterator[str]:
         yield from sorted(self.chunks)
@@ -247,11 +443,58 @@ class MemoryChunkStore:
         return io.BytesIO(data), len(data)
 
     def writer(self, chunk_id: str, size: int) -> ChunkWriter:
-        return _MemoryWriter(self, check_chunk_id(chunk_id), size)
+        chunk_id = check_chunk_id(chunk_id)
+        if self.free() - size < self.reserve:
+            raise InsufficientStorage(f"no room for a chunk of {size} bytes")
+        return _MemoryWriter(self, chunk_id, size)
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
+    def delete(self, chunk_ids: Iterable[str], older_than: float | None = None) -> int:
+        deleted = 0
         with self.lock:
-            return sum(self.chunks.pop(check_chunk_id(c), None) is not None for c in chunk_ids)
+            for chunk_id in map(check_chunk_id, chunk_ids):
+                if chunk_id not in self.chunks:
+                    continue
+                if older_than is not None and self.stamps.get(chunk_id, 0.0) >= older_than:
+                    continue
+                del self.chunks[chunk_id]
+                self.stamps.pop(chunk_id, None)
+                deleted += 1
+        return deleted
+
+    def verified_age(self, chunk_id: str) -> float | None:
+        with self.lock:
+            if check_chunk_id(chunk_id) not in self.chunks:
+                return None
+            return max(time.time() - self.stamps.get(chunk_id, 0.0), 0.0)
+
+    def verify(self, chunk_id: str, pace: Pace | None = None) -> Verdict:
+        data = self.chunks.get(check_chunk_id(chunk_id))
+        if data is None:
+            return "missing"
+        if pace is not None:
+            for offset in range(0, len(data), READ_PIECE):
+                pace(min(READ_PIECE, len(data) - offset))
+        if hashlib.sha256(data).hexdigest() == chunk_id:
+            with self.lock:
+                if self.chunks.get(chunk_id) is data:
+                    self.stamps[chunk_id] = time.time()
+            return "good"
+        with self.lock:
+            if self.chunks.get(chunk_id) is not data:  # replaced or deleted meanwhile
+                return "good" if chunk_id in self.chunks else "missing"
+        self.quarantine(chunk_id, "its bytes do not match their SHA-256")
+        return "bad"
+
+    def quarantine(self, chunk_id: str, reason: str) -> bool:
+        with self.lock:
+            data = self.chunks.pop(check_chunk_id(chunk_id), None)
+            self.stamps.pop(chunk_id, None)
+            if data is None:
+                return False
+            self.quarantined.append((chunk_id, data))
+        self.lost.add(chunk_id)
+        log.warning("quarantined chunk %s (%s)", chunk_id, reason)
+        return True
 
 
 class _MemoryWriter:
@@ -270,6 +513,7 @@ class _MemoryWriter:
             raise CorruptData(f"chunk {self.chunk_id}: the bytes do not match their SHA-256")
         with self.store.lock:
             self.store.chunks[self.chunk_id] = data
+            self.store.stamps[self.chunk_id] = time.time()
 
     def abort(self) -> None:
         self.parts.clear()

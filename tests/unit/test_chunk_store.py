@@ -118,6 +118,7 @@ def test_chunks_are_private_whatever_the_umask(tmp_path: Path) -> None:
         "server1": "0o700",
         "server1/ServerFiles": "0o700",
         "server1/ServerFiles/tmp": "0o700",
+        "server1/ServerFiles/quarantine": "0o700",
         f"server1/ServerFiles/{ID[:2]}": "0o700",
         f"server1/ServerFiles/{ID[:2]}/{ID}": "0o600",
     }

@@ -126,12 +126,15 @@ class FaultyFile:
         return self.fd
 
     def close(self) -> None:
+        """Closes the file; at ``close`` the flush of buffered bytes fails, as on a full disk."""
         self.fault.fds.discard(self.fd)
         self.file.close()
+        if self.fault.strikes("close"):
+            raise self.fault.error()
 
 
 class DiskFault:
-    """Makes the disk under one store fail at ``point`` (open, write, fsync or rename) with ``err``.
+    """Makes the disk under one store fail at ``point`` (open, write, fsync, close or rename) with ``err``.
 
     Only that store's temp files are touched: ``os.fsync`` and ``os.replace`` are patched for the
     whole process but pass everything else through, as ``open`` does for reads and for other
@@ -198,8 +201,11 @@ def put(conn: Connection, data: bytes, forward: list[dict[str, Any]] | None = No
 
 
 def ping(conn: Connection, server_id: int = 1) -> dict[str, Any]:
+    """The server's figures, less ``free`` (which moves with the machine's disk); checked > 0."""
     signed = KEY.sign(MsgType.PING, {}, to=server_audience(server_id))
-    return KEY.verify_reply(signed, conn.request(MsgType.PING, signed))
+    figures = KEY.verify_reply(signed, conn.request(MsgType.PING, signed))
+    assert figures.pop("free") > 0
+    return figures
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -214,7 +220,7 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 FAULTS = [
     *(
         (point, err, error)
-        for point in ("open", "write", "fsync", "rename")
+        for point in ("open", "write", "fsync", "close", "rename")
         for err, error in ((errno.ENOSPC, InsufficientStorage), (errno.EIO, StorageIOError))
     ),
     ("write", errno.EDQUOT, InsufficientStorage),  # over quota is out of space too
@@ -239,7 +245,7 @@ def test_a_disk_fault_is_a_clean_error_and_the_same_connection_goes_on(
         assert caught.value.code == error.code
         assert fault.hits == 1
         # the rest of the payload was read: the next frame on the same connection is a request
-        assert ping(conn) == {"id": 1, "chunks": 1, "used": len(OTHER)}
+        assert ping(conn) == {"id": 1, "chunks": 1, "used": len(OTHER), "quarantined": 0}
         assert node.temp_files() == []
         assert not any(p.exists() for p in fault.temp_paths)
         assert not node.store.has(ID)
@@ -252,6 +258,26 @@ def test_a_disk_fault_is_a_clean_error_and_the_same_connection_goes_on(
     assert node.holds(ID, DATA)
     assert (node.store.count, node.store.used) == (2, len(OTHER) + len(DATA))
     assert node.temp_files() == []
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
+def test_abort_never_raises_even_when_closing_fails(
+    node: Node, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    """Closing a temp file flushes what is buffered; on a full disk that fails, and abort (called in
+    every ``finally``) must still leave no temp file and raise nothing over the error in flight."""
+    fault = DiskFault(monkeypatch, node.store.root, "close", err)
+    writer = node.store.writer(ID, len(DATA))
+    writer.write(DATA[:AFTER])
+    writer.abort()
+    writer.abort()  # twice is harmless
+    assert fault.hits == 1
+    assert node.temp_files() == []
+    with node.store.writer(ID, len(DATA)) as failing:  # the context manager aborts the same way
+        failing.write(DATA)
+        with pytest.raises(InsufficientStorage if err == errno.ENOSPC else StorageIOError):
+            failing.commit()
+    assert fault.hits == 2 and node.temp_files() == [] and not node.store.has(ID)
 
 
 def test_a_put_refused_before_its_payload_is_read_is_drained(node: Node) -> None:
@@ -276,8 +302,14 @@ def test_a_replica_whose_disk_fills_mid_chunk_is_replication_failed(
         with pytest.raises(ReplicationFailed, match="no space left") as caught:
             put(conn, DATA, [replica.ref])
         assert caught.value.code == "replication_failed"
+        assert (caught.value.server, caught.value.cause) == (2, "insufficient_storage")
         assert fault.hits == 1
-        assert ping(conn) == {"id": 1, "chunks": 1, "used": len(DATA)}  # same connection, still usable
+        assert ping(conn) == {
+            "id": 1,
+            "chunks": 1,
+            "used": len(DATA),
+            "quarantined": 0,
+        }  # same connection, still usable
     assert head.holds(ID, DATA)  # §7.3: the head keeps its verified copy
     assert head.temp_files() == []
     assert not replica.store.has(ID) and replica.store.count == 0
@@ -290,8 +322,10 @@ def test_a_failure_at_the_end_of_a_chain_reaches_the_client_and_every_copy_befor
     head, middle, tail = start(1), start(2), start(3)
     DiskFault(monkeypatch, tail.store.root, "fsync", errno.EIO)
     with head.connect() as conn:
-        with pytest.raises(ReplicationFailed, match=r"server 3 .* disk error"):
+        with pytest.raises(ReplicationFailed, match=r"server 3 .* disk error") as caught:
             put(conn, DATA, [middle.ref, tail.ref])
+        # the head names the deepest server that failed, not the middle one that reported it
+        assert (caught.value.server, caught.value.cause) == (3, "io_error")
         assert ping(conn)["chunks"] == 1
     assert head.holds(ID, DATA) and middle.holds(ID, DATA)
     assert not tail.store.has(ID) and tail.temp_files() == []
@@ -334,6 +368,7 @@ def test_a_replica_that_hangs_up_mid_payload_is_replication_failed(node: Node, c
         with pytest.raises(ReplicationFailed, match="on server 9") as caught:
             put(conn, DATA, [{"id": 9, "host": "127.0.0.1", "port": cut_off.port}])
         assert caught.value.code == "replication_failed"
+        assert (caught.value.server, caught.value.cause) == (9, "unavailable")
         assert ping(conn)["chunks"] == 1
     assert node.holds(ID, DATA)
     assert node.temp_files() == []
@@ -368,7 +403,8 @@ def test_a_forward_target_that_refuses_connections_is_replication_failed(
         with pytest.raises(ReplicationFailed, match="cannot reach") as caught:
             put(conn, DATA, [{"id": 2, "host": "127.0.0.1", "port": refusing_port}])
         assert caught.value.code == "replication_failed"
-        assert ping(conn) == {"id": 1, "chunks": 1, "used": len(DATA)}
+        assert (caught.value.server, caught.value.cause) == (2, "unavailable")
+        assert ping(conn) == {"id": 1, "chunks": 1, "used": len(DATA), "quarantined": 0}
     assert node.holds(ID, DATA)
 
 
