@@ -12,18 +12,21 @@ Only the server's user can read chunks: files are 0600 and every folder
 (the root, the fan-out folders, ``tmp``, ``quarantine``) 0700, whatever the
 umask; a store made by an older version is tightened when it opens.
 
-Self-healing (issue 7).  A chunk file's mtime is when its copy was last known
+Self-healing (issue 7). A chunk file's mtime is when its copy was last known
 good: the commit sets it, and :meth:`ChunkStore.verify` (a full re-read and
-SHA-256) touches it again.  ``delete(ids, older_than=T)`` removes only copies
-whose mtime is before ``T``, so a copy stored or verified after the proxy
-decided to delete it survives without the proxy holding a lock across the
-network.  A copy found bad (wrong bytes, unreadable with EIO, not a regular
-file) is never deleted: it is moved to ``quarantine/<id>.<unix time>`` (out of
-``ids()`` and the usage figures) and its id is queued in :attr:`lost`, which
-membership drains into heartbeats so the proxy repairs it from another copy.
-``reserve`` bytes of the disk are kept free (Swift's fallocate_reserve): a
-chunk that would eat into them is refused as ``insufficient_storage``, and
-:meth:`available` (what the server advertises) leaves them out.
+SHA-256) touches it again. Both also stamp the file with an extended attribute
+(``user.filecluster.verified``: that time and the mtime then), so a file
+modified in place since is not taken as verified (:meth:`verified_age`).
+``delete(ids, older_than=T)`` removes only copies whose mtime is before ``T``,
+so a copy stored or verified after the proxy decided to delete it survives
+without the proxy holding a lock across the network. A copy found bad (wrong
+bytes, unreadable with EIO, not a regular file) is never deleted: it is moved
+to ``quarantine/<id>.<unix time>`` (out of ``ids()`` and the usage figures)
+and its id is queued in :attr:`lost`, which membership drains into heartbeats
+so the proxy repairs it from another copy. ``reserve`` bytes of the disk are
+kept free (Swift's fallocate_reserve): a chunk that would eat into them is
+refused as ``insufficient_storage``, and :meth:`available` (what the server
+advertises) leaves them out.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import errno
 import hashlib
 import io
 import logging
+import math
 import os
 import stat
 import threading
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 TMP_DIR = "tmp"
 QUARANTINE_DIR = "quarantine"
 READ_PIECE = 1024 * 1024  # verify() reads and paces this much at a time
+VERIFIED_XATTR = "user.filecluster.verified"  # "<unix time> <st_mtime_ns>" of the last full check
 
 Verdict = Literal["good", "bad", "missing"]
 Pace = Callable[[int], None]  # called with each piece's length as verify() reads it (the scrubber's throttle)
@@ -240,11 +245,20 @@ class ChunkStore:
         return deleted
 
     def verified_age(self, chunk_id: str) -> float | None:
-        """Seconds since this copy was written or last fully verified; None if there is none."""
+        """Seconds since this copy was written or last fully verified, if it has not been modified
+        since (its stamp names its mtime then); ``inf`` if it is not known good; None if missing."""
+        path = self._path(chunk_id)
         try:
-            return max(time.time() - self._path(chunk_id).lstat().st_mtime, 0.0)
+            info = path.lstat()
         except FileNotFoundError:
             return None
+        try:
+            when, mtime_ns = os.getxattr(path, VERIFIED_XATTR).decode().split()
+            if int(mtime_ns) == info.st_mtime_ns:
+                return max(time.time() - float(when), 0.0)
+        except (OSError, ValueError):  # no stamp (or no xattrs on this filesystem): not known good
+            pass
+        return math.inf
 
     def verify(self, chunk_id: str, pace: Pace | None = None) -> Verdict:
         """Re-read the whole copy and check its SHA-256: "good" (and its mtime says so), "missing",
@@ -275,6 +289,7 @@ class ChunkStore:
                 if not _same_file(path.lstat(), opened):
                     return "good" if path.is_file() else "missing"  # replaced by a fresh commit
                 os.utime(path)
+                _stamp_verified(path)
             except FileNotFoundError:
                 return "missing"
         return "good"
@@ -325,11 +340,22 @@ class ChunkStore:
         with self._usage.lock:
             existed = final.exists()
             os.utime(tmp)  # mtime = when this copy became known good (delete's older_than)
+            _stamp_verified(tmp)
             os.replace(tmp, final)
             if not existed:
                 self._usage.count += 1
                 self._usage.bytes += size
         fsync_dir(final.parent)
+
+
+def _stamp_verified(path: Path) -> None:
+    """Record on the file (an extended attribute) that it is known good now, with its mtime now:
+    a file modified in place afterwards has another mtime, so its stamp no longer counts."""
+    try:
+        info = os.stat(path)
+        os.setxattr(path, VERIFIED_XATTR, f"{time.time():.3f} {info.st_mtime_ns}".encode())
+    except OSError:  # a filesystem without user xattrs: every copy is re-read when it must be vouched for
+        pass
 
 
 class _DiskWriter:

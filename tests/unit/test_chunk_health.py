@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import InsufficientStorage, InvalidRequest
-from servers.chunk_store import ChunkStore, LostQueue, MemoryChunkStore
+from servers.chunk_store import VERIFIED_XATTR, ChunkStore, LostQueue, MemoryChunkStore
 
 Store = ChunkStore | MemoryChunkStore
 DATA = b"chunk bytes to check again " * 3000
@@ -51,7 +51,10 @@ def age(store: Store, chunk_id: str, seconds: float) -> None:
     if isinstance(store, MemoryChunkStore):
         store.stamps[chunk_id] = then
     else:
-        os.utime(store.root / chunk_id[:2] / chunk_id, (then, then))
+        path = store.root / chunk_id[:2] / chunk_id
+        os.utime(path, (then, then))
+        stamp = f"{then} {path.stat().st_mtime_ns}".encode()  # the verified-stamp follows
+        os.setxattr(path, VERIFIED_XATTR, stamp)
 
 
 def flip(data: bytes, at: int) -> bytes:

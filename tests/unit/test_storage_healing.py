@@ -20,7 +20,7 @@ from common.errors import AuthError, InsufficientStorage, InvalidRequest, Replic
 from common.frame_server import FrameServer, serve_in_thread
 from common.messages import MsgType
 from common.transport import Connection
-from servers.chunk_store import ChunkStore
+from servers.chunk_store import VERIFIED_XATTR, ChunkStore
 from servers.storage_server import StorageService, make_storage_server
 
 KEY = ClusterKey(b"\x0a" * 32)
@@ -86,8 +86,17 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
 
 def backdate(path: Path, seconds: float) -> None:
+    """Make a copy look written and verified ``seconds`` ago (mtime and verified-stamp)."""
     then = time.time() - seconds
     os.utime(path, (then, then))
+    os.setxattr(path, VERIFIED_XATTR, f"{then} {path.stat().st_mtime_ns}".encode())
+
+
+def rot_silently(path: Path) -> None:
+    """Bit rot: a byte changes under the filesystem, which keeps the file's mtime."""
+    info = path.stat()
+    corrupt(path)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def corrupt(path: Path) -> None:
@@ -117,12 +126,20 @@ def test_verify_chunks_sorts_good_bad_and_missing_and_quarantines_the_bad(start:
 def test_verify_chunks_max_age_trusts_a_recent_verification_only(start: Callable[..., Node]) -> None:
     node = start(1)
     node.put(SMALL)
-    corrupt(node.file(SMALL_ID))  # rot the scrubber has not seen yet; mtime is now
+    rot_silently(node.file(SMALL_ID))  # rot the scrubber has not seen yet
     fresh = node.call(MsgType.VERIFY_CHUNKS, {"ids": [SMALL_ID], "max_age": 3600})
     assert fresh["good"] == [[SMALL_ID, len(SMALL)]]  # verified this recently: not re-read
     backdate(node.file(SMALL_ID), 7200)
     stale = node.call(MsgType.VERIFY_CHUNKS, {"ids": [SMALL_ID], "max_age": 3600})
     assert (stale["good"], stale["bad"]) == ([], [SMALL_ID])  # too old: re-read, found bad
+
+
+def test_a_copy_modified_in_place_is_never_taken_as_verified(start: Callable[..., Node]) -> None:
+    node = start(1)
+    node.put(SMALL)
+    corrupt(node.file(SMALL_ID))  # written to since its last check: its mtime moved on
+    reply = node.call(MsgType.VERIFY_CHUNKS, {"ids": [SMALL_ID], "max_age": 3600})
+    assert (reply["good"], reply["bad"]) == ([], [SMALL_ID])  # re-read, found bad, quarantined
 
 
 def test_a_good_verification_counts_as_fresh(start: Callable[..., Node]) -> None:
