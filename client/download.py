@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.pool import ConnectionPool, Deadline, ProxyCaller
+from client.pool import READ_TIMEOUT, ConnectionPool, Deadline, ProxyCaller
 from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
@@ -247,7 +247,7 @@ class _Transfer:
     tickets: Tickets
     trouble: _Trouble
     reports: _Reports
-    pool: ConnectionPool = field(default_factory=ConnectionPool)
+    pool: ConnectionPool = field(default_factory=lambda: ConnectionPool(READ_TIMEOUT))
 
 
 def _fetch_all(

@@ -14,6 +14,8 @@ from common.messages import MsgType
 from common.transport import Connection
 
 TIMEOUT = 15.0  # a storage server silent this long counts as failed: the transfer routes around it
+# downloads wait less: a read has another copy to go to, and a healthy server answers in milliseconds
+READ_TIMEOUT = 5.0
 
 
 class ProxyCaller(Protocol):
