@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -339,5 +341,66 @@ def test_a_down_server_is_skipped_and_frees_its_copy_when_it_registers_again(pro
     assert holders(proxy, OLD) == {2}  # server 2 was not asked
     assert proxy.catalog.chunk(cid(OLD)) is None  # the catalog drops the chunk anyway (PROTOCOL §7.5)
     register_again(proxy, 2)  # back: its inventory lists OLD, unknown to the catalog now
+    proxy.collector.run_once()
+    assert holders(proxy, OLD) == set()
+
+
+# -- no network under a lock (issue 7) ----------------------------------------------------------------
+def test_a_hung_server_delays_the_collector_only(proxy: Proxy) -> None:
+    """Server 3 accepts connections and never answers (a SIGSTOPped process looks like that).  While
+    the collector waits on it, another user's upload begins, proves and commits at once."""
+    hung = socket.create_server(("127.0.0.1", 0))
+    try:
+        proxy.registry.register(3, "127.0.0.1", hung.getsockname()[1], 10**9, 0, 0)
+        leave_on(proxy.stores[1], STRAY)
+        proxy.collector.note_inventory(3, [cid(GONE)])  # an orphan on the hung server
+        proxy.collector.note_inventory(1, [cid(STRAY)])
+        collecting = threading.Thread(target=proxy.collector.run_once)
+        started = time.monotonic()
+        collecting.start()
+        time.sleep(0.2)  # the collector is now waiting on server 3 (5 s timeout)
+        assert collecting.is_alive()
+        upload(proxy, "meanwhile.bin", NEW)  # UPLOAD_BEGIN, UPLOAD_PROVE, UPLOAD_COMMIT
+        took = time.monotonic() - started
+        assert proxy.catalog.file("ana", "meanwhile.bin") is not None
+        assert took < 3, f"the upload waited {took:.1f} s behind the collector"
+        collecting.join(timeout=15)
+        assert holders(proxy, STRAY) == set()  # and the collector did its work elsewhere
+    finally:
+        hung.close()
+
+
+def test_a_copy_written_after_the_decision_to_delete_survives(proxy: Proxy) -> None:
+    """DELETE_CHUNKS carries the moment of the decision: a copy stored again since is kept."""
+    leave_on(proxy.stores[1], STRAY)
+    decided = time.time()
+    time.sleep(0.01)
+    leave_on(proxy.stores[1], STRAY)  # an upload stores the same bytes again, after the decision
+    proxy.collector.storage.delete_chunks(proxy.registry.get(1).ref, [cid(STRAY)], older_than=decided)  # type: ignore[union-attr]
+    assert holders(proxy, STRAY) == {1}
+    proxy.collector.storage.delete_chunks(proxy.registry.get(1).ref, [cid(STRAY)], older_than=time.time() + 1)  # type: ignore[union-attr]
+    assert holders(proxy, STRAY) == set()
+
+
+def test_an_orphan_waits_out_its_grace_period(proxy: Proxy) -> None:
+    proxy.collector.orphan_grace = 60
+    leave_on(proxy.stores[1], STRAY)
+    proxy.collector.note_inventory(1, [cid(STRAY)])
+    proxy.collector.run_once()
+    assert holders(proxy, STRAY) == {1}  # seen once: maybe an upload's chunk the proxy lost track of
+    proxy.collector.note_inventory(1, [cid(STRAY)])  # seen again in the next inventory
+    proxy.collector.orphan_grace = 0  # ... and now older than the grace period
+    proxy.collector.run_once()
+    assert holders(proxy, STRAY) == set()
+
+
+def test_a_leased_chunk_is_not_collected(proxy: Proxy) -> None:
+    upload(proxy, "old.bin", OLD)
+    located = call(proxy, MsgType.LOCATE, {"session": SESSION, "name": "old.bin"})
+    delete(proxy, "old.bin")
+    proxy.collector.run_once()
+    assert holders(proxy, OLD) == {1, 2}  # a download holds it
+    call(proxy, MsgType.RELEASE, {"lease": located["lease"]})
+    proxy.collector.queue_freed([cid(OLD)])
     proxy.collector.run_once()
     assert holders(proxy, OLD) == set()
