@@ -334,3 +334,51 @@ def test_chaos_every_acknowledged_file_survives(tmp_path: Path, replicas: int) -
             assert got.path.read_bytes() == data
     finally:
         c.stop()
+
+
+def test_a_download_survives_a_delete_and_a_reupload_of_its_file(tmp_path: Path) -> None:
+    c = Cluster(tmp_path / "cluster", server_args=NO_SCRUB).start()
+    try:
+        ana = new_user(c, "ana")
+        other = Client.from_environment(c.proxy_addr, c.new_home())
+        other.login(str(ana.user), PASSWORD)  # the same user in another terminal
+        data = random.Random(9).randbytes(40 * CHUNK)
+        (tmp_path / "a.bin").write_bytes(data)
+        ana.upload(tmp_path / "a.bin")
+        interfered: list[bool] = []
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase == "receiving" and done >= total // 4 and not interfered:
+                interfered.append(True)
+                other.delete("a.bin")  # and then a new file of that name
+                (tmp_path / "new" / "a.bin").parent.mkdir()
+                (tmp_path / "new" / "a.bin").write_bytes(b"something else entirely")
+                other.upload(tmp_path / "new" / "a.bin")
+                time.sleep(2.5)  # the collector runs every second: it would have freed the old chunks
+
+        got = ana.download("a.bin", tmp_path / "down", progress)
+        assert interfered and got.path.read_bytes() == data  # the old file, whole and exact
+        old = set(chunk_ids(data))
+        c.wait_for(lambda: not any(p.name in old for p in c.chunk_files()), "the old chunks to be freed")
+    finally:
+        c.stop()
+
+
+def test_a_server_below_the_low_water_mark_gets_no_new_chunks(tmp_path: Path) -> None:
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    c = Cluster(tmp_path / "cluster", server_args=NO_SCRUB).start()
+    try:
+        c.kill_server(1, signal.SIGTERM)
+        c.server_args = (*c.server_args, "--reserve", str(free + 2**30))  # keep more free than there is
+        c.start_server(1)
+        c.server_args = c.server_args[:-2]
+        ana = new_user(c, "ana")
+        c.wait_for(lambda: {s["id"]: s for s in ana.status()["servers"]}[1].get("free") == 0, "free 0")
+        files = upload_files(ana, tmp_path / "up", count=6, chunks=8, seed=10)
+        assert c.chunk_files(1) == set()  # nothing placed on the full server
+        for name, data in files.items():
+            assert ana.download(name, tmp_path / "down").path.read_bytes() == data
+    finally:
+        c.stop()
