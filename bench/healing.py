@@ -33,22 +33,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import make_test_file
 from client.api import Client
 from tests.cluster import Cluster
 
 MIB = 1024 * 1024
 CHUNK = 4 * MIB
 PASSWORD = "bench password 123"
-
-
-def make_file(path: Path, size_mib: int) -> str:
-    digest = hashlib.sha1()
-    with open(path, "wb") as f:
-        for _ in range(size_mib):
-            block = os.urandom(MIB)
-            digest.update(block)
-            f.write(block)
-    return digest.hexdigest()
 
 
 def user(c: Cluster) -> Client:
@@ -67,7 +58,7 @@ def rereplication(work: Path, size_mib: int, grace: float, rate: float) -> dict[
     ).start()
     try:
         source = work / "big.bin"
-        sha1 = make_file(source, size_mib)
+        sha1 = make_test_file(source, size_mib)
         client = user(c)
         client.upload(source)
         held = sum(p.stat().st_size for p in c.chunk_files(1))
@@ -111,7 +102,7 @@ def scrub_rate(work: Path, size_mib: int, cap: float) -> dict[str, Any]:
     ).start()
     try:
         source = work / "scrub.bin"
-        make_file(source, size_mib)
+        make_test_file(source, size_mib)
         client = user(c)
         client.upload(source)
 
