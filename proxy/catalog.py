@@ -322,12 +322,9 @@ class Catalog:
 
     def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
         """Chunks the catalog places on a server that its inventory does not list."""
-        with self.lock:
-            return [
-                c
-                for c, info in self.state["chunks"].items()
-                if server_id in info["servers"] and c not in present
-            ]
+        with self.lock:  # a copy of the table is quick to take; the scan then holds no lock
+            table = list(self.state["chunks"].items())
+        return [c for c, info in table if server_id in info["servers"] and c not in present]
 
     def reconcile_server(self, server_id: int, present: set[str], gone: set[str]) -> list[str]:
         """Add the server to the chunks it holds, drop it from those confirmed ``gone``; returns

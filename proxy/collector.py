@@ -37,7 +37,7 @@ from proxy.uploads import PendingUpload, Uploads
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ORPHAN_GRACE = 600.0
+DEFAULT_ORPHAN_GRACE = 60.0
 
 
 class Collector:

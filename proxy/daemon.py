@@ -117,9 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--orphan-grace",
         type=duration,
-        default="10m",
+        default="1m",
         help="how long a chunk no file or upload uses may stay on a server before it is deleted "
-        "(default: 10m)",
+        "(default: 1m)",
     )
     parser.add_argument(
         "--low-water",

@@ -6,7 +6,7 @@ Self-healing options (issue 7):
   scrubber reads a second (servers.scrubber);
 - ``--scrub-period DURATION`` (default 3d; e.g. 90s, 12h): re-read everything within this long
   (the rate is used / period, at least 1 MiB/s, at most the cap), and start a pass at most this often;
-- ``--inventory-interval SECONDS`` (default 600): how often an INVENTORY (block report) is sent;
+- ``--inventory-interval SECONDS`` (default 120): how often an INVENTORY (block report) is sent;
 - ``--reserve BYTES`` (default 0): disk space kept free; a chunk that would eat into it is refused
   as ``insufficient_storage``, and the free space advertised leaves it out.
 """
@@ -81,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inventory-interval",
         type=float,
-        default=600.0,
-        help="seconds between inventories (block reports) sent to the proxy (default: 600)",
+        default=120.0,
+        help="seconds between inventories (block reports) sent to the proxy (default: 120)",
     )
     parser.add_argument(
         "--reserve", type=int, default=0, help="bytes of disk kept free; chunks never use them (default: 0)"

@@ -8,7 +8,7 @@ a heartbeat every interval: figures, ``free``, ``quarantined``, the
 scrubber's ``scrub`` progress (if it runs) and ``lost``, up to
 LOST_PER_HEARTBEAT ids of copies quarantined since (taken off the store's
 lost queue only once the proxy answered OK).  Every ``inventory_interval``
-seconds (``--inventory-interval``, default 600), and when the scrubber ends a
+seconds (``--inventory-interval``, default 120), and when the scrubber ends a
 pass, it sends INVENTORY (a block report: the registration's payload) on the
 same connection; ``not_found`` means register again.  When the proxy cannot
 be reached it keeps trying, quietly, until it can.
@@ -47,7 +47,7 @@ class Membership:
         capacity: int | None,
         interval: float,
         state_dir: Path,
-        inventory_interval: float = 600.0,
+        inventory_interval: float = 120.0,
         scrub: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.server_id = server_id
