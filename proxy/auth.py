@@ -194,15 +194,21 @@ class LoginThrottle:
 
 
 class LinkThrottle:
-    """LOCATE lookups of unknown share tokens per address; a found token is refunded."""
+    """LOCATE lookups of unknown share tokens per address; a found token is refunded.
+
+    With another ``free`` and ``what``, any per-address budget of attempts (REPORT_BAD uses one,
+    refunding nothing)."""
 
     FREE = 20
     CAPACITY = 50_000
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, clock: Clock = time.monotonic, *, free: int = FREE, what: str = "unknown links tried"
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._misses = Backoff(self.FREE, capacity=self.CAPACITY)
+        self._what = what
+        self._misses = Backoff(free, capacity=self.CAPACITY)
 
     def attempt(self, address: str) -> None:
         """Start a lookup, counted as a miss until :meth:`found`; raise Throttled if it must wait."""
@@ -210,9 +216,7 @@ class LinkThrottle:
             now = self._clock()
             wait = self._misses.wait(address, now)
             if wait > 0:
-                raise Throttled(
-                    f"too many unknown links tried from your address; try again in {_seconds(wait)} s"
-                )
+                raise Throttled(f"too many {self._what} from your address; try again in {_seconds(wait)} s")
             self._misses.fail(address, now)
 
     def found(self, address: str) -> None:

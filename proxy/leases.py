@@ -8,9 +8,11 @@ the same chunks), RELEASE ends it, and it expires ``ttl`` seconds after it
 was granted or last renewed (a client that vanished holds nothing for long).
 
 Memory is bounded: a lease holds a reference to the file entry's own chunk
-list (no copy), and at most ``limit`` leases live at once; past that, the
-oldest is dropped (its download may then lose a chunk to a concurrent delete,
-which only happens under a flood of LOCATE requests).
+list (no copy); one holder (a user, or the address of a link's reader) has at
+most ``per_holder`` leases, and at most ``limit`` live at once.  Past either,
+the oldest goes (its download may then lose a chunk to a concurrent delete,
+which only happens under a flood of LOCATE requests, and mostly to the one
+flooding).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 from common.errors import NotFound
 from proxy.auth import new_token
 
-DEFAULT_LIMIT = 100_000
+DEFAULT_LIMIT = 20_000
+PER_HOLDER = 256
 
 
 @dataclass
@@ -36,23 +39,47 @@ class Lease:
     chunks: list[list[Any]]  # [[chunk id, size], ...], the file entry's list (shared, never mutated)
     who: str  # whom the tickets are for (user:NAME or link)
     expires: float
+    holder: str = ""  # whose budget it counts against (a user, or a link reader's address)
 
 
 class Leases:
-    def __init__(self, ttl: float, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, ttl: float, limit: int = DEFAULT_LIMIT, per_holder: int = PER_HOLDER) -> None:
         self.ttl = ttl
         self.limit = limit
+        self.per_holder = per_holder
         self._leases: OrderedDict[str, Lease] = OrderedDict()  # oldest renewal first
+        self._held: dict[str, OrderedDict[str, None]] = {}  # holder -> its leases, oldest first
         self._lock = threading.Lock()
 
-    def grant(self, owner: str, name: str, info: dict[str, Any], chunks: list[list[Any]], who: str) -> Lease:
-        lease = Lease(new_token(), owner, name, info, chunks, who, time.monotonic() + self.ttl)
+    def grant(
+        self,
+        owner: str,
+        name: str,
+        info: dict[str, Any],
+        chunks: list[list[Any]],
+        who: str,
+        holder: str = "",
+    ) -> Lease:
+        lease = Lease(new_token(), owner, name, info, chunks, who, time.monotonic() + self.ttl, holder)
         with self._lock:
             self._purge()
+            mine = self._held.setdefault(holder, OrderedDict())
+            while len(mine) >= self.per_holder:
+                self._drop(next(iter(mine)))
             while len(self._leases) >= self.limit:
-                self._leases.popitem(last=False)
+                self._drop(next(iter(self._leases)))
             self._leases[lease.id] = lease
+            self._held.setdefault(holder, OrderedDict())[lease.id] = None
         return lease
+
+    def _drop(self, lease_id: str) -> None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is not None:
+            mine = self._held.get(lease.holder)
+            if mine is not None:
+                mine.pop(lease_id, None)
+                if not mine:
+                    del self._held[lease.holder]
 
     def renew(self, lease_id: str) -> Lease:
         with self._lock:
@@ -66,7 +93,7 @@ class Leases:
 
     def release(self, lease_id: str) -> None:
         with self._lock:
-            self._leases.pop(lease_id, None)
+            self._drop(lease_id)
 
     def leased(self) -> set[str]:
         """Every chunk id some live lease holds."""
@@ -82,4 +109,4 @@ class Leases:
         """Drop expired leases: they expire in the order they were granted or renewed."""
         now = time.monotonic()
         while self._leases and next(iter(self._leases.values())).expires <= now:
-            self._leases.popitem(last=False)
+            self._drop(next(iter(self._leases)))

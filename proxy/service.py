@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEDUP_VERIFY_TIMEOUT = 10.0  # a holder slower than this to vouch for its copies: the client sends them
 REPORT_WINDOW = 3600.0  # a GET ticket may report a bad copy up to this long after it expired
+REPORTS_FREE = 64  # REPORT_BAD per client address before the throttle slows it
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class ProxyService:
         self.repairer = repairer or Repairer(
             catalog, registry, self.storage, key, config.replicas, leases=self.leases
         )
-        self.report_throttle = LinkThrottle()
+        # every report counts: 64 per address, then each must wait (1 s, 2 s, ... up to 60 s)
+        self.report_throttle = LinkThrottle(free=REPORTS_FREE, what="bad copies reported")
         self.throttle = LoginThrottle()
         self.link_throttle = LinkThrottle()
         self.passwords = PasswordCheck()
@@ -495,7 +497,10 @@ class ProxyService:
                 raise InvalidRequest("LOCATE needs a token, a lease, or a session and a name")
             entry = self.catalog.file(owner, name)
             assert entry is not None
-            lease = self.leases.grant(owner, name, self.catalog.describe(owner, name), entry["chunks"], who)
+            holder = f"user:{req.user}" if req.user else f"address:{client_key(req.peer[0])}"
+            lease = self.leases.grant(
+                owner, name, self.catalog.describe(owner, name), entry["chunks"], who, holder
+            )
         return Reply(self._located(lease))
 
     def _located(self, lease: Lease) -> dict[str, Any]:
@@ -516,14 +521,12 @@ class ProxyService:
         chunk_id, server_id, ticket = check_chunk_id(h["id"]), h["server"], h["ticket"]
         if h["problem"] not in ("corrupt", "missing", "short"):
             raise InvalidRequest("problem must be corrupt, missing or short")
-        address = client_key(req.peer[0])
-        self.report_throttle.attempt(address)  # a forged ticket counts against the address
+        self.report_throttle.attempt(client_key(req.peer[0]))  # each costs a server a re-read
         exp, who, mac = ticket.get("exp"), ticket.get("who"), ticket.get("mac")
         if not (type(exp) is int and isinstance(who, str) and isinstance(mac, str)):
             raise Forbidden("malformed ticket")
         if not same_mac(self.key.get_mac(chunk_id, server_id, who, exp), mac):
             raise Forbidden("the ticket does not match this copy")
-        self.report_throttle.found(address)
         if exp < self.key.clock() - REPORT_WINDOW:
             raise Forbidden("the ticket is too old to report with")
         if self.repairer.report(chunk_id, server_id):

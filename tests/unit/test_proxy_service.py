@@ -18,6 +18,7 @@ from common.errors import (
     InvalidRequest,
     NotFound,
     ProtocolError,
+    Throttled,
 )
 from common.frame_server import Request, dispatch, serve_in_thread
 from common.hashing import EMPTY_SHA1, proof_digest
@@ -27,7 +28,7 @@ from proxy.auth import token_hash
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.registry import Registry
-from proxy.service import ProxyConfig, ProxyService
+from proxy.service import REPORTS_FREE, ProxyConfig, ProxyService
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
 from servers.chunk_store import MemoryChunkStore
@@ -328,3 +329,14 @@ def test_admin_needs_the_cluster_secret_and_drains_and_forgets(service: ProxySer
         admin(action="drain", server=9)
     with pytest.raises(InvalidRequest):
         admin(action="explode")
+
+
+def test_reports_of_bad_copies_are_throttled_per_address(service: ProxyService) -> None:
+    located = locate(service, session="tok", name="first.txt")
+    copy = located["chunks"][0]["servers"][0]
+    header = {"id": ID, "server": copy["id"], "ticket": {**located["ticket"], "mac": copy["ticket"]}}
+    header["problem"] = "corrupt"
+    for _ in range(REPORTS_FREE):  # each may cost a server a full re-read: a budget per address
+        call(service, MsgType.REPORT_BAD, header)
+    with pytest.raises(Throttled):
+        call(service, MsgType.REPORT_BAD, header)

@@ -120,3 +120,16 @@ def test_the_token_bucket_paces_bytes() -> None:
     stop = threading.Event()
     stop.set()
     assert not TokenBucket(rate=1.0, stop=stop).take(10)
+
+
+def test_one_holder_cannot_crowd_out_the_others() -> None:
+    leases = Leases(ttl=60, limit=100, per_holder=2)
+    theirs = leases.grant("ana", "a", {}, [[cid(1), 1]], "user:ana", "user:ana")
+    flood = [
+        leases.grant("eve", f"{n}", {}, [[cid(10 + n), 1]], "link", "address:10.0.0.9") for n in range(5)
+    ]
+    assert leases.renew(theirs.id) is theirs  # untouched by another holder's flood
+    assert len(leases) == 3
+    with pytest.raises(NotFound):
+        leases.renew(flood[0].id)
+    assert leases.renew(flood[-1].id) is flood[-1]
