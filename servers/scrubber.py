@@ -23,7 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import FileClusterError
-from servers.chunk_store import ChunkStore, MemoryChunkStore
+from servers.chunk_store import ChunkStore
+from servers.memory_store import MemoryChunkStore
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,8 @@ from common.limits import (
 )
 from common.messages import Auth, MsgType
 from common.transport import Connection
-from servers.chunk_store import ChunkStore, MemoryChunkStore
+from servers.chunk_store import ChunkStore
+from servers.memory_store import MemoryChunkStore
 
 log = logging.getLogger(__name__)
 

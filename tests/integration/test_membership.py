@@ -31,8 +31,8 @@ from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
-from servers.chunk_store import MemoryChunkStore
 from servers.membership import Membership
+from servers.memory_store import MemoryChunkStore
 from servers.storage_server import StorageService, make_storage_server
 from tests.cluster import CHUNK, Cluster
 from tests.conftest import new_user

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import InsufficientStorage, InvalidRequest
-from servers.chunk_store import VERIFIED_XATTR, ChunkStore, LostQueue, MemoryChunkStore
+from servers.chunk_store import VERIFIED_XATTR, ChunkStore, LostQueue
+from servers.memory_store import MemoryChunkStore
 
 Store = ChunkStore | MemoryChunkStore
 DATA = b"chunk bytes to check again " * 3000

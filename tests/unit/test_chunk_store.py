@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import CorruptData, InvalidRequest, NotFound
-from servers.chunk_store import ChunkStore, MemoryChunkStore
+from servers.chunk_store import ChunkStore
+from servers.memory_store import MemoryChunkStore
 
 Store = ChunkStore | MemoryChunkStore
 DATA = b"some chunk bytes" * 1000

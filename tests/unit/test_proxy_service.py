@@ -31,7 +31,7 @@ from proxy.registry import Registry
 from proxy.service import REPORTS_FREE, ProxyConfig, ProxyService
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
-from servers.chunk_store import MemoryChunkStore
+from servers.memory_store import MemoryChunkStore
 from servers.storage_server import StorageService, make_storage_server
 
 CHUNK = 64 * 1024

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from servers.chunk_store import ChunkStore, MemoryChunkStore
+from servers.chunk_store import ChunkStore
+from servers.memory_store import MemoryChunkStore
 from servers.scrubber import MIB, MIN_RATE, Scrubber, scrub_rate
 
 FAST = 1e6 * MIB  # a cap no test reaches

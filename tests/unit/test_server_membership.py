@@ -18,8 +18,8 @@ from common.errors import NotFound, Unavailable
 from common.frame_server import FrameServer, Reply, Request, serve_in_thread
 from common.limits import LOST_PER_HEARTBEAT
 from common.messages import MsgType
-from servers.chunk_store import MemoryChunkStore
 from servers.membership import Membership
+from servers.memory_store import MemoryChunkStore
 
 KEY = ClusterKey(b"\x0c" * 32)
 
