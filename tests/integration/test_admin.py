@@ -3,14 +3,18 @@ wrong secret refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from common.cluster_auth import new_secret
-from tests.cluster import Cluster, die_with_parent
+from tests.cluster import CHUNK, Cluster, die_with_parent
+from tests.conftest import new_user
 
 
 def admin(c: Cluster, *args: str, secret_file: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -90,3 +94,32 @@ def test_a_wrong_secret_is_refused(fresh_cluster: Cluster) -> None:
     err = one_line_error(admin(c, "drain", "1", secret_file=wrong))
     assert "not signed with this cluster's secret" in err
     assert states(c)[1] == "up"  # nothing happened
+
+
+def test_decommission_drains_a_server_then_forgets_it_and_loses_nothing(
+    fresh_cluster: Cluster, tmp_path: Path
+) -> None:
+    c = fresh_cluster
+    ana = new_user(c, "ana")
+    rng = random.Random(11)
+    files = {}
+    for n in range(6):
+        data = rng.randbytes(rng.randint(1, 6) * CHUNK)
+        (tmp_path / f"f{n}.bin").write_bytes(data)
+        ana.upload(tmp_path / f"f{n}.bin")
+        files[f"f{n}.bin"] = data
+    assert c.chunk_files(3)  # server 3 holds copies
+    assert admin(c, "drain", "3").returncode == 0
+    c.wait_for(lambda: states(c)[3] == "drained", "server 3 to be drained", timeout=30)
+    (tmp_path / "later.bin").write_bytes(rng.randbytes(4 * CHUNK))
+    ana.upload(tmp_path / "later.bin")  # nothing new goes to a draining server
+    blob = (tmp_path / "later.bin").read_bytes()
+    later = {hashlib.sha256(blob[o : o + CHUNK]).hexdigest() for o in range(0, len(blob), CHUNK)}
+    assert not later & {p.name for p in c.chunk_files(3)}
+    c.kill_server(3, signal.SIGTERM)  # the operator stops it, then forgets it
+    assert admin(c, "forget", "3").returncode == 0
+    assert 3 not in states(c)
+    health = status(c)["health"]
+    assert health["lost"] == 0 and health["unavailable"] == 0
+    for name, data in files.items():
+        assert ana.download(name, tmp_path / "down").path.read_bytes() == data
