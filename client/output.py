@@ -35,12 +35,28 @@ def files_table(files: list[dict[str, Any]]) -> str:
     if not files:
         return "no files"
     rows = [[f["name"], f["owner"], f["size"], f["sha1"], local_time(f["uploaded"])] for f in files]
+    headers = ["name", "owner", "size", "sha1", "uploaded"]
+    align = ["left", "left", "right", "left", "left"]
+    if any(f.get("state", "ok") != "ok" for f in files):  # a file not whole right now says so
+        for row, f in zip(rows, files, strict=True):
+            row.append(FILE_STATES.get(f.get("state", "ok"), f.get("state", "")))
+        headers.append("state")
+        align.append("left")
     return tabulate(
         rows,
-        headers=["name", "owner", "size", "sha1", "uploaded"],
-        colalign=("left", "left", "right", "left", "left"),
+        headers=headers,
+        colalign=align,
         preserve_whitespace=True,  # a name's leading or trailing spaces are part of it
     )
+
+
+# a file's state, as LIST gives it: shown only when some file is not "ok"
+FILE_STATES = {
+    "ok": "ok",
+    "degraded": "degraded (repairing)",
+    "unavailable": "UNAVAILABLE (servers down)",
+    "lost": "LOST",
+}
 
 
 def files_json(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -51,6 +67,7 @@ def files_json(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "size": f["size"],
             "sha1": f["sha1"],
             "uploaded": iso_time(f["uploaded"]),
+            **({"state": f["state"]} if "state" in f else {}),
         }
         for f in files
     ]

@@ -65,7 +65,8 @@ def test_full_user_story(cluster: Cluster, home: Path, tmp_path: Path) -> None:
         assert header in table.stdout.splitlines()[0]
 
     listed = json.loads(cluster.cli("list", "--json", home=home).stdout)
-    assert [set(f) for f in listed] == [{"name", "owner", "size", "sha1", "uploaded"}]
+    assert [set(f) for f in listed] == [{"name", "owner", "size", "sha1", "uploaded", "state"}]
+    assert listed[0]["state"] == "ok"
     assert listed[0]["name"] == "my report.pdf" and listed[0]["size"] == len(data)
 
     share = cluster.cli("share", "my report.pdf", home=home)

@@ -205,6 +205,10 @@ def test_status_shows_health_and_server_states(tmp_path: Path) -> None:
         shown = json.loads(result.stdout)
         assert {s["id"]: s["state"] for s in shown["servers"]}[2] == "down"  # within the grace period
         assert shown["health"]["lost"] == 0
+        states = {f["name"]: f["state"] for f in ana.list()}  # list says which files lack copies
+        assert "degraded" in states.values() and set(states.values()) <= {"ok", "degraded"}
+        listing = c.cli("list", home=ana.home)
+        assert listing.returncode == 0 and "degraded (repairing)" in listing.stdout
     finally:
         c.stop()
 

@@ -269,3 +269,13 @@ def test_no_progress_bars_unless_on_a_terminal(capsys: pytest.CaptureFixture[str
     with output.ProgressBars("off.txt", enabled=False) as progress:
         progress("hashing", 10, 100)
     assert capsys.readouterr().err == ""
+
+
+def test_the_listing_shows_a_state_column_only_when_a_file_is_not_whole() -> None:
+    base = {"owner": "ana", "size": 1, "sha1": "a" * 40, "uploaded": 0}
+    fine = [{**base, "name": "a", "state": "ok"}]
+    assert "state" not in output.files_table(fine).splitlines()[0]
+    mixed = [*fine, {**base, "name": "b", "state": "lost"}]
+    table = output.files_table(mixed)
+    assert "state" in table.splitlines()[0] and "LOST" in table
+    assert output.files_json(mixed)[1]["state"] == "lost"
