@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     )
     uploads = Uploads()
     leases = Leases(ttl=2 * args.ticket_ttl)
-    storage = StorageClient(key)
+    storage = StorageClient(key, on_unreachable=registry.mark_down)
     collector = Collector(
         catalog,
         registry,

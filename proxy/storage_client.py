@@ -7,11 +7,11 @@ secret, and a request recorded on its way to one server cannot be replayed to an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.cluster_auth import ClusterKey, server_audience
-from common.errors import FileClusterError
+from common.errors import ConnectionLost, FileClusterError, Unavailable
 from common.limits import MAX_IDS_PER_REQUEST
 from common.messages import MsgType
 from common.transport import Connection
@@ -23,18 +23,40 @@ VERIFY_BATCH = 64  # a copy not verified lately is read whole: keep each request
 
 
 class StorageClient:
-    def __init__(self, key: ClusterKey, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        key: ClusterKey,
+        timeout: float = TIMEOUT,
+        on_unreachable: Callable[[int], None] | None = None,
+    ) -> None:
         self.key = key
         self.timeout = timeout
+        # told the id of a server that could not be reached or did not answer in time: the proxy
+        # counts it down until its next heartbeat, so nobody else waits on it meanwhile
+        self.on_unreachable = on_unreachable
 
     def ask(
         self, server: ServerRef, msg_type: MsgType, header: dict[str, Any], timeout: float | None = None
     ) -> dict[str, Any]:
         signed = self.key.sign(msg_type, header, to=server_audience(server.id))  # for this server only
-        with Connection.connect(
-            server.host, server.port, timeout=timeout or self.timeout, what=f"storage server {server.id}"
-        ) as conn:
-            return self.key.verify_reply(signed, conn.request(msg_type, signed))
+        try:
+            conn = Connection.connect(
+                server.host, server.port, timeout=timeout or self.timeout, what=f"storage server {server.id}"
+            )
+        except Unavailable:  # refused, or no answer to the connection itself
+            self._unreachable(server)
+            raise
+        with conn:
+            try:
+                reply = conn.request(msg_type, signed)
+            except ConnectionLost:  # reset, or silent past the timeout (not an ERROR reply)
+                self._unreachable(server)
+                raise
+        return self.key.verify_reply(signed, reply)
+
+    def _unreachable(self, server: ServerRef) -> None:
+        if self.on_unreachable is not None:
+            self.on_unreachable(server.id)
 
     def has_chunks(self, server: ServerRef, ids: Sequence[str]) -> set[str]:
         present: set[str] = set()

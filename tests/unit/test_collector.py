@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from common.cluster_auth import ClusterKey, aggregate
-from common.errors import Conflict, InsufficientStorage, NotFound, StorageIOError
+from common.errors import Conflict, InsufficientStorage, InvalidRequest, NotFound, StorageIOError, Unavailable
 from common.frame_server import FrameServer, Request, dispatch, serve_in_thread
 from common.hashing import proof_digest
 from common.messages import MsgType
@@ -31,6 +31,7 @@ from proxy import uploads as uploads_module
 from proxy.auth import token_hash
 from proxy.catalog import Catalog
 from proxy.collector import Collector
+from proxy.placement import ServerRef
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
 from proxy.storage_client import StorageClient
@@ -404,3 +405,23 @@ def test_a_leased_chunk_is_not_collected(proxy: Proxy) -> None:
     proxy.collector.queue_freed([cid(OLD)])
     proxy.collector.run_once()
     assert holders(proxy, OLD) == set()
+
+
+def test_a_server_that_does_not_answer_the_proxy_is_counted_down_at_once(proxy: Proxy) -> None:
+    """Nobody else waits on it until its next heartbeat says it is back."""
+    told: list[int] = []
+    client = StorageClient(KEY, timeout=0.3, on_unreachable=told.append)
+    hung = socket.create_server(("127.0.0.1", 0))
+    port = hung.getsockname()[1]
+    try:
+        with pytest.raises(Unavailable):
+            client.has_chunks(ServerRef(7, "127.0.0.1", port), [cid(OLD)])
+    finally:
+        hung.close()
+    with pytest.raises(Unavailable):
+        client.has_chunks(ServerRef(8, "127.0.0.1", port), [cid(OLD)])  # refused
+    assert told == [7, 8]
+    assert client.has_chunks(ServerRef(1, "127.0.0.1", proxy.ports[1]), [cid(OLD)]) == set()
+    with pytest.raises(InvalidRequest):  # an ERROR reply is an answer: the server is alive
+        client.has_chunks(ServerRef(1, "127.0.0.1", proxy.ports[1]), ["not a chunk id"])
+    assert told == [7, 8]
