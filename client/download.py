@@ -44,7 +44,7 @@ from typing import Any
 
 from client.pool import READ_TIMEOUT, ConnectionPool, Deadline, ProxyCaller
 from common.atomic import fsync_dir
-from common.config import PARALLEL_TRANSFERS
+from common.config import PARALLEL_TRANSFERS, read_timeout
 from common.errors import (
     Conflict,
     CorruptData,
@@ -247,7 +247,7 @@ class _Transfer:
     tickets: Tickets
     trouble: _Trouble
     reports: _Reports
-    pool: ConnectionPool = field(default_factory=lambda: ConnectionPool(READ_TIMEOUT))
+    pool: ConnectionPool = field(default_factory=lambda: ConnectionPool(read_timeout(READ_TIMEOUT)))
 
 
 def _fetch_all(

@@ -64,17 +64,29 @@ def proxy_address(override: str | None = None) -> tuple[str, int]:
     return parse_address(override or os.environ.get("FILECLUSTER_PROXY") or f"127.0.0.1:{proxy_port()}")
 
 
-def transfer_deadline(size: int) -> float:
-    """Seconds a whole upload or download of ``size`` bytes may take before it is abandoned:
-    ``TRANSFER_DEADLINE_BASE`` plus a second per ``TRANSFER_MIN_RATE`` bytes (120 s + 1 s per MiB),
-    unless FILECLUSTER_TRANSFER_DEADLINE gives the seconds outright (for a very slow link)."""
-    raw = os.environ.get("FILECLUSTER_TRANSFER_DEADLINE", "").strip()
+def _seconds_setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return TRANSFER_DEADLINE_BASE + size / TRANSFER_MIN_RATE
+        return default
     try:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < float("inf"):
-        raise InvalidRequest(f"FILECLUSTER_TRANSFER_DEADLINE must be a number of seconds, not {raw!r}")
+        raise InvalidRequest(f"{name} must be a number of seconds, not {raw!r}")
     return seconds
+
+
+def read_timeout(default: float) -> float:
+    """Seconds a storage server may stay silent during a download before its copies are tried last
+    (FILECLUSTER_READ_TIMEOUT, else ``default``): short, since every chunk has another copy."""
+    return _seconds_setting("FILECLUSTER_READ_TIMEOUT", default)
+
+
+def transfer_deadline(size: int) -> float:
+    """Seconds a whole upload or download of ``size`` bytes may take before it is abandoned:
+    ``TRANSFER_DEADLINE_BASE`` plus a second per ``TRANSFER_MIN_RATE`` bytes (120 s + 1 s per MiB),
+    unless FILECLUSTER_TRANSFER_DEADLINE gives the seconds outright (for a very slow link)."""
+    return _seconds_setting(
+        "FILECLUSTER_TRANSFER_DEADLINE", TRANSFER_DEADLINE_BASE + size / TRANSFER_MIN_RATE
+    )

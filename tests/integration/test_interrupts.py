@@ -26,7 +26,7 @@ import pytest
 from client import download as downloader
 from client import upload as uploader
 from common.hashing import manifest_of
-from tests.cluster import CHUNK, Cluster
+from tests.cluster import CHUNK, Cluster, established_remote_ports
 from tests.conftest import PASSWORD
 
 # How long an interrupted transfer may take to end: well under the client's 15 s storage timeout,
@@ -78,14 +78,21 @@ def test_an_interrupted_upload_is_aborted_at_the_proxy_and_stores_nothing(
     c = patient_cluster
     home = registered_home(c, "ana")
     src = tmp_path / "big.bin"
-    src.write_bytes(os.urandom(64 * CHUNK))
-    with c.servers_stopped():
-        proc = c.cli_process("upload", str(src), home=home)
-        try:
-            c.wait_until_transferring(proc, "the upload to connect to a storage server")
+    src.write_bytes(os.urandom(1024 * CHUNK))  # 64 MiB: sending takes a good part of a second
+    proc = c.cli_process("upload", str(src), home=home)
+    try:
+        # the servers stop once chunks flow (stopped before, they would not answer the proxy's proof
+        # requests, and it would count them down and place nothing): the upload then stalls mid-way
+        storage_ports = set(c.server_ports.values())
+        deadline = time.monotonic() + 30
+        while not established_remote_ports(proc.pid) & storage_ports and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.002)
+        with c.servers_stopped():
+            assert proc.poll() is None, "the upload ended before the servers could be stopped"
             out, err, took = interrupt(proc, sig)
-        finally:
-            end(proc)
+    finally:
+        end(proc)
     assert proc.returncode == status, err
     assert err == f"{message}\n"  # one line, no traceback
     assert out == ""
@@ -101,6 +108,7 @@ def test_an_interrupted_download_leaves_nothing_in_the_folder(
     patient_cluster: Cluster, tmp_path: Path, sig: int, status: int, message: str
 ) -> None:
     c = patient_cluster
+    c.env["FILECLUSTER_READ_TIMEOUT"] = "60"  # the client waits on the stopped servers until signalled
     home = registered_home(c, "ana")
     data = os.urandom(64 * CHUNK)
     src = tmp_path / "big.bin"
