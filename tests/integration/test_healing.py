@@ -386,3 +386,28 @@ def test_a_server_below_the_low_water_mark_gets_no_new_chunks(tmp_path: Path) ->
             assert ana.download(name, tmp_path / "down").path.read_bytes() == data
     finally:
         c.stop()
+
+
+def test_a_server_that_comes_back_after_repair_has_its_extra_copies_removed(tmp_path: Path) -> None:
+    c = Cluster(tmp_path / "cluster", server_args=NO_SCRUB, proxy_args=("--repair-grace", "2")).start()
+    try:
+        ana = new_user(c, "ana")
+        files = upload_files(ana, tmp_path / "up", count=6, chunks=6, seed=12)
+        held = {p.name for p in c.chunk_files(1)}
+        assert held
+        c.kill_server(1)
+        c.wait_for(lambda: fully_replicated(c, files, {2, 3, 4}), "re-replication", timeout=30)
+        c.start_server(1)  # back, with every copy it had: those chunks now have 3
+
+        def exactly_two() -> bool:
+            return all(
+                len(good_copies(c, chunk_id, {1, 2, 3, 4})) == 2
+                for data in files.values()
+                for chunk_id in chunk_ids(data)
+            )
+
+        c.wait_for(exactly_two, "the extra copies to be removed", timeout=30)
+        for name, data in files.items():
+            assert ana.download(name, tmp_path / "down").path.read_bytes() == data
+    finally:
+        c.stop()
