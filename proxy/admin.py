@@ -75,7 +75,7 @@ class Admin:
                 )
             return Reply({"message": f"server {server_id} takes new chunks again"})
         if action == "forget" and known is not None and self.registry.is_up(known):
-            drained = known.draining and self.repairer.last_plan.draining_needed.get(server_id) == 0
+            drained = known.draining and self.repairer.fresh_plan().draining_needed.get(server_id) == 0
             if not drained:
                 raise Conflict(
                     f"server {server_id} is up and not drained; drain it first "

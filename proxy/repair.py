@@ -58,6 +58,7 @@ MAX_REPORTS = 4096  # reported copies waiting to be checked; more are dropped (t
 REPORT_COOLDOWN = 60.0  # a copy checked on a report is not checked again on another this soon
 REPLICATE_TIMEOUT = 30.0
 VERIFY_TIMEOUT = 60.0
+FRESH_PLAN = 2.0  # seconds: status shows chunk health at most this old (planning reads the catalog)
 WHO = "repair"  # whom repair's GET tickets are for
 
 
@@ -182,6 +183,8 @@ class Repairer:
             ("queued", "running", "copies_made", "bytes_copied", "failed", "trimmed"), 0
         )
         self.last_plan = Plan()
+        self.planned_at = float("-inf")
+        self._plan_lock = threading.Lock()
         self.rounds = 0
         self._thread = threading.Thread(target=self.run_forever, name="repair", daemon=True)
 
@@ -210,10 +213,11 @@ class Repairer:
         return True
 
     def health(self) -> dict[str, Any]:
+        counts = self.fresh_plan().counts
         with self._lock:
             stats = dict(self.stats)
         return {
-            **self.last_plan.counts,
+            **counts,
             "repair": {
                 **stats,
                 "rate": self.bucket.rate,
@@ -235,11 +239,9 @@ class Repairer:
     def run_once(self) -> Plan:
         """One round: check reported copies, plan, copy what is short, trim what is extra."""
         self._check_reports()
+        with self._plan_lock:
+            current = self.replan()
         status = self.server_status()
-        current = plan(
-            self.catalog.chunk_table(), status, self.replicas, self._rank_ids, self.leases.leased()
-        )
-        self.last_plan = current
         with self._lock:
             self.stats["queued"] = len(current.repairs)
         if current.repairs:
@@ -255,6 +257,20 @@ class Repairer:
             self._trim(current.trims)
         self.rounds += 1
         return current
+
+    def replan(self) -> Plan:
+        """Plan from the catalog and the servers as they are now (memory only, no network)."""
+        table = self.catalog.chunk_table()
+        current = plan(table, self.server_status(), self.replicas, self._rank_ids, self.leases.leased())
+        self.last_plan, self.planned_at = current, time.monotonic()
+        return current
+
+    def fresh_plan(self, max_age: float = FRESH_PLAN) -> Plan:
+        """The last plan if it is at most ``max_age`` seconds old, else a new one (for status)."""
+        with self._plan_lock:
+            if time.monotonic() - self.planned_at > max_age:
+                self.replan()
+            return self.last_plan
 
     def server_status(self) -> dict[int, str]:
         """Server id -> "good" (up), "readable" (up, draining), "pending" (down within the grace

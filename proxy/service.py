@@ -322,7 +322,7 @@ class ProxyService:
                     states,
                 )
             )
-        needed = self.repairer.last_plan.draining_needed
+        needed = self.repairer.fresh_plan().draining_needed
         now = time.monotonic()
         servers = []
         for s, live in zip(states, fresh, strict=True):

@@ -90,6 +90,8 @@ def test_a_server_lost_for_good_is_replaced_and_a_second_loss_loses_nothing(
     try:
         ana = new_user(c, "ana")
         files = upload_files(ana, tmp_path / "up", count=12, chunks=6, seed=1)
+        distinct = {chunk_id for data in files.values() for chunk_id in chunk_ids(data)}
+        assert ana.status()["health"]["healthy"] == len(distinct)  # status is current, not a round old
         c.kill_server(1)  # for good
         started = time.monotonic()
         c.wait_for(lambda: fully_replicated(c, files, {2, 3, 4}), "re-replication", timeout=40)
