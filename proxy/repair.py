@@ -184,6 +184,7 @@ class Repairer:
         )
         self.last_plan = Plan()
         self.planned_at = float("-inf")
+        self.planned_seq = -1
         self._plan_lock = threading.Lock()
         self.rounds = 0
         self._thread = threading.Thread(target=self.run_forever, name="repair", daemon=True)
@@ -260,15 +261,17 @@ class Repairer:
 
     def replan(self) -> Plan:
         """Plan from the catalog and the servers as they are now (memory only, no network)."""
+        seq = self.catalog.journal.seq
         table = self.catalog.chunk_table()
         current = plan(table, self.server_status(), self.replicas, self._rank_ids, self.leases.leased())
-        self.last_plan, self.planned_at = current, time.monotonic()
+        self.last_plan, self.planned_at, self.planned_seq = current, time.monotonic(), seq
         return current
 
     def fresh_plan(self, max_age: float = FRESH_PLAN) -> Plan:
-        """The last plan if it is at most ``max_age`` seconds old, else a new one (for status)."""
+        """The last plan if no file changed since and it is at most ``max_age`` seconds old, else a
+        new one (for status)."""
         with self._plan_lock:
-            if time.monotonic() - self.planned_at > max_age:
+            if self.catalog.journal.seq != self.planned_seq or time.monotonic() - self.planned_at > max_age:
                 self.replan()
             return self.last_plan
 
