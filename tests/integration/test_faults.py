@@ -67,8 +67,8 @@ def assert_replaced_without(
 ) -> None:
     """The README's promise for a storage server failing during an upload: the client asked for a
     new place for the chunks that failed (no abort, no whole retry), the proxy checked the server and
-    marked it down (or had already), and nothing of the file is on it (``before``: but what it stored before it died,
-    which repair then copies elsewhere)."""
+    marked it down (or had already), and nothing of the file is on it (``before``: but what it
+    stored before it died, which repair then copies elsewhere)."""
     aborted = proxy_log_lines(c, f" of {name} by {client.user} aborted")
     assert aborted == [], aborted
     # the proxy counts it down itself if it meets the dead server first (a proof request), else on
