@@ -103,14 +103,6 @@ class Collector:
                     self._abandoned[server.id].add(chunk_id)
         self._wake.set()
 
-    def pending(self) -> dict[str, int]:
-        with self._queue_lock:
-            return {
-                "freed": len(self._freed),
-                "orphans": sum(len(c) for c in self._orphans.values()),
-                "abandoned": sum(len(c) for c in self._abandoned.values()),
-            }
-
     def run_forever(self) -> None:
         """The collector thread: a round every ``interval`` seconds, or as soon as work is queued."""
         while not self._stop.is_set():
