@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Run a filecluster: the proxy, then the storage servers, then the interactive client.
-#   ./run_cluster.sh          start everything, open the menu; leaving it stops the cluster
+#   ./run_cluster.sh          start everything, open the menu; leaving it stops what it started
 #   ./run_cluster.sh start    start in the background, return once all answer
-#   ./run_cluster.sh stop     stop what 'start' started
+#   ./run_cluster.sh stop     stop every daemon of the data folder (whatever FILECLUSTER_SERVERS says now)
+#   ./run_cluster.sh restart  stop, then start
 #   ./run_cluster.sh status   say what runs
+#   ./run_cluster.sh --help   this text
+# Daemons run in a session of their own: a Ctrl-C in the terminal (in the menu, during a transfer)
+# never reaches them.  Starts and stops of one data folder take a lock, so they cannot race.
 # Environment: FILECLUSTER_DATA (./data), FILECLUSTER_PORT (9000; servers take the next ones),
 #              FILECLUSTER_SERVERS (4), FILECLUSTER_SECRET_FILE ($FILECLUSTER_DATA/cluster.secret,
 #              created on first start).
 set -euo pipefail
+case "${1:-}" in
+  -h|--help|help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  ""|start|stop|restart|status) ;;
+  *) echo "usage: $0 [start|stop|restart|status|--help]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")"
 ROOT="$(pwd)"
 # shellcheck source=scripts/venv.sh
@@ -27,6 +36,10 @@ FC="$ROOT/.venv/bin/filecluster"
 case "$SERVERS" in ''|*[!0-9]*) echo "error: FILECLUSTER_SERVERS must be a number" >&2; exit 2;; esac
 case "$PORT" in ''|*[!0-9]*) echo "error: FILECLUSTER_PORT must be a number" >&2; exit 2;; esac
 [ "$SERVERS" -ge 1 ] || { echo "error: FILECLUSTER_SERVERS must be at least 1" >&2; exit 2; }
+if [ "${#PORT}" -gt 5 ] || [ "$PORT" -lt 1 ] || [ "$((PORT + SERVERS))" -gt 65535 ]; then
+  echo "error: FILECLUSTER_PORT must leave room for the proxy and $SERVERS servers below 65536, not $PORT" >&2
+  exit 2
+fi
 REPLICAS=$(( SERVERS < 2 ? SERVERS : 2 ))
 
 names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; }
@@ -93,7 +106,11 @@ launch() {  # name port program args...
   fi
   local before=0
   [ ! -f "$LOGS/$name.log" ] || before=$(wc -l <"$LOGS/$name.log")
-  nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  if command -v setsid >/dev/null; then  # a session of its own: no terminal signal reaches it
+    nohup setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
+  else
+    nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
+  fi
   local pid=$!
   echo "$pid" >"$RUN/$name.pid"
   local ready_line=""
@@ -136,10 +153,25 @@ stop_one() {  # name: SIGTERM, then SIGKILL after 10 s
   echo "$name stopped"
 }
 
-stop() {  # everything, servers first
+recorded() {  # every daemon with a pid file in this data folder, servers (highest first), then proxy
+  local f
+  for f in "$RUN"/server*.pid; do [ -e "$f" ] && basename "$f" .pid; done | sort -t r -k 3 -n -r
+  [ ! -e "$RUN/proxy.pid" ] || echo proxy
+}
+
+stop() {  # every daemon this data folder records, whatever FILECLUSTER_SERVERS says now
   local any=0 name
-  for name in $(names | tac); do stop_one "$name" && any=1; done
+  for name in $(recorded); do stop_one "$name" && any=1; done
   [ "$any" = 1 ] || echo "nothing was running"
+}
+
+lock() {  # one start, stop or restart of this data folder at a time
+  mkdir -p "$RUN"
+  exec 9>"$RUN/lock"
+  if command -v flock >/dev/null && ! flock -w 60 9; then
+    echo "error: another run_cluster.sh is starting or stopping the cluster in $DATA" >&2
+    exit 1
+  fi
 }
 
 stop_started() {  # only what this invocation started, servers first
@@ -150,7 +182,7 @@ stop_started() {  # only what this invocation started, servers first
 
 status() {
   local name pid up=0
-  for name in $(names); do
+  for name in $( (names; recorded) | sort -u | sort -t r -k 3 -n); do
     if pid="$(running_pid "$name")"; then echo "$name: running (pid $pid)"; up=$((up + 1))
     else echo "$name: stopped"; fi
   done
@@ -158,14 +190,17 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
+  start) lock; start ;;
+  stop) lock; stop ;;
+  restart) lock; stop; start ;;
   status) status ;;
   "")
+    lock
     start
+    exec 9>&-  # the lock is for starting; the menu may run for hours
     trap 'echo; stop_started' EXIT
-    trap 'exit 130' INT TERM
+    trap 'exit 143' TERM
+    trap ':' INT  # Ctrl-C is the menu's (it cancels a transfer); the daemons never see it
     "$FC" menu || true
     ;;
-  *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
 esac
