@@ -156,20 +156,18 @@ class Collector:
         cutoff = time.monotonic() - self.orphan_grace
         doomed: defaultdict[int, list[str]] = defaultdict(list)
 
-        def free_to_go(chunk_id: str) -> bool:
-            return (
-                self.catalog.chunk(chunk_id) is None
-                and not self.uploads.pinned(chunk_id)
-                and (chunk_id not in leased)
-            )
+        def held(chunk_id: str) -> bool:  # an upload in flight or a download relies on it
+            return self.uploads.pinned(chunk_id) or chunk_id in leased
 
         requeue: defaultdict[int, set[str]] = defaultdict(set)
         for server_id, ids in abandoned.items():
             for chunk_id in sorted(ids):
-                if free_to_go(chunk_id):
+                if self.catalog.chunk(chunk_id) is not None:
+                    continue  # committed by another upload since: not junk
+                if held(chunk_id):
+                    requeue[server_id].add(chunk_id)  # look again later
+                else:
                     doomed[server_id].append(chunk_id)
-                elif self.catalog.chunk(chunk_id) is None:  # pinned or leased: look again later
-                    requeue[server_id].add(chunk_id)
         with self._queue_lock:
             for server_id, ids in requeue.items():
                 self._abandoned[server_id].update(ids)
@@ -177,7 +175,7 @@ class Collector:
                 for chunk_id, first_seen in list(candidates.items()):
                     if self.catalog.chunk(chunk_id) is not None:
                         del candidates[chunk_id]  # committed since: not an orphan after all
-                    elif first_seen <= cutoff and free_to_go(chunk_id):
+                    elif first_seen <= cutoff and not held(chunk_id):
                         del candidates[chunk_id]
                         doomed[server_id].append(chunk_id)
         return doomed

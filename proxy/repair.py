@@ -37,6 +37,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,7 @@ def plan(
     status: dict[int, str],
     replicas: int,
     rank_of: Callable[[str, list[int]], list[int]],
-    leased: set[str] = frozenset(),  # type: ignore[assignment]
+    leased: AbstractSet[str] = frozenset(),
 ) -> Plan:
     """What to repair and what to trim.  ``table``: (chunk, size, listed servers, used by a file);
     ``status``: server id -> "good" | "readable" | "pending" (others: their copies do not count);
@@ -242,7 +243,6 @@ class Repairer:
         self._check_reports()
         with self._plan_lock:
             current = self.replan()
-        status = self.server_status()
         with self._lock:
             self.stats["queued"] = len(current.repairs)
         if current.repairs:
@@ -253,7 +253,7 @@ class Repairer:
                 current.counts.get("lost", 0),
                 current.counts.get("unavailable", 0),
             )
-            self._repair_all(current.repairs, status)
+            self._repair_all(current.repairs)
         if current.trims:
             self._trim(current.trims)
         self.rounds += 1
@@ -315,7 +315,7 @@ class Repairer:
                     log.warning("copy of chunk %s on server %d is bad or missing", chunk_id[:12], server_id)
 
     # -- copying -------------------------------------------------------------------------------
-    def _repair_all(self, repairs: Sequence[Repair], status: dict[int, str]) -> None:
+    def _repair_all(self, repairs: Sequence[Repair]) -> None:
         failed_targets: set[int] = set()
         failed_lock = threading.Lock()
 
