@@ -90,6 +90,12 @@ class Conflict(FileClusterError):
     code = "conflict"
 
 
+class QuotaExceeded(FileClusterError):
+    """An upload (or a restore) would take a user past their storage quota."""
+
+    code = "quota_exceeded"
+
+
 class Unavailable(FileClusterError):
     """A peer that cannot be reached, or not enough live storage servers."""
 
@@ -161,6 +167,7 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
         NotFound,
         AlreadyExists,
         Conflict,
+        QuotaExceeded,
         Unavailable,
         ReplicationFailed,
         InsufficientStorage,

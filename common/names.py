@@ -1,4 +1,10 @@
-"""Validation of the names users choose: file names and user names."""
+"""Validation of the names users choose: file names (paths of folders) and user names.
+
+A file name may be a path: segments separated by "/" (``photos/2024/a.jpg``).  Every segment
+follows the rules one name always had; no segment is empty (so no leading, trailing or doubled
+"/"), and the whole name is at most ``MAX_PATH_BYTES`` in UTF-8.  Folders are implicit: a folder
+exists while some file's name is under it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import unicodedata
 
 from common.errors import InvalidRequest
 
-MAX_NAME_BYTES = 255
+MAX_NAME_BYTES = 255  # one segment: a file's or a folder's own name
+MAX_PATH_BYTES = 1024  # the whole name, folders included
+SEPARATOR = "/"
 # embedding, override and isolate controls: they can make "exe.txt" display as "txt.exe"
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 INVISIBLE = frozenset({"Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
@@ -17,20 +25,21 @@ MAX_PASSWORD = 1024
 
 
 def check_file_name(name: object, *, new: bool = False) -> str:
-    """A file name in the cluster: one path component, NFC-normalised, printable.
+    """A file name in the cluster: NFC-normalised, printable, made of valid segments.
 
-    ``new``: a name about to be stored also may not mislead (text-direction controls, nothing
-    visible).  Names stored before that rule existed can still be looked up, shared and deleted.
+    ``new``: a name about to be stored also may not mislead (text-direction controls, a segment
+    with nothing visible).  Names stored before that rule existed can still be looked up, shared
+    and deleted.
     """
     if not isinstance(name, str):
         raise InvalidRequest("a file name must be text")
     name = unicodedata.normalize("NFC", name)
     if not name.strip():
         raise InvalidRequest("a file name cannot be empty")
-    if "/" in name or "\\" in name:
-        raise InvalidRequest(f"invalid file name {name!r}: it may not contain a path separator")
-    if name in (".", ".."):
-        raise InvalidRequest(f"invalid file name {name!r}")
+    if "\\" in name:
+        raise InvalidRequest(
+            f"invalid file name {name!r}: it may not contain a backslash (folders are separated by '/')"
+        )
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
     if new and any(c in BIDI_CONTROLS for c in name):
@@ -38,11 +47,58 @@ def check_file_name(name: object, *, new: bool = False) -> str:
             f"invalid file name {name!r}: it contains text-direction controls, "
             "which make a name display as something else"
         )
-    if new and all(unicodedata.category(c) in INVISIBLE for c in name):
-        raise InvalidRequest(f"invalid file name {name!r}: it has no visible character")
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise InvalidRequest(f"file name too long (at most {MAX_NAME_BYTES} bytes)")
+    if len(name.encode("utf-8")) > MAX_PATH_BYTES:
+        raise InvalidRequest(f"file name too long (at most {MAX_PATH_BYTES} bytes, folders included)")
+    segments = name.split(SEPARATOR)
+    for segment in segments:
+        _check_segment(name, segment, new=new, alone=len(segments) == 1)
     return name
+
+
+def _check_segment(name: str, segment: str, *, new: bool, alone: bool) -> None:
+    if not segment:
+        raise InvalidRequest(
+            f"invalid file name {name!r}: an empty folder name (a leading, trailing or doubled '/')"
+        )
+    if not segment.strip():
+        raise InvalidRequest(f"invalid file name {name!r}: a folder name cannot be blank")
+    if segment in (".", ".."):
+        raise InvalidRequest(
+            f"invalid file name {name!r}" if alone else f"invalid file name {name!r}: {segment!r} in a path"
+        )
+    if new and all(unicodedata.category(c) in INVISIBLE for c in segment):
+        raise InvalidRequest(
+            f"invalid file name {name!r}: it has no visible character"
+            if alone
+            else f"invalid file name {name!r}: a folder or file name with no visible character"
+        )
+    if len(segment.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidRequest(
+            f"file name too long (at most {MAX_NAME_BYTES} bytes)"
+            if alone
+            else f"file name too long: each folder or file name is at most {MAX_NAME_BYTES} bytes"
+        )
+
+
+def check_prefix(prefix: object) -> str:
+    """A listing's prefix: any text up to a name's length (NFC), matched as a plain string."""
+    if not isinstance(prefix, str):
+        raise InvalidRequest("a prefix must be text")
+    prefix = unicodedata.normalize("NFC", prefix)
+    if len(prefix.encode("utf-8")) > MAX_PATH_BYTES + 1:
+        raise InvalidRequest(f"prefix too long (at most {MAX_PATH_BYTES + 1} bytes)")
+    return prefix
+
+
+def parents(name: str) -> list[str]:
+    """The folders a name is in, outermost first: ``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = name.split(SEPARATOR)
+    return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def base_name(name: str) -> str:
+    """The last segment of a name: ``photos/a.jpg`` -> ``a.jpg``."""
+    return name.rsplit(SEPARATOR, 1)[-1]
 
 
 def check_user_name(user: object) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.errors import InvalidRequest
-from common.names import check_file_name, check_user_name
+from common.names import MAX_NAME_BYTES, MAX_PATH_BYTES, base_name, check_file_name, check_user_name, parents
 from proxy.auth import hash_password, verify_password
 
 
@@ -21,8 +23,16 @@ def test_good_file_names(name: str) -> None:
     ("name", "why"),
     [
         ("", "empty"),
-        ("a/b", "path separator"),
-        ("a\\b", "path separator"),
+        ("a\\b", "backslash"),
+        ("/a", "empty folder name"),
+        ("a/", "empty folder name"),
+        ("a//b", "empty folder name"),
+        ("a/../b", "'..' in a path"),
+        ("./a", "'.' in a path"),
+        ("a/ /b", "blank"),
+        ("a/\u200b/b", "no visible"),
+        ("a/" + "é" * 128, "each folder or file name is at most 255"),
+        ("/".join(["x" * 200] * 6), "at most 1024 bytes"),
         ("..", "invalid"),
         ("tab\there", "control"),
         ("exe\u202etxt.doc", "text-direction"),
@@ -42,6 +52,46 @@ def test_misleading_names_already_stored_can_still_be_named(name: str) -> None:
 
 def test_names_are_nfc() -> None:
     assert check_file_name("cafe\u0301") == "café"
+    assert check_file_name("cafe\u0301/cafe\u0301.txt") == "café/café.txt"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["photos/2024/a.jpg", "a/b", " spaced / names ", ".hidden/.x", "/".join(["x" * 255] * 4)],
+)
+def test_good_path_names(name: str) -> None:
+    assert check_file_name(name, new=True) == name
+
+
+def test_misleading_folder_names_already_stored_can_still_be_named() -> None:
+    assert check_file_name("a/\u200b/b") == "a/\u200b/b"
+
+
+def test_parents_and_base_name() -> None:
+    assert parents("a/b/c.txt") == ["a", "a/b"] and parents("c.txt") == []
+    assert base_name("a/b/c.txt") == "c.txt" and base_name("c.txt") == "c.txt"
+
+
+# names built mostly from the characters that matter: separators, dots, spaces, controls
+_TRICKY = st.lists(
+    st.sampled_from(["/", "\\", ".", "..", " ", "a", "é", "\u200b", "\u202e", "\x00", "e\u0301"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.one_of(_TRICKY, st.text(max_size=40), st.text(min_size=250, max_size=1100)), st.booleans())
+def test_no_accepted_name_has_an_empty_dot_or_dotdot_segment_or_a_backslash(name: str, new: bool) -> None:
+    try:
+        accepted = check_file_name(name, new=new)
+    except InvalidRequest:
+        return
+    segments = accepted.split("/")
+    assert all(segment.strip() and segment not in (".", "..") for segment in segments)
+    assert "\\" not in accepted
+    assert len(accepted.encode()) <= MAX_PATH_BYTES
+    assert all(len(segment.encode()) <= MAX_NAME_BYTES for segment in segments)
+    assert check_file_name(accepted, new=new) == accepted  # stable: checking again changes nothing
 
 
 @pytest.mark.parametrize("user", ["", "-x", "a" * 33, "ana maria", "../root", "ñ"])
