@@ -2,7 +2,9 @@
 
 >>> c = Client.from_environment()
 >>> c.login("ana", "secret-password")
->>> c.upload(Path("report.pdf"))
+>>> c.upload(Path("report.pdf"))                              # as report.pdf (version 1)
+>>> c.upload(Path("report.pdf"), name="work/report.pdf")     # a name may be a path
+>>> c.list("work/")                                          # names starting with work/
 >>> link = c.share("report.pdf")
 >>> Client.from_environment().download(link, Path("ClientFiles"))
 
@@ -114,38 +116,82 @@ class Client:
         self._need_session()
         return str(self.proxy.call(MsgType.WHOAMI, session=True)["user"])
 
+    def account(self) -> dict[str, Any]:
+        """WHOAMI's reply: ``user``, ``usage`` (bytes, every kept version counted), ``quota``
+        (bytes, None: unlimited) and ``files``."""
+        self._need_session()
+        return self.proxy.call(MsgType.WHOAMI, session=True)
+
     def _need_session(self) -> None:
         if not self.proxy.token:
             raise AuthError("not logged in; run: filecluster login USER")
 
     # -- files ---------------------------------------------------------------------------
-    def upload(self, path: Path, progress: uploader.Progress | None = None) -> uploader.UploadResult:
+    def upload(
+        self, path: Path, progress: uploader.Progress | None = None, *, name: str | None = None
+    ) -> uploader.UploadResult:
+        """Upload a file as ``name`` (default: its base name; a path makes folders).  An existing
+        name gets a new version: the result's ``version`` says which."""
         self._need_session()
-        return uploader.upload(self.proxy, Path(path), progress)
+        return uploader.upload(self.proxy, Path(path), progress, name=name)
 
-    def list(self) -> list[dict[str, Any]]:
-        """Your own files (nobody can list another user's)."""
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every kept version of a file, newest first: ``version``, ``size``, ``sha1``,
+        ``uploaded``, ``current``."""
         self._need_session()
-        return list(self.proxy.call(MsgType.LIST, session=True)["files"])
+        reply = self.proxy.call(MsgType.VERSIONS, {"name": check_file_name(name)}, session=True)
+        return list(reply["versions"])
+
+    def restore(self, name: str, version: int) -> dict[str, Any]:
+        """Make version ``version``'s content the file's new current version; the file as LIST
+        shows it."""
+        self._need_session()
+        header = {"name": check_file_name(name), "version": version}
+        return dict(self.proxy.call(MsgType.RESTORE, header, session=True)["file"])
+
+    def move(self, old: str, new: str) -> int:
+        """Rename a file, or a folder with everything in it; how many files moved."""
+        self._need_session()
+        header = {"old": check_file_name(_folder(old)), "new": check_file_name(_folder(new), new=True)}
+        return int(self.proxy.call(MsgType.MOVE, header, session=True)["moved"])
+
+    def list(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Your own files (nobody can list another user's) whose names start with ``prefix``
+        ("photos/" for what is in the folder photos), sorted by name."""
+        self._need_session()
+        header = {"prefix": prefix} if prefix else {}
+        return list(self.proxy.call(MsgType.LIST, header, session=True)["files"])
 
     def share(self, name: str) -> str:
         self._need_session()
         return str(self.proxy.call(MsgType.SHARE, {"name": check_file_name(name)}, session=True)["link"])
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, recursive: bool = False) -> int:
+        """Delete a file (every version); ``recursive``: also everything in the folder ``name``.
+        How many files were deleted."""
         self._need_session()
-        self.proxy.call(MsgType.DELETE, {"name": check_file_name(name)}, session=True)
+        header: dict[str, Any] = {"name": check_file_name(_folder(name) if recursive else name)}
+        if recursive:
+            header["recursive"] = True
+        reply = self.proxy.call(MsgType.DELETE, header, session=True)
+        return int(reply.get("deleted", 1))  # a proxy from before folders deletes one file
 
     def status(self) -> dict[str, Any]:
         self._need_session()
         return self.proxy.call(MsgType.STATUS, session=True)
 
-    def locate(self, target: str) -> dict[str, Any]:
-        """What LINK_OR_NAME refers to: a link, a bare link token, or one of your own files."""
+    def locate(self, target: str, version: int | None = None) -> dict[str, Any]:
+        """What LINK_OR_NAME refers to: a link, a bare link token, or one of your own files (its
+        current version, or ``version``)."""
         target = target.strip()
         if not target:
             raise InvalidRequest("name a file or paste a link")
         link = parse_link(target)
+        if version is not None:
+            if link is not None or not self.proxy.token:
+                raise InvalidRequest("a link always gives the current version; name one of your files")
+            header = {"name": check_file_name(target), "version": version}
+            return self.proxy.call(MsgType.LOCATE, header, session=True)
         if link is not None:
             if (link.host, link.port) == (self.proxy.host, self.proxy.port):
                 return self.proxy.call(MsgType.LOCATE, {"token": link.token})
@@ -167,20 +213,33 @@ class Client:
             raise NotFound(f"no file or link {target!r}") from None
 
     def download(
-        self, target: str, out_dir: Path = Path("ClientFiles"), progress: downloader.Progress | None = None
+        self,
+        target: str,
+        out_dir: Path = Path("ClientFiles"),
+        progress: downloader.Progress | None = None,
+        *,
+        version: int | None = None,
     ) -> downloader.DownloadResult:
+        """A link, a bare token, or one of your own files by name (its current version, or
+        ``version``) into ``out_dir``, under the file's base name."""
         link = parse_link(target.strip())
-        if link is not None and (link.host, link.port) != (self.proxy.host, self.proxy.port):
+        foreign = link is not None and (link.host, link.port) != (self.proxy.host, self.proxy.port)
+        if link is not None and foreign and version is None:
             with ProxyLink(link.host, link.port) as other:  # its lease and reports go to that proxy
                 by_link = {"token": link.token}
                 info = other.call(MsgType.LOCATE, by_link)
                 return downloader.download(
                     info, out_dir, progress, relocate=lambda: other.call(MsgType.LOCATE, by_link), proxy=other
                 )
-        info = self.locate(target)
+        info = self.locate(target, version)
         return downloader.download(
-            info, out_dir, progress, relocate=lambda: self.locate(target), proxy=self.proxy
+            info, out_dir, progress, relocate=lambda: self.locate(target, version), proxy=self.proxy
         )
+
+
+def _folder(name: str) -> str:
+    """A folder named with a trailing "/" ("photos/") is the folder ("photos")."""
+    return name[:-1] if name.endswith("/") and len(name) > 1 else name
 
 
 __all__ = ["Client", "FileClusterError", "Link", "parse_link"]

@@ -58,7 +58,7 @@ from common.errors import (
 )
 from common.hashing import READ_SIZE
 from common.messages import MsgType
-from common.names import MAX_NAME_BYTES, check_file_name
+from common.names import MAX_NAME_BYTES, base_name, check_file_name
 
 Progress = Callable[[str, int, int], None]
 STALE_PART_SECONDS = 3600
@@ -186,7 +186,7 @@ def download(
 def _download(
     info: dict[str, Any], out_dir: Path, progress: Progress | None, tickets: Tickets, reports: _Reports
 ) -> DownloadResult:
-    name = check_file_name(info["name"])
+    name = base_name(check_file_name(info["name"]))  # photos/a.jpg saves as a.jpg
     size, sha1 = int(info["size"]), str(info["sha1"])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from common.cluster_auth import ClusterKey, parse_secret
 from common.config import data_dir
 from common.errors import InvalidRequest
 from common.limits import ServerLimits
+from common.sizes import parse_size
 
 SECRET_ENV = "FILECLUSTER_SECRET_FILE"
 SECRET_FILE = "cluster.secret"
@@ -35,6 +36,14 @@ def duration(text: str) -> float:
             f"invalid duration {text!r}: expected e.g. 3600, 90s, 15m, 12h or 7d"
         )
     return float(match[1]) * _UNITS[match[2]]
+
+
+def quota_size(text: str) -> int | None:
+    """A size for an option: bytes, ``500M``, ``10G``, ``1T``, or None for ``unlimited``."""
+    try:
+        return parse_size(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_secret_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,10 @@ whatever their name, cannot send it.  Actions:
 * ``forget ID``: remove a server for good (its address, flags and listed
   copies); refused for a server that is up and not drained, unless
   ``forget-force``.  Stop the server first: a running one registers again;
-* ``repair``: start a repair round now.
+* ``repair``: start a repair round now;
+* ``quota USER``: a user's quota, journaled: ``quota`` bytes, -1 for unlimited, or absent (null)
+  for the proxy's default (``--default-quota``).  Existing files stay; only new uploads and
+  restores are checked against it.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from typing import Any
 
 from common.errors import Conflict, InvalidRequest, NotFound
 from common.frame_server import Reply, Request
+from common.names import check_user_name
+from common.sizes import human_size
 from proxy.catalog import Catalog
 from proxy.registry import Registry
 from proxy.repair import Repairer
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("status", "drain", "undrain", "forget", "forget-force", "repair")
+ACTIONS = ("status", "drain", "undrain", "forget", "forget-force", "repair", "quota")
 
 
 class Admin:
@@ -39,7 +44,9 @@ class Admin:
         registry: Registry,
         repairer: Repairer,
         status: Callable[[], dict[str, Any]],
+        default_quota: int | None = None,
     ) -> None:
+        self.default_quota = default_quota
         self.catalog = catalog
         self.registry = registry
         self.repairer = repairer
@@ -54,6 +61,8 @@ class Admin:
         if action == "repair":
             self.repairer.wake()
             return Reply({"message": "repair round started"})
+        if action == "quota":
+            return self._quota(req)
         server_id = req.header.get("server")
         if not isinstance(server_id, int):
             raise InvalidRequest(f"{action} needs a server id")
@@ -89,5 +98,24 @@ class Admin:
             {
                 "message": f"server {server_id} forgotten; its copies no longer count and repair "
                 "replaces them (stop that server: a running one registers again)"
+            }
+        )
+
+    def _quota(self, req: Request) -> Reply:
+        user = check_user_name(req.header.get("user"))
+        quota = req.header.get("quota")
+        if quota is not None and quota < -1:
+            raise InvalidRequest("a quota is a number of bytes, or -1 for unlimited")
+        self.catalog.set_quota(user, quota)
+        effective = self.catalog.quota_of(user, self.default_quota)
+        said = "unlimited" if effective is None else human_size(effective)
+        note = " (the default)" if quota is None else ""
+        log.warning("operator: quota of %s set to %s%s", user, said, note)
+        usage, _ = self.catalog.usage(user)
+        return Reply(
+            {
+                "user": user,
+                "quota": effective,
+                "message": f"quota of {user}: {said}{note}; {human_size(usage)} used",
             }
         )

@@ -28,6 +28,8 @@ from common.config import proxy_address, source_address
 from common.daemon import SECRET_ENV, add_secret_argument, load_cluster_key, secret_path
 from common.errors import AuthError, FileClusterError, InvalidRequest
 from common.messages import MsgType
+from common.names import check_user_name
+from common.sizes import parse_size
 from common.transport import Connection
 
 PROG = "filecluster-admin"
@@ -36,7 +38,7 @@ TIMEOUT = 30.0  # status pings every server (1 s each, in parallel); the other a
 DESCRIPTION = """\
 Operate a filecluster: see every storage server and the chunks' health, drain a
 server before taking it away, forget one that is gone for good, start a repair
-round now.
+round now, set a user's storage quota.
 
 Who may use it: whoever holds the cluster secret (the file the proxy and the
 storage servers read; --secret-file, else $FILECLUSTER_SECRET_FILE, else
@@ -52,6 +54,9 @@ examples:
   filecluster-admin forget 3               # then stop it and remove it from the cluster for good
   filecluster-admin undrain 3              # changed your mind: server 3 takes new chunks again
   filecluster-admin forget --force 4       # server 4 is up but must go now (repair re-copies)
+  filecluster-admin quota ana 50G          # ana may keep 50 GiB (every kept version counts)
+  filecluster-admin quota ana unlimited    # no limit for ana
+  filecluster-admin quota ana default      # back to the proxy's --default-quota
   filecluster-admin --proxy 10.0.0.5:9000 --secret-file /etc/filecluster/cluster.secret repair
 
 exit status: 0 done; 1 an error, or (status) a server not up or a chunk lost or
@@ -90,7 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
                 "server registers again)",
             )
     sub.add_parser("repair", help="start a repair round now")
+    text = "set a user's storage quota (every kept version of every file counts)"
+    p = sub.add_parser("quota", help=text, description=text)
+    p.add_argument("user", metavar="USER", help="the user name")
+    p.add_argument(
+        "size",
+        metavar="SIZE",
+        help="bytes, or with a unit (500M, 10G, 1T; binary units); 'unlimited'; or 'default' for "
+        "the proxy's --default-quota",
+    )
     return parser
+
+
+def quota_value(text: str) -> int | None:
+    """The ADMIN quota field for SIZE: bytes, -1 for unlimited, None for the proxy's default."""
+    if text.strip().lower() == "default":
+        return None
+    size = parse_size(text)
+    return -1 if size is None else size
 
 
 def server_id(text: str) -> int:
@@ -105,6 +127,9 @@ def admin_header(args: argparse.Namespace) -> dict[str, Any]:
     header: dict[str, Any] = {"action": action}
     if args.action in ("drain", "undrain", "forget"):
         header["server"] = server_id(args.server)
+    if args.action == "quota":
+        header["user"] = check_user_name(args.user)
+        header["quota"] = quota_value(args.size)
     return header
 
 

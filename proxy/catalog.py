@@ -9,8 +9,11 @@ applies it, under one lock, so what a reply reports is on disk.  Replay on
 start applies the same ops through the same ``_apply`` code, so the state
 after a restart is the state before it.
 
+Files, their versions, folders and per-user usage are proxy.file_tree's
+(:attr:`Catalog.tree`); the requests that change them are proxy.catalog_files'
+(the catalog's base class).
 Chunks are shared between files: ``refs`` (derived, never stored) counts how
-many file entries use each chunk.  A chunk whose count drops to zero stays in
+many kept file versions use each chunk.  A chunk whose count drops to zero stays in
 the catalog, with its locations, until the collector has deleted it from the
 servers and journaled ``chunk_del``; that is what lets an upload in flight
 pin it.  Chunk *locations* are also soft state: a storage server's
@@ -34,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import InternalError
+from proxy.catalog_files import FileChanges
+from proxy.file_tree import FileTree
 from proxy.journal import Journal
 
 SNAPSHOT_EVERY = 1000
@@ -53,7 +58,7 @@ def _empty_state() -> dict[str, Any]:
     }
 
 
-class Catalog:
+class Catalog(FileChanges):
     def __init__(self, folder: Path, *, snapshot_every: int = SNAPSHOT_EVERY) -> None:
         self.lock = threading.RLock()
         self.snapshot_every = snapshot_every
@@ -65,9 +70,7 @@ class Catalog:
             snapshot.pop("seq", None)
             self.state.update(snapshot)
         self.refs: Counter[str] = Counter()
-        for owner_files in self.state["files"].values():
-            for entry in owner_files.values():
-                self.refs.update(chunk_id for chunk_id, _ in entry["chunks"])
+        self.tree = FileTree(self.state, self.refs)  # counts refs, usage and folders of the snapshot
         self._user_sessions: defaultdict[str, set[str]] = defaultdict(set)  # derived: user -> hashes
         for token_hash, session in self.state["sessions"].items():
             self._user_sessions[session["user"]].add(token_hash)
@@ -139,36 +142,9 @@ class Catalog:
             if not mine:
                 del self._user_sessions[session["user"]]
 
-    def _apply_file_put(self, e: dict[str, Any]) -> list[str]:
-        owner_files = self.state["files"].setdefault(e["owner"], {})
-        old = owner_files.get(e["name"])
-        chunks = self.state["chunks"]
-        for chunk_id, size in e["chunks"]:
-            known = chunks.setdefault(chunk_id, {"size": size, "servers": []})
-            for server_id in e["locations"].get(chunk_id, []):
-                if server_id not in known["servers"]:
-                    known["servers"].append(server_id)
-        owner_files[e["name"]] = {
-            "size": e["size"],
-            "sha1": e["sha1"],
-            "chunks": e["chunks"],
-            "uploaded": e["uploaded"],
-        }
-        self.refs.update(chunk_id for chunk_id, _ in e["chunks"])
-        return self._release(old["chunks"]) if old else []
-
-    def _apply_file_del(self, e: dict[str, Any]) -> list[str]:
-        owner_files = self.state["files"].get(e["owner"], {})
-        old = owner_files.pop(e["name"], None)
-        if not owner_files:
-            self.state["files"].pop(e["owner"], None)
-        shares = self.state["shares"]
-        for token in [t for t, s in shares.items() if (s["owner"], s["name"]) == (e["owner"], e["name"])]:
-            del shares[token]
-        return self._release(old["chunks"]) if old else []
-
     def _apply_share_add(self, e: dict[str, Any]) -> None:
         self.state["shares"][e["token"]] = {"owner": e["owner"], "name": e["name"], "created": e["created"]}
+        self.tree.add_share(e["token"], e["owner"], e["name"])
 
     def _apply_server_seen(self, e: dict[str, Any]) -> None:
         known = self.state["servers"].setdefault(str(e["id"]), {})
@@ -193,15 +169,6 @@ class Catalog:
             if not self.refs[chunk_id]:
                 self.state["chunks"].pop(chunk_id, None)
 
-    def _release(self, chunk_list: list[list[Any]]) -> list[str]:
-        freed = []
-        for chunk_id, _ in chunk_list:
-            self.refs[chunk_id] -= 1
-            if self.refs[chunk_id] <= 0:
-                del self.refs[chunk_id]
-                freed.append(chunk_id)
-        return sorted(set(freed))
-
     # -- changes -----------------------------------------------------------------------
     def add_user(self, user: str, salt: str, hashed: str) -> None:
         self._change({"op": "user_add", "user": user, "salt": salt, "hash": hashed, "created": time.time()})
@@ -224,34 +191,6 @@ class Catalog:
         """End many sessions with one journal entry."""
         if token_hashes:
             self._change({"op": "session_expire", "token_hashes": token_hashes})
-
-    def put_file(
-        self,
-        owner: str,
-        name: str,
-        size: int,
-        sha1: str,
-        chunks: list[list[Any]],
-        locations: dict[str, list[int]],
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Record a complete upload (replacing any file of that name); returns it and the chunks freed."""
-        with self.lock:
-            freed = self._change(
-                {
-                    "op": "file_put",
-                    "owner": owner,
-                    "name": name,
-                    "size": size,
-                    "sha1": sha1,
-                    "chunks": chunks,
-                    "locations": locations,
-                    "uploaded": time.time(),
-                }
-            )
-            return self.describe(owner, name), freed
-
-    def delete_file(self, owner: str, name: str) -> list[str]:
-        return list(self._change({"op": "file_del", "owner": owner, "name": name}))
 
     def add_share(self, token: str, owner: str, name: str) -> None:
         self._change(
@@ -365,34 +304,13 @@ class Catalog:
         with self.lock:
             return {h: dict(self.state["sessions"][h]) for h in self._user_sessions.get(user, ())}
 
-    def file(self, owner: str, name: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = self.state["files"].get(owner, {}).get(name)
-        return entry
-
-    def describe(self, owner: str, name: str) -> dict[str, Any]:
-        entry = self.state["files"][owner][name]
-        return {
-            "name": name,
-            "owner": owner,
-            "size": entry["size"],
-            "sha1": entry["sha1"],
-            "uploaded": entry["uploaded"],
-        }
-
-    def list_files(self, owner: str | None) -> list[dict[str, Any]]:
-        with self.lock:
-            owners = [owner] if owner is not None else sorted(self.state["files"])
-            return [self.describe(o, n) for o in owners for n in sorted(self.state["files"].get(o, {}))]
-
     def share(self, token: str) -> dict[str, Any] | None:
         share: dict[str, Any] | None = self.state["shares"].get(token)
         return share
 
     def share_for(self, owner: str, name: str) -> str | None:
-        for token, share in self.state["shares"].items():
-            if share["owner"] == owner and share["name"] == name:
-                return str(token)
-        return None
+        tokens = self.tree.links.get((owner, name))
+        return min(tokens) if tokens else None
 
     def chunk(self, chunk_id: str) -> dict[str, Any] | None:
         info: dict[str, Any] | None = self.state["chunks"].get(chunk_id)

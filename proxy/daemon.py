@@ -22,6 +22,7 @@ from common.daemon import (
     announce,
     duration,
     load_cluster_key,
+    quota_size,
     run_daemon,
     secret_path,
     server_limits,
@@ -33,10 +34,11 @@ from common.limits import PROXY_MAX_HEADER
 from common.protocol import DEFAULT_MAX_PAYLOAD
 from proxy.catalog import Catalog
 from proxy.collector import Collector
+from proxy.file_tree import DEFAULT_KEEP_VERSIONS
 from proxy.leases import Leases
 from proxy.registry import DEFAULT_LOW_WATER, Registry
 from proxy.repair import DEFAULT_INTERVAL, Repairer
-from proxy.service import ProxyConfig, ProxyService
+from proxy.service import DEFAULT_QUOTA, ProxyConfig, ProxyService
 from proxy.sessions import SessionSweeper
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
@@ -133,6 +135,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="1h",
         help="dedup trusts a stored copy verified this recently, and has older ones re-read (default: 1h)",
     )
+    parser.add_argument(
+        "--keep-versions",
+        type=int,
+        default=DEFAULT_KEEP_VERSIONS,
+        help=f"versions kept of each file, the current one included; older ones are freed "
+        f"(default: {DEFAULT_KEEP_VERSIONS})",
+    )
+    parser.add_argument(
+        "--default-quota",
+        type=quota_size,
+        default=DEFAULT_QUOTA,
+        help="bytes each user may keep, every kept version counted, unless the operator sets theirs "
+        "(filecluster-admin quota): e.g. 500M, 10G, 1T or unlimited (default: 10G)",
+    )
     add_secret_argument(parser)
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--repair-interval", type=float, default=DEFAULT_INTERVAL, help=argparse.SUPPRESS)
@@ -145,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --chunk-size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes")
     if not 1 <= args.replicas <= 16:
         raise SystemExit("error: --replicas must be 1..16")
+    if not 1 <= args.keep_versions <= 1000:
+        raise SystemExit("error: --keep-versions must be 1..1000")
     setup_logging("proxy", args.verbose)
     port = args.port if args.port is not None else proxy_port()
     key = load_cluster_key(secret_path(args.secret_file))
@@ -189,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
         session_idle=args.session_idle,
         session_max=args.session_max,
         verify_age=args.verify_age,
+        keep_versions=args.keep_versions,
+        default_quota=args.default_quota,
     )
     service = ProxyService(catalog, registry, uploads, collector, config, key, repairer)
     server = FrameServer(

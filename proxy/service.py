@@ -2,10 +2,11 @@
 
 Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, LIST, SHARE, LOCATE (with its
 lease), RELEASE, REPORT_BAD, DELETE, STATUS; the UPLOAD_* requests are
-proxy.upload_handlers'.  Storage servers' SERVER_REGISTER, HEARTBEAT and
-INVENTORY are proxy.membership's; the operator's ADMIN is proxy.admin's.  The
-proxy never carries file data: it answers where chunks go (placement) and where
-they are (locations), and records a file only once every chunk of it is stored.
+proxy.upload_handlers', and VERSIONS, RESTORE and MOVE proxy.file_handlers'.
+Storage servers' SERVER_REGISTER, HEARTBEAT and INVENTORY are proxy.membership's;
+the operator's ADMIN is proxy.admin's.  The proxy never carries file data: it
+answers where chunks go (placement) and where they are (locations), and records
+a file only once every chunk of it is stored.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from common.errors import (
 from common.frame_server import Handler, Reply, Request
 from common.hashing import check_chunk_id
 from common.messages import Auth, MsgType
-from common.names import check_file_name, check_password_rules, check_user_name
+from common.names import check_file_name, check_password_rules, check_prefix, check_user_name
 from proxy.admin import Admin
 from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, hash_password, new_token
 from proxy.catalog import Catalog
 from proxy.collector import Collector
+from proxy.file_handlers import FileHandlers
+from proxy.file_tree import DEFAULT_KEEP_VERSIONS
 from proxy.leases import Lease
 from proxy.membership import Membership
 from proxy.registry import Registry
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REPORT_WINDOW = 3600.0  # a GET ticket may report a bad copy up to this long after it expired
 REPORTS_FREE = 64  # REPORT_BAD per client address before the throttle slows it
+DEFAULT_QUOTA = 10 * 1024**3  # bytes a user may keep, every kept version counted, unless the admin says
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class ProxyConfig:
     session_idle: float = DEFAULT_IDLE  # seconds without a request before a session ends
     session_max: float = DEFAULT_MAX_AGE  # seconds after LOGIN before a session ends, however busy
     verify_age: float = 3600.0  # dedup trusts a copy its server verified this recently, else re-reads it
+    keep_versions: int = DEFAULT_KEEP_VERSIONS  # versions kept per file, the current one included
+    default_quota: int | None = DEFAULT_QUOTA  # bytes per user unless set for them; None: unlimited
 
 
 class ProxyService:
@@ -91,7 +97,8 @@ class ProxyService:
         self.members = Membership(
             catalog, registry, collector, heartbeat=config.heartbeat, on_change=self.repairer.wake
         )
-        self.admin = Admin(catalog, registry, self.repairer, self.status_figures)
+        self.admin = Admin(catalog, registry, self.repairer, self.status_figures, config.default_quota)
+        self.file_handlers = FileHandlers(catalog, collector, config)
         self.upload_handlers = UploadHandlers(
             catalog, registry, uploads, collector, config, key, self.repairer
         )
@@ -113,6 +120,9 @@ class ProxyService:
             MsgType.SHARE: self.share,
             MsgType.LOCATE: self.locate,
             MsgType.DELETE: self.delete,
+            MsgType.VERSIONS: self.file_handlers.versions,
+            MsgType.RESTORE: self.file_handlers.restore,
+            MsgType.MOVE: self.file_handlers.move,
             MsgType.STATUS: self.status,
             MsgType.REPORT_BAD: self.report_bad,
             MsgType.RELEASE: self.release,
@@ -170,14 +180,18 @@ class ProxyService:
         return Reply({})
 
     def whoami(self, req: Request) -> Reply:
-        return Reply({"user": principal(req)})
+        """The user, the bytes their kept versions take, their quota (null: unlimited), their files."""
+        user = principal(req)
+        usage, files = self.catalog.usage(user)
+        quota = self.catalog.quota_of(user, self.config.default_quota)
+        return Reply({"user": user, "usage": usage, "quota": quota, "files": files})
 
     # -- files and links -------------------------------------------------------------------
     def list_files(self, req: Request) -> Reply:
         if req.header.get("all"):
             raise InvalidRequest("a listing shows only your own files")
         owner = principal(req)
-        files = self.catalog.list_files(owner)
+        files = self.catalog.list_files(owner, check_prefix(req.header.get("prefix") or ""))
         status = self.repairer.server_status()
         for item in files:
             entry = self.catalog.file(owner, item["name"])
@@ -222,6 +236,7 @@ class ProxyService:
         """Where a file's chunks are, with GET tickets, under a lease that keeps those chunks until
         the download ends (RELEASE) or the lease expires; LOCATE ``{lease}`` renews it."""
         h = req.header
+        version = h.get("version")
         if h.get("lease"):
             address = client_key(req.peer[0])
             self.link_throttle.attempt(address)  # an unknown lease counts like an unknown link
@@ -230,6 +245,8 @@ class ProxyService:
             return Reply(self._located(lease))
         with self.catalog.lock:
             if h.get("token"):
+                if version is not None:
+                    raise InvalidRequest("a link always serves the current version")
                 owner, name = self._shared_file(h["token"], req.peer[0])
                 who = "link"
             elif h.get("name") is not None:
@@ -239,12 +256,15 @@ class ProxyService:
                 who = f"user:{owner}"
             else:
                 raise InvalidRequest("LOCATE needs a token, a lease, or a session and a name")
-            entry = self.catalog.file(owner, name)
-            assert entry is not None
+            if version is None:
+                entry = self.catalog.file(owner, name)
+            else:
+                entry = self.catalog.version(owner, name, version)
+            if entry is None:
+                raise NotFound(f"{name!r} has no version {version} (see its versions)")
             holder = f"user:{req.user}" if req.user else f"address:{client_key(req.peer[0])}"
-            lease = self.leases.grant(
-                owner, name, self.catalog.describe(owner, name), entry["chunks"], who, holder
-            )
+            info = self.catalog.describe(owner, name, version)
+            lease = self.leases.grant(owner, name, info, entry["chunks"], who, holder)
         return Reply(self._located(lease))
 
     def _located(self, lease: Lease) -> dict[str, Any]:
@@ -297,16 +317,15 @@ class ProxyService:
         return [{**s.ref.wire(), "ticket": self.key.get_mac(chunk_id, s.id, who, exp)} for s in known]
 
     def delete(self, req: Request) -> Reply:
+        """A file (every version, every link); with ``recursive``, also everything under the folder
+        of that name: one journal entry, at the cost of a scan of the user's own names."""
         h = req.header
         owner = principal(req)
         name = check_file_name(h["name"])
-        with self.catalog.lock:
-            if self.catalog.file(owner, name) is None:
-                raise NotFound(f"you have no file named {name!r}")
-            freed = self.catalog.delete_file(owner, name)
+        deleted, freed = self.catalog.delete_files(owner, name, recursive=bool(h.get("recursive")))
         self.collector.queue_freed(freed)
-        log.info("%s deleted %s (%d chunk(s) to free)", owner, name, len(freed))
-        return Reply({"freed_chunks": len(freed)})
+        log.info("%s deleted %s (%d file(s), %d chunk(s) to free)", owner, name, deleted, len(freed))
+        return Reply({"deleted": deleted, "freed_chunks": len(freed)})
 
     def status(self, req: Request) -> Reply:
         return Reply(self.status_figures())

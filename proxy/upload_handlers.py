@@ -92,9 +92,13 @@ class UploadHandlers:
         name = check_file_name(h["name"], new=True)
         sha1 = check_sha1(h["sha1"])
         chunks = self._check_manifest(h)
+        self.catalog.check_upload(owner, name, h["size"], self._quota(owner))  # before any byte is sent
         challenge = new_challenge(dict(chunks))
         upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, challenge)
         return Reply({"upload_id": upload.id, "challenge": challenge.wire()})
+
+    def _quota(self, owner: str) -> int | None:
+        return self.catalog.quota_of(owner, self.config.default_quota)
 
     def upload_prove(self, req: Request) -> Reply:
         """Check the proofs; deduplicate only proven chunks; place every other one (with tickets)."""
@@ -255,7 +259,14 @@ class UploadHandlers:
                 self._abandon(upload.id)
                 raise
             entry, freed = self.catalog.put_file(
-                owner, upload.name, upload.size, upload.sha1, upload.chunks, locations
+                owner,
+                upload.name,
+                upload.size,
+                upload.sha1,
+                upload.chunks,
+                locations,
+                keep=self.config.keep_versions,
+                quota=self._quota(owner),  # again, under the lock: concurrent uploads cannot both slip in
             )
             self.uploads.finish(upload.id)
         self.collector.queue_freed(freed)

@@ -111,7 +111,9 @@ def test_references_and_freed_chunks(tmp_path: Path) -> None:
     assert cat.chunk(A) is not None  # kept, with its locations, until the collector frees it
     cat.drop_chunks([A])
     assert cat.chunk(A) is None
-    _, freed = cat.put_file("ana", "y.bin", 10, "3" * 40, [[C, 10]], {})  # replace y.bin
+    _, freed = cat.put_file("ana", "y.bin", 10, "3" * 40, [[C, 10]], {})  # y.bin version 2
+    assert freed == []  # version 1 (B and C) is kept
+    _, freed = cat.put_file("ana", "y.bin", 10, "4" * 40, [[C, 10]], {}, keep=2)  # version 1 falls off
     assert freed == [B]
 
 

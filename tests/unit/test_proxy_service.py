@@ -164,7 +164,7 @@ BAD_MANIFESTS: list[tuple[str, dict[str, Any], type[FileClusterError], str]] = [
     ("bad chunk id", {"size": 10, "chunks": [["../../etc", 10]]}, InvalidRequest, "invalid chunk id"),
     ("empty, wrong SHA-1", {"size": 0, "chunks": [], "sha1": "0" * 40}, InvalidRequest, "SHA-1 of no"),
     ("bad SHA-1", {"sha1": "XYZ"}, InvalidRequest, "invalid SHA-1"),
-    ("bad name", {"name": "a/b"}, InvalidRequest, "path separator"),
+    ("bad name", {"name": "a//b"}, InvalidRequest, "empty folder name"),
 ]
 
 

@@ -1,0 +1,305 @@
+"""The catalog's files: each user's names, the versions kept of each, folders, and usage.
+
+Theory of operation
+-------------------
+``state["files"][owner][name]`` is a file entry: its current version (``size``, ``sha1``,
+``chunks``, ``uploaded``, ``version``) and ``older``, the versions kept before it, newest first
+(each ``{version, size, sha1, chunks, uploaded}``).  An entry written before versions existed has
+neither ``version`` nor ``older``: it is version 1 with nothing older (:func:`upgrade`, at load).
+Committing a name that exists makes the upload its new current version; RESTORE makes an old
+version's content a new current version; nothing is ever rewritten.  At most ``keep`` versions
+are kept (the current one included); the oldest beyond that are dropped, and the chunks no kept
+version uses any more are returned as *freed*, for the collector.
+
+Folders are implicit: a folder exists while a file's name is under it, and a name is never both a
+file and a folder for one user (:meth:`FileTree.clash`).
+
+Everything here besides the entries is derived, never stored, and rebuilt at load:
+
+* ``refs``: how many times the kept versions (of every file) use each chunk; shared with the
+  catalog, which keeps a chunk no version uses only until the collector frees it;
+* ``usage``: per owner, the sum of the sizes of every kept version of every file;
+* ``folders``: per owner, a Counter of folder path -> files under it (clash checks in O(depth));
+* ``links``: (owner, name) -> share tokens, so deletes and moves find a file's links at once.
+
+Changes arrive as journaled ops, applied by the catalog under its lock (``put``, ``restore``,
+``move``, ``delete``).  What may refuse a change (``clash``, ``check_move``) is checked before the
+op is journaled, so applying never fails, and replaying the journal gives the same state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from common.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from common.names import MAX_PATH_BYTES, SEPARATOR, parents
+from common.sizes import human_size
+
+DEFAULT_KEEP_VERSIONS = 10
+_VERSION_KEYS = ("version", "size", "sha1", "chunks", "uploaded")
+
+
+def upgrade(entry: dict[str, Any]) -> dict[str, Any]:
+    """A file entry from before versions existed is version 1, with no older version."""
+    entry.setdefault("version", 1)
+    entry.setdefault("older", [])
+    return entry
+
+
+def _record(entry: dict[str, Any]) -> dict[str, Any]:
+    """A version's own fields (an entry's current version, as it is kept once it becomes older)."""
+    return {key: entry[key] for key in _VERSION_KEYS}
+
+
+def kept_versions(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every version kept of a file, newest (the current one) first."""
+    return [entry, *entry["older"]]
+
+
+class FileTree:
+    def __init__(self, state: dict[str, Any], refs: Counter[str]) -> None:
+        self.files: dict[str, dict[str, dict[str, Any]]] = state["files"]
+        self.shares: dict[str, dict[str, Any]] = state["shares"]
+        self.refs = refs
+        self.usage: Counter[str] = Counter()
+        self.folders: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.links: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        for owner, names in self.files.items():
+            for name, entry in names.items():
+                self._count_in(owner, name, upgrade(entry))
+        for token, share in self.shares.items():
+            self.links[(share["owner"], share["name"])].add(token)
+
+    # -- derived state ---------------------------------------------------------------------
+    def _count_in(self, owner: str, name: str, entry: dict[str, Any]) -> None:
+        for version in kept_versions(entry):
+            self._use(owner, version)
+        self._add_folders(owner, name)
+
+    def _count_out(self, owner: str, name: str, entry: dict[str, Any]) -> set[str]:
+        freed: set[str] = set()
+        for version in kept_versions(entry):
+            freed.update(self._drop(owner, version))
+        self._remove_folders(owner, name)
+        return freed
+
+    def _use(self, owner: str, version: dict[str, Any]) -> None:
+        self.refs.update(chunk_id for chunk_id, _ in version["chunks"])
+        self.usage[owner] += version["size"]
+
+    def _drop(self, owner: str, version: dict[str, Any]) -> list[str]:
+        """Forget one kept version: its bytes leave the usage, its chunks lose a reference."""
+        self.usage[owner] -= version["size"]
+        if self.usage[owner] <= 0:
+            del self.usage[owner]
+        return self.release(version["chunks"])
+
+    def release(self, chunk_list: list[list[Any]]) -> list[str]:
+        """Take one reference off each chunk of a list; the chunks no version uses any more."""
+        freed = []
+        for chunk_id, _ in chunk_list:
+            self.refs[chunk_id] -= 1
+            if self.refs[chunk_id] <= 0:
+                del self.refs[chunk_id]
+                freed.append(chunk_id)
+        return sorted(set(freed))
+
+    def _add_folders(self, owner: str, name: str) -> None:
+        folders = self.folders[owner]
+        for folder in parents(name):
+            folders[folder] += 1
+
+    def _remove_folders(self, owner: str, name: str) -> None:
+        folders = self.folders[owner]
+        for folder in parents(name):
+            folders[folder] -= 1
+            if folders[folder] <= 0:
+                del folders[folder]
+        if not folders:
+            del self.folders[owner]
+
+    def _trim(self, owner: str, entry: dict[str, Any], keep: int) -> set[str]:
+        """Drop the oldest versions beyond ``keep`` (the current one included)."""
+        freed: set[str] = set()
+        older = entry["older"]
+        while older and 1 + len(older) > max(1, keep):
+            freed.update(self._drop(owner, older.pop()))
+        return freed
+
+    # -- ops (journaled by the catalog, applied under its lock) -------------------------------
+    def put(self, e: dict[str, Any]) -> list[str]:
+        """``file_put``: a committed upload becomes the name's current version.  An op without
+        ``keep`` was journaled before versions existed, when an upload replaced the file."""
+        owner, name = e["owner"], e["name"]
+        names = self.files.setdefault(owner, {})
+        old = names.get(name)
+        entry = {
+            "size": e["size"],
+            "sha1": e["sha1"],
+            "chunks": e["chunks"],
+            "uploaded": e["uploaded"],
+            "version": old["version"] + 1 if old else 1,
+            "older": [_record(old), *old["older"]] if old else [],
+        }
+        names[name] = entry
+        self._use(owner, entry)
+        if old is None:
+            self._add_folders(owner, name)
+        return sorted(self._trim(owner, entry, e.get("keep", 1)))
+
+    def restore(self, e: dict[str, Any]) -> list[str]:
+        """``file_restore``: an older version's content becomes a new current version."""
+        owner, name = e["owner"], e["name"]
+        old = self.files[owner][name]
+        source = next(v for v in old["older"] if v["version"] == e["version"])
+        entry = {
+            "size": source["size"],
+            "sha1": source["sha1"],
+            "chunks": source["chunks"],
+            "uploaded": e["uploaded"],
+            "version": old["version"] + 1,
+            "older": [_record(old), *old["older"]],
+        }
+        self.files[owner][name] = entry
+        self._use(owner, entry)
+        return sorted(self._trim(owner, entry, e["keep"]))
+
+    def move(self, e: dict[str, Any]) -> int:
+        """``file_move``: a file, or every file under a folder, takes a new name; its versions and
+        share links follow it."""
+        owner = e["owner"]
+        names = self.files[owner]
+        pairs = self._targets(owner, e["old"], e["new"])
+        for old, new in pairs:
+            entry = names.pop(old)
+            self._remove_folders(owner, old)
+            names[new] = entry
+            self._add_folders(owner, new)
+            tokens = self.links.pop((owner, old), set())
+            for token in tokens:
+                self.shares[token]["name"] = new
+            if tokens:
+                self.links[(owner, new)] = tokens
+        return len(pairs)
+
+    def delete(self, e: dict[str, Any]) -> tuple[int, list[str]]:
+        """``file_del``: a file (every version, every link), and with ``recursive`` every file
+        under the folder of that name.  Returns how many files went and the chunks freed."""
+        owner, name = e["owner"], e["name"]
+        names = self.files.get(owner, {})
+        doomed = [name] if name in names else []
+        if e.get("recursive"):
+            doomed += self.under(owner, name)
+        freed: set[str] = set()
+        for gone in doomed:
+            freed.update(self._count_out(owner, gone, names.pop(gone)))
+            for token in self.links.pop((owner, gone), set()):
+                del self.shares[token]
+        if not names:
+            self.files.pop(owner, None)
+        return len(doomed), sorted(freed)
+
+    def add_share(self, token: str, owner: str, name: str) -> None:
+        self.links[(owner, name)].add(token)
+
+    # -- checks (before an op is journaled) ---------------------------------------------------
+    def is_folder(self, owner: str, name: str) -> bool:
+        folders = self.folders.get(owner)
+        return bool(folders and folders.get(name))
+
+    def clash(self, owner: str, name: str) -> str | None:
+        """Why ``name`` cannot be a file of ``owner``'s (it is a folder, or is in a file), or None."""
+        if self.is_folder(owner, name):
+            return f"{name!r} is a folder"
+        names = self.files.get(owner, {})
+        for folder in parents(name):
+            if folder in names:
+                return f"{folder!r} is a file"
+        return None
+
+    def check_move(self, owner: str, old: str, new: str) -> int:
+        """Refuse a move that cannot be done; how many files it moves."""
+        names = self.files.get(owner, {})
+        if old == new:
+            raise Conflict(f"{old!r} already has that name")
+        if old not in names and not self.is_folder(owner, old):
+            raise NotFound(f"you have no file or folder named {old!r}")
+        if new.startswith(old + SEPARATOR):
+            raise Conflict(f"cannot move {old!r} into itself")
+        if new in names:
+            raise Conflict(f"{new!r} already exists")
+        why = self.clash(owner, new)
+        if why is not None:
+            raise Conflict(why)
+        pairs = self._targets(owner, old, new)
+        for _, target in pairs:
+            if len(target.encode("utf-8")) > MAX_PATH_BYTES:
+                raise InvalidRequest(
+                    f"moving {old!r} to {new!r} would make a name longer than {MAX_PATH_BYTES} bytes"
+                )
+        return len(pairs)
+
+    def _targets(self, owner: str, old: str, new: str) -> list[tuple[str, str]]:
+        names = self.files.get(owner, {})
+        if old in names:
+            return [(old, new)]
+        return [(name, new + name[len(old) :]) for name in self.under(owner, old)]
+
+    def check_quota(self, owner: str, size: int, quota: int | None, what: str) -> None:
+        """Refuse ``size`` more bytes for ``owner`` if that passes ``quota`` (None: unlimited)."""
+        usage = self.usage[owner]
+        if quota is not None and usage + size > quota:
+            raise QuotaExceeded(
+                f"over your quota: {what} needs {human_size(size)}, and you use {human_size(usage)} "
+                f"of {human_size(quota)}; delete files (older versions count too) or ask the operator"
+            )
+
+    # -- queries -----------------------------------------------------------------------------
+    def under(self, owner: str, folder: str) -> list[str]:
+        """The names of ``owner``'s files inside ``folder`` (at any depth), sorted; only a folder
+        that exists is looked for, so a miss costs nothing."""
+        if not self.is_folder(owner, folder):
+            return []
+        start = folder + SEPARATOR
+        return sorted(n for n in self.files.get(owner, {}) if n.startswith(start))
+
+    def describe(self, owner: str, name: str, version: int | None = None) -> dict[str, Any]:
+        """A file as LIST shows it (its current version, or the version given)."""
+        entry = self.files[owner][name]
+        shown = entry if version is None else self.version(owner, name, version)
+        assert shown is not None
+        return {
+            "name": name,
+            "owner": owner,
+            "size": shown["size"],
+            "sha1": shown["sha1"],
+            "uploaded": shown["uploaded"],
+            "version": shown["version"],
+            "versions": 1 + len(entry["older"]),
+        }
+
+    def version(self, owner: str, name: str, version: int) -> dict[str, Any] | None:
+        """One kept version of a file (its chunks included), or None."""
+        entry = self.files.get(owner, {}).get(name)
+        if entry is None:
+            return None
+        return next((v for v in kept_versions(entry) if v["version"] == version), None)
+
+    def versions(self, owner: str, name: str) -> list[dict[str, Any]]:
+        """Every kept version of a file, newest first, as VERSIONS shows them."""
+        entry = self.files[owner][name]
+        return [
+            {
+                "version": v["version"],
+                "size": v["size"],
+                "sha1": v["sha1"],
+                "uploaded": v["uploaded"],
+                "current": v is entry,
+            }
+            for v in kept_versions(entry)
+        ]
+
+    def listing(self, owner: str, prefix: str = "") -> list[dict[str, Any]]:
+        names = self.files.get(owner, {})
+        return [self.describe(owner, n) for n in sorted(names) if n.startswith(prefix)]
