@@ -188,8 +188,9 @@ class Client:
             raise InvalidRequest("name a file or paste a link")
         link = parse_link(target)
         if version is not None:
-            if link is not None or not self.proxy.token:
+            if link is not None:
                 raise InvalidRequest("a link always gives the current version; name one of your files")
+            self._need_session()
             header = {"name": check_file_name(target), "version": version}
             return self.proxy.call(MsgType.LOCATE, header, session=True)
         if link is not None:

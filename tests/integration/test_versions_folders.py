@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
-from common.errors import Conflict, NotFound, QuotaExceeded
+from common.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from tests.cluster import Cluster, die_with_parent
 from tests.conftest import new_user
 
@@ -124,6 +124,8 @@ def test_move_a_folder_then_download_by_the_new_name(vcluster: Cluster, ana: Cli
     got = ana.download("pics/2024/b.jpg", tmp_path / "out")
     assert got.path == tmp_path / "out" / "b.jpg" and got.path.read_bytes() == data["photos/2024/b.jpg"]
     assert vcluster.client().download(link, tmp_path / "by-link").path.read_bytes() == b"b" * 2000
+    with pytest.raises(InvalidRequest, match="current version"):
+        ana.download(link, tmp_path / "old-version", version=1)
     with pytest.raises(NotFound):
         ana.download("photos/a.jpg", tmp_path / "old")
     assert ana.move("pics/a.jpg", "top.jpg") == 1

@@ -34,17 +34,10 @@ SHA1 = hashlib.sha1(DATA).hexdigest()
 KEY = ClusterKey(b"\x07" * 32)
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ProxyService]:
-    """A proxy (quota 2500 bytes a user) and two storage servers that each hold DATA."""
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[int, int]]:
+    """Two storage servers (in-process, real sockets) that each hold DATA: id -> port."""
     running = []
-    catalog = Catalog(tmp_path)
-    registry = Registry(dead_after=60)
-    uploads = Uploads()
-    config = ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1, default_quota=2500)
-    svc = ProxyService(
-        catalog, registry, uploads, Collector(catalog, registry, uploads, StorageClient(KEY)), config, KEY
-    )
     try:
         for i in (1, 2):
             store = MemoryChunkStore()
@@ -52,15 +45,29 @@ def service(tmp_path: Path) -> Iterator[ProxyService]:
             server = make_storage_server(StorageService(i, store, KEY), ("127.0.0.1", 0))
             serve_in_thread(server, f"storage-{i}")
             running.append(server)
-            registry.register(i, "127.0.0.1", server.port, 10**9, 0, 0)
-        catalog.add_user("ana", "00", "11")
-        catalog.add_session(token_hash("tok"), "ana")
-        catalog.put_file("ana", "dir/first.txt", len(DATA), SHA1, [[ID, len(DATA)]], {ID: [1, 2]})
-        catalog.add_share("link-token", "ana", "dir/first.txt")
-        yield svc
+        yield {i: server.port for i, server in enumerate(running, 1)}
     finally:
         for server in running:
             server.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path, servers: dict[int, int]) -> ProxyService:
+    """A proxy whose users may keep 2500 bytes each; ana has dir/first.txt (DATA), shared."""
+    catalog = Catalog(tmp_path)
+    registry = Registry(dead_after=60)
+    uploads = Uploads()
+    config = ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1, default_quota=2500)
+    svc = ProxyService(
+        catalog, registry, uploads, Collector(catalog, registry, uploads, StorageClient(KEY)), config, KEY
+    )
+    for i, port in servers.items():
+        registry.register(i, "127.0.0.1", port, 10**9, 0, 0)
+    catalog.add_user("ana", "00", "11")
+    catalog.add_session(token_hash("tok"), "ana")
+    catalog.put_file("ana", "dir/first.txt", len(DATA), SHA1, [[ID, len(DATA)]], {ID: [1, 2]})
+    catalog.add_share("link-token", "ana", "dir/first.txt")
+    return svc
 
 
 def call(svc: ProxyService, msg_type: MsgType, header: Mapping[str, Any]) -> dict[str, Any]:
