@@ -12,6 +12,7 @@ the command line turns it into progress bars.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import re
 from dataclasses import dataclass
@@ -114,34 +115,68 @@ class Client:
         self._need_session()
         return str(self.proxy.call(MsgType.WHOAMI, session=True)["user"])
 
+    def account(self) -> dict[str, Any]:
+        """WHOAMI's reply: ``user``, ``usage`` (bytes, every kept version), ``quota`` (bytes, None:
+        unlimited) and ``files``."""
+        self._need_session()
+        return self.proxy.call(MsgType.WHOAMI, session=True)
+
     def _need_session(self) -> None:
         if not self.proxy.token:
             raise AuthError("not logged in; run: filecluster login USER")
 
     # -- files ---------------------------------------------------------------------------
-    def upload(self, path: Path, progress: uploader.Progress | None = None) -> uploader.UploadResult:
+    def upload(
+        self, path: Path, progress: uploader.Progress | None = None, *, name: str | None = None
+    ) -> uploader.UploadResult:
+        """Upload the file at ``path`` as ``name`` (default: its base name)."""
         self._need_session()
-        return uploader.upload(self.proxy, Path(path), progress)
+        return uploader.upload(self.proxy, Path(path), progress, name)
 
-    def list(self) -> list[dict[str, Any]]:
-        """Your own files (nobody can list another user's)."""
+    def list(self, prefix: str = "") -> builtins.list[dict[str, Any]]:
+        """Your own files (nobody can list another user's) whose names start with ``prefix``."""
         self._need_session()
-        return list(self.proxy.call(MsgType.LIST, session=True)["files"])
+        files = self.proxy.call(MsgType.LIST, {"prefix": prefix} if prefix else {}, session=True)["files"]
+        return [f for f in files if str(f["name"]).startswith(prefix)]
+
+    def versions(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The kept versions of your file ``name``, newest first."""
+        self._need_session()
+        reply = self.proxy.call(MsgType.VERSIONS, {"name": check_file_name(name)}, session=True)
+        return builtins.list(reply["versions"])
+
+    def restore(self, name: str, version: int) -> dict[str, Any]:
+        """Make version ``version`` of ``name`` current again (as a new version); the new file item."""
+        self._need_session()
+        header = {"name": check_file_name(name), "version": version}
+        return dict(self.proxy.call(MsgType.RESTORE, header, session=True)["file"])
+
+    def move(self, old: str, new: str) -> int:
+        """Rename a file, or a folder (every file under ``old/``); how many files moved."""
+        self._need_session()
+        header = {"old": check_file_name(old), "new": check_file_name(new, new=True)}
+        return int(self.proxy.call(MsgType.MOVE, header, session=True)["moved"])
 
     def share(self, name: str) -> str:
         self._need_session()
         return str(self.proxy.call(MsgType.SHARE, {"name": check_file_name(name)}, session=True)["link"])
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, recursive: bool = False) -> int:
+        """Delete a file (every version), or with ``recursive`` every file under ``name/`` too; how
+        many files were deleted."""
         self._need_session()
-        self.proxy.call(MsgType.DELETE, {"name": check_file_name(name)}, session=True)
+        header: dict[str, Any] = {"name": check_file_name(name)}
+        if recursive:
+            header["recursive"] = True
+        return int(self.proxy.call(MsgType.DELETE, header, session=True).get("deleted", 1))
 
     def status(self) -> dict[str, Any]:
         self._need_session()
         return self.proxy.call(MsgType.STATUS, session=True)
 
-    def locate(self, target: str) -> dict[str, Any]:
-        """What LINK_OR_NAME refers to: a link, a bare link token, or one of your own files."""
+    def locate(self, target: str, version: int | None = None) -> dict[str, Any]:
+        """What LINK_OR_NAME refers to: a link, a bare link token, or one of your own files (then
+        ``version``, if given, picks one of its versions; a link always gives the current one)."""
         target = target.strip()
         if not target:
             raise InvalidRequest("name a file or paste a link")
@@ -154,10 +189,13 @@ class Client:
         if target.startswith(f"{LINK_SCHEME}:"):
             raise InvalidRequest(f"not a valid link: {target}")
         if self.proxy.token:
+            by_name: dict[str, Any] = {"name": check_file_name(target)}
+            if version is not None:
+                by_name["version"] = version
             try:
-                return self.proxy.call(MsgType.LOCATE, {"name": check_file_name(target)}, session=True)
+                return self.proxy.call(MsgType.LOCATE, by_name, session=True)
             except (NotFound, InvalidRequest):
-                if not TOKEN_RE.match(target):
+                if version is not None or not TOKEN_RE.match(target):
                     raise
         elif not TOKEN_RE.match(target):
             raise AuthError(f"{target!r} is not a link; to download your own files by name, log in")
@@ -167,19 +205,41 @@ class Client:
             raise NotFound(f"no file or link {target!r}") from None
 
     def download(
-        self, target: str, out_dir: Path = Path("ClientFiles"), progress: downloader.Progress | None = None
+        self,
+        target: str,
+        out_dir: Path = Path("ClientFiles"),
+        progress: downloader.Progress | None = None,
+        *,
+        version: int | None = None,
+        save_as: str | None = None,
     ) -> downloader.DownloadResult:
+        """Download a link, a bare token or one of your files by name (``version``: an older version
+        of it) into ``out_dir``, as ``save_as`` (a relative path; default: the base name)."""
         link = parse_link(target.strip())
+        if version is not None:
+            if link is not None:
+                raise InvalidRequest("a link always gives the current version; name one of your files")
+            self._need_session()
         if link is not None and (link.host, link.port) != (self.proxy.host, self.proxy.port):
             with ProxyLink(link.host, link.port) as other:  # its lease and reports go to that proxy
                 by_link = {"token": link.token}
                 info = other.call(MsgType.LOCATE, by_link)
                 return downloader.download(
-                    info, out_dir, progress, relocate=lambda: other.call(MsgType.LOCATE, by_link), proxy=other
+                    info,
+                    out_dir,
+                    progress,
+                    relocate=lambda: other.call(MsgType.LOCATE, by_link),
+                    proxy=other,
+                    save_as=save_as,
                 )
-        info = self.locate(target)
+        info = self.locate(target, version)
         return downloader.download(
-            info, out_dir, progress, relocate=lambda: self.locate(target), proxy=self.proxy
+            info,
+            out_dir,
+            progress,
+            relocate=lambda: self.locate(target, version),
+            proxy=self.proxy,
+            save_as=save_as,
         )
 
 

@@ -68,10 +68,12 @@ class UploadResult:
     size: int
     sha1: str
     sent: int  # chunk bytes the client actually sent to storage servers
+    version: int = 1  # the name's version this upload became (> 1: the name existed)
 
 
-def open_for_upload(path: Path) -> tuple[Any, str]:
-    """Open a regular file for reading, with a clear error for every way that can fail."""
+def open_for_upload(path: Path, name: str | None = None) -> tuple[Any, str]:
+    """Open a regular file for reading, with a clear error for every way that can fail; the name it
+    gets in the cluster is ``name``, else the path's base name."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -82,16 +84,18 @@ def open_for_upload(path: Path) -> tuple[Any, str]:
         raise InvalidRequest(f"{path} is a directory; upload takes files")
     if not stat.S_ISREG(info.st_mode):
         raise InvalidRequest(f"{path} is not a regular file")
-    name = check_file_name(path.name, new=True)
+    name = check_file_name(path.name if name is None else name, new=True)
     try:
         return open(path, "rb"), name
     except OSError as exc:
         raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
 
 
-def upload(proxy: ProxyCaller, path: Path, progress: Progress | None = None) -> UploadResult:
+def upload(
+    proxy: ProxyCaller, path: Path, progress: Progress | None = None, name: str | None = None
+) -> UploadResult:
     path = Path(path)
-    file, name = open_for_upload(path)
+    file, name = open_for_upload(path, name)
     with file:
         chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
         size = os.fstat(file.fileno()).st_size
@@ -117,8 +121,8 @@ def upload(proxy: ProxyCaller, path: Path, progress: Progress | None = None) -> 
         deadline = Deadline.start(f"the upload of {name}", "nothing was stored", manifest.size)
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                _attempt(proxy, file, path, name, manifest, progress, sent, deadline)
-                return UploadResult(name, manifest.size, manifest.sha1, sent.bytes)
+                version = _attempt(proxy, file, path, name, manifest, progress, sent, deadline)
+                return UploadResult(name, manifest.size, manifest.sha1, sent.bytes, version)
             except StorageServerFailed:
                 if attempt == ATTEMPTS:
                     raise
@@ -147,7 +151,8 @@ def _attempt(
     progress: Progress | None,
     sent: _Sent,
     deadline: Deadline | None = None,
-) -> None:
+) -> int:
+    """One try at the upload; the version the name got."""
     begin = proxy.call(
         MsgType.UPLOAD_BEGIN,
         {
@@ -178,7 +183,10 @@ def _attempt(
         receipts = _send_missing(
             file, manifest, missing, progress, sent, renewal, replacer=replacer, deadline=deadline
         )
-        proxy.call(MsgType.UPLOAD_COMMIT, {"upload_id": upload_id, "receipts": receipts}, session=True)
+        reply = proxy.call(
+            MsgType.UPLOAD_COMMIT, {"upload_id": upload_id, "receipts": receipts}, session=True
+        )
+        return int(reply.get("file", {}).get("version", 1))
     except BaseException as exc:
         suspects = exc.suspects if isinstance(exc, StorageServerFailed) else []
         with contextlib.suppress(FileClusterError):

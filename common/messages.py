@@ -59,6 +59,9 @@ class MsgType(enum.IntEnum):
     STATUS = 0x1C
     REPORT_BAD = 0x40
     RELEASE = 0x41
+    VERSIONS = 0x42
+    RESTORE = 0x43
+    MOVE = 0x44
     # operator (holder of the cluster secret) -> proxy
     ADMIN = 0x50
     # storage server -> proxy
@@ -143,10 +146,12 @@ SPECS: dict[MsgType, MessageSpec] = {
         required={**_SESSION, "upload_id": str, "chunks": list, "avoid": list},
         max_header=IDS_HEADER,
     ),
-    MsgType.LIST: MessageSpec(auth=_USER, required=_SESSION, optional={"all": bool}),  # `all`: refused
+    MsgType.LIST: MessageSpec(  # `all`: refused; `prefix`: only names starting with it
+        auth=_USER, required=_SESSION, optional={"all": bool, "prefix": str}
+    ),
     MsgType.SHARE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.LOCATE: MessageSpec(
-        auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str, "lease": str}
+        auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int}
     ),
     # a copy that failed the reader's check; the GET ticket for it is the credential
     MsgType.REPORT_BAD: MessageSpec(required={"id": str, "server": int, "ticket": dict, "problem": str}),
@@ -154,7 +159,10 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.ADMIN: MessageSpec(
         auth=Auth.CLUSTER, required={"action": str}, optional={**_SIGNED, "server": int}
     ),
-    MsgType.DELETE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
+    MsgType.DELETE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}, optional={"recursive": bool}),
+    MsgType.VERSIONS: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
+    MsgType.RESTORE: MessageSpec(auth=_USER, required={**_SESSION, "name": str, "version": int}),
+    MsgType.MOVE: MessageSpec(auth=_USER, required={**_SESSION, "old": str, "new": str}),
     MsgType.STATUS: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.SERVER_REGISTER: MessageSpec(
         auth=Auth.CLUSTER,
