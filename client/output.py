@@ -317,8 +317,12 @@ def status_table(status: dict[str, Any]) -> str:
         free = sum(int(s["free"]) for s in taking)
         copies = max(1, int(status["replicas"]))
         lines.append(
-            f"free: {human_size(free)} on {plural(len(taking), 'server')} taking new chunks"
-            f" (room for about {human_size(free // copies)} of files)"
+            _listed(
+                [
+                    f"free: {human_size(free)} on {plural(len(taking), 'server')} taking new chunks",
+                    f"room for about {human_size(free // copies)} of files",
+                ]
+            )
         )
     health = status.get("health")
     if isinstance(health, dict):

@@ -151,7 +151,8 @@ SPECS: dict[MsgType, MessageSpec] = {
     ),
     MsgType.SHARE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.LOCATE: MessageSpec(
-        auth=Auth.SESSION_IF_GIVEN, optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int}
+        auth=Auth.SESSION_IF_GIVEN,
+        optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int},
     ),
     # a copy that failed the reader's check; the GET ticket for it is the credential
     MsgType.REPORT_BAD: MessageSpec(required={"id": str, "server": int, "ticket": dict, "problem": str}),
