@@ -104,7 +104,7 @@ COMMANDS = [
         "list",
         lambda c, out, a: actions.list_files(c, out, a.prefix, a.recursive, a.long),
         "list your files and folders, like ls",
-        "  filecluster ls                # the top: folders (with what is in them) and files\n"
+        "  filecluster list              # the top: folders (with what is in them) and files\n"
         "  filecluster ls pics/2024      # one folder\n"
         "  filecluster ls -R -l pics     # every file under pics, with owner, versions, state, SHA-1",
         aliases=("ls",),
@@ -129,7 +129,7 @@ COMMANDS = [
         "delete",
         lambda c, out, a: actions.delete(c, out, a.names, a.recursive),
         "delete files (with every version), or folders with -r",
-        "  filecluster rm report.pdf old.txt\n  filecluster rm -r pics/2023",
+        "  filecluster delete report.pdf old.txt\n  filecluster rm -r pics/2023   # a folder and all in it",
         aliases=("rm",),
     ),
     Command(

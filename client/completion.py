@@ -121,9 +121,17 @@ def bash(parser: argparse.ArgumentParser) -> str:
                 '                mapfile -t COMPREPLY < <(compgen -f -- "$cur")',
                 "            fi",
             ]
+        elif command.choices:
+            words = " ".join(command.choices)
+            lines += [
+                '            if [[ "$cur" == -* ]]; then',
+                f'                mapfile -t COMPREPLY < <(compgen -W "{flags}" -- "$cur")',
+                "            else",
+                f'                mapfile -t COMPREPLY < <(compgen -W "{words}" -- "$cur")',
+                "            fi",
+            ]
         else:
-            extra = " ".join(command.choices)
-            lines.append(f'            mapfile -t COMPREPLY < <(compgen -W "{extra} {flags}" -- "$cur")')
+            lines.append(f'            mapfile -t COMPREPLY < <(compgen -W "{flags}" -- "$cur")')
         lines.append("            ;;")
     lines += ["    esac", "}", f"complete -F {func} {prog}", ""]
     return "\n".join(lines)

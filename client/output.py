@@ -49,24 +49,22 @@ def display_width(text: str) -> int:
 
 
 def shorten(text: str, width: int) -> str:
-    """``text`` cut in the middle with an ellipsis so that it takes at most ``width`` columns."""
+    """``text`` cut in the middle with an ellipsis so that it takes at most ``width`` columns (the
+    end, where a file name's extension is, keeps half of them)."""
     if display_width(text) <= width:
         return text
-    width = max(width, 2)
-    head, tail = "", ""
-    left, right = 0, len(text)
-    room = width - 1
-    while left < right:  # take a character from the front, then from the back, while they fit
-        front = display_width(text[left])
-        if front > room:
+    room = max(width, 2) - 1
+    tail_room, head_room = room // 2, room - room // 2
+    head = ""
+    for char in text:
+        if display_width(head + char) > head_room:
             break
-        head, room, left = head + text[left], room - front, left + 1
-        if left >= right:
+        head += char
+    tail = ""
+    for char in reversed(text[len(head) :]):
+        if display_width(char + tail) > tail_room:
             break
-        back = display_width(text[right - 1])
-        if back > room:
-            break
-        tail, room, right = text[right - 1] + tail, room - back, right - 1
+        tail = char + tail
     return head + ELLIPSIS + tail
 
 
