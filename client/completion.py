@@ -122,12 +122,12 @@ def bash(parser: argparse.ArgumentParser) -> str:
                 "            fi",
             ]
         elif command.choices:
-            words = " ".join(command.choices)
+            choices = " ".join(command.choices)
             lines += [
                 '            if [[ "$cur" == -* ]]; then',
                 f'                mapfile -t COMPREPLY < <(compgen -W "{flags}" -- "$cur")',
                 "            else",
-                f'                mapfile -t COMPREPLY < <(compgen -W "{words}" -- "$cur")',
+                f'                mapfile -t COMPREPLY < <(compgen -W "{choices}" -- "$cur")',
                 "            fi",
             ]
         else:

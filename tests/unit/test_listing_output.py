@@ -205,7 +205,7 @@ def test_tab_completes_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "pics").mkdir()
     (tmp_path / "pictures.txt").write_text("x")
-    found = []
+    found: list[str] = []
     while (match := menu.complete_path("~/pic", len(found))) is not None:
         found.append(match)
     assert found == ["~/pics/", "~/pictures.txt"]
