@@ -119,7 +119,8 @@ def _numbered(files: list[dict[str, Any]]) -> None:
 def _pick(c: Client, prompt: str, many: bool, links: bool = False) -> list[str]:
     """Show your files numbered, and read which: numbers (``1,3-5`` when ``many``), or a name (or a
     link, with ``links``).  An empty answer picks nothing."""
-    files = sorted(c.list(), key=lambda f: str(f["name"])) if c.user else []
+    logged_in = c.user is not None or not links  # a link needs no login; your files do
+    files = sorted(c.list(), key=lambda f: str(f["name"])) if logged_in else []
     if files:
         _numbered(files)
     elif not links:
