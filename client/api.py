@@ -220,9 +220,10 @@ class Client:
         progress: downloader.Progress | None = None,
         *,
         version: int | None = None,
+        save_as: str | None = None,
     ) -> downloader.DownloadResult:
         """A link, a bare token, or one of your own files by name (its current version, or
-        ``version``) into ``out_dir``, under the file's base name."""
+        ``version``) into ``out_dir``, as ``save_as`` (a relative path; default: the base name)."""
         link = parse_link(target.strip())
         foreign = link is not None and (link.host, link.port) != (self.proxy.host, self.proxy.port)
         if link is not None and foreign and version is None:
@@ -230,11 +231,21 @@ class Client:
                 by_link = {"token": link.token}
                 info = other.call(MsgType.LOCATE, by_link)
                 return downloader.download(
-                    info, out_dir, progress, relocate=lambda: other.call(MsgType.LOCATE, by_link), proxy=other
+                    info,
+                    out_dir,
+                    progress,
+                    relocate=lambda: other.call(MsgType.LOCATE, by_link),
+                    proxy=other,
+                    save_as=save_as,
                 )
         info = self.locate(target, version)
         return downloader.download(
-            info, out_dir, progress, relocate=lambda: self.locate(target, version), proxy=self.proxy
+            info,
+            out_dir,
+            progress,
+            relocate=lambda: self.locate(target, version),
+            proxy=self.proxy,
+            save_as=save_as,
         )
 
 

@@ -1,161 +1,297 @@
-"""``filecluster``: the command line.  One clear line on stderr for any error, no traceback.
+"""``filecluster``: the command line.  It parses arguments and calls client.actions, which says
+everything.  One clear line on stderr for any error, no traceback.
 
-Exit status: 0 success, 1 an error, 2 a usage error, 130 interrupted.
+Exit status: 0 success, 1 an error, 2 a usage error, 130 interrupted, 143 terminated.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
+import difflib
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-from client import output
+from client import actions, completion
+from client.actions import Sink
 from client.api import Client
-from common.errors import FileClusterError, InvalidRequest
+from common.errors import FileClusterError
 
-PASSWORD_ENV = "FILECLUSTER_PASSWORD"
-
-
-def read_password(confirm: bool = False) -> str:
-    password = os.environ.get(PASSWORD_ENV)
-    if password is not None:
-        return password
-    if not sys.stdin.isatty():
-        raise InvalidRequest(f"no password: set {PASSWORD_ENV} or run on a terminal")
-    password = getpass.getpass("password: ")
-    if confirm and getpass.getpass("password again: ") != password:
-        raise InvalidRequest("the two passwords differ")
-    return password
+PACKAGE_VERSION = "0.1.0"  # pyproject's; used when the package is run from a source tree
 
 
-def cmd_register(c: Client, a: argparse.Namespace) -> int:
-    password = read_password(confirm=True)
-    c.register(a.user, password)
-    c.login(a.user, password)
-    print(f"registered and logged in as {a.user}")
-    return 0
+def version() -> str:
+    try:
+        return metadata.version("filecluster")
+    except metadata.PackageNotFoundError:
+        return PACKAGE_VERSION
 
 
-def cmd_login(c: Client, a: argparse.Namespace) -> int:
-    c.login(a.user, read_password())
-    print(f"logged in as {a.user}")
-    return 0
+Run = Callable[[Client, Sink, argparse.Namespace], int]
 
 
-def cmd_logout(c: Client, a: argparse.Namespace) -> int:
-    print("logged out" if c.logout() else "not logged in")
-    return 0
+@dataclass(frozen=True)
+class Command:
+    name: str
+    run: Run
+    help: str
+    examples: str
+    aliases: tuple[str, ...] = ()
 
 
-def cmd_whoami(c: Client, a: argparse.Namespace) -> int:
-    print(c.whoami())
-    return 0
+PROXY_HELP = (
+    "the proxy, HOST:PORT (default: $FILECLUSTER_PROXY if set, else 127.0.0.1 at port "
+    "$FILECLUSTER_PORT, else 127.0.0.1:9000)"
+)
 
 
-def cmd_upload(c: Client, a: argparse.Namespace) -> int:
-    failed = 0
-    for raw in a.paths:
-        path = Path(raw)
-        try:
-            with output.ProgressBars(path.name) as bars:
-                r = c.upload(path, bars)
-        except FileClusterError as exc:
-            if len(a.paths) == 1:
-                raise
-            print(f"error: {raw}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"uploaded {r.name}  size={r.size}  sha1={r.sha1}  sent={r.sent}")
-    return 1 if failed else 0
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Options every command takes, before or after its name (after it, they default to nothing, so
+    one given before the command stands)."""
+    flag = False if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--json", action="store_true", default=flag, help="print JSON (exact bytes, UTC times)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=flag, help="no progress bars")
+    parser.add_argument(
+        "--proxy", metavar="HOST:PORT", default=None if top else argparse.SUPPRESS, help=PROXY_HELP
+    )
 
 
-def cmd_list(c: Client, a: argparse.Namespace) -> int:
-    files = c.list()
-    if a.json:
-        print(json.dumps(output.files_json(files), ensure_ascii=False, indent=2))
-    else:
-        print(output.files_table(files))
-    return 0
+def _run_completion(c: Client, out: Sink, a: argparse.Namespace) -> int:
+    raise AssertionError("completion runs without a client")
 
 
-def cmd_share(c: Client, a: argparse.Namespace) -> int:
-    print(c.share(a.name))
-    return 0
-
-
-def cmd_download(c: Client, a: argparse.Namespace) -> int:
-    with output.ProgressBars(a.target) as bars:
-        r = c.download(a.target, Path(a.output), bars)
-    if not r.fetched:
-        print(f"already there: {r.path}  size={r.size}  sha1={r.sha1}")
-    else:
-        note = "" if r.path.name == r.name else f"  (a different {r.name} was already there)"
-        print(f"saved {r.path}  size={r.size}  sha1={r.sha1}{note}")
-    return 0
-
-
-def cmd_delete(c: Client, a: argparse.Namespace) -> int:
-    c.delete(a.name)
-    print(f"deleted {a.name}")
-    return 0
-
-
-def cmd_status(c: Client, a: argparse.Namespace) -> int:
-    """Exit status 1 if a server is not up or a chunk is lost or unavailable (the output says which)."""
-    status = c.status()
-    if a.json:
-        print(json.dumps(output.status_json(status), ensure_ascii=False, indent=2))
-    else:
-        print(output.status_table(status))
-    return 0 if output.cluster_sound(status) else 1
-
-
-def cmd_menu(c: Client, a: argparse.Namespace) -> int:
+def _run_menu(c: Client, out: Sink, a: argparse.Namespace) -> int:
     from client.menu import run_menu
 
     return run_menu(c)
 
 
+COMMANDS = [
+    Command(
+        "register",
+        lambda c, out, a: actions.register(c, out, a.user),
+        "create an account and log in",
+        "  filecluster register ana\n  FILECLUSTER_PASSWORD=... filecluster register ana   # no prompt",
+    ),
+    Command(
+        "login",
+        lambda c, out, a: actions.login(c, out, a.user),
+        "log in (the password from FILECLUSTER_PASSWORD, else a prompt)",
+        "  filecluster login ana",
+    ),
+    Command("logout", lambda c, out, a: actions.logout(c, out), "end the session", "  filecluster logout"),
+    Command(
+        "whoami",
+        lambda c, out, a: actions.whoami(c, out),
+        "show who is logged in, how much they store and their quota",
+        "  filecluster whoami\n  filecluster whoami --json",
+    ),
+    Command(
+        "upload",
+        lambda c, out, a: actions.upload(c, out, a.paths, a.recursive, a.as_name),
+        "upload files, or folders with -r (a name already there gets a new version)",
+        "  filecluster upload report.pdf photos/*.jpg   # named report.pdf, a.jpg, ...\n"
+        "  filecluster upload -r ~/pics                 # pics/2024/a.jpg, ...\n"
+        "  filecluster upload notes.txt --as work/notes.txt",
+    ),
+    Command(
+        "list",
+        lambda c, out, a: actions.list_files(c, out, a.prefix, a.recursive, a.long),
+        "list your files and folders, like ls",
+        "  filecluster list              # the top: folders (with what is in them) and files\n"
+        "  filecluster ls pics/2024      # one folder\n"
+        "  filecluster ls -R -l pics     # every file under pics, with owner, versions, state, SHA-1",
+        aliases=("ls",),
+    ),
+    Command(
+        "share",
+        lambda c, out, a: actions.share(c, out, a.name),
+        "print a download link (sharelink) for one of your files",
+        "  filecluster share report.pdf\n  filecluster share pics/2024/a.jpg",
+    ),
+    Command(
+        "download",
+        lambda c, out, a: actions.download(c, out, a.targets, a.recursive, a.version, Path(a.output)),
+        "download links or your files (by name), or folders with -r",
+        "  filecluster download filecluster://127.0.0.1:9000/s/TOKEN\n"
+        "  filecluster get report.pdf notes.txt -o ~/Downloads\n"
+        "  filecluster get -r pics                      # ClientFiles/pics/2024/a.jpg, ...\n"
+        "  filecluster get report.pdf --version 2       # an older version",
+        aliases=("get",),
+    ),
+    Command(
+        "delete",
+        lambda c, out, a: actions.delete(c, out, a.names, a.recursive),
+        "delete files (with every version), or folders with -r",
+        "  filecluster delete report.pdf old.txt\n  filecluster rm -r pics/2023   # a folder and all in it",
+        aliases=("rm",),
+    ),
+    Command(
+        "mv",
+        lambda c, out, a: actions.move(c, out, a.old, a.new),
+        "rename or move a file or a folder (versions and share links follow)",
+        "  filecluster mv report.pdf work/report.pdf\n  filecluster mv pics photos",
+        aliases=("move", "rename"),
+    ),
+    Command(
+        "versions",
+        lambda c, out, a: actions.versions(c, out, a.name),
+        "list the kept versions of a file, newest first",
+        "  filecluster versions report.pdf",
+    ),
+    Command(
+        "restore",
+        lambda c, out, a: actions.restore(c, out, a.name, a.version),
+        "make an older version current again (as a new version; nothing is lost)",
+        "  filecluster restore report.pdf --version 2",
+    ),
+    Command(
+        "status",
+        lambda c, out, a: actions.status(c, out),
+        "show the storage servers, the chunks' health and the free space",
+        "  filecluster status\n  filecluster status >/dev/null || echo trouble\n\n"
+        "Exit status 1 when a server is not up or a chunk is lost or unavailable.",
+    ),
+    Command("menu", _run_menu, "the interactive menu (also: no command at all)", "  filecluster menu"),
+    Command(
+        "completion",
+        _run_completion,
+        "print a shell completion script",
+        "  source <(filecluster completion bash)      # in ~/.bashrc\n"
+        "  source <(filecluster completion zsh)       # in ~/.zshrc, after compinit",
+    ),
+]
+
+
+def _arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """Each command's own arguments."""
+    recursive = ("-r", "-R", "--recursive")
+    if name in ("register", "login"):
+        p.add_argument("user", metavar="USER", help="user name: 1-32 letters, digits, '.', '_' or '-'")
+    elif name == "upload":
+        p.add_argument("paths", nargs="+", metavar="PATH", help="files to upload (folders with -r)")
+        p.add_argument(
+            *recursive,
+            dest="recursive",
+            action="store_true",
+            help="upload folders with everything in them, named FOLDER/relative/path",
+        )
+        p.add_argument(
+            "--as",
+            dest="as_name",
+            metavar="NAME",
+            help="the name in the cluster (a path like work/a.txt) for a single PATH; with -r, the folder's",
+        )
+    elif name == "list":
+        p.add_argument(
+            "prefix", nargs="?", default="", metavar="FOLDER", help="the folder to list (default: all)"
+        )
+        p.add_argument("-R", "--recursive", action="store_true", help="every file under the folder, by path")
+        p.add_argument(
+            "-l", "--long", action="store_true", help="also owner, versions, state and SHA-1 (wider)"
+        )
+    elif name in ("share", "versions"):
+        p.add_argument("name", metavar="NAME", help="the name of one of your files")
+    elif name == "download":
+        p.add_argument(
+            "targets",
+            nargs="+",
+            metavar="TARGET",
+            help="a link (filecluster://HOST:PORT/s/TOKEN), a bare token, or one of your files by name",
+        )
+        p.add_argument(
+            *recursive,
+            dest="recursive",
+            action="store_true",
+            help="TARGETs are folders: download all of them",
+        )
+        p.add_argument("--version", type=int, metavar="N", help="an older version of a single file")
+        p.add_argument(
+            "-o",
+            "--output",
+            default=actions.DEFAULT_FOLDER,
+            metavar="DIR",
+            help="folder to save to (default: ./ClientFiles)",
+        )
+    elif name == "delete":
+        p.add_argument("names", nargs="+", metavar="NAME", help="your files (folders with -r)")
+        p.add_argument(
+            *recursive, dest="recursive", action="store_true", help="delete folders and everything in them"
+        )
+    elif name == "mv":
+        p.add_argument("old", metavar="OLD", help="a file or folder of yours")
+        p.add_argument("new", metavar="NEW", help="its new name (no file or folder may have it)")
+    elif name == "restore":
+        p.add_argument("name", metavar="NAME", help="the name of one of your files")
+        p.add_argument(
+            "--version", type=int, required=True, metavar="N", help="the version to restore (see versions)"
+        )
+    elif name == "completion":
+        p.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="filecluster", description="A small self-hosted file cluster. With no command, opens the menu."
+        prog="filecluster",
+        description="A small self-hosted file cluster. With no command, opens the menu.",
+        epilog="Run 'filecluster COMMAND --help' for a command's options and examples.\n"
+        "Exit status: 0 success, 1 an error, 2 a usage error, 130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--proxy", default=None, help="proxy HOST:PORT (default: FILECLUSTER_PROXY or 127.0.0.1:9000)"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(
-        name: str, func: Callable[[Client, argparse.Namespace], int], help_text: str
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        return p
-
-    add("register", cmd_register, "create an account and log in").add_argument("user")
-    add("login", cmd_login, "log in (password from FILECLUSTER_PASSWORD or a prompt)").add_argument("user")
-    add("logout", cmd_logout, "end the session")
-    add("whoami", cmd_whoami, "print the logged-in user")
-    add("upload", cmd_upload, "upload files (the name in the cluster is the base name)").add_argument(
-        "paths", nargs="+", metavar="PATH"
-    )
-    p = add("list", cmd_list, "list your files")
-    p.add_argument("--json", action="store_true", help="a JSON array instead of a table")
-    add("share", cmd_share, "print a download link for one of your files").add_argument("name")
-    p = add("download", cmd_download, "download a shared link, or one of your files by name")
-    p.add_argument("target", metavar="LINK_OR_NAME")
-    p.add_argument("-o", "--output", default="ClientFiles", help="folder (default: ./ClientFiles)")
-    add("delete", cmd_delete, "delete one of your files").add_argument("name")
-    p = add("status", cmd_status, "show the storage servers and the chunks' health")
-    p.add_argument("--json", action="store_true", help="the proxy's figures as a JSON object")
-    p.epilog = "Exit status 1 when a server is not up or a chunk is lost or unavailable."
-    add("menu", cmd_menu, "the interactive menu")
+    parser.add_argument("--version", action="version", version=f"filecluster {version()}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for command in COMMANDS:
+        p = sub.add_parser(
+            command.name,
+            aliases=list(command.aliases),
+            help=command.help,
+            description=command.help,
+            epilog="examples:\n" + command.examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _arguments(command.name, p)
+        _common(p, top=False)
+        p.set_defaults(run=command.run, command_name=command.name)
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every command name and alias, with its parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _check_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """An unknown command gets a suggestion ("did you mean ...?") and exit status 2."""
+    known = command_names(parser)
+    words = iter(argv)
+    for word in words:
+        if word == "--proxy":
+            next(words, None)
+        elif word == "--":
+            word = next(words, "")
+            break
+        elif not word.startswith("-"):
+            break
+    else:
+        return
+    if word and word not in known:
+        close = difflib.get_close_matches(word, list(known), n=1)
+        hint = (
+            f" (did you mean '{close[0]}'?)"
+            if close
+            else f"; commands: {', '.join(c.name for c in COMMANDS)}"
+        )
+        parser.error(f"unknown command '{word}'{hint}")
 
 
 class Terminated(BaseException):
@@ -171,15 +307,23 @@ def _interrupt_on_sigterm() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    _check_command(parser, argv)
     args = parser.parse_args(argv)
+    name = getattr(args, "command_name", None)
+    if name == "completion":
+        print(completion.script(parser, args.shell), end="")
+        return 0
+    if name == "upload" and args.as_name is not None and len(args.paths) != 1:
+        parser.error("--as names a single PATH")
+    out = Sink(json_mode=args.json, progress=not args.quiet)
     try:
         _interrupt_on_sigterm()
         with Client.from_environment(args.proxy) as client:
-            func = args.func if args.command else cmd_menu
-            status = func(client, args)
+            status = args.run(client, out, args) if name else _run_menu(client, out, args)
         sys.stdout.flush()  # a reader that has gone away shows up here, not at exit
-        return status
+        return int(status)
     except FileClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -58,7 +58,7 @@ from common.errors import (
 )
 from common.hashing import READ_SIZE
 from common.messages import MsgType
-from common.names import MAX_NAME_BYTES, base_name, check_file_name
+from common.names import MAX_NAME_BYTES, check_file_name
 
 Progress = Callable[[str, int, int], None]
 STALE_PART_SECONDS = 3600
@@ -73,6 +73,7 @@ class DownloadResult:
     size: int
     sha1: str
     fetched: bool  # False when an identical file was already there
+    resumed: int = 0  # bytes found already verified in a partial file
 
 
 def file_sha1(path: Path) -> str:
@@ -157,8 +158,10 @@ def download(
     progress: Progress | None = None,
     relocate: Callable[[], dict[str, Any]] | None = None,
     proxy: ProxyCaller | None = None,
+    save_as: str | None = None,
 ) -> DownloadResult:
-    """Fetch the file described by a LOCATE reply into ``out_dir``.
+    """Fetch the file described by a LOCATE reply into ``out_dir``, as ``save_as`` (a path relative to
+    ``out_dir``; default: the base name of the file's name).
 
     ``proxy`` is the proxy that gave the reply.  If the reply carries a ``lease`` (the proxy keeps
     the file's chunks while it lives), fresh tickets for a long download come from
@@ -171,7 +174,7 @@ def download(
     reports = _Reports()
     interrupted = True
     try:
-        result = _download(info, Path(out_dir), progress, tickets, reports)
+        result = _download(info, Path(out_dir), progress, tickets, reports, save_as)
         interrupted = False
         return result
     except Exception:
@@ -184,9 +187,17 @@ def download(
 
 
 def _download(
-    info: dict[str, Any], out_dir: Path, progress: Progress | None, tickets: Tickets, reports: _Reports
+    info: dict[str, Any],
+    out_dir: Path,
+    progress: Progress | None,
+    tickets: Tickets,
+    reports: _Reports,
+    save_as: str | None = None,
 ) -> DownloadResult:
-    name = base_name(check_file_name(info["name"]))  # photos/a.jpg saves as a.jpg
+    name = check_file_name(info["name"])
+    # every segment is checked on its own: no "..", no empty segment, so nothing escapes out_dir
+    parts = [check_file_name(part) for part in (save_as or name.rsplit("/", 1)[-1]).split("/")]
+    out_dir, leaf = out_dir.joinpath(*parts[:-1]), parts[-1]
     size, sha1 = int(info["size"]), str(info["sha1"])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +207,7 @@ def _download(
         raise InvalidRequest(f"{out_dir} is not a folder")
     _clean_stale_parts(out_dir / PARTIAL_DIR)
     try:
-        for candidate in _candidates(out_dir, name):
+        for candidate in _candidates(out_dir, leaf):
             if not candidate.exists() and not candidate.is_symlink():
                 break
             if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
@@ -213,7 +224,7 @@ def _download(
             os.fsync(fd)
         finally:
             os.close(fd)
-        final = _link_into_place(tmp, out_dir, name)
+        final = _link_into_place(tmp, out_dir, leaf)
     finally:
         tmp.unlink(missing_ok=True)
         _remove_if_empty(tmp.parent)

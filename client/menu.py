@@ -1,96 +1,244 @@
-"""The interactive numbered menu: the same actions as the subcommands, one at a time."""
+"""The interactive numbered menu: the same actions as the subcommands (client.actions), asked for
+one question at a time.
+
+Paths are typed as in a shell: ``~`` is expanded, quoted or backslash-escaped paths (what
+drag-and-drop gives) and globs work, and Tab completes local paths where readline is available.
+Cluster files are picked by number from a list (``3``, ``1,3-5``) or typed by name.  Ctrl-C inside
+an action (even mid-transfer) cancels it and returns to the menu.
+"""
 
 from __future__ import annotations
 
-import getpass
+import glob
+import os
+import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from client import output
-from client.api import Client
-from common.errors import FileClusterError
+from client import actions, output
+from client.actions import Sink
+from client.api import Client, parse_link
+from client.listing import folder_of, under
+from common.errors import FileClusterError, InvalidRequest
+
+OUT = Sink()
 
 
 def _ask(prompt: str) -> str:
     return input(prompt).strip()
 
 
-def _password(confirm: bool = False) -> str:
-    ask = getpass.getpass if sys.stdin.isatty() else input
-    password = ask("password: ")
-    if confirm and ask("password again: ") != password:
-        raise FileClusterError("the two passwords differ")
-    return password
+def _yes(prompt: str) -> bool:
+    return _ask(f"{prompt} [y/N] ").lower() in ("y", "yes")
+
+
+# -- local paths ---------------------------------------------------------------------------------
+
+
+def complete_path(text: str, state: int) -> str | None:
+    """readline's completer: local paths starting with ``text`` (``~`` expanded; folders end in /)."""
+    expanded = os.path.expanduser(text)
+    matches = sorted(glob.glob(glob.escape(expanded) + "*"))
+    if text.startswith("~"):
+        home = os.path.expanduser("~")
+        matches = ["~" + m[len(home) :] if m.startswith(home) else m for m in matches]
+    shown = [m + "/" if os.path.isdir(os.path.expanduser(m)) else m for m in matches]
+    return shown[state] if state < len(shown) else None
+
+
+def _enable_line_editing() -> None:
+    """readline editing and Tab completion of local paths, on a terminal that has readline."""
+    if not sys.stdin.isatty():
+        return
+    try:
+        import readline
+    except ImportError:  # not every Python has it; input() then still works
+        return
+    readline.set_completer_delims(" \t\n\"'")
+    readline.set_completer(complete_path)
+    readline.parse_and_bind("tab: complete")
+
+
+def local_paths(line: str) -> list[str]:
+    """The paths typed on one line: a path that exists as typed (spaces and all), else words split
+    like a shell does (quotes, backslashes), each with ``~`` expanded and globs expanded (a glob
+    that matches nothing stays as typed, to be reported)."""
+    line = line.strip()
+    if not line:
+        return []
+    if os.path.exists(os.path.expanduser(line)):
+        return [os.path.expanduser(line)]
+    try:
+        words = shlex.split(line)
+    except ValueError:  # an unmatched quote: take the line as it is
+        words = [line]
+    paths: list[str] = []
+    for word in words:
+        word = os.path.expanduser(word)
+        found = sorted(glob.glob(word)) if glob.has_magic(word) and not os.path.exists(word) else []
+        paths += found or [word]
+    return paths
+
+
+# -- picking cluster files by number ------------------------------------------------------------
+
+_NUMBERS = re.compile(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*\Z")
+
+
+def numbers(text: str, count: int) -> list[int] | None:
+    """``3``, ``1,3-5``: the 0-based indexes chosen (in order, once each); None if ``text`` is not
+    a list of numbers; an error for a number outside 1..count."""
+    if not _NUMBERS.match(text):
+        return None
+    chosen: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        first, last = int(low), int(high or low)
+        if first > last:
+            first, last = last, first
+        for n in range(first, last + 1):
+            if not 1 <= n <= count:
+                raise InvalidRequest(f"no file number {n}: choose from 1 to {count}")
+            if n - 1 not in chosen:
+                chosen.append(n - 1)
+    return chosen
+
+
+def _numbered(files: list[dict[str, Any]]) -> None:
+    width = output.terminal_width()
+    digits = len(str(len(files)))
+    for n, f in enumerate(files, 1):
+        size = output.human_size(int(f["size"]))
+        name = output.shorten(str(f["name"]), max(output.NAME_MIN, width - digits - len(size) - 6))
+        print(f"{n:>{digits}}. {name}  {size}")
+
+
+def _pick(c: Client, prompt: str, many: bool, links: bool = False) -> list[str]:
+    """Show your files numbered, and read which: numbers (``1,3-5`` when ``many``), or a name (or a
+    link, with ``links``).  An empty answer picks nothing."""
+    logged_in = c.user is not None or not links  # a link needs no login; your files do
+    files = sorted(c.list(), key=lambda f: str(f["name"])) if logged_in else []
+    if files:
+        _numbered(files)
+    elif not links:
+        print("no files")
+        return []
+    answer = _ask(prompt)
+    if not answer:
+        return []
+    chosen = numbers(answer, len(files))
+    if chosen is None:
+        return [answer]
+    if len(chosen) > 1 and not many:
+        raise InvalidRequest("choose one file")
+    return [str(files[i]["name"]) for i in chosen]
+
+
+# -- the actions ----------------------------------------------------------------------------------
 
 
 def _register(c: Client) -> None:
-    user = _ask("user name: ")
-    password = _password(confirm=True)
-    c.register(user, password)
-    c.login(user, password)
-    print(f"registered and logged in as {user}")
+    actions.register(c, OUT, _ask("user name: "), interactive=True)
 
 
 def _login(c: Client) -> None:
-    user = _ask("user name: ")
-    c.login(user, _password())
-    print(f"logged in as {user}")
+    actions.login(c, OUT, _ask("user name: "), interactive=True)
 
 
 def _upload(c: Client) -> None:
-    path = Path(_ask("path of the file to upload: "))
-    with output.ProgressBars(path.name) as bars:
-        r = c.upload(path, bars)
-    print(f"uploaded {r.name}  size={r.size}  sha1={r.sha1}  sent={r.sent}")
+    paths = local_paths(_ask("files or folders to upload (globs like *.jpg work): "))
+    if not paths:
+        return
+    files = [p for p in paths if not os.path.isdir(p)]
+    folders = [p for p in paths if os.path.isdir(p)]
+    for folder in folders:
+        if _yes(f"{folder} is a folder: upload it and everything in it?"):
+            files.append(folder)
+    if files:
+        actions.upload(c, OUT, files, recursive=bool(folders))
 
 
 def _list(c: Client) -> None:
-    print(output.files_table(c.list()))
+    actions.list_files(c, OUT, recursive=True)
 
 
 def _share(c: Client) -> None:
-    print(c.share(_ask("name of your file to share: ")))
+    for name in _pick(c, "file to share (number or name): ", many=False):
+        actions.share(c, OUT, name)
 
 
 def _download(c: Client) -> None:
-    target = _ask("link, or the name of one of your files: ")
-    folder = _ask("folder [ClientFiles]: ") or "ClientFiles"
-    with output.ProgressBars(target) as bars:
-        r = c.download(target, Path(folder), bars)
-    print(f"{'saved' if r.fetched else 'already there:'} {r.path}  size={r.size}  sha1={r.sha1}")
+    targets = _pick(c, "files to download (numbers like 1,3-5, a name or a link): ", many=True, links=True)
+    if not targets:
+        return
+    folder = _ask(f"folder [{actions.DEFAULT_FOLDER}]: ") or actions.DEFAULT_FOLDER
+    single = targets[0]
+    recursive = (
+        len(targets) == 1
+        and parse_link(single) is None
+        and c.user is not None
+        and bool(under(c.list(folder_of(single) + "/"), folder_of(single)))
+    )
+    actions.download(c, OUT, targets, recursive=recursive, out_dir=Path(os.path.expanduser(folder)))
 
 
 def _delete(c: Client) -> None:
-    name = _ask("name of your file to delete: ")
-    if _ask(f"delete {name!r}? [y/N] ").lower() in ("y", "yes"):
-        c.delete(name)
-        print(f"deleted {name}")
+    names = _pick(c, "files to delete (numbers like 1,3-5, or a name): ", many=True)
+    if not names:
+        return
+    if len(names) == 1:
+        base = folder_of(names[0])
+        inside = [f for f in under(c.list(base + "/"), base) if f["name"] != base]
+        if inside:
+            if _yes(f"{base!r} is a folder with {output.plural(len(inside), 'file')}: delete it all?"):
+                actions.delete(c, OUT, [base], recursive=True)
+            return
+        question = f"delete {names[0]!r}?"
+    else:
+        question = f"delete these {len(names)} files?"
+    if _yes(question):
+        actions.delete(c, OUT, names)
 
 
-def _whoami(c: Client) -> None:
-    print(c.whoami())
+def _move(c: Client) -> None:
+    old = _pick(c, "file or folder to rename or move (number or name): ", many=False)
+    if old:
+        actions.move(c, OUT, old[0], _ask(f"new name for {old[0]}: "))
 
 
-def _logout(c: Client) -> None:
-    print("logged out" if c.logout() else "not logged in")
+def _versions(c: Client) -> None:
+    name = _pick(c, "file whose versions to see (number or name): ", many=False)
+    if not name:
+        return
+    actions.versions(c, OUT, name[0])
+    chosen = _ask("version to restore (Enter: none): ")
+    if chosen:
+        if not chosen.isascii() or not chosen.isdigit():
+            raise InvalidRequest("a version is a number")
+        actions.restore(c, OUT, name[0], int(chosen))
 
 
-ACTIONS: list[tuple[str, Callable[[Client], None]]] = [
+ACTIONS: list[tuple[str, Callable[[Client], object]]] = [
     ("register", _register),
     ("login", _login),
-    ("upload a file", _upload),
+    ("upload files or folders", _upload),
     ("list my files", _list),
     ("share a file (sharelink)", _share),
-    ("download a link or one of my files", _download),
-    ("delete a file", _delete),
-    ("storage servers status", lambda c: print(output.status_table(c.status()))),
-    ("who am I", _whoami),
-    ("logout", _logout),
+    ("download links or my files", _download),
+    ("delete files", _delete),
+    ("storage servers status", lambda c: actions.status(c, OUT)),
+    ("who am I", lambda c: actions.whoami(c, OUT)),
+    ("logout", lambda c: actions.logout(c, OUT)),
+    ("rename or move (mv)", _move),
+    ("versions of a file (restore one)", _versions),
 ]
 
 
 def run_menu(client: Client) -> int:
+    _enable_line_editing()
     print(
         f"filecluster — proxy {client.proxy.address}"
         + (f", logged in as {client.user}" if client.user else "")
@@ -107,13 +255,13 @@ def run_menu(client: Client) -> int:
             return 0
         if choice in ("0", "q", "quit", "exit"):
             return 0
-        if not choice.isdigit() or not 1 <= int(choice) <= len(ACTIONS):
+        if not choice.isascii() or not choice.isdigit() or not 1 <= int(choice) <= len(ACTIONS):
             print(f"choose a number from 0 to {len(ACTIONS)}")
             continue
         try:
             ACTIONS[int(choice) - 1][1](client)
         except FileClusterError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            OUT.error(str(exc))
         except EOFError:
             print()
             return 0
@@ -121,4 +269,4 @@ def run_menu(client: Client) -> int:
             print("\ncancelled", file=sys.stderr)
 
 
-__all__ = ["run_menu"]
+__all__ = ["complete_path", "local_paths", "numbers", "run_menu"]

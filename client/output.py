@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from tabulate import tabulate
 from tqdm import tqdm
+from wcwidth import wcswidth
+
+from client.listing import Entry
 
 WIDTH = 80  # status's summary lines wrap at this width
+ELLIPSIS = "…"
 
 
 def human_size(n: int) -> str:
@@ -23,34 +28,76 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 files``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def iso_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def local_time(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    """Local time with its offset from UTC, to the minute: ``2024-05-01 14:03 +0200``."""
+    return time.strftime("%Y-%m-%d %H:%M %z", time.localtime(epoch))
 
 
-def files_table(files: list[dict[str, Any]]) -> str:
-    if not files:
-        return "no files"
-    rows = [[f["name"], f["owner"], f["size"], f["sha1"], local_time(f["uploaded"])] for f in files]
-    headers = ["name", "owner", "size", "sha1", "uploaded"]
-    align = ["left", "left", "right", "left", "left"]
-    if any(f.get("state", "ok") != "ok" for f in files):  # a file not whole right now says so
-        for row, f in zip(rows, files, strict=True):
-            row.append(FILE_STATES.get(f.get("state", "ok"), f.get("state", "")))
-        headers.append("state")
-        align.append("left")
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal (East Asian wide characters take two)."""
+    width = wcswidth(text)
+    return width if width >= 0 else len(text)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut in the middle with an ellipsis so that it takes at most ``width`` columns (the
+    end, where a file name's extension is, keeps half of them)."""
+    if display_width(text) <= width:
+        return text
+    room = max(width, 2) - 1
+    tail_room, head_room = room // 2, room - room // 2
+    head = ""
+    for char in text:
+        if display_width(head + char) > head_room:
+            break
+        head += char
+    tail = ""
+    for char in reversed(text[len(head) :]):
+        if display_width(char + tail) > tail_room:
+            break
+        tail = char + tail
+    return head + ELLIPSIS + tail
+
+
+def terminal_width(stream: Any = None) -> int:
+    """The width of the terminal ``stream`` (default stdout) is on: COLUMNS if set, else the
+    terminal's own, else 80."""
+    raw = os.environ.get("COLUMNS", "")
+    if raw.isascii() and raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        return os.get_terminal_size((stream or sys.stdout).fileno()).columns or WIDTH
+    except (OSError, ValueError, AttributeError):
+        return WIDTH
+
+
+def _aligned(
+    headers: list[str], rows: list[list[str]], align: Sequence[str], *, keep_spaces: bool = False
+) -> str:
+    """Columns two spaces apart under a rule of dashes, each as wide as its widest cell (tabulate's
+    own headers widen every column by two, which an 80-column table cannot spare).  Wide
+    characters count double (tabulate does the same with wcwidth installed)."""
+    widths = [max(display_width(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    rule = ["-" * w for w in widths]
     return tabulate(
-        rows,
-        headers=headers,
+        [headers, rule, *rows],
+        tablefmt="plain",
         colalign=align,
-        preserve_whitespace=True,  # a name's leading or trailing spaces are part of it
+        disable_numparse=True,
+        preserve_whitespace=keep_spaces,  # a name's leading or trailing spaces are part of it
     )
 
 
-# a file's state, as LIST gives it: shown only when some file is not "ok"
+# a file's state, as LIST gives it
 FILE_STATES = {
     "ok": "ok",
     "degraded": "degraded (repairing)",
@@ -58,19 +105,119 @@ FILE_STATES = {
     "lost": "LOST",
 }
 
+NAME_MIN = 12  # a name column is never cut narrower than this
 
-def files_json(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+
+def listing_table(entries: list[Entry], long: bool = False, width: int = WIDTH) -> str:
+    """``list``'s table: folders (``name/``, with how many files) and files; name, size and time,
+    fitted to ``width`` columns (names cut in the middle); ``long`` adds owner, versions, state and
+    the SHA-1, and cuts nothing.  A file that is not whole right now says so even when not long."""
+    if not entries:
+        return "no files"
+    folders = any(e.folder for e in entries)
+    troubled = long or any(e.state != "ok" for e in entries)
+    headers = ["name", *(["files"] if folders else []), "size", "modified"]
+    align = ["left", *(["right"] if folders else []), "right", "left"]
+    rows: list[list[str]] = []
+    for e in entries:
+        row = [e.shown, *([str(e.files) if e.folder else ""] if folders else [])]
+        row += [human_size(e.size), local_time(e.uploaded)]
+        rows.append(row)
+    if long:
+        headers += ["owner", "versions", "state", "sha1"]
+        align += ["left", "right", "left", "left"]
+        for row, e in zip(rows, entries, strict=True):
+            row += [e.owner, str(e.versions) if not e.folder else "", _state(e), e.sha1]
+    elif troubled:
+        headers.append("state")
+        align.append("left")
+        for row, e in zip(rows, entries, strict=True):
+            row.append(_state(e))
+    if not long:
+        others = sum(max(display_width(r[i]) for r in [headers, *rows]) + 2 for i in range(1, len(headers)))
+        room = max(NAME_MIN, width - others)
+        for row in rows:
+            row[0] = shorten(row[0], room)
+    return _aligned(headers, rows, align, keep_spaces=True)
+
+
+def _state(e: Entry) -> str:
+    return "" if e.folder and e.state == "ok" else FILE_STATES.get(e.state, e.state)
+
+
+def listing_summary(entries: list[Entry]) -> str:
+    """The line under ``list``'s table: what it holds in all."""
+    files = sum(e.files for e in entries)
+    size = sum(e.size for e in entries)
+    folders = sum(1 for e in entries if e.folder)
+    parts = [plural(files, "file")] + ([plural(folders, "folder")] if folders else [])
+    return f"{', '.join(parts)}, {human_size(size)} in all"
+
+
+def file_json(f: dict[str, Any]) -> dict[str, Any]:
+    """One file item for ``--json``: exact bytes, UTC times in ISO 8601."""
+    item = {
+        "type": "file",
+        "name": f["name"],
+        "owner": f["owner"],
+        "size": f["size"],
+        "sha1": f["sha1"],
+        "uploaded": iso_time(f["uploaded"]),
+        **({"state": f["state"]} if "state" in f else {}),
+    }
+    for key in ("version", "versions"):
+        if key in f:
+            item[key] = f[key]
+    return item
+
+
+def entries_json(entries: list[Entry]) -> list[dict[str, Any]]:
+    """``list --json``: the listing's entries; a folder's ``name`` ends with ``/``."""
     return [
         {
-            "name": f["name"],
-            "owner": f["owner"],
-            "size": f["size"],
-            "sha1": f["sha1"],
-            "uploaded": iso_time(f["uploaded"]),
-            **({"state": f["state"]} if "state" in f else {}),
+            "type": "folder",
+            "name": e.name + "/",
+            "files": e.files,
+            "size": e.size,
+            "uploaded": iso_time(e.uploaded),
         }
-        for f in files
+        if e.folder or e.item is None
+        else file_json(e.item)
+        for e in entries
     ]
+
+
+def versions_table(versions: list[dict[str, Any]]) -> str:
+    if not versions:
+        return "no versions"
+    rows = [
+        [
+            f"{v['version']}{' (current)' if v.get('current') else ''}",
+            human_size(v["size"]),
+            local_time(v["uploaded"]),
+            v["sha1"][:12],
+        ]
+        for v in versions
+    ]
+    return _aligned(["version", "size", "uploaded", "sha1"], rows, ("right", "right", "left", "left"))
+
+
+def version_json(v: dict[str, Any]) -> dict[str, Any]:
+    return {**v, "uploaded": iso_time(v["uploaded"])}
+
+
+def account_text(account: dict[str, Any]) -> str:
+    """``whoami``: the user, then how much they store against their quota."""
+    lines = [str(account["user"])]
+    usage, quota, files = account.get("usage"), account.get("quota"), account.get("files")
+    if isinstance(usage, int):
+        stored = f"{plural(files, 'file')}, " if isinstance(files, int) else ""
+        if isinstance(quota, int) and quota > 0:
+            share = min(100, round(100 * usage / quota))
+            lines.append(f"{stored}{human_size(usage)} used of {human_size(quota)} ({share}%)")
+        else:
+            lines.append(f"{stored}{human_size(usage)} used (no quota)")
+    return "\n".join(lines)
 
 
 def since(seconds: float) -> str:
@@ -146,14 +293,6 @@ def _health_lines(health: dict[str, Any], some_down: bool) -> list[str]:
     return lines
 
 
-def _aligned(headers: list[str], rows: list[list[str]], align: tuple[str, ...]) -> str:
-    """Columns two spaces apart under a rule of dashes, each as wide as its widest cell (tabulate's
-    own headers widen every column by two, which an 80-column table cannot spare)."""
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    rule = ["-" * w for w in widths]
-    return tabulate([headers, rule, *rows], tablefmt="plain", colalign=align, disable_numparse=True)
-
-
 def status_table(status: dict[str, Any]) -> str:
     """The STATUS reply for a person: one row per storage server, then the cluster's health.
     Every field but a server's id, host and port may be missing (older proxies send fewer)."""
@@ -169,6 +308,20 @@ def status_table(status: dict[str, Any]) -> str:
         f"{up} of {len(servers)} storage servers up; "
         f"{status['replicas']} copies of every chunk, {human_size(status['chunk_size'])} chunks",
     ]
+    taking = [
+        s for s in servers if s.get("up") and s.get("state", "up") == "up" and isinstance(s.get("free"), int)
+    ]
+    if taking:  # where new chunks can go
+        free = sum(int(s["free"]) for s in taking)
+        copies = max(1, int(status["replicas"]))
+        lines.append(
+            _listed(
+                [
+                    f"free: {human_size(free)} on {plural(len(taking), 'server')} taking new chunks",
+                    f"room for about {human_size(free // copies)} of files",
+                ]
+            )
+        )
     health = status.get("health")
     if isinstance(health, dict):
         lines += _health_lines(health, any(s.get("state") == "down" for s in servers))
@@ -191,30 +344,107 @@ def cluster_sound(status: dict[str, Any]) -> bool:
     )
 
 
-class ProgressBars:
-    """A progress callback that shows one tqdm bar per phase, only on a terminal."""
+PROGRESS_RIGHT = 56  # columns tqdm needs right of the label: percentage, a short bar, sizes, times, speed
+TRANSFER_PHASES = frozenset({"sending", "receiving"})  # the phases whose bytes an overall bar counts
 
-    def __init__(self, label: str, enabled: bool | None = None) -> None:
+
+def _bar(desc: str, total: int, position: int, width: int) -> Any:
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        file=sys.stderr,
+        ncols=width,
+        position=position,
+    )
+
+
+class OverallBar:
+    """One bar over the files of a multi-file command: bytes of the files done, plus the current
+    file's transfer.  A file whose size was not known up front adds it once its transfer starts."""
+
+    def __init__(self, count: int, total: int = 0, enabled: bool | None = None) -> None:
+        self.count = count
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.finished = 0  # files done (or failed)
+        self.completed = 0  # their bytes
+        self._current: int | None = None  # the size of the file under way, once known
+        self._counted = False  # whether that size is in `total` already
+        self._bar: Any = None
+
+    def _desc(self) -> str:
+        return f"{self.finished}/{plural(self.count, 'file')}"
+
+    def start(self, size: int | None) -> None:
+        """A file begins; ``size`` if known up front (then already part of ``total``)."""
+        self._current, self._counted = size, size is not None
+        self._draw(0)
+
+    def advance(self, done: int, total: int) -> None:
+        if self._current is None:
+            self._current = total
+        if not self._counted:
+            self.total += self._current
+            self._counted = True
+        self._draw(done)
+
+    def finish(self) -> None:
+        """The file under way is done (or failed): the bar moves past it."""
+        self.finished += 1
+        self.completed += self._current or 0
+        self._current = None
+        self._draw(0)
+
+    def _draw(self, done: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = _bar(self._desc(), self.total, 0, terminal_width(sys.stderr))
+        self._bar.total = max(self.total, 1)
+        self._bar.set_description_str(self._desc(), refresh=False)
+        self._bar.n = min(self.completed + done, self._bar.total)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> OverallBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ProgressBars:
+    """A progress callback that shows one tqdm bar per phase, only on a terminal.  Its label is the
+    file's name, cut to leave the bar room on the terminal; with an ``overall`` bar, it draws on
+    the line below it and feeds it."""
+
+    def __init__(self, label: str, enabled: bool | None = None, overall: OverallBar | None = None) -> None:
         self.label = label
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.overall = overall
         self._bar: Any = None
         self._phase = ""
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.overall is not None and phase in TRANSFER_PHASES:
+            self.overall.advance(done, total)
         if not self.enabled:
             return
         if phase != self._phase:
             self.close()
             self._phase = phase
-            self._bar = tqdm(
-                total=total,
-                desc=f"{phase} {self.label}",
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                leave=False,
-                file=sys.stderr,
-            )
+            width = terminal_width(sys.stderr)
+            label = shorten(self.label, max(NAME_MIN, width - PROGRESS_RIGHT - len(phase) - 1))
+            position = 1 if self.overall is not None and self.overall.enabled else 0
+            self._bar = _bar(f"{phase} {label}", total, position, width)
         self._bar.n = done
         self._bar.refresh()
 

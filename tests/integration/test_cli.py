@@ -19,6 +19,7 @@ import pytest
 
 from client.api import Client
 from client.download import PARTIAL_DIR, STALE_PART_SECONDS
+from client.output import human_size
 from common.errors import InvalidRequest
 from tests.cluster import CHUNK, Cluster, die_with_parent
 from tests.conftest import PASSWORD
@@ -57,15 +58,17 @@ def test_full_user_story(cluster: Cluster, home: Path, tmp_path: Path) -> None:
     up = cluster.cli("upload", str(src), home=home)
     assert up.returncode == 0, up.stderr
     sha1 = hashlib.sha1(data).hexdigest()
-    assert up.stdout.strip() == f"uploaded my report.pdf  size={len(data)}  sha1={sha1}  sent={len(data)}"
+    size = human_size(len(data))
+    assert up.stdout.strip() == f"uploaded my report.pdf  size={size}  sha1={sha1}  sent={size}"
 
     table = cluster.cli("list", home=home)
-    assert "my report.pdf" in table.stdout and sha1 in table.stdout
-    for header in ("name", "owner", "size", "sha1", "uploaded"):
-        assert header in table.stdout.splitlines()[0]
+    assert "my report.pdf" in table.stdout and size in table.stdout
+    assert table.stdout.splitlines()[0].split() == ["name", "size", "modified"]
+    assert sha1 in cluster.cli("list", "-l", home=home).stdout
 
     listed = json.loads(cluster.cli("list", "--json", home=home).stdout)
-    assert [set(f) for f in listed] == [{"name", "owner", "size", "sha1", "uploaded", "state"}]
+    assert len(listed) == 1
+    assert set(listed[0]) >= {"type", "name", "owner", "size", "sha1", "uploaded", "state"}
     assert listed[0]["state"] == "ok"
     assert listed[0]["name"] == "my report.pdf" and listed[0]["size"] == len(data)
 
@@ -115,7 +118,7 @@ def test_download_never_overwrites_a_different_file(cluster: Cluster, home: Path
     ("args", "message"),
     [
         (["upload", "/definitely/not/here.txt"], "no such file: /definitely/not/here.txt"),
-        (["upload", "{tmp}"], "is a directory"),
+        (["upload", "{tmp}"], "is a folder; to upload all of it: upload -r"),
         (["share", "nope.txt"], "you have no file named 'nope.txt'"),
         (["delete", "nope.txt"], "you have no file named 'nope.txt'"),
         (["delete", "a\\b.txt"], "backslash"),
@@ -135,7 +138,7 @@ def test_user_mistakes_get_one_clear_line(
 
 
 def test_account_mistakes(cluster: Cluster, home: Path) -> None:
-    user = cluster.cli("whoami", home=home).stdout.strip()
+    user = cluster.cli("whoami", home=home).stdout.splitlines()[0]
     taken = cluster.cli("register", user, home=cluster.new_home(), password=PASSWORD)
     assert f"the user name '{user}' is taken" in one_line_error(taken)
     wrong = cluster.cli("login", user, home=cluster.new_home(), password="not the password")
@@ -202,7 +205,7 @@ def test_a_bad_session_folder_is_one_line_and_left_alone(
 ) -> None:
     not_a_folder = tmp_path / "afile"
     not_a_folder.write_text("x")
-    user = cluster.cli("whoami", home=home).stdout.strip()
+    user = cluster.cli("whoami", home=home).stdout.splitlines()[0]
     result = cluster.cli("login", user, home=not_a_folder, password=PASSWORD)
     assert "FILECLUSTER_HOME" in one_line_error(result)
     shared = tmp_path / "shared"
@@ -311,9 +314,11 @@ def test_sigterm_ends_the_menu(cluster: Cluster, home: Path) -> None:
     )
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(b"7\n")  # "delete": it asks for a name, and waits
+        proc.stdin.write(b"3\n")  # "upload": it asks for paths, and waits
         proc.stdin.flush()
-        read_until(proc.stdout, b"name of your file to delete: ")  # main() set the SIGTERM handler first
+        read_until(
+            proc.stdout, b"to upload (globs like *.jpg work): "
+        )  # main() set the SIGTERM handler first
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)

@@ -11,6 +11,7 @@ import pytest
 from client import output
 from client import session as saved
 from client.api import Client, parse_link
+from client.listing import view
 from common.config import (
     DEFAULT_PROXY_PORT,
     client_home,
@@ -228,8 +229,8 @@ def test_human_sizes(n: int, text: str) -> None:
 
 
 def test_an_empty_listing_says_so() -> None:
-    assert output.files_table([]) == "no files"
-    assert output.files_json([]) == []
+    assert output.listing_table([]) == "no files"
+    assert output.entries_json([]) == []
 
 
 def test_listing_keeps_spaces_in_names_and_right_aligns_sizes() -> None:
@@ -237,12 +238,13 @@ def test_listing_keeps_spaces_in_names_and_right_aligns_sizes() -> None:
         {"name": " padded ", "owner": "ana", "size": 5, "sha1": "a" * 40, "uploaded": 0},
         {"name": "b", "owner": "bo", "size": 12345, "sha1": "b" * 40, "uploaded": 0},
     ]
-    lines = output.files_table(files).splitlines()
-    assert lines[0].split() == ["name", "owner", "size", "sha1", "uploaded"]
+    lines = output.listing_table(view(files, "")).splitlines()
+    assert lines[0].split() == ["name", "size", "modified"]
     assert lines[2].startswith(" padded  ")
-    size_end = lines[3].index("12345") + len("12345")
-    assert lines[2][size_end - 1] == "5"  # sizes line up on the right
-    assert output.files_json(files)[0]["uploaded"] == "1970-01-01T00:00:00Z"
+    size_end = lines[3].index("12.1 KiB") + len("12.1 KiB")
+    assert lines[2][size_end - 1] == "B" and lines[2][size_end - 4 : size_end] == " 5 B"  # aligned right
+    assert output.entries_json(view(files, ""))[0]["uploaded"] == "1970-01-01T00:00:00Z"
+    assert output.entries_json(view(files, ""))[1]["size"] == 12345  # exact bytes in JSON
 
 
 def test_progress_bars_draw_on_a_terminal_and_close_between_phases(
@@ -274,8 +276,8 @@ def test_no_progress_bars_unless_on_a_terminal(capsys: pytest.CaptureFixture[str
 def test_the_listing_shows_a_state_column_only_when_a_file_is_not_whole() -> None:
     base = {"owner": "ana", "size": 1, "sha1": "a" * 40, "uploaded": 0}
     fine = [{**base, "name": "a", "state": "ok"}]
-    assert "state" not in output.files_table(fine).splitlines()[0]
+    assert "state" not in output.listing_table(view(fine, "")).splitlines()[0]
     mixed = [*fine, {**base, "name": "b", "state": "lost"}]
-    table = output.files_table(mixed)
+    table = output.listing_table(view(mixed, ""))
     assert "state" in table.splitlines()[0] and "LOST" in table
-    assert output.files_json(mixed)[1]["state"] == "lost"
+    assert output.entries_json(view(mixed, ""))[1]["state"] == "lost"

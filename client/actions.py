@@ -1,0 +1,421 @@
+"""Every user action, once: the command line (client.cli) parses arguments and calls these, and the
+menu (client.menu) asks questions and calls the same functions, so no message is written twice.
+
+Each action takes the Client, plain parameters and a :class:`Sink` (human text or ``--json``,
+progress bars or none), writes its results, and returns the exit status.  An error that ends the
+action is raised (a FileClusterError: the caller prints it as one line); an action over several
+files reports each failure on stderr, goes on with the others, and returns 1 at the end.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client import output
+from client.api import Client, parse_link
+from client.download import DownloadResult
+from client.listing import folder_of, under, view
+from client.upload import UploadResult
+from common.errors import FileClusterError, InvalidRequest, NotFound
+
+PASSWORD_ENV = "FILECLUSTER_PASSWORD"
+DEFAULT_FOLDER = "ClientFiles"
+
+
+class Sink:
+    """Where an action's results go: text for a person or one JSON document on stdout; errors as
+    one line each on stderr; progress bars on stderr (only on a terminal, and not when quiet)."""
+
+    def __init__(self, json_mode: bool = False, progress: bool = True) -> None:
+        self.json = json_mode
+        self.progress = progress
+
+    def say(self, text: str) -> None:
+        """A line for a person (nothing in JSON mode)."""
+        if not self.json:
+            print(text)
+
+    def emit(self, document: Any) -> None:
+        """The JSON document of the action (nothing in text mode)."""
+        if self.json:
+            print(json.dumps(document, ensure_ascii=False, indent=2))
+
+    def error(self, text: str) -> None:
+        print(f"error: {text}", file=sys.stderr)
+
+    def bars(self, label: str, overall: output.OverallBar | None = None) -> output.ProgressBars:
+        return output.ProgressBars(label, None if self.progress else False, overall)
+
+    def overall(self, count: int, total: int = 0) -> output.OverallBar:
+        """The bar over several files (none for a single file)."""
+        return output.OverallBar(count, total, None if self.progress and count > 1 else False)
+
+
+# -- accounts -----------------------------------------------------------------------------------
+
+
+def read_password(confirm: bool = False, interactive: bool = False) -> str:
+    """FILECLUSTER_PASSWORD, else a prompt without echo on a terminal; ``interactive`` (the menu)
+    also reads it as a line from a stdin that is not a terminal."""
+    password = os.environ.get(PASSWORD_ENV)
+    if password is not None:
+        return password
+    if sys.stdin.isatty():
+        ask: Callable[[str], str] = getpass.getpass
+    elif interactive:
+        ask = input
+    else:
+        raise InvalidRequest(f"no password: set {PASSWORD_ENV} or run on a terminal")
+    password = ask("password: ")
+    if confirm and ask("password again: ") != password:
+        raise InvalidRequest("the two passwords differ")
+    return password
+
+
+def register(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
+    password = read_password(confirm=True, interactive=interactive)
+    c.register(user, password)
+    c.login(user, password)
+    out.say(f"registered and logged in as {user}")
+    out.emit({"user": user})
+    return 0
+
+
+def login(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
+    c.login(user, read_password(interactive=interactive))
+    out.say(f"logged in as {user}")
+    out.emit({"user": user})
+    return 0
+
+
+def logout(c: Client, out: Sink) -> int:
+    was = c.logout()
+    out.say("logged out" if was else "not logged in")
+    out.emit({"logged_out": was})
+    return 0
+
+
+def whoami(c: Client, out: Sink) -> int:
+    account = c.account()
+    out.say(output.account_text(account))
+    out.emit(account)
+    return 0
+
+
+# -- several files at once -------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """The outcome of an action over several files: what worked, what failed (each already said)."""
+
+    out: Sink
+    count: int
+    done: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def fail(self, what: str, exc: FileClusterError, key: str = "path") -> None:
+        message = str(exc)
+        self.out.error(message if what in message else f"{what}: {message}")
+        self.failed.append({key: what, "error": message})
+
+    def finish(self, verb: str) -> int:
+        """Say how it went over several files, print the JSON document, and the exit status."""
+        size = sum(int(d.get("size", 0)) for d in self.done)
+        if self.failed and self.count > 1:
+            self.out.say(
+                f"{len(self.done)} of {output.plural(self.count, 'file')} {verb}; {len(self.failed)} failed"
+            )
+        elif self.count > 1:
+            self.out.say(f"{output.plural(len(self.done), 'file')} {verb}, {output.human_size(size)}")
+        self.out.emit({"files": self.done, "failed": self.failed})
+        return 1 if self.failed else 0
+
+
+# -- upload ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Upload:
+    path: Path
+    name: str | None  # None: the base name
+    size: int | None
+
+
+def _walk(folder: Path, base: str, tally: Tally) -> Iterator[_Upload]:
+    """Every file under ``folder`` named ``base/relative/path``, in name order; symlinks to
+    folders are not followed."""
+
+    def unreadable(exc: OSError) -> None:
+        tally.fail(str(exc.filename or folder), InvalidRequest(f"cannot read {exc.filename}: {exc.strerror}"))
+
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs.sort()
+        rel = Path(top).relative_to(folder).parts
+        for name in sorted(files):
+            path = Path(top) / name
+            try:
+                size: int | None = path.stat().st_size
+            except OSError:
+                size = None  # the upload itself says what is wrong
+            yield _Upload(path, "/".join([base, *rel, name]), size)
+
+
+def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tally: Tally) -> list[_Upload]:
+    plan: list[_Upload] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            if not recursive:
+                tally.fail(raw, InvalidRequest(f"{raw} is a folder; to upload all of it: upload -r {raw}"))
+                continue
+            base = as_name or Path(os.path.abspath(path)).name
+            if not base:
+                tally.fail(raw, InvalidRequest(f"name the folder in the cluster: upload -r {raw} --as NAME"))
+                continue
+            found = list(_walk(path, folder_of(base), tally))
+            if not found:
+                tally.fail(raw, InvalidRequest(f"{raw} has no files to upload"))
+            plan += found
+            continue
+        try:
+            size: int | None = path.stat().st_size
+        except OSError:
+            size = None
+        plan.append(_Upload(path, as_name, size))
+    return plan
+
+
+def upload_line(r: UploadResult) -> str:
+    what = f"updated {r.name} (version {r.version})" if r.version > 1 else f"uploaded {r.name}"
+    return f"{what}  size={output.human_size(r.size)}  sha1={r.sha1}  sent={output.human_size(r.sent)}"
+
+
+def upload(
+    c: Client, out: Sink, paths: Sequence[str], recursive: bool = False, as_name: str | None = None
+) -> int:
+    """Upload files (``recursive``: folders too, keeping paths under the folder's base name, or
+    under ``as_name``); ``as_name`` names a single file."""
+    tally = Tally(out, 0)
+    plan = _upload_plan(paths, recursive, as_name, tally)
+    tally.count = len(plan) + len(tally.failed)
+    alone = tally.count == 1 and bool(plan)  # a single file: its error is the command's
+    with out.overall(len(plan), sum(u.size or 0 for u in plan)) as overall:
+        for item in plan:
+            overall.start(item.size)
+            try:
+                with out.bars(item.name or item.path.name, overall) as bars:
+                    r = c.upload(item.path, bars, name=item.name)
+            except FileClusterError as exc:
+                if alone:
+                    raise
+                tally.fail(str(item.path), exc)
+                continue
+            finally:
+                overall.finish()
+            out.say(upload_line(r))
+            tally.done.append(
+                {
+                    "path": str(item.path),
+                    "name": r.name,
+                    "size": r.size,
+                    "sha1": r.sha1,
+                    "sent": r.sent,
+                    "version": r.version,
+                }
+            )
+    return tally.finish("uploaded")
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def list_files(c: Client, out: Sink, prefix: str = "", recursive: bool = False, long: bool = False) -> int:
+    """Your files, like ``ls``: the folder ``prefix`` (default: the top), its sub-folders with how
+    much is in them, and its files; ``recursive``: every file under it."""
+    base = folder_of(prefix)
+    files = under(c.list(base), base)
+    if base and not files:
+        raise NotFound(f"you have no file or folder named {base!r}")
+    entries = view(files, base, recursive)
+    out.emit(output.entries_json(entries))
+    out.say(output.listing_table(entries, long=long, width=output.terminal_width()))
+    if entries:
+        out.say(output.listing_summary(entries))
+    return 0
+
+
+def _is_folder(c: Client, name: str) -> bool:
+    base = folder_of(name)
+    return bool(base) and any(f["name"] != base for f in under(c.list(base + "/"), base))
+
+
+def share(c: Client, out: Sink, name: str) -> int:
+    link = c.share(name)
+    out.say(link)
+    out.emit({"name": name, "link": link})
+    return 0
+
+
+# -- download -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Download:
+    target: str  # a link, a token or a name
+    save_as: str | None
+    size: int | None
+
+
+def _download_plan(c: Client, targets: Sequence[str], recursive: bool, tally: Tally) -> list[_Download]:
+    plan: list[_Download] = []
+    for target in targets:
+        if not recursive or parse_link(target) is not None:
+            plan.append(_Download(target, None, None))
+            continue
+        base = folder_of(target)
+        try:
+            files = under(c.list(base), base)
+        except FileClusterError as exc:
+            tally.fail(target, exc, "target")
+            continue
+        if not files:
+            tally.fail(target, NotFound(f"you have no file or folder named {base!r}"), "target")
+        top = base.rsplit("/", 1)[-1]
+        for f in sorted(files, key=lambda f: str(f["name"])):
+            name = str(f["name"])
+            save_as = None if name == base else (f"{top}/{name[len(base) + 1 :]}" if base else name)
+            plan.append(_Download(name, save_as, int(f["size"])))
+    return plan
+
+
+def download_line(r: DownloadResult, save_as: str | None = None) -> str:
+    sized = f"size={output.human_size(r.size)}  sha1={r.sha1}"
+    if not r.fetched:
+        return f"already there: {r.path}  {sized}"
+    leaf = (save_as or r.name).rsplit("/", 1)[-1]
+    notes = [f"resumed: {output.human_size(r.resumed)} were already here"] if r.resumed else []
+    if r.path.name != leaf:
+        notes.append(f"a different {leaf} was already there")
+    return f"saved {r.path}  {sized}" + "".join(f"  ({note})" for note in notes)
+
+
+def download(
+    c: Client,
+    out: Sink,
+    targets: Sequence[str],
+    recursive: bool = False,
+    version: int | None = None,
+    out_dir: Path = Path(DEFAULT_FOLDER),
+) -> int:
+    """Download links, tokens or your files by name into ``out_dir`` (``recursive``: whole folders,
+    keeping their paths under the folder's base name; ``version``: an older version of one file)."""
+    if version is not None and (recursive or len(targets) != 1):
+        raise InvalidRequest("--version takes a single file name")
+    tally = Tally(out, 0)
+    plan = _download_plan(c, targets, recursive, tally)
+    tally.count = len(plan) + len(tally.failed)
+    alone = tally.count == 1 and bool(plan)
+    with out.overall(len(plan), sum(d.size or 0 for d in plan)) as overall:
+        for item in plan:
+            overall.start(item.size)
+            label = (item.save_as or item.target).rsplit("/", 1)[-1]
+            if parse_link(item.target) is not None:
+                label = "shared file"  # never the link: it is long, and a secret
+            try:
+                with out.bars(label, overall) as bars:
+                    r = c.download(item.target, out_dir, bars, version=version, save_as=item.save_as)
+            except FileClusterError as exc:
+                exc = _folder_hint(c, item.target, exc, "download -r")
+                if alone:
+                    raise exc from None
+                tally.fail(item.target, exc, "target")
+                continue
+            finally:
+                overall.finish()
+            out.say(download_line(r, item.save_as))
+            tally.done.append(
+                {
+                    "name": r.name,
+                    "path": str(r.path),
+                    "size": r.size,
+                    "sha1": r.sha1,
+                    "fetched": r.fetched,
+                    "resumed": r.resumed,
+                }
+            )
+    return tally.finish("downloaded")
+
+
+def _folder_hint(c: Client, name: str, exc: FileClusterError, command: str) -> FileClusterError:
+    """A "no such file" for a folder's name becomes a hint to use ``command``."""
+    if isinstance(exc, NotFound) and parse_link(name) is None:
+        try:
+            if _is_folder(c, name):
+                return InvalidRequest(f"{folder_of(name)!r} is a folder; for all of it: {command} {name}")
+        except FileClusterError:
+            pass
+    return exc
+
+
+# -- changes --------------------------------------------------------------------------------------
+
+
+def delete(c: Client, out: Sink, names: Sequence[str], recursive: bool = False) -> int:
+    """Delete files (every version); ``recursive``: folders and everything under them too."""
+    tally = Tally(out, len(names))
+    for name in names:
+        target = folder_of(name) if recursive else name
+        try:
+            n = c.delete(target, recursive=recursive)
+        except FileClusterError as exc:
+            exc = _folder_hint(c, name, exc, "delete -r") if not recursive else exc
+            if len(names) == 1:
+                raise exc from None
+            tally.fail(name, exc, "name")
+            continue
+        out.say(f"deleted {target}" + (f" ({output.plural(n, 'file')})" if recursive else ""))
+        tally.done.append({"name": target, "deleted": n})
+    if tally.failed or len(names) > 1:
+        deleted = output.plural(sum(int(d["deleted"]) for d in tally.done), "file")
+        out.say(f"{deleted} deleted; {len(tally.failed)} failed" if tally.failed else f"{deleted} deleted")
+    out.emit({"deleted": tally.done, "failed": tally.failed})
+    return 1 if tally.failed else 0
+
+
+def move(c: Client, out: Sink, old: str, new: str) -> int:
+    """Rename a file or a folder (metadata only: versions and links follow)."""
+    old, new = folder_of(old), folder_of(new)
+    n = c.move(old, new)
+    out.say(f"moved {old} to {new}" + (f" ({output.plural(n, 'file')})" if n != 1 else ""))
+    out.emit({"old": old, "new": new, "moved": n})
+    return 0
+
+
+def versions(c: Client, out: Sink, name: str) -> int:
+    kept = c.versions(name)
+    out.say(output.versions_table(kept))
+    out.emit({"name": name, "versions": [output.version_json(v) for v in kept]})
+    return 0
+
+
+def restore(c: Client, out: Sink, name: str, version: int) -> int:
+    item = c.restore(name, version)
+    out.say(f"restored {name} version {version}: it is now version {item.get('version', '?')}")
+    out.emit({"file": output.file_json(item), "restored": version})
+    return 0
+
+
+def status(c: Client, out: Sink) -> int:
+    """The storage servers and the chunks' health; 1 when a server is not up or data is at risk."""
+    reply = c.status()
+    out.say(output.status_table(reply))
+    out.emit(output.status_json(reply))
+    return 0 if output.cluster_sound(reply) else 1

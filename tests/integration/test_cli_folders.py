@@ -1,0 +1,174 @@
+"""Folders, versions, renames and quotas from the command line (in-process, a cluster of this
+module's own): upload -r, list PREFIX / -R, download -r, delete -r, mv, versions, download
+--version, restore, whoami's usage and quota, and their --json."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import cli
+from tests.cluster import Cluster
+from tests.conftest import PASSWORD
+
+_n = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cli-folders"), servers=2).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def run(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """`filecluster ARGS` in this process, as a new logged-in user: (exit status, stdout, stderr)."""
+    monkeypatch.setenv("FILECLUSTER_PROXY", cluster.proxy_addr)
+    monkeypatch.setenv("FILECLUSTER_HOME", str(cluster.new_home()))
+    monkeypatch.setenv("FILECLUSTER_PASSWORD", PASSWORD)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    assert run("register", f"tree{next(_n)}")[0] == 0
+    yield run
+
+
+def tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+PICS = {"2024/a.jpg": b"a" * 100, "2024/b.jpg": b"b" * 200, "c.jpg": b"c", "old/x/y.jpg": b"y" * 5}
+
+
+def rows(out: str) -> list[list[str]]:
+    """A table's rows (header and rule skipped, summary line dropped), cells split on 2+ spaces."""
+    return [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()[2:-1]]
+
+
+def test_a_folder_goes_up_lists_like_ls_and_comes_back(run: Any, tmp_path: Path) -> None:
+    pics = tree(tmp_path / "pics", PICS)
+    code, out, err = run("upload", "-r", str(pics))
+    assert (code, err) == (0, "")
+    assert sorted(line.split("  ")[0] for line in out.splitlines()[:-1]) == sorted(
+        f"uploaded pics/{rel}" for rel in PICS
+    )
+    assert out.splitlines()[-1] == "4 files uploaded, 306 B"
+    code, out, _ = run("list")
+    assert code == 0 and [r[:3] for r in rows(out)] == [["pics/", "4", "306 B"]]
+    assert out.splitlines()[-1] == "4 files, 1 folder, 306 B in all"
+    code, out, _ = run("ls", "pics/")
+    assert [r[:2] for r in rows(out)] == [["2024/", "2"], ["old/", "1"], ["c.jpg", "1 B"]]
+    code, out, _ = run("ls", "-R", "pics")
+    assert [r[0] for r in rows(out)] == ["2024/a.jpg", "2024/b.jpg", "c.jpg", "old/x/y.jpg"]
+    listed = json.loads(run("ls", "pics", "--json")[1])
+    assert [(e["type"], e["name"]) for e in listed] == [
+        ("folder", "pics/2024/"),
+        ("folder", "pics/old/"),
+        ("file", "pics/c.jpg"),
+    ]
+    assert run("ls", "nothing")[0] == 1
+    out_dir = tmp_path / "back"
+    code, out, err = run("download", "-r", "pics/2024", "pics/c.jpg", "-o", str(out_dir))
+    assert (code, err) == (0, "")
+    assert (out_dir / "2024" / "a.jpg").read_bytes() == PICS["2024/a.jpg"]
+    assert (out_dir / "2024" / "b.jpg").read_bytes() == PICS["2024/b.jpg"]
+    assert (out_dir / "c.jpg").read_bytes() == b"c"
+    whole = tmp_path / "whole"
+    assert run("get", "-r", "pics", "-o", str(whole))[0] == 0
+    assert {str(p.relative_to(whole)) for p in whole.rglob("*") if p.is_file()} == {f"pics/{r}" for r in PICS}
+    code, _, err = run("download", "pics", "-o", str(whole))  # a folder without -r
+    assert code == 1 and "folder" in err and err.count("\n") == 1
+
+
+def test_mv_and_delete_r(run: Any, tmp_path: Path) -> None:
+    run("upload", "-r", str(tree(tmp_path / "pics", PICS)))
+    code, out, _ = run("mv", "pics", "photos")
+    assert (code, out) == (0, "moved pics to photos (4 files)\n")
+    assert json.loads(run("--json", "mv", "photos/c.jpg", "photos/cover.jpg")[1]) == {
+        "old": "photos/c.jpg",
+        "new": "photos/cover.jpg",
+        "moved": 1,
+    }
+    code, out, _ = run("ls", "photos")
+    assert [r[0] for r in rows(out)] == ["2024/", "old/", "cover.jpg"]
+    code, _, err = run("rm", "photos")
+    assert code == 1 and "folder" in err and err.count("\n") == 1
+    code, out, _ = run("rm", "-r", "photos/2024")
+    assert (code, out) == (0, "deleted photos/2024 (2 files)\n")
+    assert json.loads(run("rm", "-r", "photos", "--json")[1])["deleted"] == [{"name": "photos", "deleted": 2}]
+    assert run("ls")[1] == "no files\n"
+
+
+def test_versions_download_version_and_restore(run: Any, tmp_path: Path) -> None:
+    first, second = tmp_path / "d1" / "a.txt", tmp_path / "d2" / "a.txt"
+    for path, text in ((first, b"first"), (second, b"second!")):
+        path.parent.mkdir()
+        path.write_bytes(text)
+    code, out, _ = run("upload", str(first), str(second))  # the same name twice: nothing is lost
+    assert code == 0
+    assert out.splitlines()[0].startswith("uploaded a.txt  size=5 B")
+    assert out.splitlines()[1].startswith("updated a.txt (version 2)  size=7 B")
+    code, out, _ = run("versions", "a.txt")
+    assert [r[:2] for r in rows(out + "\n")] == [["2 (current)", "7 B"], ["1", "5 B"]]
+    kept = json.loads(run("versions", "a.txt", "--json")[1])
+    assert [(v["version"], v["size"], v["current"]) for v in kept["versions"]] == [
+        (2, 7, True),
+        (1, 5, False),
+    ]
+    old = tmp_path / "old"
+    assert run("download", "a.txt", "--version", "1", "-o", str(old))[0] == 0
+    assert (old / "a.txt").read_bytes() == b"first"
+    code, out, _ = run("restore", "a.txt", "--version", "1")
+    assert (code, out) == (0, "restored a.txt version 1: it is now version 3\n")
+    now = tmp_path / "now"
+    assert run("get", "a.txt", "-o", str(now))[0] == 0 and (now / "a.txt").read_bytes() == b"first"
+    restored = json.loads(run("--json", "restore", "a.txt", "--version", "2")[1])
+    assert restored["restored"] == 2 and restored["file"]["version"] == 4
+    code, _, err = run("restore", "a.txt", "--version", "99")
+    assert code == 1 and err.count("\n") == 1
+
+
+def test_upload_as_a_chosen_name(run: Any, tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("n")
+    code, out, _ = run("upload", str(src), "--as", "work/2024/notes.txt")
+    assert code == 0 and out.startswith("uploaded work/2024/notes.txt  ")
+    assert (
+        json.loads(run("--json", "upload", str(src), "--as", "work/2024/notes.txt")[1])["files"][0]["version"]
+        == 2
+    )
+
+
+def test_whoami_shows_usage_and_quota(run: Any, tmp_path: Path) -> None:
+    src = tmp_path / "k.bin"
+    src.write_bytes(b"k" * 2048)
+    run("upload", str(src))
+    code, out, _ = run("whoami")
+    user, usage = out.splitlines()
+    assert code == 0 and user.startswith("tree")
+    assert usage.startswith("1 file, 2.0 KiB used of ") and usage.endswith("%)")
+    account = json.loads(run("whoami", "--json")[1])
+    assert account["usage"] == 2048 and account["files"] == 1 and isinstance(account["quota"], int)

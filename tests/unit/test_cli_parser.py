@@ -1,0 +1,174 @@
+"""``filecluster``'s arguments: help with examples everywhere, --version, aliases, "did you mean",
+--json before or after the command, and completion scripts generated from the parser."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from client import cli, completion
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    return cli.command_names(cli.build_parser())
+
+
+def test_every_command_has_examples_and_every_argument_a_description() -> None:
+    commands = subparsers()
+    assert {c.name for c in cli.COMMANDS} <= set(commands)
+    for name, parser in commands.items():
+        assert parser.epilog and parser.epilog.startswith("examples:\n  "), name
+        assert f"filecluster {name}" in parser.epilog or name in ("ls", "rm", "get", "move", "rename")
+        assert isinstance(parser.formatter_class, type)
+        assert issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
+        for action in parser._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+
+
+def test_help_shows_the_examples_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "upload", "--help")
+    assert code == 0
+    assert "  filecluster upload -r ~/pics                 # pics/2024/a.jpg, ...\n" in out
+    assert "--as NAME" in out and "-r, -R, --recursive" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and re.fullmatch(r"filecluster \d+\.\d+\.\S+\n", out)
+
+
+def test_the_proxy_help_names_the_real_default(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "--help")
+    text = " ".join(out.split())
+    assert "$FILECLUSTER_PROXY if set, else 127.0.0.1 at port $FILECLUSTER_PORT, else 127.0.0.1:9000" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["ls"], "list"),
+        (["rm", "a"], "delete"),
+        (["mv", "a", "b"], "mv"),
+        (["move", "a", "b"], "mv"),
+        (["rename", "a", "b"], "mv"),
+        (["get", "a"], "download"),
+    ],
+)
+def test_aliases(args: list[str], command: str) -> None:
+    assert cli.build_parser().parse_args(args).command_name == command
+
+
+@pytest.mark.parametrize("args", [["--json", "ls", "-R"], ["ls", "--json", "-R"], ["ls", "-R", "--json"]])
+def test_json_before_or_after_the_command(args: list[str]) -> None:
+    parsed = cli.build_parser().parse_args(args)
+    assert parsed.json is True and parsed.recursive is True and parsed.proxy is None
+
+
+def test_options_before_the_command_stand() -> None:
+    parsed = cli.build_parser().parse_args(["--proxy", "h:1", "-q", "status"])
+    assert (parsed.proxy, parsed.quiet, parsed.json) == ("h:1", True, False)
+
+
+@pytest.mark.parametrize(
+    ("typed", "suggested"),
+    [("lsit", "list"), ("uplod", "upload"), ("dowload", "download"), ("staus", "status"), ("mvoe", "move")],
+)
+def test_an_unknown_command_gets_a_suggestion(
+    capsys: pytest.CaptureFixture[str], typed: str, suggested: str
+) -> None:
+    code, out, err = run(capsys, "--proxy", "h:1", typed)
+    assert code == 2 and out == ""
+    assert (
+        err.splitlines()[-1] == f"filecluster: error: unknown command '{typed}' (did you mean '{suggested}'?)"
+    )
+
+
+def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "xyzzy")
+    assert code == 2 and "unknown command 'xyzzy'; commands: register, login" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["upload"],
+        ["upload", "a", "b", "--as", "c"],
+        ["restore", "a"],
+        ["download", "a", "--version", "two"],
+        ["completion", "fish"],
+    ],
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "" and "usage:" in err
+
+
+def words_of(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """Every command name and alias, and every option string of every command and the top."""
+    commands = subparsers()
+    options = {o for a in parser._actions for o in a.option_strings}
+    for sub in commands.values():
+        options |= {o for a in sub._actions for o in a.option_strings}
+    return set(commands), options
+
+
+def test_the_bash_completion_is_valid_and_names_everything(capsys: pytest.CaptureFixture[str]) -> None:
+    code, script, _ = run(capsys, "completion", "bash")
+    assert code == 0
+    bash = shutil.which("bash")
+    assert bash is not None
+    checked = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    commands, options = words_of(cli.build_parser())
+    words = set(re.findall(r"[-\w]+", script))
+    assert commands <= words and options <= words
+    assert "complete -F _filecluster filecluster" in script
+    assert re.search(r"upload\)\n(.*\n)*?.*compgen -f", script)  # upload completes local files
+    assert re.search(r"-o\|--output\) compopt -o filenames 2>/dev/null; mapfile .*compgen -d", script)
+
+
+def test_the_bash_completion_completes(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    """Sourced into bash: the words it offers after `filecluster up` and `filecluster ls --j`."""
+    _, script, _ = run(capsys, "completion", "bash")
+    probe = (
+        script
+        + '\nCOMP_WORDS=(filecluster up); COMP_CWORD=1; _filecluster; echo "${COMPREPLY[*]}"'
+        + '\nCOMP_WORDS=(filecluster ls --j); COMP_CWORD=2; _filecluster; echo "${COMPREPLY[*]}"'
+        + '\nCOMP_WORDS=(filecluster completion ""); COMP_CWORD=2; _filecluster; echo "${COMPREPLY[*]}"'
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert done.stdout.splitlines() == ["upload", "--json", "bash zsh"], done.stderr
+
+
+def test_the_zsh_completion_names_everything(capsys: pytest.CaptureFixture[str]) -> None:
+    code, script, _ = run(capsys, "completion", "zsh")
+    assert code == 0 and script.startswith("#compdef filecluster\n")
+    commands, options = words_of(cli.build_parser())
+    for name in commands:
+        assert f"'{name}:" in script
+    for option in options:
+        assert f"'{option}[" in script
+    assert "'*:PATH:_files'" in script and "_files -/" in script
+    quoting = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert quoting.returncode == 0, quoting.stderr  # zsh's quoting is bash's: every quote is closed
+    zsh = shutil.which("zsh")
+    if zsh:  # not on every machine; where it is, the script must parse
+        checked = subprocess.run([zsh, "-n"], input=script, capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_zsh_help_text_is_escaped() -> None:
+    assert completion._zsh_text("a [b]: it's") == "a \\[b\\]\\: it'\\''s"
