@@ -222,11 +222,12 @@ start() {
   echo "cluster up: proxy at $HOST:$proxy_port, $SERVERS storage servers, data in $DATA"
 }
 
-stop_all() {  # names...: SIGTERM to each, SIGKILL after 10 s; says what it stopped
-  local name pid names=() pids=() i
+stop_all() {  # names...: SIGTERM to each (and SIGCONT, should one be stopped), SIGKILL after 10 s
+  local name pid names=() pids=() i waited=0
   for name in "$@"; do
     if pid="$(running_pid "$name")"; then
       kill -TERM "$pid" 2>/dev/null || true
+      kill -CONT "$pid" 2>/dev/null || true
       names+=("$name"); pids+=("$pid")
     else
       echo "$name was not running"
@@ -234,8 +235,8 @@ stop_all() {  # names...: SIGTERM to each, SIGKILL after 10 s; says what it stop
     fi
   done
   [ "${#pids[@]}" -gt 0 ] || return 0
-  for i in "${!pids[@]}"; do
-    for _ in $(seq 1 200); do alive "${pids[$i]}" || break; sleep 0.05; done
+  for i in "${!pids[@]}"; do  # 10 s for them all, not each
+    while alive "${pids[$i]}" && [ "$waited" -lt 200 ]; do sleep 0.05; waited=$((waited + 1)); done
     if alive "${pids[$i]}"; then kill -KILL "${pids[$i]}" 2>/dev/null || true; fi
     rm -f "$RUN/${names[$i]}.pid" "$RUN/${names[$i]}.port"
     echo "${names[$i]} stopped (pid ${pids[$i]})"
