@@ -4,16 +4,23 @@
 #   ./run_cluster.sh start    start in the background, return once all answer
 #   ./run_cluster.sh stop     stop every daemon of the data folder (whatever FILECLUSTER_SERVERS says now)
 #   ./run_cluster.sh restart  stop, then start
-#   ./run_cluster.sh status   say what runs
+#   ./run_cluster.sh status   say what runs (exit status 0 if everything runs, 1 otherwise)
 #   ./run_cluster.sh --help   this text
 # Daemons run in a session of their own: a Ctrl-C in the terminal (in the menu, during a transfer)
 # never reaches them.  Starts and stops of one data folder take a lock, so they cannot race.
-# Environment: FILECLUSTER_DATA (./data), FILECLUSTER_PORT (9000; servers take the next ones),
-#              FILECLUSTER_SERVERS (4), FILECLUSTER_SECRET_FILE ($FILECLUSTER_DATA/cluster.secret,
-#              created on first start).
+# Environment:
+#   FILECLUSTER_DATA     data folder (./data): catalog, chunks, logs/, run/ (pid and port files)
+#   FILECLUSTER_PORT     the proxy's port (9000); server N listens on PORT + N; 0: ports the OS picks
+#   FILECLUSTER_SERVERS  how many storage servers (4)
+#   FILECLUSTER_HOST     the address clients use (127.0.0.1): the daemons listen on it, share links
+#                        and the servers' addresses name it, and the menu's client connects to it.
+#                        Set it to this machine's name or LAN address for other machines to use it.
+#   FILECLUSTER_BIND     the address the daemons listen on, if not FILECLUSTER_HOST: 0.0.0.0 for every
+#                        interface (e.g. FILECLUSTER_HOST is a public address that NAT forwards here)
+#   FILECLUSTER_SECRET_FILE  the cluster secret ($FILECLUSTER_DATA/cluster.secret, made on first start)
 set -euo pipefail
 case "${1:-}" in
-  -h|--help|help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help|help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
   ""|start|stop|restart|status) ;;
   *) echo "usage: $0 [start|stop|restart|status|--help]" >&2; exit 2 ;;
 esac
@@ -22,25 +29,41 @@ ROOT="$(pwd)"
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 
+fail() { echo "error: $*" >&2; exit 2; }  # a bad setting: one line, exit status 2
+
+PORT="${FILECLUSTER_PORT:-9000}"
+SERVERS="${FILECLUSTER_SERVERS:-4}"
+HOST="${FILECLUSTER_HOST:-127.0.0.1}"
+BIND="${FILECLUSTER_BIND:-$HOST}"
+case "$SERVERS" in ''|*[!0-9]*) fail "FILECLUSTER_SERVERS must be a number, not '$SERVERS'" ;; esac
+[ "${#SERVERS}" -le 3 ] && [ "$((10#$SERVERS))" -ge 1 ] || fail "FILECLUSTER_SERVERS must be 1 to 999, not '$SERVERS'"
+SERVERS=$((10#$SERVERS))
+case "$PORT" in ''|*[!0-9]*) fail "FILECLUSTER_PORT must be a port number, not '$PORT'" ;; esac
+if [ "${#PORT}" -gt 5 ] || [ "$((10#$PORT + SERVERS))" -gt 65535 ]; then
+  fail "FILECLUSTER_PORT must leave room for the proxy and $SERVERS servers below 65536, not $PORT"
+fi
+PORT=$((10#$PORT))
+NAME_RE='^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$'
+[[ "$HOST" =~ $NAME_RE ]] && [ "${#HOST}" -le 253 ] \
+  || fail "FILECLUSTER_HOST must be a host name or an IPv4 address, not '$HOST'"
+[ "$HOST" != 0.0.0.0 ] \
+  || fail "FILECLUSTER_HOST=0.0.0.0 cannot be put in links: set FILECLUSTER_BIND=0.0.0.0 and FILECLUSTER_HOST to the address clients use"
+[[ "$BIND" =~ $NAME_RE ]] && [ "${#BIND}" -le 253 ] \
+  || fail "FILECLUSTER_BIND must be a host name or an IPv4 address, not '$BIND'"
+case "${FILECLUSTER_EXIT_WITH:-1}" in  # for tests: the daemons end when this process does
+  *[!0-9]*|0*) fail "FILECLUSTER_EXIT_WITH must be a process id, not '$FILECLUSTER_EXIT_WITH'" ;;
+esac
+LOCAL="$BIND"  # where this machine reaches the daemons
+[ "$BIND" != 0.0.0.0 ] || LOCAL=127.0.0.1
+
 DATA="${FILECLUSTER_DATA:-./data}"
 mkdir -p "$DATA"
 DATA="$(cd "$DATA" && pwd)"
-PORT="${FILECLUSTER_PORT:-9000}"
-SERVERS="${FILECLUSTER_SERVERS:-4}"
 RUN="$DATA/run"
 LOGS="$DATA/logs"
-export FILECLUSTER_DATA="$DATA" FILECLUSTER_PORT="$PORT"
-export FILECLUSTER_PROXY="${FILECLUSTER_PROXY:-127.0.0.1:$PORT}"
-FC="$ROOT/.venv/bin/filecluster"
-
-case "$SERVERS" in ''|*[!0-9]*) echo "error: FILECLUSTER_SERVERS must be a number" >&2; exit 2;; esac
-case "$PORT" in ''|*[!0-9]*) echo "error: FILECLUSTER_PORT must be a number" >&2; exit 2;; esac
-[ "$SERVERS" -ge 1 ] || { echo "error: FILECLUSTER_SERVERS must be at least 1" >&2; exit 2; }
-if [ "${#PORT}" -gt 5 ] || [ "$PORT" -lt 1 ] || [ "$((PORT + SERVERS))" -gt 65535 ]; then
-  echo "error: FILECLUSTER_PORT must leave room for the proxy and $SERVERS servers below 65536, not $PORT" >&2
-  exit 2
-fi
+export FILECLUSTER_DATA="$DATA"
 REPLICAS=$(( SERVERS < 2 ? SERVERS : 2 ))
+BIN="$ROOT/.venv/bin"
 
 names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; }
 STARTED=()  # what this invocation started (the interactive mode stops only these)
@@ -48,6 +71,18 @@ STARTED=()  # what this invocation started (the interactive mode stops only thes
 command_of() {  # the command line of process $1, or nothing
   if [ -r "/proc/$1/cmdline" ]; then tr '\0' ' ' <"/proc/$1/cmdline"
   else ps -p "$1" -o args= 2>/dev/null; fi
+}
+
+alive() {  # does process $1 run?  A zombie (ended, not yet reaped by its parent) does not.
+  local stat
+  if [ -d /proc/self ]; then
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+    stat="${stat##*) }"
+    [ "${stat:0:1}" != Z ]
+  else
+    kill -0 "$1" 2>/dev/null || return 1
+    case "$(ps -o stat= -p "$1" 2>/dev/null)" in Z*) return 1 ;; esac
+  fi
 }
 
 running_pid() {  # prints the pid of $1 if it runs; a pid file naming any other process is stale
@@ -58,72 +93,93 @@ running_pid() {  # prints the pid of $1 if it runs; a pid file naming any other 
     proxy) want="filecluster-proxy " ;;
     *) want="filecluster-server --id ${name#server} " ;;
   esac
-  case "$pid" in ''|*[!0-9]*) rm -f "$f"; return 1 ;; esac
+  case "$pid" in ''|*[!0-9]*) rm -f "$f" "$RUN/$name.port"; return 1 ;; esac
   case "$(command_of "$pid") " in
     *"$want"*) echo "$pid" ;;
-    *) rm -f "$f"; return 1 ;;
+    *) rm -f "$f" "$RUN/$name.port"; return 1 ;;
   esac
 }
 
-answers() {  # does anything accept connections on 127.0.0.1:$1 ?
-  "$ROOT/.venv/bin/python" - "$1" <<'PY'
-import socket, sys
-try:
-    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
-except OSError:
-    sys.exit(1)
-PY
+port_of() {  # the port daemon $1 listens on, as its start recorded it
+  if [ -f "$RUN/$1.port" ]; then cat "$RUN/$1.port"
+  elif [ "$PORT" != 0 ]; then [ "$1" = proxy ] && echo "$PORT" || echo "$((PORT + ${1#server}))"
+  else echo "?"; fi
 }
 
 logged_since() {  # file lines-before text: has the file gained a line with text?
   awk -v n="$2" -v text="$3" 'NR > n && index($0, text) { found = 1 } END { exit !found }' "$1"
 }
 
-wait_ready() {  # name pid port log-lines-before [log line to wait for]
-  local name="$1" pid="$2" port="$3" before="$4" line="${5:-}"
-  for _ in $(seq 1 150); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "error: $name exited; the end of $LOGS/$name.log:" >&2
-      tail -n 5 "$LOGS/$name.log" >&2
-      return 1
-    fi
-    if answers "$port" && { [ -z "$line" ] || logged_since "$LOGS/$name.log" "$before" "$line"; }; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "error: $name did not answer on port $port within 15 s; see $LOGS/$name.log" >&2
-  return 1
+listening_port() {  # file lines-before: the port of the daemon's "... listening on HOST:PORT" line
+  awk -v n="$2" 'NR > n && /^filecluster (proxy|server [0-9]+) listening on / {
+    sub(/.*:/, ""); print; exit }' "$1"
 }
 
-launch() {  # name port program args...
-  local name="$1" port="$2"; shift 2
-  if pid="$(running_pid "$name")"; then
-    echo "$name already runs (pid $pid)"; return 0
-  fi
-  if answers "$port"; then
-    echo "error: port $port is taken by another program; set FILECLUSTER_PORT" >&2; return 1
-  fi
+can_listen() {  # ports...: can the daemons listen on $BIND at these ports?  If not, one line says why.
+  "$BIN/python" - "$BIND" "$@" <<'PY'
+import errno, socket, sys
+host, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+taken = []
+for port in ports:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons do
+        try:
+            s.bind((host, port))
+        except socket.gaierror as exc:
+            sys.exit(f"error: cannot resolve the address {host!r} (FILECLUSTER_BIND or FILECLUSTER_HOST): {exc.strerror}")
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                sys.exit(f"error: cannot listen on {host} (FILECLUSTER_BIND or FILECLUSTER_HOST): {exc.strerror}")
+            taken.append(str(port))
+if taken:
+    sys.exit(f"error: port {', '.join(taken)} on {host} taken by another program; set FILECLUSTER_PORT")
+PY
+}
+
+spawn() {  # name program args...: start a daemon in a session of its own, record its pid
+  local name="$1"; shift
   local before=0
   [ ! -f "$LOGS/$name.log" ] || before=$(wc -l <"$LOGS/$name.log")
+  echo "$before" >"$RUN/$name.log-lines"  # where wait_ready looks for its ready lines
   if command -v setsid >/dev/null; then  # a session of its own: no terminal signal reaches it
     nohup setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   else
     nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   fi
-  local pid=$!
-  echo "$pid" >"$RUN/$name.pid"
-  local ready_line=""
-  [ "$name" = proxy ] || ready_line="registered with the proxy"
+  echo "$!" >"$RUN/$name.pid"
   STARTED+=("$name")
-  wait_ready "$name" "$pid" "$port" "$before" "$ready_line" || return 1
-  echo "$name started (pid $pid, port $port)"
+}
+
+wait_ready() {  # name: wait until it listens (and a server registered), record its port
+  local name="$1" pid before log port="" i
+  pid="$(cat "$RUN/$name.pid")"
+  before="$(cat "$RUN/$name.log-lines")"
+  rm -f "$RUN/$name.log-lines"
+  log="$LOGS/$name.log"
+  for i in $(seq 1 300); do
+    if ! alive "$pid"; then
+      local said
+      said="$(tail -n +"$((before + 1))" "$log" | grep '^error: ' | tail -n 1 || true)"
+      if [ -n "$said" ]; then echo "error: $name did not start: ${said#error: } (see $log)" >&2
+      else echo "error: $name exited at start; the end of $log:" >&2; tail -n 5 "$log" >&2; fi
+      return 1
+    fi
+    [ -n "$port" ] || port="$(listening_port "$log" "$before")"
+    if [ -n "$port" ] && { [ "$name" = proxy ] || logged_since "$log" "$before" "registered with the proxy"; }; then
+      echo "$port" >"$RUN/$name.port"
+      echo "$name started (pid $pid, port $port)"
+      return 0
+    fi
+    [ "$i" -gt 20 ] && sleep 0.1 || sleep 0.02
+  done
+  echo "error: $name did not get ready within 30 s; see $log" >&2
+  return 1
 }
 
 ensure_secret() {  # the cluster secret: made once, mode 0600; every daemon reads it
   local secret="${FILECLUSTER_SECRET_FILE:-$DATA/cluster.secret}"
   if [ ! -f "$secret" ]; then
-    ( umask 077 && "$ROOT/.venv/bin/python" -c 'from common.cluster_auth import new_secret; print(new_secret())' \
+    ( umask 077 && "$BIN/python" -c 'from common.cluster_auth import new_secret; print(new_secret())' \
         >"$secret.tmp" && mv "$secret.tmp" "$secret" ) || { echo "error: cannot create $secret" >&2; exit 1; }
     echo "created the cluster secret $secret (mode 0600; keep it private, copy it to every host of the cluster)"
   fi
@@ -135,22 +191,56 @@ start() {
   mkdir -p "$RUN" "$LOGS"
   chmod 700 "$DATA"
   ensure_secret
-  launch proxy "$PORT" "$ROOT/.venv/bin/filecluster-proxy" --port "$PORT" --replicas "$REPLICAS" || { stop_started; exit 1; }
-  for i in $(seq 1 "$SERVERS"); do
-    launch "server$i" "$((PORT + i))" "$ROOT/.venv/bin/filecluster-server" --id "$i" --port "$((PORT + i))" \
-      || { stop_started; exit 1; }
+  local i name pid wanted=()
+  for name in $(names); do
+    if pid="$(running_pid "$name")"; then echo "$name already runs (pid $pid, port $(port_of "$name"))"
+    else wanted+=("$name"); fi
   done
-  echo "cluster up: proxy at 127.0.0.1:$PORT, $SERVERS storage servers, data in $DATA"
+  if [ "${#wanted[@]}" -eq 0 ]; then
+    echo "cluster already up: proxy at $HOST:$(port_of proxy), data in $DATA"
+    return 0
+  fi
+  # shellcheck disable=SC2046
+  can_listen $(for name in "${wanted[@]}"; do
+    if [ "$name" = proxy ] || [ "$PORT" = 0 ]; then echo "$PORT"; else echo "$((PORT + ${name#server}))"; fi
+  done | sort -u) || exit 1
+  if [[ " ${wanted[*]} " == *" proxy "* ]]; then
+    spawn proxy "$BIN/filecluster-proxy" --host "$BIND" --port "$PORT" --advertise "$HOST" --replicas "$REPLICAS"
+    wait_ready proxy || { stop_started; exit 1; }
+  fi
+  local proxy_port
+  proxy_port="$(port_of proxy)"
+  for name in "${wanted[@]}"; do
+    [ "$name" != proxy ] || continue
+    i="${name#server}"
+    spawn "$name" "$BIN/filecluster-server" --id "$i" --host "$BIND" --port "$(( PORT ? PORT + i : 0 ))" \
+      --advertise "$HOST" --proxy "$LOCAL:$proxy_port"
+  done
+  for name in "${wanted[@]}"; do
+    [ "$name" = proxy ] || wait_ready "$name" || { stop_started; exit 1; }
+  done
+  echo "cluster up: proxy at $HOST:$proxy_port, $SERVERS storage servers, data in $DATA"
 }
 
-stop_one() {  # name: SIGTERM, then SIGKILL after 10 s
-  local name="$1" pid
-  pid="$(running_pid "$name")" || return 1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  rm -f "$RUN/$name.pid"
-  echo "$name stopped"
+stop_all() {  # names...: SIGTERM to each (and SIGCONT, should one be stopped), SIGKILL after 10 s
+  local name pid names=() pids=() i waited=0
+  for name in "$@"; do
+    if pid="$(running_pid "$name")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      kill -CONT "$pid" 2>/dev/null || true
+      names+=("$name"); pids+=("$pid")
+    else
+      echo "$name was not running"
+      rm -f "$RUN/$name.pid" "$RUN/$name.port"
+    fi
+  done
+  [ "${#pids[@]}" -gt 0 ] || return 0
+  for i in "${!pids[@]}"; do  # 10 s for them all, not each
+    while alive "${pids[$i]}" && [ "$waited" -lt 200 ]; do sleep 0.05; waited=$((waited + 1)); done
+    if alive "${pids[$i]}"; then kill -KILL "${pids[$i]}" 2>/dev/null || true; fi
+    rm -f "$RUN/${names[$i]}.pid" "$RUN/${names[$i]}.port"
+    echo "${names[$i]} stopped (pid ${pids[$i]})"
+  done
 }
 
 recorded() {  # every daemon with a pid file in this data folder, servers (highest first), then proxy
@@ -160,9 +250,12 @@ recorded() {  # every daemon with a pid file in this data folder, servers (highe
 }
 
 stop() {  # every daemon this data folder records, whatever FILECLUSTER_SERVERS says now
-  local any=0 name
-  for name in $(recorded); do stop_one "$name" && any=1; done
-  [ "$any" = 1 ] || echo "nothing was running"
+  local all
+  all="$(recorded)"
+  [ -n "$all" ] || { echo "nothing was running"; return 0; }
+  # shellcheck disable=SC2046
+  stop_all $(grep -v '^proxy$' <<<"$all" || true)  # the servers together, then the proxy
+  if grep -qx proxy <<<"$all"; then stop_all proxy; fi
 }
 
 lock() {  # one start, stop or restart of this data folder at a time
@@ -174,19 +267,37 @@ lock() {  # one start, stop or restart of this data folder at a time
   fi
 }
 
-stop_started() {  # only what this invocation started, servers first
-  local i
-  for (( i=${#STARTED[@]}-1; i>=0; i-- )); do stop_one "${STARTED[$i]}" || true; done
+stop_started() {  # only what this invocation started: the servers, then the proxy
+  local servers=() name
+  [ "${#STARTED[@]}" -gt 0 ] || return 0
+  for name in "${STARTED[@]}"; do [ "$name" = proxy ] || servers=("$name" "${servers[@]}"); done
+  [ "${#servers[@]}" -eq 0 ] || stop_all "${servers[@]}"
+  if [[ " ${STARTED[*]} " == *" proxy "* ]]; then stop_all proxy; fi
   STARTED=()
 }
 
+IN_MENU=0
+leave_menu() {  # the interactive mode's end, however it comes: stop what this invocation started
+  trap - EXIT INT TERM HUP
+  set +e  # stop them even if the terminal is gone and saying so fails
+  if [ "$IN_MENU" = 1 ]; then
+    echo
+    if [ "${#STARTED[@]}" -eq 0 ]; then
+      echo "the cluster was running before this ./run_cluster.sh; it keeps running (./run_cluster.sh stop stops it)"
+    else
+      echo "stopping what this ./run_cluster.sh started: ${STARTED[*]}"
+    fi
+  fi
+  [ "${#STARTED[@]}" -eq 0 ] || { lock; stop_started; }
+}
+
 status() {
-  local name pid up=0
+  local name pid up=0 down=0
   for name in $( (names; recorded) | sort -u | sort -t r -k 3 -n); do
-    if pid="$(running_pid "$name")"; then echo "$name: running (pid $pid)"; up=$((up + 1))
-    else echo "$name: stopped"; fi
+    if pid="$(running_pid "$name")"; then echo "$name: running (pid $pid, port $(port_of "$name"))"; up=$((up + 1))
+    else echo "$name: stopped"; down=$((down + 1)); fi
   done
-  [ "$up" -gt 0 ]
+  [ "$down" -eq 0 ]
 }
 
 case "${1:-}" in
@@ -195,12 +306,15 @@ case "${1:-}" in
   restart) lock; stop; start ;;
   status) status ;;
   "")
+    trap leave_menu EXIT  # also if the start fails or is interrupted half way
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
     lock
     start
     exec 9>&-  # the lock is for starting; the menu may run for hours
-    trap 'echo; stop_started' EXIT
-    trap 'exit 143' TERM
     trap ':' INT  # Ctrl-C is the menu's (it cancels a transfer); the daemons never see it
-    "$FC" menu || true
+    IN_MENU=1
+    FILECLUSTER_PROXY="$HOST:$(port_of proxy)" "$BIN/filecluster" menu || true
     ;;
 esac

@@ -54,14 +54,21 @@ def proxy_port() -> int:
     return int(raw)
 
 
+def cluster_host() -> str:
+    """FILECLUSTER_HOST: the address ./run_cluster.sh's daemons listen on and advertise (127.0.0.1)."""
+    return os.environ.get("FILECLUSTER_HOST", "").strip() or "127.0.0.1"
+
+
 def source_address() -> str | None:
     """FILECLUSTER_SOURCE_ADDRESS: the local address a client connects from (a host with several)."""
     return os.environ.get("FILECLUSTER_SOURCE_ADDRESS") or None
 
 
 def proxy_address(override: str | None = None) -> tuple[str, int]:
-    """``--proxy``, else FILECLUSTER_PROXY, else 127.0.0.1 at FILECLUSTER_PORT (9000)."""
-    return parse_address(override or os.environ.get("FILECLUSTER_PROXY") or f"127.0.0.1:{proxy_port()}")
+    """``--proxy``, else FILECLUSTER_PROXY, else FILECLUSTER_HOST (127.0.0.1) at FILECLUSTER_PORT (9000)."""
+    return parse_address(
+        override or os.environ.get("FILECLUSTER_PROXY") or f"{cluster_host()}:{proxy_port()}"
+    )
 
 
 def _seconds_setting(name: str, default: float) -> float:

@@ -1,5 +1,5 @@
 """What both daemons share when run from the command line: logging, signals, the ready line,
-and the cluster secret."""
+the cluster secret, and the watchdog that ends a daemon with the process it serves."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from common.limits import ServerLimits
 from common.sizes import parse_size
 
 SECRET_ENV = "FILECLUSTER_SECRET_FILE"
+EXIT_WITH_ENV = "FILECLUSTER_EXIT_WITH"
 SECRET_FILE = "cluster.secret"
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -88,8 +89,39 @@ def setup_logging(name: str, verbose: bool = False) -> None:
     )
 
 
+def exit_with() -> int | None:
+    """FILECLUSTER_EXIT_WITH=PID: the process whose end also ends this daemon, or None.
+
+    For tests: ./run_cluster.sh starts daemons in a session of their own, out of reach of the
+    parent-death signal a test gives what it starts; this way they still end with the test run."""
+    raw = os.environ.get(EXIT_WITH_ENV, "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
+        raise InvalidRequest(f"{EXIT_WITH_ENV} must be a process id, not {raw!r}")
+    return int(raw)
+
+
+def process_alive(pid: int) -> bool:
+    """Does process ``pid`` run?  A zombie (ended, not yet reaped by its parent) does not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        if Path("/proc/self").is_dir():
+            return False
+    except (OSError, IndexError):
+        pass
+    try:  # no /proc here: ask the kernel (which counts a zombie as a process)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT.
+    """Block until SIGTERM or SIGINT, or until the FILECLUSTER_EXIT_WITH process is gone.
 
     Python runs a signal handler in the main thread, between bytecodes; but the kernel may deliver
     the signal to any thread, and then nothing interrupts what the main thread waits for.  So it
@@ -101,15 +133,21 @@ def wait_for_signal() -> None:
     def _stop(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
 
+    watched = exit_with()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     while not received:
+        if watched is not None and not process_alive(watched):
+            logging.getLogger(__name__).info("process %d is gone (%s): stopping", watched, EXIT_WITH_ENV)
+            return
         time.sleep(0.25)
 
 
 def announce(what: str, host: str, port: int) -> None:
-    """The one line on stdout that says the daemon is ready, and where (tests read it)."""
-    print(f"{what} listening on {host}:{port}", flush=True)
+    """The one line on stdout that says the daemon is ready, and where (tests and ./run_cluster.sh
+    read it).  One write, so a log line from another thread cannot land inside it."""
+    sys.stdout.write(f"{what} listening on {host}:{port}\n")
+    sys.stdout.flush()
 
 
 # glibc's mallopt parameter: allocations of at least this many bytes get their own mapping
@@ -136,6 +174,7 @@ def run_daemon(what: str, run: Callable[[], int]) -> int:
     """Run a daemon's main loop; a failure to start (port taken, no secret...) is one line."""
     give_back_big_buffers()
     try:
+        exit_with()  # a bad FILECLUSTER_EXIT_WITH is refused before anything starts
         return run()
     except OSError as exc:
         print(f"error: cannot start the {what}: {exc.strerror or exc}", file=sys.stderr)

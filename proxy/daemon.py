@@ -29,6 +29,7 @@ from common.daemon import (
     setup_logging,
     wait_for_signal,
 )
+from common.errors import InvalidRequest
 from common.frame_server import FrameServer, serve_in_thread
 from common.limits import PROXY_MAX_HEADER
 from common.protocol import DEFAULT_MAX_PAYLOAD
@@ -81,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--advertise",
         default=None,
-        help="HOST:PORT to put in share links (default: the address clients used)",
+        help="HOST:PORT to put in share links, or HOST alone to keep the port clients used "
+        "(default: the address clients used)",
     )
     parser.add_argument(
         "--ticket-ttl",
@@ -156,6 +158,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
+def advertised(text: str) -> tuple[str, int]:
+    """``--advertise``: HOST:PORT, or HOST alone, then with port 0: the port clients used."""
+    host = text.strip()
+    if ":" in host:
+        return parse_address(host)
+    if not host:
+        raise InvalidRequest("--advertise needs HOST or HOST:PORT")
+    return host, 0
+
+
 def run(args: argparse.Namespace) -> int:
     if not MIN_CHUNK_SIZE <= args.chunk_size <= MAX_CHUNK_SIZE:
         raise SystemExit(f"error: --chunk-size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes")
@@ -202,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         replicas=args.replicas,
         heartbeat=args.heartbeat,
-        advertise=parse_address(args.advertise) if args.advertise else None,
+        advertise=advertised(args.advertise) if args.advertise is not None else None,
         ticket_ttl=args.ticket_ttl,
         session_idle=args.session_idle,
         session_max=args.session_max,

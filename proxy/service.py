@@ -215,6 +215,7 @@ class ProxyService:
 
     def _link(self, local: tuple[str, int], token: str) -> str:
         host, port = self.config.advertise or local
+        port = port or local[1]  # an advertised HOST alone keeps the port clients used
         if ":" in host:
             host = f"[{host}]"
         return f"filecluster://{host}:{port}/s/{token}"

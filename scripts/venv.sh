@@ -1,6 +1,10 @@
 # Sourced by run_cluster.sh and run_tests.sh: make sure .venv exists and holds the package.
 # Usage: ensure_venv EXTRAS   (EXTRAS is "" or "[test]")
 # Every install is pinned by constraints.txt; editing it (or pyproject.toml) triggers a reinstall.
+_venv_fresh() {  # root stamp: was the install the stamp marks made after the last edit of the pins?
+  [ -f "$2" ] && [ ! "$1/pyproject.toml" -nt "$2" ] && [ ! "$1/constraints.txt" -nt "$2" ]
+}
+
 ensure_venv() {
   local extras="$1" root stamp
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +21,8 @@ ensure_venv() {
     echo "creating .venv with $py" >&2
     "$py" -m venv "$root/.venv" || { echo "error: could not create .venv (is python3-venv installed?)" >&2; return 1; }
   fi
-  if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/constraints.txt" -nt "$stamp" ]; then
+  # the test install ([test]) holds everything the plain one does
+  if ! _venv_fresh "$root" "$stamp" && { [ -n "$extras" ] || ! _venv_fresh "$root" "$stamp[test]"; }; then
     echo "installing filecluster$extras into .venv" >&2
     "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
       -c "$root/constraints.txt" -e "$root$extras" \

@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --id must be a number from 1 to {MAX_SERVER_ID}")
     if args.scrub_rate < 0 or args.reserve < 0 or not args.inventory_interval > 0:
         raise SystemExit("error: --scrub-rate and --reserve must be 0 or more, --inventory-interval above 0")
+    advertise = args.advertise or args.host
+    if advertise in ("0.0.0.0", "::", ""):
+        raise SystemExit(
+            f"error: clients cannot reach {advertise!r}: give --advertise HOST with --host {args.host}"
+        )
     setup_logging(f"server{args.id}", args.verbose)
     port = args.port if args.port is not None else proxy_port() + args.id
     folder = args.data or data_dir() / f"server{args.id}"
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         scrubber = Scrubber(store, rate_cap=args.scrub_rate * MIB, period=args.scrub_period)
     membership = Membership(
         server_id=args.id,
-        advertise=(args.advertise or args.host, server.port),
+        advertise=(advertise, server.port),
         proxy=proxy,
         store=store,
         key=key,

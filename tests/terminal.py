@@ -3,6 +3,7 @@ appear, Ctrl-C (SIGINT) at a chosen moment.  Real processes, real pipes and pseu
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import os
 import select
@@ -156,6 +157,110 @@ class Session:
             self._master = -1
 
     def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _terminal_setup() -> None:
+    """``preexec_fn`` of a `Terminal`'s process, which already has a session of its own: the
+    pseudo-terminal on its stdin becomes its controlling terminal, as a login terminal is."""
+    _child_setup()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """Any command run in a pseudo-terminal that is its controlling terminal, as in a terminal window:
+    stdin, stdout and stderr are the terminal, and a typed Ctrl-C (``ctrl_c()``) makes the terminal
+    send SIGINT to the foreground process group, as a real one does.  What the user sees (with
+    ``\\r\\n`` line ends turned into ``\\n``) is read from it."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], cwd: Path | None = None) -> None:
+        self.screen = ""
+        self._seen = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._cr = ""  # a "\r" that ended the last read: the "\n" after it may come in the next
+        self._master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_terminal_setup,
+            )
+        finally:
+            os.close(slave)
+
+    def _read(self, timeout: float) -> bool:
+        """Add what the terminal shows within ``timeout`` seconds to the screen; False at its end."""
+        if not select.select([self._master], [], [], timeout)[0]:
+            return True
+        try:
+            data = os.read(self._master, 65536)
+        except OSError:  # EIO: every descriptor of the terminal's other side is closed
+            return False
+        text = self._cr + self._decoder.decode(data)
+        self._cr = "\r" if text.endswith("\r") else ""
+        self.screen += text[: len(text) - len(self._cr)].replace("\r\n", "\n")
+        return bool(data)
+
+    def pump(self) -> None:
+        """Read what the terminal shows now, so the program never blocks writing to it."""
+        while select.select([self._master], [], [], 0)[0] and self._read(0):
+            pass
+
+    def expect(self, text: str, timeout: float = WAIT) -> str:
+        """Read until ``text`` appears after what earlier calls waited for; returns what the user saw
+        from there up to and including ``text``."""
+        deadline = time.monotonic() + timeout
+        while (found := self.screen.find(text, self._seen)) < 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"waited for {text!r}; the user sees {self.screen[self._seen :]!r}")
+            if not self._read(left):
+                raise EOFError(f"the terminal closed before showing {text!r}: {self.screen[self._seen :]!r}")
+        start, self._seen = self._seen, found + len(text)
+        return self.screen[start : self._seen]
+
+    def type(self, text: str) -> None:
+        """Keys typed by the user (``\\r`` is Enter, ``\\x04`` Ctrl-D: end of input)."""
+        os.write(self._master, text.encode())
+
+    def ctrl_c(self) -> None:
+        """Ctrl-C typed at the terminal: its foreground process group gets SIGINT."""
+        self.type("\x03")
+
+    def hang_up(self, timeout: float = WAIT) -> int:
+        """Close the terminal, as closing its window does (its session gets SIGHUP); the exit status."""
+        os.close(self._master)
+        self._master = -1
+        return self.proc.wait(timeout=timeout)
+
+    def finish(self, timeout: float = WAIT) -> tuple[int, str]:
+        """Wait for the process to exit; returns (exit status, what it showed since the last expect)."""
+        deadline = time.monotonic() + timeout
+        while self._read(max(0.0, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the program did not exit; it showed {self.screen[self._seen :]!r}")
+        rc = self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        start, self._seen = self._seen, len(self.screen)
+        return rc, self.screen[start:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+    def __enter__(self) -> Terminal:
         return self
 
     def __exit__(self, *exc: object) -> None:
