@@ -253,6 +253,9 @@ def run_menu(client: Client) -> int:
         except EOFError:
             print()
             return 0
+        except KeyboardInterrupt:  # a Ctrl-C too many must not end the menu (and the cluster with it)
+            print("\n(to leave the menu, choose 0 or press Ctrl-D)", file=sys.stderr)
+            continue
         if choice in ("0", "q", "quit", "exit"):
             return 0
         if not choice.isascii() or not choice.isdigit() or not 1 <= int(choice) <= len(ACTIONS):
