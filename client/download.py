@@ -1,15 +1,22 @@
 """Downloading one file: locate it, fetch chunks in parallel, verify, then show it.
 
 Chunks are fetched several at a time straight from the storage servers and
-written at their offsets into a temp file in a hidden folder of its own,
-``.filecluster-partial/`` inside the destination folder (0700; the file is
-created exclusively), so a temp file can never collide with a user's file,
-and the sweep of stale temp files never looks anywhere else.
-Each chunk's SHA-256 is checked as it arrives.  The whole file's SHA-1 is
-computed in order, as chunks complete, and checked at the end; only then is
-the file fsynced and linked into place under its name, never over an
-existing file (a different file of that name is kept, and the download gets
-a name like ``report (1).pdf``).
+written at their offsets into a partial file in a hidden folder of its own,
+``.filecluster-partial/`` inside the destination folder (client.partial: its
+name, lock and sweep).  Each chunk's SHA-256 is checked as it arrives.  The
+whole file's SHA-1 is computed in order, as chunks complete, and checked at
+the end; only then is the file fsynced and linked into place under its name,
+never over an existing file (a different file of that name is kept, and the
+download gets a name like ``report (1).pdf``).
+
+Resume: an interrupted download keeps its partial file; the next download of
+the same content to the same place checks the chunks in it and fetches only
+the others (``DownloadResult.resumed`` says how many bytes it kept).
+
+Where the file goes: ``save_as``, a path relative to the output folder
+(default: the base name of the file's name).  Its folders are created one at a
+time, each opened without following symlinks, so neither a hostile name nor a
+symlink planted in the output folder can take the download anywhere else.
 
 Routing around trouble: chunk i is read first from copy i mod n, so every
 copy gets read and the load is shared.  A server that times out, refuses or
@@ -30,11 +37,7 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
-import stat
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -42,6 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.partial import (
+    PARTIAL_DIR,
+    STALE_PART_SECONDS,
+    clean_stale_parts,
+    open_partial,
+    partial_key,
+    verified_chunks,
+)
 from client.pool import READ_TIMEOUT, ConnectionPool, Deadline, ProxyCaller
 from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS, read_timeout
@@ -61,9 +72,9 @@ from common.messages import MsgType
 from common.names import MAX_NAME_BYTES, check_file_name
 
 Progress = Callable[[str, int, int], None]
-STALE_PART_SECONDS = 3600
-PARTIAL_DIR = ".filecluster-partial"
-_PART_NAME = re.compile(r"[0-9a-f]{16}\.part\Z")
+MAX_SAVE_AS_BYTES = 1024
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+__all__ = ["PARTIAL_DIR", "STALE_PART_SECONDS", "DownloadResult", "download", "file_sha1"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class DownloadResult:
     size: int
     sha1: str
     fetched: bool  # False when an identical file was already there
-    resumed: int = 0  # bytes found already verified in a partial file
+    resumed: int = 0  # bytes found already verified in the partial file of an interrupted download
 
 
 def file_sha1(path: Path) -> str:
@@ -99,69 +110,17 @@ def _candidates(folder: Path, name: str) -> Iterator[Path]:
         n += 1
 
 
-def _partial_dir(out_dir: Path) -> Path:
-    """The hidden folder for ``out_dir``'s temp files: made 0700 if missing; it must be a real
-    folder of ours (not a symlink someone planted)."""
-    folder = out_dir / PARTIAL_DIR
-    try:
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=0o700)
-        info = os.lstat(folder)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise InvalidRequest(f"{folder} is not a folder of yours; move it away and try again")
-    if info.st_mode & 0o077:
-        with contextlib.suppress(OSError):
-            os.chmod(folder, 0o700)
-    return folder
-
-
-def _open_part(out_dir: Path) -> tuple[Path, int]:
-    """A new temp file (created exclusively, never through a symlink) and its descriptor.  Its mode
-    is the one the downloaded file will keep; while it is partial, the 0700 folder hides it."""
-    for _ in range(3):  # another download may remove the emptied folder between mkdir and open
-        tmp = _partial_dir(out_dir) / f"{uuid.uuid4().hex[:16]}.part"
-        try:
-            return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            _remove_if_empty(tmp.parent)
-            raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror}") from None
-    raise InvalidRequest(f"cannot write in {out_dir}: its {PARTIAL_DIR} folder keeps disappearing")
-
-
-def _clean_stale_parts(folder: Path) -> None:
-    """Remove temp files of downloads that were killed (untouched for an hour).  Only our own
-    hidden folder is looked at, and in it only regular files with our temp names."""
-    cutoff = time.time() - STALE_PART_SECONDS
-    if folder.is_symlink() or not folder.is_dir():
-        return
-    with contextlib.suppress(OSError):
-        for part in folder.iterdir():
-            with contextlib.suppress(OSError):
-                info = part.lstat()
-                if _PART_NAME.match(part.name) and stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
-                    part.unlink()
-    _remove_if_empty(folder)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not empty: another download is using it, or left a part
-        folder.rmdir()
-
-
 def download(
     info: dict[str, Any],
     out_dir: Path,
     progress: Progress | None = None,
     relocate: Callable[[], dict[str, Any]] | None = None,
     proxy: ProxyCaller | None = None,
+    *,
     save_as: str | None = None,
 ) -> DownloadResult:
-    """Fetch the file described by a LOCATE reply into ``out_dir``, as ``save_as`` (a path relative to
-    ``out_dir``; default: the base name of the file's name).
+    """Fetch the file described by a LOCATE reply into ``out_dir`` (as ``save_as``, a path relative
+    to it; default: the base name of the file's name).
 
     ``proxy`` is the proxy that gave the reply.  If the reply carries a ``lease`` (the proxy keeps
     the file's chunks while it lives), fresh tickets for a long download come from
@@ -169,7 +128,8 @@ def download(
     it ends.  Copies that sent wrong bytes, were missing or had the wrong size are reported to it
     (REPORT_BAD) after the download, quietly: the user hears only if no copy of a chunk was good.
     ``relocate`` repeats the original LOCATE, for fresh tickets from a proxy that gives no lease.
-    The whole download must end within common.config.transfer_deadline of the file's size."""
+    The whole download must end within common.config.transfer_deadline of the file's size.
+    An interrupted download keeps its partial file, and the next one to the same place resumes it."""
     tickets = Tickets(info, relocate, proxy)
     reports = _Reports()
     interrupted = True
@@ -192,48 +152,117 @@ def _download(
     progress: Progress | None,
     tickets: Tickets,
     reports: _Reports,
-    save_as: str | None = None,
+    save_as: str | None,
 ) -> DownloadResult:
     name = check_file_name(info["name"])
-    # every segment is checked on its own: no "..", no empty segment, so nothing escapes out_dir
-    parts = [check_file_name(part) for part in (save_as or name.rsplit("/", 1)[-1]).split("/")]
-    out_dir, leaf = out_dir.joinpath(*parts[:-1]), parts[-1]
     size, sha1 = int(info["size"]), str(info["sha1"])
+    folder, file_name = _destination(out_dir, name, save_as)
+    clean_stale_parts(folder / PARTIAL_DIR)
+    try:
+        for candidate in _candidates(folder, file_name):
+            if not candidate.exists() and not candidate.is_symlink():
+                break
+            if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
+                return DownloadResult(name, candidate, size, sha1, fetched=False)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot look in {folder}: {exc.strerror or exc}") from None
+    chunks: list[dict[str, Any]] = info["chunks"]
+    offsets = _offsets(chunks, size)
+    deadline = Deadline.start(f"the download of {name}", "what arrived is kept for the next try", size)
+    partial = open_partial(folder, partial_key(sha1, size, file_name))
+    keep = partial.resumable  # interrupted, failed: the next download of this file goes on from it
+    try:
+        os.ftruncate(partial.fd, size)
+        have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
+        resumed = sum(int(chunks[i]["size"]) for i in have)
+        transfer = _Transfer(partial.fd, tickets, _Trouble(), reports)
+        _fetch_all(transfer, chunks, offsets, sha1, progress, deadline, have)
+        os.fsync(partial.fd)
+        final = _link_into_place(partial.path, folder, file_name)
+        keep = False  # linked into place: the partial's name goes (the file keeps the other)
+    except (CorruptData, Conflict):  # the whole file is wrong, or changed: its chunks help nobody
+        keep = False
+        raise
+    except OSError as exc:  # the local disk (full, failing): the partial keeps what it has
+        raise InvalidRequest(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    finally:
+        partial.close(keep=keep)
+    fsync_dir(folder)
+    return DownloadResult(name, final, size, sha1, fetched=True, resumed=resumed)
+
+
+def _offsets(chunks: list[dict[str, Any]], size: int) -> list[int]:
+    """Where each chunk starts; the chunk list must add up to the file's size."""
+    offsets = []
+    offset = 0
+    for chunk in chunks:
+        offsets.append(offset)
+        offset += int(chunk["size"])
+    if offset != size:
+        raise ProtocolError("the proxy's chunk list does not add up to the file size")
+    return offsets
+
+
+def _destination(out_dir: Path, name: str, save_as: str | None) -> tuple[Path, str]:
+    """The folder the file goes to (created under ``out_dir``) and its name there.
+
+    ``save_as`` is a path relative to ``out_dir``; every segment is checked by the file name rules
+    (no "", ".", "..", "\\", control characters), and every folder is created and then opened
+    without following symlinks, so the file can only land inside ``out_dir``."""
+    if save_as is None:
+        segments = [name.rsplit("/", 1)[-1]]
+    else:
+        if not isinstance(save_as, str) or len(save_as.encode("utf-8", "replace")) > MAX_SAVE_AS_BYTES:
+            raise InvalidRequest(f"cannot save as {save_as!r}: at most {MAX_SAVE_AS_BYTES} bytes")
+        if save_as.startswith("/") or "" in save_as.split("/"):
+            raise InvalidRequest(f"cannot save as {save_as!r}: give a path relative to the output folder")
+        try:
+            segments = [check_file_name(segment) for segment in save_as.split("/")]
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"cannot save as {save_as!r}: {exc}") from None
+    segments[-1] = check_file_name(segments[-1])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
     if not out_dir.is_dir():
         raise InvalidRequest(f"{out_dir} is not a folder")
-    _clean_stale_parts(out_dir / PARTIAL_DIR)
+    folder = _make_folders(out_dir, segments[:-1])
+    return folder, segments[-1]
+
+
+def _make_folders(out_dir: Path, segments: list[str]) -> Path:
+    """``out_dir/a/b/...``: each folder created if missing, then opened relative to its parent
+    with O_NOFOLLOW, so a symlink (or a file) in the way is refused, never followed."""
+    folder = out_dir
+    if not segments:
+        return folder
+    fd = os.open(out_dir, _FOLDER_FLAGS)
     try:
-        for candidate in _candidates(out_dir, leaf):
-            if not candidate.exists() and not candidate.is_symlink():
-                break
-            if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
-                return DownloadResult(name, candidate, size, sha1, fetched=False)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot look in {out_dir}: {exc.strerror or exc}") from None
-    deadline = Deadline.start(f"the download of {name}", "nothing was saved", size)
-    tmp, fd = _open_part(out_dir)
-    try:
-        try:
-            os.ftruncate(fd, size)
-            transfer = _Transfer(fd, tickets, _Trouble(), reports)
-            _fetch_all(transfer, info["chunks"], size, sha1, progress, deadline)
-            os.fsync(fd)
-        finally:
+        for segment in segments:
+            folder = folder / segment
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(segment, 0o777, dir_fd=fd)
+                inner = os.open(segment, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise InvalidRequest(
+                        f"cannot save in {folder}: it is not a folder (a file or a symlink)"
+                    ) from None
+                raise InvalidRequest(f"cannot create folder {folder}: {exc.strerror}") from None
             os.close(fd)
-        final = _link_into_place(tmp, out_dir, leaf)
+            fd = inner
     finally:
-        tmp.unlink(missing_ok=True)
-        _remove_if_empty(tmp.parent)
-    fsync_dir(out_dir)
-    return DownloadResult(name, final, size, sha1, fetched=True)
+        os.close(fd)
+    inside = os.path.realpath(out_dir)
+    if os.path.commonpath([inside, os.path.realpath(folder)]) != inside:  # swapped meanwhile
+        raise InvalidRequest(f"cannot save in {folder}: it leads out of {out_dir}")
+    return folder
 
 
 def _link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
-    """Give the verified temp file its name without ever replacing an existing file."""
+    """Give the verified partial file its name without ever replacing an existing file."""
     for candidate in _candidates(out_dir, name):
         try:
             os.link(tmp, candidate)
@@ -264,22 +293,18 @@ class _Transfer:
 def _fetch_all(
     transfer: _Transfer,
     chunks: list[dict[str, Any]],
-    size: int,
+    offsets: list[int],
     sha1: str,
     progress: Progress | None,
     deadline: Deadline,
+    have: set[int],
 ) -> None:
-    offsets = []
-    offset = 0
-    for chunk in chunks:
-        offsets.append(offset)
-        offset += int(chunk["size"])
-    if offset != size:
-        raise ProtocolError("the proxy's chunk list does not add up to the file size")
-    done = 0
+    """Fetch every chunk but those in ``have`` (already verified in the file), then check the whole."""
+    size = sum(int(chunk["size"]) for chunk in chunks)
+    done = sum(int(chunks[i]["size"]) for i in have)
     lock = threading.Lock()
     if progress:
-        progress("receiving", 0, size)
+        progress("receiving", done, size)
 
     def on_bytes(n: int) -> None:
         nonlocal done
@@ -291,15 +316,17 @@ def _fetch_all(
     whole = hashlib.sha1()
     pool = transfer.pool
     with pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
-        futures: list[Future[None]] = []
+        futures: dict[int, Future[None]] = {}
         try:
             for i, chunk in enumerate(chunks):
-                futures.append(workers.submit(_fetch_chunk, transfer, chunk, i, offsets[i], on_bytes))
-            for i, future in enumerate(futures):
-                future.result(timeout=deadline.left())
-                _hash_region(transfer.fd, offsets[i], int(chunks[i]["size"]), whole)
+                if i not in have:
+                    futures[i] = workers.submit(_fetch_chunk, transfer, chunk, i, offsets[i], on_bytes)
+            for i, chunk in enumerate(chunks):
+                if i in futures:
+                    futures[i].result(timeout=deadline.left())
+                _hash_region(transfer.fd, offsets[i], int(chunk["size"]), whole)
         except BaseException as exc:  # a failed chunk, the deadline, Ctrl-C or SIGTERM: break all
-            for future in futures:
+            for future in futures.values():
                 future.cancel()
             pool.abort()
             if isinstance(exc, FutureTimeout):

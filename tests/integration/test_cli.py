@@ -244,7 +244,7 @@ def test_a_killed_download_leaves_its_part_only_in_the_hidden_folder_and_stale_p
     assert [p.name for p in out.iterdir()] == [PARTIAL_DIR]  # nothing visible appeared
     assert partial.stat().st_mode & 0o777 == 0o700
     left = list(partial.iterdir())
-    assert len(left) == 1 and re.fullmatch(r"[0-9a-f]{16}\.part", left[0].name), left
+    assert len(left) == 1 and re.fullmatch(r"[0-9a-f]{32}\.part", left[0].name), left
     killed = left[0]
     long_ago = time.time() - STALE_PART_SECONDS - 60
     os.utime(killed, (long_ago, long_ago))  # the killed download's, untouched for over an hour

@@ -192,6 +192,12 @@ def nothing_in(folder: Path) -> bool:
     return not folder.exists() or list(folder.iterdir()) == []
 
 
+def only_a_partial_in(folder: Path) -> bool:
+    """Nothing visible: only the hidden folder, with the partial file kept for the next try."""
+    hidden = folder / downloader.PARTIAL_DIR
+    return [p.name for p in folder.iterdir()] == [hidden.name] and len(list(hidden.glob("*.part"))) == 1
+
+
 def test_a_chunk_list_that_does_not_add_up_is_refused(
     two_chunks: tuple[Client, bytes, dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -221,7 +227,7 @@ def test_a_server_answering_with_other_bytes_than_asked_is_skipped(
     with pytest.raises(Unavailable, match=re.escape("cannot be read from any copy")) as caught:
         downloader.download({**info, "chunks": skewed}, tmp_path / "out")
     assert str(caught.value).count("got something else") == len(first["servers"])  # every copy was tried
-    assert nothing_in(tmp_path / "out")
+    assert only_a_partial_in(tmp_path / "out")
 
 
 def test_a_reply_naming_a_path_is_refused(
@@ -317,7 +323,10 @@ def test_a_disk_error_when_naming_the_download(
     out = tmp_path / "out"
     with pytest.raises(InvalidRequest, match=re.escape(f"cannot write {out}/notes.txt: Input/output error")):
         user.download("notes.txt", out)
-    assert nothing_in(out)
+    assert only_a_partial_in(out)  # complete and verified: the next try only checks it
+    monkeypatch.undo()
+    result = user.download("notes.txt", out)
+    assert result.resumed == result.size and result.path.read_bytes() == b"from the cluster"
 
 
 def test_collisions_count_up_and_fit_long_extensions(user: Client, tmp_path: Path) -> None:

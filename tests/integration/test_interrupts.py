@@ -104,7 +104,7 @@ def test_an_interrupted_upload_is_aborted_at_the_proxy_and_stores_nothing(
 
 
 @pytest.mark.parametrize(("sig", "status", "message"), SIGNALS)
-def test_an_interrupted_download_leaves_nothing_in_the_folder(
+def test_an_interrupted_download_shows_nothing_and_keeps_its_partial_for_the_next(
     patient_cluster: Cluster, tmp_path: Path, sig: int, status: int, message: str
 ) -> None:
     c = patient_cluster
@@ -129,10 +129,12 @@ def test_an_interrupted_download_leaves_nothing_in_the_folder(
     assert err == f"{message}\n"  # one line, no traceback
     assert out == ""
     assert took < PROMPTLY, f"the interrupted download took {took:.1f} s to end"
-    assert list(out_dir.iterdir()) == []  # neither the temp file (nor its folder) nor a partial file
+    assert [p.name for p in out_dir.iterdir()] == [downloader.PARTIAL_DIR]  # nothing visible
+    assert len(parts(out_dir)) == 1  # the partial file waits for the next try
     again = c.cli("download", "big.bin", "-o", str(out_dir), home=home)
     assert again.returncode == 0, again.stderr
     assert (out_dir / "big.bin").read_bytes() == data
+    assert [p.name for p in out_dir.iterdir()] == ["big.bin"]  # the partial was used up
 
 
 def interrupted_while_queuing(silent: socket.socket) -> type[ThreadPoolExecutor]:
@@ -177,5 +179,5 @@ def test_ctrl_c_while_transfers_are_being_queued_breaks_those_in_flight(
                 uploader._send_missing(file, manifest, chunks, None, uploader._Sent(), renewal)
         took = time.monotonic() - start
     assert took < PROMPTLY, f"the interrupted {direction} took {took:.1f} s to end"
-    if direction == "download":
-        assert list(out_dir.iterdir()) == []
+    if direction == "download":  # nothing visible; the partial file is kept for the next try
+        assert [p.name for p in out_dir.iterdir()] == [downloader.PARTIAL_DIR]
