@@ -4,7 +4,8 @@ Three kinds of work reach it:
 
 * *freed* chunks: in the catalog, but no file references them any more (after a
   delete or a replacement);
-* *abandoned* copies: what an upload that will never commit placed on servers;
+* *abandoned* copies: what an upload that will never commit placed on servers
+  (an aborted one only once its resume grace is over, proxy.uploads);
 * *orphan* candidates: chunks a server's inventory (its registration, or the
   periodic block report) lists that the catalog does not know, however they
   got there (an upload cut short by a proxy restart, a delete a server missed
@@ -96,11 +97,11 @@ class Collector:
             self._wake.set()
 
     def queue_abandoned(self, upload: PendingUpload) -> None:
-        """Queue what an upload that will never commit may have stored (no grace: it is known junk)."""
+        """Queue what an upload that will never commit may have stored, or reused (no grace: it is
+        known junk, unless a file or another upload uses it, which the round checks)."""
         with self._queue_lock:
-            for chunk_id, servers in upload.placement.items():
-                for server in servers:
-                    self._abandoned[server.id].add(chunk_id)
+            for chunk_id, server_id in upload.copies():
+                self._abandoned[server_id].add(chunk_id)
         self._wake.set()
 
     def run_forever(self) -> None:
@@ -118,7 +119,10 @@ class Collector:
     def run_once(self) -> None:
         """One round: expire stale uploads, decide what goes (memory only), then tell the servers."""
         for upload in self.uploads.expired():
-            log.info("upload of %s by %s expired", upload.name, upload.owner)
+            if upload.parked_until is not None:
+                log.info("aborted upload of %s by %s: resume grace over", upload.name, upload.owner)
+            else:
+                log.info("upload of %s by %s expired", upload.name, upload.owner)
             self.queue_abandoned(upload)
         with self._queue_lock:
             freed, self._freed = self._freed, set()

@@ -47,6 +47,11 @@ from proxy.uploads import Uploads
 log = logging.getLogger(__name__)
 
 
+def duration_or_zero(text: str) -> float:
+    """A duration (common.daemon.duration), or 0 to turn the feature off."""
+    return 0.0 if text.strip() == "0" else duration(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
@@ -151,6 +156,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bytes each user may keep, every kept version counted, unless the operator sets theirs "
         "(filecluster-admin quota): e.g. 500M, 10G, 1T or unlimited (default: 10G)",
     )
+    parser.add_argument(
+        "--resume-grace",
+        type=duration_or_zero,
+        default="1h",
+        help="how long an aborted upload's chunks are kept, so running it again sends only the rest "
+        "(default: 1h; 0: freed at once)",
+    )
     add_secret_argument(parser)
     parser.add_argument("--collect-interval", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--repair-interval", type=float, default=DEFAULT_INTERVAL, help=argparse.SUPPRESS)
@@ -186,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         low_water=args.low_water,
         draining=catalog.draining_servers(),
     )
-    uploads = Uploads()
+    uploads = Uploads(resume_grace=args.resume_grace)
     leases = Leases(ttl=2 * args.ticket_ttl)
     storage = StorageClient(key, on_unreachable=registry.mark_down)
     collector = Collector(

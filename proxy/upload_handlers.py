@@ -115,6 +115,9 @@ class UploadHandlers:
         for chunk_id, size in sizes.items():
             known = self.catalog.chunk(chunk_id)
             held = set(known["servers"]) if known is not None and known["size"] == size else set()
+            # and where a pending or aborted (parked) upload placed it: a resumed upload reuses what
+            # the interrupted one stored, on the same proof and the same servers' word as any dedup
+            held |= self.uploads.placed_on(chunk_id)
             ranked = rank(chunk_id, up)
             # content the cluster lacks is checked too, by the server that would hold it (it answers
             # "no copy"): the same round trip either way, so UPLOAD_PROVE takes as long for stored
@@ -127,9 +130,17 @@ class UploadHandlers:
         with self.collector.lock:
             live_ids = self.registry.live_ids()
             placement: dict[str, list[ServerRef]] = {}
+            reused: dict[str, list[int]] = {}
             for chunk_id, size in sizes.items():
-                if verified.get(chunk_id, set()) & set(self.catalog.chunk_servers(chunk_id)) & live_ids:
+                good = verified.get(chunk_id, set()) & live_ids
+                recorded = set(self.catalog.chunk_servers(chunk_id))
+                if good & recorded:
                     continue  # proven, verified and still stored on a live server: nothing to send
+                if len(good - recorded) >= self.config.replicas:
+                    # stored by another upload, not committed yet: reused whole (as many copies as a
+                    # fresh upload makes); this upload's pins keep them, its commit records them
+                    reused[chunk_id] = sorted(good - recorded)
+                    continue
                 targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
                 if len(targets) < self.config.replicas:
                     raise Unavailable(
@@ -137,7 +148,7 @@ class UploadHandlers:
                         f"{self.config.replicas} needed; see: filecluster status"
                     )
                 placement[chunk_id] = targets
-            self.uploads.place(upload.id, placement)
+            self.uploads.place(upload.id, placement, reused)
         return Reply({"missing": self._missing(upload)})
 
     def _verified_copies(
@@ -222,7 +233,7 @@ class UploadHandlers:
                         f"not enough storage servers left for chunk {chunk_id[:12]}: {len(targets)} of "
                         f"{self.config.replicas} needed; see: filecluster status"
                     )
-                upload.placement[chunk_id] = targets
+                self.uploads.re_place(upload.id, chunk_id, targets)
         return Reply({"missing": [m for m in self._missing(upload) if m["id"] in wanted]})
 
     def _check_servers(self, suspects: set[int]) -> None:
@@ -248,12 +259,18 @@ class UploadHandlers:
         self._check_receipts(upload, h.get("receipts") or [])
         # every placed copy came with its server's receipt (verified and fsynced there) and is pinned
         # by this upload, so the catalog records the placement as is: no network call here
+        # copies reused from an interrupted upload were proven and vouched for at UPLOAD_PROVE, like dedup
         locations = {chunk_id: [s.id for s in servers] for chunk_id, servers in upload.placement.items()}
+        for chunk_id, server_ids in upload.reused.items():
+            locations.setdefault(chunk_id, list(server_ids))
         with self.collector.lock:
             try:
                 live_ids = self.registry.live_ids()
                 for chunk_id, _ in upload.chunks:
-                    if chunk_id not in locations and not set(self.catalog.chunk_servers(chunk_id)) & live_ids:
+                    if chunk_id in upload.placement:
+                        continue
+                    copies = set(self.catalog.chunk_servers(chunk_id)) | set(upload.reused.get(chunk_id, []))
+                    if not copies & live_ids:
                         raise Conflict(f"chunk {chunk_id[:12]} no longer has a live copy; upload again")
             except (Conflict, Unavailable):
                 self._abandon(upload.id)
@@ -306,11 +323,14 @@ class UploadHandlers:
             self.collector.queue_abandoned(upload)
 
     def upload_abort(self, req: Request) -> Reply:
+        """Park the upload (proxy.uploads): what it stored stays pinned for ``--resume-grace``, so
+        running it again sends only the rest; then the collector frees what nothing uses."""
         h = req.header
         owner = principal(req)
         try:
             upload = self.uploads.get(h["upload_id"], owner)
-            self._abandon(h["upload_id"])
+            for gone in self.uploads.park(upload.id):
+                self.collector.queue_abandoned(gone)
             log.info("upload %s of %s by %s aborted", upload.id[:8], upload.name, owner)
         except (NotFound, Conflict):
             pass  # already gone; still check the servers the client could not reach

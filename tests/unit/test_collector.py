@@ -31,6 +31,7 @@ from proxy import uploads as uploads_module
 from proxy.auth import token_hash
 from proxy.catalog import Catalog
 from proxy.collector import Collector
+from proxy.ownership import new_challenge
 from proxy.placement import ServerRef
 from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
@@ -41,6 +42,7 @@ from servers.storage_server import StorageService, make_storage_server
 
 CHUNK = 64 * 1024
 TTL = 60.0
+GRACE = 30.0  # how long an aborted upload's chunks stay pinned, for a resumed upload
 SESSION = "tok"
 KEY = ClusterKey(b"\x07" * 32)  # the cluster secret these servers and this proxy share
 SERVER_IDS = (1, 2)
@@ -89,7 +91,7 @@ def storage() -> Iterator[dict[int, tuple[StorageService, FrameServer]]]:
 def proxy(tmp_path: Path, storage: dict[int, tuple[StorageService, FrameServer]]) -> Iterator[Proxy]:
     catalog = Catalog(tmp_path)
     registry = Registry(dead_after=60)
-    uploads = Uploads(ttl=TTL)
+    uploads = Uploads(ttl=TTL, resume_grace=GRACE)
     collector = Collector(catalog, registry, uploads, StorageClient(KEY), orphan_grace=0)
     config = ProxyConfig(chunk_size=CHUNK, replicas=2, heartbeat=1)
     service = ProxyService(catalog, registry, uploads, collector, config, KEY)
@@ -241,7 +243,11 @@ def test_a_freed_chunk_an_upload_relies_on_is_kept_until_the_upload_ends(proxy: 
 
 
 @pytest.mark.parametrize("how", ["finish", "commit", "abort"])
-def test_an_orphan_an_upload_placed_is_kept_until_the_upload_ends(proxy: Proxy, how: str) -> None:
+def test_an_orphan_an_upload_placed_is_kept_until_the_upload_ends(
+    proxy: Proxy, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(uploads_module, "time", clock)
     started = begin(proxy, "new.bin", NEW)
     assert {s["id"] for s in started["missing"][0]["servers"]} == {1, 2}
     send(started, NEW)
@@ -255,6 +261,10 @@ def test_an_orphan_an_upload_placed_is_kept_until_the_upload_ends(proxy: Proxy, 
     assert holders(proxy, NEW) == {1, 2}
     end(proxy, how, started["upload_id"])
     proxy.collector.run_once()
+    if how == "abort":  # parked: kept for a resumed upload until the grace is over
+        assert holders(proxy, NEW) == {1, 2}
+        clock.advance(GRACE + 1)
+        proxy.collector.run_once()
     if how == "commit":  # the catalog knows NEW now: no longer an orphan
         assert holders(proxy, NEW) == {1, 2}
         assert sorted(proxy.catalog.chunk_servers(cid(NEW))) == [1, 2]
@@ -425,3 +435,119 @@ def test_a_server_that_does_not_answer_the_proxy_is_counted_down_at_once(proxy: 
     with pytest.raises(InvalidRequest):  # an ERROR reply is an answer: the server is alive
         client.has_chunks(ServerRef(1, "127.0.0.1", proxy.ports[1]), ["not a chunk id"])
     assert told == [7, 8]
+
+
+# -- resume: what an interrupted upload stored is reused, on proof, and kept only for the grace -----
+def abort(p: Proxy, upload_id: str) -> None:
+    call(p, MsgType.UPLOAD_ABORT, {"session": SESSION, "upload_id": upload_id, "unreachable": []})
+
+
+def send_only(started: Mapping[str, Any], *blobs: bytes) -> None:
+    """Store some of the chunks, as an upload cut short does (no commit follows)."""
+    wanted = {cid(b) for b in blobs}
+    send({**started, "missing": [m for m in started["missing"] if m["id"] in wanted]}, *blobs)
+
+
+@pytest.mark.parametrize("how", ["aborted", "client died"])
+def test_an_interrupted_upload_run_again_sends_only_what_was_not_stored(
+    proxy: Proxy, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(uploads_module, "time", clock)
+    first = begin(proxy, "big.bin", NEW, SHARED)
+    send_only(first, NEW)
+    if how == "aborted":
+        abort(proxy, first["upload_id"])
+        assert proxy.uploads.parked() == 1
+    again = begin(proxy, "big.bin", NEW, SHARED)
+    assert [m["id"] for m in again["missing"]] == [cid(SHARED)]  # NEW is proven, vouched for: reused
+    send(again, SHARED)
+    assert commit(proxy, again["upload_id"])["file"]["name"] == "big.bin"
+    assert sorted(proxy.catalog.chunk_servers(cid(NEW))) == [1, 2]  # the reused copies, recorded
+    clock.advance(TTL + 1)  # the first upload's grace (or TTL) is over: nothing a file uses goes
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == {1, 2} and holders(proxy, SHARED) == {1, 2}
+    assert proxy.uploads.parked() == 0 and not proxy.uploads.pinned(cid(NEW))
+
+
+def test_reuse_needs_the_proof_and_every_copy(proxy: Proxy) -> None:
+    first = begin(proxy, "a.bin", NEW, SHARED)
+    send_only(first, NEW, SHARED)
+    abort(proxy, first["upload_id"])
+    started = call(
+        proxy,
+        MsgType.UPLOAD_BEGIN,
+        {
+            "session": SESSION,
+            "name": "b.bin",
+            "size": CHUNK,
+            "sha1": hashlib.sha1(NEW).hexdigest(),
+            "chunk_size": CHUNK,
+            "chunks": [[cid(NEW), CHUNK]],
+        },
+    )
+    wrong = [proof_digest(started["challenge"]["nonce"], cid(NEW), b"guessed")]  # knows the hash only
+    proved = call(
+        proxy, MsgType.UPLOAD_PROVE, {"session": SESSION, "upload_id": started["upload_id"], "proofs": wrong}
+    )
+    assert [m["id"] for m in proved["missing"]] == [cid(NEW)]  # must send it
+    proxy.stores[2].delete([cid(SHARED)])  # one of SHARED's two copies is gone
+    again = begin(proxy, "c.bin", SHARED)
+    assert [m["id"] for m in again["missing"]] == [cid(SHARED)]  # one copy is not a whole upload's worth
+
+
+def test_a_parked_upload_frees_its_chunks_after_the_grace(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(uploads_module, "time", clock)
+    first = begin(proxy, "a.bin", NEW)
+    send(first, NEW)
+    abort(proxy, first["upload_id"])
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == {1, 2} and proxy.uploads.pinned(cid(NEW))
+    clock.advance(GRACE - 1)
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == {1, 2}
+    clock.advance(2)
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == set() and proxy.uploads.placed_on(cid(NEW)) == set()
+    assert begin(proxy, "a.bin", NEW)["missing"][0]["id"] == cid(NEW)  # nothing left to reuse
+
+
+def test_no_grace_frees_an_aborted_upload_at_once_and_parking_is_bounded(proxy: Proxy) -> None:
+    for n in range(uploads_module.MAX_PARKED_PER_OWNER + 2):  # placed, never sent: parked all the same
+        abort(proxy, begin(proxy, f"f{n}.bin", chunk(100 + n))["upload_id"])
+    assert proxy.uploads.parked() == uploads_module.MAX_PARKED_PER_OWNER
+    assert not proxy.uploads.pinned(cid(chunk(100))) and not proxy.uploads.pinned(cid(chunk(101)))
+    assert proxy.uploads.pinned(cid(chunk(102)))  # the oldest went first
+    proxy.uploads.resume_grace = 0
+    first = begin(proxy, "a.bin", NEW)
+    send(first, NEW)
+    abort(proxy, first["upload_id"])
+    proxy.collector.run_once()
+    assert holders(proxy, NEW) == set()
+
+
+def test_the_index_of_placed_copies_follows_placements_replacements_and_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(uploads_module, "time", clock)
+    uploads = Uploads(ttl=TTL, resume_grace=GRACE)
+    one, two, three = (ServerRef(i, "127.0.0.1", 1) for i in (1, 2, 3))
+    new, shared = cid(NEW), cid(SHARED)
+    a = uploads.begin("ana", "a.bin", 2 * CHUNK, "0" * 40, [[new, CHUNK], [shared, CHUNK]], new_challenge({}))
+    b = uploads.begin("bob", "b.bin", CHUNK, "0" * 40, [[new, CHUNK]], new_challenge({}))
+    uploads.place(a.id, {new: [one, two]}, {shared: [3]})
+    uploads.place(b.id, {new: [one, three]})
+    assert uploads.placed_on(new) == {1, 2, 3} and uploads.placed_on(shared) == {3}
+    uploads.re_place(a.id, new, [three, two])  # server 1 failed: the old head may still hold a copy
+    assert uploads.placed_on(new) == {1, 2, 3}
+    uploads.finish(b.id)
+    assert uploads.placed_on(new) == {1, 2, 3}  # a's chains still name all three
+    assert uploads.park(a.id) == [] and uploads.pinned(shared) and uploads.placed_on(new) == {1, 2, 3}
+    assert [u.id for u in uploads.park(a.id)] == []  # parked uploads cannot be aborted twice
+    clock.advance(GRACE + 1)
+    assert [u.id for u in uploads.expired()] == [a.id]
+    assert uploads.placed_on(new) == set() and not uploads.pinned(new) and not uploads.pinned(shared)
