@@ -226,11 +226,14 @@ def verified_chunks(
     checked = 0
     if progress:
         progress("checking", 0, total)
-    with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+    pool = ThreadPoolExecutor(VERIFY_THREADS)
+    try:
         for index, ok in enumerate(pool.map(good, range(len(chunks)))):
             if ok:
                 found.add(index)
             checked += sizes[index]
             if progress:
                 progress("checking", checked, total)
+    finally:  # Ctrl-C or SIGTERM: the chunks not started yet are not checked
+        pool.shutdown(wait=True, cancel_futures=True)
     return found

@@ -133,6 +133,35 @@ def test_verified_chunks_checks_each_chunk_on_its_own(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_ctrl_c_while_checking_a_partial_checks_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n, size = 2000, 4096
+    path = tmp_path / "p"
+    path.write_bytes(bytes(n * size))
+    chunks = [{"id": "0" * 64, "size": size}] * n
+    reads: list[int] = []
+    real = os.pread
+
+    def counted(fd: int, k: int, offset: int) -> bytes:
+        reads.append(offset)
+        return real(fd, k, offset)
+
+    monkeypatch.setattr(os, "pread", counted)
+
+    def interrupted(phase: str, done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            verified_chunks(fd, chunks, [i * size for i in range(n)], interrupted)
+    finally:
+        os.close(fd)
+    assert len(reads) < n / 2  # the chunks not started were dropped, not checked first
+
+
 def test_an_interrupted_download_keeps_its_partial_and_the_next_one_goes_on(
     servers: list[FakeStorage], tmp_path: Path
 ) -> None:
