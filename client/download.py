@@ -14,9 +14,8 @@ the same content to the same place checks the chunks in it and fetches only
 the others (``DownloadResult.resumed`` says how many bytes it kept).
 
 Where the file goes: ``save_as``, a path relative to the output folder
-(default: the base name of the file's name).  Its folders are created one at a
-time, each opened without following symlinks, so neither a hostile name nor a
-symlink planted in the output folder can take the download anywhere else.
+(default: the base name of the file's name), never outside it
+(client.destination).
 
 Routing around trouble: chunk i is read first from copy i mod n, so every
 copy gets read and the load is shared.  A server that times out, refuses or
@@ -33,8 +32,6 @@ when it passes, every connection is broken and the download fails.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import os
 import threading
@@ -45,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.destination import candidates, destination, link_into_place
 from client.partial import (
     PARTIAL_DIR,
     STALE_PART_SECONDS,
@@ -69,11 +67,9 @@ from common.errors import (
 )
 from common.hashing import READ_SIZE
 from common.messages import MsgType
-from common.names import MAX_NAME_BYTES, check_file_name
+from common.names import check_file_name
 
 Progress = Callable[[str, int, int], None]
-MAX_SAVE_AS_BYTES = 1024
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 __all__ = ["PARTIAL_DIR", "STALE_PART_SECONDS", "DownloadResult", "download", "file_sha1"]
 
 
@@ -93,21 +89,6 @@ def file_sha1(path: Path) -> str:
         while block := f.read(READ_SIZE):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _candidates(folder: Path, name: str) -> Iterator[Path]:
-    """``name``, then ``stem (1).ext``, ``stem (2).ext``...; the stem shortened to fit 255 bytes."""
-    yield folder / name
-    stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
-    if len(f"{dot}{suffix}".encode()) > 200:  # a name that is nearly all extension
-        stem, dot, suffix = name, "", ""
-    n = 1
-    while True:
-        tail = f" ({n}){dot}{suffix}"
-        room = MAX_NAME_BYTES - len(tail.encode())
-        short = stem.encode()[:room].decode("utf-8", "ignore")
-        yield folder / f"{short}{tail}"
-        n += 1
 
 
 def download(
@@ -156,10 +137,10 @@ def _download(
 ) -> DownloadResult:
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
-    folder, file_name = _destination(out_dir, name, save_as)
+    folder, file_name = destination(out_dir, name, save_as)
     clean_stale_parts(folder / PARTIAL_DIR)
     try:
-        for candidate in _candidates(folder, file_name):
+        for candidate in candidates(folder, file_name):
             if not candidate.exists() and not candidate.is_symlink():
                 break
             if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
@@ -178,7 +159,7 @@ def _download(
         transfer = _Transfer(partial.fd, tickets, _Trouble(), reports)
         _fetch_all(transfer, chunks, offsets, sha1, progress, deadline, have)
         os.fsync(partial.fd)
-        final = _link_into_place(partial.path, folder, file_name)
+        final = link_into_place(partial.path, folder, file_name)
         keep = False  # linked into place: the partial's name goes (the file keeps the other)
     except (CorruptData, Conflict):  # the whole file is wrong, or changed: its chunks help nobody
         keep = False
@@ -201,82 +182,6 @@ def _offsets(chunks: list[dict[str, Any]], size: int) -> list[int]:
     if offset != size:
         raise ProtocolError("the proxy's chunk list does not add up to the file size")
     return offsets
-
-
-def _destination(out_dir: Path, name: str, save_as: str | None) -> tuple[Path, str]:
-    """The folder the file goes to (created under ``out_dir``) and its name there.
-
-    ``save_as`` is a path relative to ``out_dir``; every segment is checked by the file name rules
-    (no "", ".", "..", "\\", control characters), and every folder is created and then opened
-    without following symlinks, so the file can only land inside ``out_dir``."""
-    if save_as is None:
-        segments = [name.rsplit("/", 1)[-1]]
-    else:
-        if not isinstance(save_as, str) or len(save_as.encode("utf-8", "replace")) > MAX_SAVE_AS_BYTES:
-            raise InvalidRequest(f"cannot save as {save_as!r}: at most {MAX_SAVE_AS_BYTES} bytes")
-        if save_as.startswith("/") or "" in save_as.split("/"):
-            raise InvalidRequest(f"cannot save as {save_as!r}: give a path relative to the output folder")
-        try:
-            segments = [check_file_name(segment) for segment in save_as.split("/")]
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"cannot save as {save_as!r}: {exc}") from None
-    segments[-1] = check_file_name(segments[-1])
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
-    if not out_dir.is_dir():
-        raise InvalidRequest(f"{out_dir} is not a folder")
-    folder = _make_folders(out_dir, segments[:-1])
-    return folder, segments[-1]
-
-
-def _make_folders(out_dir: Path, segments: list[str]) -> Path:
-    """``out_dir/a/b/...``: each folder created if missing, then opened relative to its parent
-    with O_NOFOLLOW, so a symlink (or a file) in the way is refused, never followed."""
-    folder = out_dir
-    if not segments:
-        return folder
-    fd = os.open(out_dir, _FOLDER_FLAGS)
-    try:
-        for segment in segments:
-            folder = folder / segment
-            try:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(segment, 0o777, dir_fd=fd)
-                inner = os.open(segment, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise InvalidRequest(
-                        f"cannot save in {folder}: it is not a folder (a file or a symlink)"
-                    ) from None
-                raise InvalidRequest(f"cannot create folder {folder}: {exc.strerror}") from None
-            os.close(fd)
-            fd = inner
-    finally:
-        os.close(fd)
-    inside = os.path.realpath(out_dir)
-    if os.path.commonpath([inside, os.path.realpath(folder)]) != inside:  # swapped meanwhile
-        raise InvalidRequest(f"cannot save in {folder}: it leads out of {out_dir}")
-    return folder
-
-
-def _link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
-    """Give the verified partial file its name without ever replacing an existing file."""
-    for candidate in _candidates(out_dir, name):
-        try:
-            os.link(tmp, candidate)
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise InvalidRequest(f"cannot write {candidate}: {exc.strerror}") from None
-            if candidate.exists():  # no hard links here: check, then rename
-                continue
-            os.replace(tmp, candidate)
-            return candidate
-    raise AssertionError("unreachable")
 
 
 @dataclass

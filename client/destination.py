@@ -1,0 +1,114 @@
+"""Where a download lands: the folder and name ``save_as`` asks for, made without ever leaving the
+output folder, and the free name the verified file is linked to (never over an existing file).
+
+``save_as`` is a path relative to the output folder (default: the base name of the file's name).
+Every segment is checked by the file name rules (no empty, ".", ".." segment, no "\\", no control
+characters), and every folder is created and then opened relative to its parent with O_NOFOLLOW,
+so neither a hostile name nor a symlink planted in the output folder can take the file elsewhere;
+the folder reached is checked, by its real path, to be inside the output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.errors import InvalidRequest
+from common.names import MAX_NAME_BYTES, check_file_name
+
+MAX_SAVE_AS_BYTES = 1024
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def destination(out_dir: Path, name: str, save_as: str | None) -> tuple[Path, str]:
+    """The folder the file goes to (created under ``out_dir``) and its name there.
+
+    ``save_as`` is a path relative to ``out_dir``; every segment is checked by the file name rules
+    (no "", ".", "..", "\\", control characters), and every folder is created and then opened
+    without following symlinks, so the file can only land inside ``out_dir``."""
+    if save_as is None:
+        segments = [name.rsplit("/", 1)[-1]]
+    else:
+        if not isinstance(save_as, str) or len(save_as.encode("utf-8", "replace")) > MAX_SAVE_AS_BYTES:
+            raise InvalidRequest(f"cannot save as {save_as!r}: at most {MAX_SAVE_AS_BYTES} bytes")
+        if save_as.startswith("/") or "" in save_as.split("/"):
+            raise InvalidRequest(f"cannot save as {save_as!r}: give a path relative to the output folder")
+        try:
+            segments = [check_file_name(segment) for segment in save_as.split("/")]
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"cannot save as {save_as!r}: {exc}") from None
+    segments[-1] = check_file_name(segments[-1])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
+    if not out_dir.is_dir():
+        raise InvalidRequest(f"{out_dir} is not a folder")
+    folder = make_folders(out_dir, segments[:-1])
+    return folder, segments[-1]
+
+
+def make_folders(out_dir: Path, segments: list[str]) -> Path:
+    """``out_dir/a/b/...``: each folder created if missing, then opened relative to its parent
+    with O_NOFOLLOW, so a symlink (or a file) in the way is refused, never followed."""
+    folder = out_dir
+    if not segments:
+        return folder
+    fd = os.open(out_dir, _FOLDER_FLAGS)
+    try:
+        for segment in segments:
+            folder = folder / segment
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(segment, 0o777, dir_fd=fd)
+                inner = os.open(segment, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise InvalidRequest(
+                        f"cannot save in {folder}: it is not a folder (a file or a symlink)"
+                    ) from None
+                raise InvalidRequest(f"cannot create folder {folder}: {exc.strerror}") from None
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    inside = os.path.realpath(out_dir)
+    if os.path.commonpath([inside, os.path.realpath(folder)]) != inside:  # swapped meanwhile
+        raise InvalidRequest(f"cannot save in {folder}: it leads out of {out_dir}")
+    return folder
+
+
+def link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
+    """Give the verified partial file its name without ever replacing an existing file."""
+    for candidate in candidates(out_dir, name):
+        try:
+            os.link(tmp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise InvalidRequest(f"cannot write {candidate}: {exc.strerror}") from None
+            if candidate.exists():  # no hard links here: check, then rename
+                continue
+            os.replace(tmp, candidate)
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def candidates(folder: Path, name: str) -> Iterator[Path]:
+    """``name``, then ``stem (1).ext``, ``stem (2).ext``...; the stem shortened to fit 255 bytes."""
+    yield folder / name
+    stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
+    if len(f"{dot}{suffix}".encode()) > 200:  # a name that is nearly all extension
+        stem, dot, suffix = name, "", ""
+    n = 1
+    while True:
+        tail = f" ({n}){dot}{suffix}"
+        room = MAX_NAME_BYTES - len(tail.encode())
+        short = stem.encode()[:room].decode("utf-8", "ignore")
+        yield folder / f"{short}{tail}"
+        n += 1
