@@ -18,6 +18,11 @@ that cannot re-place) the client aborts, naming the servers that failed (the
 proxy checks them and marks the dead ones down), and tries once more with a
 fresh placement.  The whole upload has a deadline
 (common.config.transfer_deadline).
+
+Resume: whatever ends an upload early (Ctrl-C, SIGTERM, an error) sends
+UPLOAD_ABORT, and the proxy keeps what it stored for a while (proxy.uploads),
+so the same upload run again sends only what the cluster lacks; ``sent``
+counts only the bytes sent by this run.
 """
 
 from __future__ import annotations
