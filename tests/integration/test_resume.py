@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -112,10 +113,11 @@ def test_a_killed_download_goes_on_from_its_partial_file(cluster: Cluster, tmp_p
             end(proc)
     assert proc.returncode == -signal.SIGKILL
     assert [p.name for p in out.iterdir()] == [PARTIAL_DIR]  # nothing at the final name
-    with c.client(home) as client:
-        result = client.download("f.bin", out)
-    assert result.resumed == len(first) * CHUNK  # exactly what was verified, nothing of the rest
-    assert result.path == out / "f.bin" and result.path.read_bytes() == data
+    again = c.cli("--json", "download", "f.bin", "-o", str(out), home=home)
+    assert again.returncode == 0, again.stderr
+    [saved] = json.loads(again.stdout)["files"]
+    assert saved["resumed"] == len(first) * CHUNK  # exactly what was verified, nothing of the rest
+    assert saved["path"] == str(out / "f.bin") and (out / "f.bin").read_bytes() == data
     assert [p.name for p in out.iterdir()] == ["f.bin"]  # the partial and its folder are gone
 
 
@@ -176,8 +178,10 @@ def test_an_interrupted_upload_run_again_sends_only_what_the_cluster_lacks(
     if sig == signal.SIGINT:
         log = (c.root / "proxy.log").read_text().splitlines()
         assert len([line for line in log if f"by {user} aborted" in line]) == 1  # parked by the proxy
+    again = c.cli("--json", "upload", str(src), home=home)
+    assert again.returncode == 0, again.stderr
+    [uploaded] = json.loads(again.stdout)["files"]
+    assert 0 < uploaded["sent"] <= len(data) - len(first) * CHUNK  # the first part was not sent again
     with c.client(home) as client:
-        result = client.upload(src)
-        assert 0 < result.sent <= len(data) - len(first) * CHUNK  # the first part was not sent again
         assert [f["name"] for f in client.list()] == ["big.bin"]
         assert client.download("big.bin", tmp_path / "out").path.read_bytes() == data
