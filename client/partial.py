@@ -33,13 +33,15 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import re
 import stat
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,14 +228,22 @@ def verified_chunks(
     checked = 0
     if progress:
         progress("checking", 0, total)
+    window = 2 * VERIFY_THREADS  # chunks in flight at once: a Ctrl-C leaves at most these to finish
     pool = ThreadPoolExecutor(VERIFY_THREADS)
     try:
-        for index, ok in enumerate(pool.map(good, range(len(chunks)))):
-            if ok:
+        pending: deque[tuple[int, Future[bool]]] = deque()
+        upcoming = iter(range(len(chunks)))
+        for index in itertools.islice(upcoming, window):
+            pending.append((index, pool.submit(good, index)))
+        while pending:
+            index, future = pending.popleft()
+            if future.result():
                 found.add(index)
             checked += sizes[index]
             if progress:
                 progress("checking", checked, total)
+            for following in itertools.islice(upcoming, 1):
+                pending.append((following, pool.submit(good, following)))
     finally:  # Ctrl-C or SIGTERM: the chunks not started yet are not checked
         pool.shutdown(wait=True, cancel_futures=True)
     return found
