@@ -44,8 +44,8 @@ class Command:
 
 
 PROXY_HELP = (
-    "the proxy, HOST:PORT (default: $FILECLUSTER_PROXY if set, else 127.0.0.1 at port "
-    "$FILECLUSTER_PORT, else 127.0.0.1:9000)"
+    "the proxy, HOST:PORT (default: $FILECLUSTER_PROXY if set, else $FILECLUSTER_HOST (127.0.0.1) "
+    "at $FILECLUSTER_PORT (9000))"
 )
 
 

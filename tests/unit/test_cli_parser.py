@@ -53,7 +53,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_proxy_help_names_the_real_default(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, "--help")
     text = " ".join(out.split())
-    assert "$FILECLUSTER_PROXY if set, else 127.0.0.1 at port $FILECLUSTER_PORT, else 127.0.0.1:9000" in text
+    assert "$FILECLUSTER_PROXY if set, else $FILECLUSTER_HOST (127.0.0.1) at $FILECLUSTER_PORT (9000)" in text
 
 
 @pytest.mark.parametrize(

@@ -79,13 +79,15 @@ def test_a_bad_filecluster_port_is_refused(monkeypatch: pytest.MonkeyPatch, raw:
 
 
 def test_proxy_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--proxy``, else FILECLUSTER_PROXY, else 127.0.0.1 at FILECLUSTER_PORT, else port 9000."""
-    monkeypatch.delenv("FILECLUSTER_PROXY", raising=False)
-    monkeypatch.delenv("FILECLUSTER_PORT", raising=False)
+    """``--proxy``, else FILECLUSTER_PROXY, else FILECLUSTER_HOST (127.0.0.1) at FILECLUSTER_PORT (9000)."""
+    for name in ("FILECLUSTER_PROXY", "FILECLUSTER_PORT", "FILECLUSTER_HOST"):
+        monkeypatch.delenv(name, raising=False)
     assert proxy_address() == ("127.0.0.1", 9000)
     monkeypatch.setenv("FILECLUSTER_PORT", "9500")
     assert proxy_port() == 9500
     assert proxy_address() == ("127.0.0.1", 9500)
+    monkeypatch.setenv("FILECLUSTER_HOST", "files.lan")
+    assert proxy_address() == ("files.lan", 9500)
     monkeypatch.setenv("FILECLUSTER_PROXY", "proxy.lan:7000")
     assert proxy_address() == ("proxy.lan", 7000)
     assert proxy_address("other:7001") == ("other", 7001)
