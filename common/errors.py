@@ -78,6 +78,12 @@ class NotFound(FileClusterError):
     code = "not_found"
 
 
+class Gone(FileClusterError):
+    """A link that no longer serves: expired, revoked, its file deleted, or its download limit reached."""
+
+    code = "gone"
+
+
 class AlreadyExists(FileClusterError):
     """A name that is already taken (a user name, for instance)."""
 
@@ -165,6 +171,7 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
         Forbidden,
         Throttled,
         NotFound,
+        Gone,
         AlreadyExists,
         Conflict,
         QuotaExceeded,

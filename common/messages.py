@@ -62,6 +62,12 @@ class MsgType(enum.IntEnum):
     VERSIONS = 0x42
     RESTORE = 0x43
     MOVE = 0x44
+    LINKS = 0x48
+    UNSHARE = 0x49
+    # HTTP gateway (holder of the cluster secret) -> proxy
+    GATEWAY_HELLO = 0x45
+    LINK_OPEN = 0x46
+    LINK_CLOSE = 0x47
     # operator (holder of the cluster secret) -> proxy
     ADMIN = 0x50
     # storage server -> proxy
@@ -151,10 +157,28 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.VERSIONS: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.RESTORE: MessageSpec(auth=_USER, required={**_SESSION, "name": str, "version": int}),
     MsgType.MOVE: MessageSpec(auth=_USER, required={**_SESSION, "old": str, "new": str}),
-    MsgType.SHARE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
+    # expires: unix time; max_downloads: the link's budget is that many times the file's size
+    MsgType.SHARE: MessageSpec(
+        auth=_USER,
+        required={**_SESSION, "name": str},
+        optional={"expires": (int, float), "max_downloads": int},
+    ),
+    MsgType.LINKS: MessageSpec(auth=_USER, required=_SESSION),
+    MsgType.UNSHARE: MessageSpec(auth=_USER, required={**_SESSION, "target": str}),
+    # path: a file inside a folder link (relative to the folder)
     MsgType.LOCATE: MessageSpec(
         auth=Auth.SESSION_IF_GIVEN,
-        optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int},
+        optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int, "path": str},
+    ),
+    # the gateway: where it serves links (a heartbeat); a link opened for an HTTP client; its end
+    MsgType.GATEWAY_HELLO: MessageSpec(auth=Auth.CLUSTER, required={"url": str}, optional=_SIGNED),
+    MsgType.LINK_OPEN: MessageSpec(
+        auth=Auth.CLUSTER,
+        required={"token": str, "client": str},
+        optional={**_SIGNED, "range": list, "path": str, "check": bool},
+    ),
+    MsgType.LINK_CLOSE: MessageSpec(
+        auth=Auth.CLUSTER, required={"grant": str, "sent": int}, optional=_SIGNED
     ),
     # a copy that failed the reader's check; the GET ticket for it is the credential
     MsgType.REPORT_BAD: MessageSpec(required={"id": str, "server": int, "ticket": dict, "problem": str}),

@@ -143,8 +143,13 @@ class Catalog(FileChanges):
                 del self._user_sessions[session["user"]]
 
     def _apply_share_add(self, e: dict[str, Any]) -> None:
-        self.state["shares"][e["token"]] = {"owner": e["owner"], "name": e["name"], "created": e["created"]}
-        self.tree.add_share(e["token"], e["owner"], e["name"])
+        self.tree.book.add(e)
+
+    def _apply_link_use(self, e: dict[str, Any]) -> None:
+        self.tree.book.use(e)
+
+    def _apply_link_end(self, e: dict[str, Any]) -> None:
+        self.tree.book.end(e)
 
     def _apply_server_seen(self, e: dict[str, Any]) -> None:
         known = self.state["servers"].setdefault(str(e["id"]), {})
@@ -192,10 +197,30 @@ class Catalog(FileChanges):
         if token_hashes:
             self._change({"op": "session_expire", "token_hashes": token_hashes})
 
-    def add_share(self, token: str, owner: str, name: str) -> None:
-        self._change(
-            {"op": "share_add", "token": token, "owner": owner, "name": name, "created": time.time()}
-        )
+    def add_share(
+        self,
+        token: str,
+        owner: str,
+        name: str,
+        *,
+        kind: str = "file",
+        expires: float | None = None,
+        max_downloads: int | None = None,
+    ) -> None:
+        """A new link (proxy.links); a file or folder may have any number."""
+        op: dict[str, Any] = {"op": "share_add", "token": token, "owner": owner, "name": name}
+        op.update(created=time.time(), kind=kind, expires=expires, max_downloads=max_downloads)
+        self._change(op)
+
+    def use_link(self, token: str, nbytes: int, opens: int = 0) -> None:
+        """Journal bytes reserved by a download of a link (negative: refunded) and downloads begun."""
+        if nbytes or opens:
+            self._change({"op": "link_use", "token": token, "bytes": nbytes, "opens": opens})
+
+    def end_links(self, owner: str, tokens: list[str], why: str = "revoked") -> None:
+        """Revoke links (they stay as tombstones, answering Gone)."""
+        if tokens:
+            self._change({"op": "link_end", "owner": owner, "tokens": tokens, "state": why, "at": time.time()})
 
     def remember_server(self, server_id: int, host: str, port: int) -> None:
         """Keep a storage server's address, so locations resolve right after a proxy restart."""
@@ -305,12 +330,18 @@ class Catalog(FileChanges):
             return {h: dict(self.state["sessions"][h]) for h in self._user_sessions.get(user, ())}
 
     def share(self, token: str) -> dict[str, Any] | None:
-        share: dict[str, Any] | None = self.state["shares"].get(token)
-        return share
+        """A link's record (proxy.links), ended ones included, or None."""
+        return self.tree.book.get(token)
 
     def share_for(self, owner: str, name: str) -> str | None:
-        tokens = self.tree.links.get((owner, name))
-        return min(tokens) if tokens else None
+        """One live link of a file (the smallest token), or None."""
+        tokens = self.tree.book.live(owner, name)
+        return tokens[0] if tokens else None
+
+    def links_of(self, owner: str) -> list[tuple[str, dict[str, Any]]]:
+        """An owner's links (tokens and copies of their records), newest first."""
+        with self.lock:
+            return [(t, dict(link)) for t, link in self.tree.book.of_owner(owner)]
 
     def chunk(self, chunk_id: str) -> dict[str, Any] | None:
         info: dict[str, Any] | None = self.state["chunks"].get(chunk_id)

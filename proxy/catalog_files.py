@@ -144,7 +144,7 @@ class FileChanges:
                 if self.tree.is_folder(owner, name):
                     raise Conflict(f"{name!r} is a folder; delete it recursively to delete what is in it")
                 raise NotFound(f"you have no file named {name!r}")
-            op: dict[str, Any] = {"op": "file_del", "owner": owner, "name": name}
+            op: dict[str, Any] = {"op": "file_del", "owner": owner, "name": name, "at": time.time()}
             if recursive:
                 op["recursive"] = True
             deleted, freed = self._change(op)

@@ -20,7 +20,8 @@ Everything here besides the entries is derived, never stored, and rebuilt at loa
   catalog, which keeps a chunk no version uses only until the collector frees it;
 * ``usage``: per owner, the sum of the sizes of every kept version of every file;
 * ``folders``: per owner, a Counter of folder path -> files under it (clash checks in O(depth));
-* ``links``: (owner, name) -> share tokens, so deletes and moves find a file's links at once.
+* ``book``: the share links (proxy.links), with their indexes by name and by owner, so deletes and
+  moves find a file's links at once.
 
 Changes arrive as journaled ops, applied by the catalog under its lock (``put``, ``restore``,
 ``move``, ``delete``).  What may refuse a change (``clash``, ``check_move``) is checked before the
@@ -35,6 +36,7 @@ from typing import Any
 from common.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from common.names import MAX_PATH_BYTES, SEPARATOR, parents
 from common.sizes import human_size
+from proxy.links import LinkBook
 
 DEFAULT_KEEP_VERSIONS = 10
 _VERSION_KEYS = ("version", "size", "sha1", "chunks", "uploaded")
@@ -60,16 +62,13 @@ def kept_versions(entry: dict[str, Any]) -> list[dict[str, Any]]:
 class FileTree:
     def __init__(self, state: dict[str, Any], refs: Counter[str]) -> None:
         self.files: dict[str, dict[str, dict[str, Any]]] = state["files"]
-        self.shares: dict[str, dict[str, Any]] = state["shares"]
+        self.book = LinkBook(state["shares"])
         self.refs = refs
         self.usage: Counter[str] = Counter()
         self.folders: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self.links: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
         for owner, names in self.files.items():
             for name, entry in names.items():
                 self._count_in(owner, name, upgrade(entry))
-        for token, share in self.shares.items():
-            self.links[(share["owner"], share["name"])].add(token)
 
     # -- derived state ---------------------------------------------------------------------
     def _count_in(self, owner: str, name: str, entry: dict[str, Any]) -> None:
@@ -176,11 +175,7 @@ class FileTree:
             self._remove_folders(owner, old)
             names[new] = entry
             self._add_folders(owner, new)
-            tokens = self.links.pop((owner, old), set())
-            for token in tokens:
-                self.shares[token]["name"] = new
-            if tokens:
-                self.links[(owner, new)] = tokens
+        self.book.rename(owner, e["old"], e["new"])
         return len(pairs)
 
     def delete(self, e: dict[str, Any]) -> tuple[int, list[str]]:
@@ -194,14 +189,11 @@ class FileTree:
         freed: set[str] = set()
         for gone in doomed:
             freed.update(self._count_out(owner, gone, names.pop(gone)))
-            for token in self.links.pop((owner, gone), set()):
-                del self.shares[token]
+        # an op from before tombstones has no time: its links end as of the epoch
+        self.book.end_gone(owner, doomed, lambda n: self.is_folder(owner, n), e.get("at", 0.0))
         if not names:
             self.files.pop(owner, None)
         return len(doomed), sorted(freed)
-
-    def add_share(self, token: str, owner: str, name: str) -> None:
-        self.links[(owner, name)].add(token)
 
     # -- checks (before an op is journaled) ---------------------------------------------------
     def is_folder(self, owner: str, name: str) -> bool:

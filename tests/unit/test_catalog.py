@@ -106,7 +106,7 @@ def test_references_and_freed_chunks(tmp_path: Path) -> None:
     fill(cat)
     assert cat.refs[B] == 2
     assert cat.delete_file("ana", "x.bin") == [A]  # B is still used by y.bin
-    assert cat.share("tok") is None  # links to a deleted file die with it
+    assert (cat.share("tok") or {})["ended"] == "deleted"  # links to a deleted file end with it (410)
     assert cat.unreferenced() == [A]
     assert cat.chunk(A) is not None  # kept, with its locations, until the collector frees it
     cat.drop_chunks([A])

@@ -1,0 +1,219 @@
+"""Share links: the catalog's record of each, and what each may still serve.
+
+Theory of operation
+-------------------
+``state["shares"][token]`` is a link: ``owner``, ``name`` (a file, or a folder: a name with files
+under ``name/``), ``created``, and, for links made since links could be limited, ``kind``
+("file" or "folder"), ``expires`` (Unix time or None), ``max_downloads`` (None: unlimited),
+``served`` (body bytes handed out so far), ``opens`` (downloads started: what counts for an
+empty file) and, once it ended, ``ended`` ("revoked" or "deleted") with ``ended_at``.  A link
+from before limits existed (``{owner, name, created}``) reads as an active, unlimited file link.
+
+A link's budget is ``max_downloads × size`` body bytes.  A download *reserves* the bytes it is
+about to send (LINK_OPEN with a range; a binary LOCATE reserves the whole file): the reservation
+is journaled into ``served`` before the reply, so two concurrent downloads cannot both pass a
+limit, and a crash never gives bytes back.  LINK_CLOSE refunds what was not sent.  A grant that
+is never closed (the gateway died) is not refunded: it stays counted as served (conservative).
+``downloads`` = ``served // size`` (for an empty file: ``opens``).
+
+Ended links stay as tombstones, so they answer Gone (410) rather than NotFound (404), for
+:data:`TOMBSTONE_DAYS` days and at most :data:`TOMBSTONES_PER_USER` per user (the oldest go
+first); expired links go the same way that long after they expired.  Pruning happens when a
+journaled op touches the owner's links, with the op's own time, so replay prunes the same.
+
+Derived, never stored, rebuilt at load: ``by_name`` ((owner, name) -> live tokens, for deletes
+and moves) and ``by_owner`` (owner -> every token of theirs, oldest first, for LINKS and pruning).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from common.errors import Gone
+from common.names import SEPARATOR
+
+TOMBSTONE_DAYS = 30
+TOMBSTONE_SECONDS = TOMBSTONE_DAYS * 86400.0
+TOMBSTONES_PER_USER = 1000
+STATES = ("active", "expired", "revoked", "exhausted", "deleted")
+
+
+def downloads(link: dict[str, Any], size: int) -> int:
+    """Whole downloads served: bytes served // size (an empty file: downloads started)."""
+    if size <= 0:
+        return int(link.get("opens", 0))
+    return int(link.get("served", 0)) // size
+
+
+def state(link: dict[str, Any], size: int, now: float) -> str:
+    """One of :data:`STATES`: an ended link says why; else expired, then exhausted, else active."""
+    ended = link.get("ended")
+    if ended:
+        return str(ended)
+    expires = link.get("expires")
+    if expires is not None and expires <= now:
+        return "expired"
+    limit = link.get("max_downloads")
+    if limit is not None and downloads(link, size) >= limit:
+        return "exhausted"
+    return "active"
+
+
+_WHY = {
+    "expired": "this link has expired",
+    "revoked": "this link was revoked by its owner",
+    "deleted": "this link's file was deleted",
+    "exhausted": "this link's download limit was reached",
+}
+
+
+def check_serves(link: dict[str, Any], size: int, now: float) -> None:
+    """Raise Gone unless the link is active."""
+    current = state(link, size, now)
+    if current != "active":
+        raise Gone(_WHY[current])
+
+
+def fits(link: dict[str, Any], size: int, nbytes: int) -> bool:
+    """Whether reserving ``nbytes`` more (one more download, for an empty file) stays in budget."""
+    limit = link.get("max_downloads")
+    if limit is None:
+        return True
+    if size <= 0:
+        return int(link.get("opens", 0)) + 1 <= limit
+    return int(link.get("served", 0)) + nbytes <= limit * size
+
+
+def describe(link: dict[str, Any], size: int) -> dict[str, Any]:
+    """The ``link`` object of LOCATE/LINK_OPEN replies."""
+    return {
+        "created": link["created"],
+        "expires": link.get("expires"),
+        "max_downloads": link.get("max_downloads"),
+        "downloads": downloads(link, size),
+    }
+
+
+class LinkBook:
+    """The links in ``state["shares"]``, their indexes, and the journaled ops that change them."""
+
+    def __init__(self, shares: dict[str, dict[str, Any]]) -> None:
+        self.shares = shares
+        self.by_name: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        self.by_owner: defaultdict[str, dict[str, None]] = defaultdict(dict)
+        for token, link in sorted(shares.items(), key=lambda item: item[1]["created"]):
+            self._index(token, link)
+
+    def _index(self, token: str, link: dict[str, Any]) -> None:
+        self.by_owner[link["owner"]][token] = None
+        if not link.get("ended"):
+            self.by_name[(link["owner"], link["name"])].add(token)
+
+    # -- queries -------------------------------------------------------------------------------
+    def get(self, token: str) -> dict[str, Any] | None:
+        return self.shares.get(token)
+
+    def of_owner(self, owner: str) -> list[tuple[str, dict[str, Any]]]:
+        """An owner's links, newest first."""
+        return [(t, self.shares[t]) for t in reversed(self.by_owner.get(owner, {}))]
+
+    def live(self, owner: str, name: str) -> list[str]:
+        """The tokens of the links of ``name`` that have not ended (sorted)."""
+        return sorted(self.by_name.get((owner, name), ()))
+
+    # -- ops (journaled by the catalog, applied under its lock) ---------------------------------
+    def add(self, e: dict[str, Any]) -> None:
+        """``share_add``: a new link (ops from before limits carry only owner, name, created)."""
+        link: dict[str, Any] = {"owner": e["owner"], "name": e["name"], "created": e["created"]}
+        for key in ("kind", "expires", "max_downloads"):
+            if e.get(key) is not None:
+                link[key] = e[key]
+        self.shares[e["token"]] = link
+        self._index(e["token"], link)
+        self.prune(e["owner"], e["created"])
+
+    def use(self, e: dict[str, Any]) -> None:
+        """``link_use``: bytes reserved (or, negative, refunded) and downloads started."""
+        link = self.shares.get(e["token"])
+        if link is not None:
+            link["served"] = max(0, int(link.get("served", 0)) + e.get("bytes", 0))
+            link["opens"] = max(0, int(link.get("opens", 0)) + e.get("opens", 0))
+
+    def end(self, e: dict[str, Any]) -> None:
+        """``link_end``: links revoked or deleted; they stay as tombstones."""
+        for token in e["tokens"]:
+            self._end(token, e["state"], e["at"])
+        self.prune(e["owner"], e["at"])
+
+    def _end(self, token: str, why: str, at: float) -> None:
+        link = self.shares.get(token)
+        if link is None or link.get("ended"):
+            return
+        link["ended"], link["ended_at"] = why, at
+        key = (link["owner"], link["name"])
+        mine = self.by_name.get(key)
+        if mine is not None:
+            mine.discard(token)
+            if not mine:
+                del self.by_name[key]
+
+    def rename(self, owner: str, old: str, new: str) -> None:
+        """A file or folder moved: its live links (and those of folders inside it) follow."""
+        start = old + SEPARATOR
+        for token in list(self.by_owner.get(owner, {})):
+            link = self.shares[token]
+            name = link["name"]
+            if name == old or name.startswith(start):
+                renamed = new + name[len(old) :]
+                if not link.get("ended"):
+                    self.by_name[(owner, name)].discard(token)
+                    if not self.by_name[(owner, name)]:
+                        del self.by_name[(owner, name)]
+                    self.by_name[(owner, renamed)].add(token)
+                link["name"] = renamed
+
+    def end_gone(self, owner: str, names: list[str], exists: Any, at: float) -> None:
+        """Files went: end their links, and folder links whose folder no longer ``exists(name)``."""
+        for name in names:
+            for token in list(self.by_name.get((owner, name), ())):
+                self._end(token, "deleted", at)
+        for token in list(self.by_owner.get(owner, {})):
+            link = self.shares[token]
+            if link.get("kind") == "folder" and not link.get("ended") and not exists(link["name"]):
+                self._end(token, "deleted", at)
+        self.prune(owner, at)
+
+    def prune(self, owner: str, now: float) -> None:
+        """Forget an owner's tombstones (and long-expired links) older than the keeping time, and
+        the oldest tombstones beyond the per-user cap."""
+        mine = self.by_owner.get(owner)
+        if not mine:
+            return
+        cutoff = now - TOMBSTONE_SECONDS
+        ended: list[tuple[float, str]] = []
+        for token in list(mine):
+            link = self.shares[token]
+            expires = link.get("expires")
+            if link.get("ended"):
+                if link.get("ended_at", 0.0) < cutoff:
+                    self._forget(token)
+                else:
+                    ended.append((link.get("ended_at", 0.0), token))
+            elif expires is not None and expires < cutoff:
+                self._forget(token)
+        ended.sort()
+        for _, token in ended[: max(0, len(ended) - TOMBSTONES_PER_USER)]:
+            self._forget(token)
+
+    def _forget(self, token: str) -> None:
+        link = self.shares.pop(token)
+        owner = link["owner"]
+        self.by_owner[owner].pop(token, None)
+        if not self.by_owner[owner]:
+            del self.by_owner[owner]
+        key = (owner, link["name"])
+        if key in self.by_name:
+            self.by_name[key].discard(token)
+            if not self.by_name[key]:
+                del self.by_name[key]
