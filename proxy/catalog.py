@@ -220,7 +220,9 @@ class Catalog(FileChanges):
     def end_links(self, owner: str, tokens: list[str], why: str = "revoked") -> None:
         """Revoke links (they stay as tombstones, answering Gone)."""
         if tokens:
-            self._change({"op": "link_end", "owner": owner, "tokens": tokens, "state": why, "at": time.time()})
+            self._change(
+                {"op": "link_end", "owner": owner, "tokens": tokens, "state": why, "at": time.time()}
+            )
 
     def remember_server(self, server_id: int, host: str, port: int) -> None:
         """Keep a storage server's address, so locations resolve right after a proxy restart."""

@@ -91,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the address clients used)",
     )
     parser.add_argument(
+        "--link-url",
+        default=None,
+        help="http(s)://HOST:PORT where share links are served (default: the URL the most recent "
+        "filecluster-gateway announced; without one, links are filecluster://)",
+    )
+    parser.add_argument(
         "--ticket-ttl",
         type=float,
         default=600.0,
@@ -233,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         verify_age=args.verify_age,
         keep_versions=args.keep_versions,
         default_quota=args.default_quota,
+        link_url=args.link_url,
     )
     service = ProxyService(catalog, registry, uploads, collector, config, key, repairer)
     server = FrameServer(

@@ -77,7 +77,7 @@ def check_serves(link: dict[str, Any], size: int, now: float) -> None:
 
 def fits(link: dict[str, Any], size: int, nbytes: int) -> bool:
     """Whether reserving ``nbytes`` more (one more download, for an empty file) stays in budget."""
-    limit = link.get("max_downloads")
+    limit: int | None = link.get("max_downloads")
     if limit is None:
         return True
     if size <= 0:

@@ -1,8 +1,10 @@
 """What the proxy does with each request.  The socket side is common.frame_server.
 
-Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, LIST, SHARE, LOCATE (with its
+Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, LIST, LOCATE (with its
 lease), RELEASE, REPORT_BAD, DELETE, STATUS; the UPLOAD_* requests are
-proxy.upload_handlers', and VERSIONS, RESTORE and MOVE proxy.file_handlers'.
+proxy.upload_handlers', VERSIONS, RESTORE and MOVE proxy.file_handlers', and
+SHARE, LINKS, UNSHARE, LOCATE by token and the gateway's GATEWAY_HELLO, LINK_OPEN
+and LINK_CLOSE proxy.link_handlers'.
 Storage servers' SERVER_REGISTER, HEARTBEAT and INVENTORY are proxy.membership's;
 the operator's ADMIN is proxy.admin's.  The proxy never carries file data: it
 answers where chunks go (placement) and where they are (locations), and records
@@ -32,12 +34,13 @@ from common.hashing import check_chunk_id
 from common.messages import Auth, MsgType
 from common.names import check_file_name, check_password_rules, check_prefix, check_user_name
 from proxy.admin import Admin
-from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, hash_password, new_token
+from proxy.auth import LinkThrottle, LoginThrottle, PasswordCheck, hash_password
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.file_handlers import FileHandlers
 from proxy.file_tree import DEFAULT_KEEP_VERSIONS
 from proxy.leases import Lease
+from proxy.link_handlers import LinkHandlers
 from proxy.membership import Membership
 from proxy.registry import Registry
 from proxy.repair import Repairer
@@ -64,6 +67,7 @@ class ProxyConfig:
     verify_age: float = 3600.0  # dedup trusts a copy its server verified this recently, else re-reads it
     keep_versions: int = DEFAULT_KEEP_VERSIONS  # versions kept per file, the current one included
     default_quota: int | None = DEFAULT_QUOTA  # bytes per user unless set for them; None: unlimited
+    link_url: str | None = None  # http(s)://HOST:PORT where links are served (else: the gateway's word)
 
 
 class ProxyService:
@@ -99,6 +103,9 @@ class ProxyService:
         )
         self.admin = Admin(catalog, registry, self.repairer, self.status_figures, config.default_quota)
         self.file_handlers = FileHandlers(catalog, collector, config)
+        self.links = LinkHandlers(
+            catalog, self.leases, self.link_throttle, self._located, config.advertise, config.link_url
+        )
         self.upload_handlers = UploadHandlers(
             catalog, registry, uploads, collector, config, key, self.repairer
         )
@@ -117,7 +124,6 @@ class ProxyService:
             MsgType.UPLOAD_TICKETS: self.upload_handlers.upload_tickets,
             MsgType.UPLOAD_REPLACE: self.upload_handlers.upload_replace,
             MsgType.LIST: self.list_files,
-            MsgType.SHARE: self.share,
             MsgType.LOCATE: self.locate,
             MsgType.DELETE: self.delete,
             MsgType.VERSIONS: self.file_handlers.versions,
@@ -128,6 +134,7 @@ class ProxyService:
             MsgType.RELEASE: self.release,
             MsgType.ADMIN: self.admin.handle,
             **self.members.handlers(),
+            **self.links.handlers(),
         }
 
     def authenticate(self, need: Auth, req: Request) -> str | None:
@@ -213,26 +220,6 @@ class ProxyService:
                 worst = max(worst, 1)
         return ("ok", "degraded", "unavailable")[worst]
 
-    def _link(self, local: tuple[str, int], token: str) -> str:
-        host, port = self.config.advertise or local
-        port = port or local[1]  # an advertised HOST alone keeps the port clients used
-        if ":" in host:
-            host = f"[{host}]"
-        return f"filecluster://{host}:{port}/s/{token}"
-
-    def share(self, req: Request) -> Reply:
-        h = req.header
-        owner = principal(req)
-        name = check_file_name(h["name"])
-        with self.catalog.lock:
-            if self.catalog.file(owner, name) is None:
-                raise NotFound(f"you have no file named {name!r}")
-            token = self.catalog.share_for(owner, name)
-            if token is None:
-                token = new_token()
-                self.catalog.add_share(token, owner, name)
-        return Reply({"token": token, "link": self._link(req.local, token)})
-
     def locate(self, req: Request) -> Reply:
         """Where a file's chunks are, with GET tickets, under a lease that keeps those chunks until
         the download ends (RELEASE) or the lease expires; LOCATE ``{lease}`` renews it."""
@@ -244,13 +231,10 @@ class ProxyService:
             lease = self.leases.renew(h["lease"])
             self.link_throttle.found(address)
             return Reply(self._located(lease))
+        if h.get("token"):
+            return self.links.locate(req)
         with self.catalog.lock:
-            if h.get("token"):
-                if version is not None:
-                    raise InvalidRequest("a link always serves the current version")
-                owner, name = self._shared_file(h["token"], req.peer[0])
-                who = "link"
-            elif h.get("name") is not None:
+            if h.get("name") is not None:
                 owner, name = principal(req), check_file_name(h["name"])
                 if self.catalog.file(owner, name) is None:
                     raise NotFound(f"you have no file named {name!r}")
@@ -263,7 +247,7 @@ class ProxyService:
                 entry = self.catalog.version(owner, name, version)
             if entry is None:
                 raise NotFound(f"{name!r} has no version {version} (see its versions)")
-            holder = f"user:{req.user}" if req.user else f"address:{client_key(req.peer[0])}"
+            holder = f"user:{req.user}"
             info = self.catalog.describe(owner, name, version)
             lease = self.leases.grant(owner, name, info, entry["chunks"], who, holder)
         return Reply(self._located(lease))
@@ -299,16 +283,6 @@ class ProxyService:
                 "a reader reports the copy of %s on server %d %s", chunk_id[:12], server_id, h["problem"]
             )
         return Reply({})
-
-    def _shared_file(self, token: str, peer: str) -> tuple[str, str]:
-        """The (owner, name) a share token names; unknown tokens count against the address."""
-        address = client_key(peer)
-        self.link_throttle.attempt(address)
-        share = self.catalog.share(token)
-        if share is None:
-            raise NotFound("unknown link (it may have been deleted)")
-        self.link_throttle.found(address)
-        return share["owner"], share["name"]
 
     def _sources(self, chunk_id: str, who: str, exp: int) -> list[dict[str, Any]]:
         """Where a chunk can be read, servers believed up first, each with its GET ticket's MAC."""
