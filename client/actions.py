@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from client import output
-from client.api import Client, parse_link
+from client.api import Client, is_link
 from client.download import DownloadResult
+from client.expiry import parse_expires
 from client.listing import folder_of, under, view
 from client.upload import UploadResult
 from common.errors import FileClusterError, InvalidRequest, NotFound
@@ -257,10 +258,42 @@ def _is_folder(c: Client, name: str) -> bool:
     return bool(base) and any(f["name"] != base for f in under(c.list(base + "/"), base))
 
 
-def share(c: Client, out: Sink, name: str) -> int:
-    link = c.share(name)
-    out.say(link)
-    out.emit({"name": name, "link": link})
+def share(
+    c: Client, out: Sink, name: str, expires: str | None = None, max_downloads: int | None = None
+) -> int:
+    """A new link to a file or folder, printed (the http one when the cluster has a gateway)."""
+    when = parse_expires(expires) if expires else None
+    if max_downloads is not None and max_downloads < 1:
+        raise InvalidRequest("--max-downloads must be at least 1")
+    reply = c.share(name, expires=when, max_downloads=max_downloads)
+    out.say(str(reply["link"]))
+    limits = []
+    if reply.get("expires"):
+        limits.append(f"expires {output.local_time(reply['expires'])}")
+    if reply.get("max_downloads"):
+        limits.append(f"at most {output.plural(reply['max_downloads'], 'download')}")
+    if limits:
+        out.say("(" + ", ".join(limits) + ")")
+    out.emit({"name": name, **reply})
+    return 0
+
+
+def links(c: Client, out: Sink) -> int:
+    """Your links, newest first, with their state."""
+    rows = c.links()
+    out.say(output.links_table(rows) if rows else "you have no links (make one with: filecluster share NAME)")
+    out.emit({"links": rows})
+    return 0
+
+
+def unshare(c: Client, out: Sink, target: str) -> int:
+    """Revoke a link (its URL or token), or every link of a file or folder."""
+    revoked = c.unshare(target)
+    shown = target if not is_link(target) else "the link"
+    out.say(
+        f"revoked {output.plural(revoked, 'link')} ({shown})" if revoked else "that link had already ended"
+    )
+    out.emit({"target": target, "revoked": revoked})
     return 0
 
 
@@ -277,7 +310,7 @@ class _Download:
 def _download_plan(c: Client, targets: Sequence[str], recursive: bool, tally: Tally) -> list[_Download]:
     plan: list[_Download] = []
     for target in targets:
-        if not recursive or parse_link(target) is not None:
+        if not recursive or is_link(target):
             plan.append(_Download(target, None, None))
             continue
         base = folder_of(target)
@@ -297,6 +330,8 @@ def _download_plan(c: Client, targets: Sequence[str], recursive: bool, tally: Ta
 
 
 def download_line(r: DownloadResult, save_as: str | None = None) -> str:
+    if not r.sha1:  # a folder link: every file of it
+        return f"saved {r.path}  size={output.human_size(r.size)}"
     sized = f"size={output.human_size(r.size)}  sha1={r.sha1}"
     if not r.fetched:
         return f"already there: {r.path}  {sized}"
@@ -327,7 +362,7 @@ def download(
         for item in plan:
             overall.start(item.size)
             label = (item.save_as or item.target).rsplit("/", 1)[-1]
-            if parse_link(item.target) is not None:
+            if is_link(item.target):
                 label = "shared file"  # never the link: it is long, and a secret
             try:
                 with out.bars(label, overall) as bars:
@@ -356,7 +391,7 @@ def download(
 
 def _folder_hint(c: Client, name: str, exc: FileClusterError, command: str) -> FileClusterError:
     """A "no such file" for a folder's name becomes a hint to use ``command``."""
-    if isinstance(exc, NotFound) and parse_link(name) is None:
+    if isinstance(exc, NotFound) and not is_link(name):
         try:
             if _is_folder(c, name):
                 return InvalidRequest(f"{folder_of(name)!r} is a folder; for all of it: {command} {name}")

@@ -14,8 +14,13 @@ the command line turns it into progress bars.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import json
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,24 @@ from client import session as saved
 from client import upload as uploader
 from client.proxy_link import ProxyLink
 from common.config import LINK_SCHEME, client_home, parse_address, proxy_address
-from common.errors import AuthError, FileClusterError, InvalidRequest, NotFound
+from common.errors import (
+    AuthError,
+    FileClusterError,
+    Gone,
+    InvalidRequest,
+    NotFound,
+    Throttled,
+    Unavailable,
+)
 from common.messages import MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
 
 LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+)/s/(?P<token>[A-Za-z0-9_-]+)/?\Z")
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
+HTTP_LINK_RE = re.compile(
+    r"(?P<base>https?://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?)/s/(?P<token>[A-Za-z0-9_-]+)/?\Z"
+)
+GATEWAY_TIMEOUT = 10.0  # seconds to wait for a gateway's ?info
 
 
 @dataclass(frozen=True)
@@ -41,12 +58,54 @@ class Link:
 
 
 def parse_link(text: str) -> Link | None:
-    """A share link, or None if ``text`` is not one."""
+    """A ``filecluster://`` share link, or None if ``text`` is not one."""
     match = LINK_RE.match(text.strip())
     if not match:
         return None
     host, port = parse_address(match["addr"])
     return Link(host, port, match["token"])
+
+
+def is_link(text: str) -> bool:
+    """Whether ``text`` is a share link of either form (http(s):// or filecluster://)."""
+    return parse_link(text) is not None or HTTP_LINK_RE.match(text.strip()) is not None
+
+
+def resolve_http_link(text: str) -> Link | None:
+    """The proxy and token behind an ``http(s)://HOST:PORT/s/TOKEN`` link, asked of its gateway
+    (``?info`` names the proxy it uses); None if ``text`` is not such a link."""
+    match = HTTP_LINK_RE.match(text.strip())
+    if not match:
+        return None
+    url = f"{match['base']}/s/{match['token']}?info"
+    try:
+        with urllib.request.urlopen(url, timeout=GATEWAY_TIMEOUT) as reply:
+            info = json.loads(reply.read(1 << 20))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise NotFound("unknown link (it may have been deleted)") from None
+        if exc.code == 410:
+            raise Gone(_http_reason(exc, "this link no longer serves")) from None
+        if exc.code == 429:
+            raise Throttled(_http_reason(exc, "too many tries from your address; wait")) from None
+        raise Unavailable(f"the link's gateway answered {exc.code}") from None
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"cannot reach the link's gateway {match['base']}: {exc}") from None
+    proxy = info.get("proxy") if isinstance(info, dict) else None
+    if not isinstance(proxy, str):
+        raise Unavailable("the link's gateway did not say which proxy serves it")
+    host, port = parse_address(proxy)
+    if host in ("", "0.0.0.0", "::"):
+        host = urllib.parse.urlsplit(match["base"]).hostname or host
+    return Link(host, port, match["token"])
+
+
+def _http_reason(exc: urllib.error.HTTPError, default: str) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        body = json.loads(exc.read(4096))
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])
+    return default
 
 
 class Client:
@@ -162,9 +221,31 @@ class Client:
         header = {"prefix": prefix} if prefix else {}
         return list(self.proxy.call(MsgType.LIST, header, session=True)["files"])
 
-    def share(self, name: str) -> str:
+    def share(
+        self, name: str, expires: float | None = None, max_downloads: int | None = None
+    ) -> dict[str, Any]:
+        """A new link to a file or folder (each call makes another): ``token``, ``link`` (http if the
+        cluster has a gateway), ``links`` (every form), ``expires`` (Unix time), ``max_downloads``."""
         self._need_session()
-        return str(self.proxy.call(MsgType.SHARE, {"name": check_file_name(name)}, session=True)["link"])
+        header: dict[str, Any] = {"name": check_file_name(_folder(name))}
+        if expires is not None:
+            header["expires"] = expires
+        if max_downloads is not None:
+            header["max_downloads"] = max_downloads
+        return self.proxy.call(MsgType.SHARE, header, session=True)
+
+    def links(self) -> builtins.list[dict[str, Any]]:
+        """Your links, newest first: ``token``, ``name``, ``kind``, ``link``, ``created``,
+        ``expires``, ``max_downloads``, ``downloads``, ``state``."""
+        self._need_session()
+        return list(self.proxy.call(MsgType.LINKS, session=True)["links"])
+
+    def unshare(self, target: str) -> int:
+        """Revoke a link (its URL or token), or every link of a name; how many were revoked."""
+        self._need_session()
+        if not target.strip():
+            raise InvalidRequest("name a link, a token or a file")
+        return int(self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)["revoked"])
 
     def delete(self, name: str, recursive: bool = False) -> int:
         """Delete a file (every version); ``recursive``: also everything in the folder ``name``.
@@ -224,21 +305,18 @@ class Client:
     ) -> downloader.DownloadResult:
         """A link, a bare token, or one of your own files by name (its current version, or
         ``version``) into ``out_dir``, as ``save_as`` (a relative path; default: the base name)."""
-        link = parse_link(target.strip())
-        foreign = link is not None and (link.host, link.port) != (self.proxy.host, self.proxy.port)
-        if link is not None and foreign and version is None:
+        link = parse_link(target.strip()) or resolve_http_link(target)
+        if link is not None and version is not None:
+            raise InvalidRequest("a link always gives the current version; name one of your files")
+        if link is not None:
+            same = (link.host, link.port) == (self.proxy.host, self.proxy.port)
+            if same:
+                return self._download_link(self.proxy, link.token, out_dir, progress, save_as)
             with ProxyLink(link.host, link.port) as other:  # its lease and reports go to that proxy
-                by_link = {"token": link.token}
-                info = other.call(MsgType.LOCATE, by_link)
-                return downloader.download(
-                    info,
-                    out_dir,
-                    progress,
-                    relocate=lambda: other.call(MsgType.LOCATE, by_link),
-                    proxy=other,
-                    save_as=save_as,
-                )
+                return self._download_link(other, link.token, out_dir, progress, save_as)
         info = self.locate(target, version)
+        if info.get("kind") == "folder" and TOKEN_RE.match(target.strip()):
+            return self._download_link(self.proxy, target.strip(), out_dir, progress, save_as, info)
         return downloader.download(
             info,
             out_dir,
@@ -248,10 +326,47 @@ class Client:
             save_as=save_as,
         )
 
+    def _download_link(
+        self,
+        proxy: ProxyLink,
+        token: str,
+        out_dir: Path,
+        progress: downloader.Progress | None,
+        save_as: str | None,
+        info: dict[str, Any] | None = None,
+    ) -> downloader.DownloadResult:
+        """A link's file, or every file of a folder link into a folder named after it (the
+        result then sums them up: its ``sha1`` is empty)."""
+        info = info or proxy.call(MsgType.LOCATE, {"token": token})
+        if info.get("kind") != "folder":
+            return downloader.download(
+                info,
+                out_dir,
+                progress,
+                relocate=lambda: proxy.call(MsgType.LOCATE, {"token": token}),
+                proxy=proxy,
+                save_as=save_as,
+            )
+        folder = save_as or str(info["name"])
+        total = 0
+        for item in info["files"]:
+            by_path = {"token": token, "path": item["name"]}
+            located = proxy.call(MsgType.LOCATE, by_path)
+            r = downloader.download(
+                located,
+                out_dir,
+                progress,
+                relocate=lambda by_path=by_path: proxy.call(MsgType.LOCATE, by_path),  # type: ignore[misc]
+                proxy=proxy,
+                save_as=f"{folder}/{item['name']}",
+            )
+            total += r.size
+        return downloader.DownloadResult(folder, out_dir / folder, total, "", True)
+
 
 def _folder(name: str) -> str:
     """A folder named with a trailing "/" ("photos/") is the folder ("photos")."""
     return name[:-1] if name.endswith("/") and len(name) > 1 else name
 
 
-__all__ = ["Client", "FileClusterError", "Link", "parse_link"]
+__all__ = ["Client", "FileClusterError", "Link", "is_link", "parse_link", "resolve_http_link"]

@@ -111,14 +111,31 @@ COMMANDS = [
     ),
     Command(
         "share",
-        lambda c, out, a: actions.share(c, out, a.name),
-        "print a download link (sharelink) for one of your files",
-        "  filecluster share report.pdf\n  filecluster share pics/2024/a.jpg",
+        lambda c, out, a: actions.share(c, out, a.name, a.expires, a.max_downloads),
+        "make a new download link for one of your files or folders, and print it",
+        "  filecluster share report.pdf                       # http://HOST:PORT/s/TOKEN\n"
+        "  filecluster share report.pdf --expires 7d --max-downloads 3\n"
+        "  filecluster share pics/2024 --expires 2026-12-31   # a folder: a listing page\n\n"
+        "Each call makes another link; see them with: filecluster links.",
+    ),
+    Command(
+        "links",
+        lambda c, out, a: actions.links(c, out),
+        "list your links: file, link, created, expires, downloads, state",
+        "  filecluster links\n  filecluster links --json      # the links whole",
+    ),
+    Command(
+        "unshare",
+        lambda c, out, a: actions.unshare(c, out, a.target),
+        "revoke a link (by link or token), or every link of a file or folder",
+        "  filecluster unshare http://10.0.0.5:9080/s/TOKEN\n"
+        "  filecluster unshare report.pdf   # all its links",
     ),
     Command(
         "download",
         lambda c, out, a: actions.download(c, out, a.targets, a.recursive, a.version, Path(a.output)),
         "download links or your files (by name), or folders with -r",
+        "  filecluster download http://127.0.0.1:9080/s/TOKEN\n"
         "  filecluster download filecluster://127.0.0.1:9000/s/TOKEN\n"
         "  filecluster get report.pdf notes.txt -o ~/Downloads\n"
         "  filecluster get -r pics                      # ClientFiles/pics/2024/a.jpg, ...\n"
@@ -196,14 +213,29 @@ def _arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "-l", "--long", action="store_true", help="also owner, versions, state and SHA-1 (wider)"
         )
-    elif name in ("share", "versions"):
+    elif name == "share":
+        p.add_argument("name", metavar="NAME", help="one of your files or folders")
+        p.add_argument(
+            "--expires",
+            metavar="WHEN",
+            help="when the link stops: 30m, 24h, 7d, or a local date/time (2026-12-31, 2026-12-31T18:00)",
+        )
+        p.add_argument(
+            "--max-downloads", type=int, metavar="N", help="at most N whole downloads (files only)"
+        )
+    elif name == "unshare":
+        p.add_argument(
+            "target", metavar="LINK|TOKEN|NAME", help="a link, its token, or a file (all its links)"
+        )
+    elif name == "versions":
         p.add_argument("name", metavar="NAME", help="the name of one of your files")
     elif name == "download":
         p.add_argument(
             "targets",
             nargs="+",
             metavar="TARGET",
-            help="a link (filecluster://HOST:PORT/s/TOKEN), a bare token, or one of your files by name",
+            help="a link (http://HOST:PORT/s/TOKEN or filecluster://HOST:PORT/s/TOKEN), a bare token, "
+            "or one of your files by name",
         )
         p.add_argument(
             *recursive,

@@ -20,7 +20,7 @@ from typing import Any
 
 from client import actions, output
 from client.actions import Sink
-from client.api import Client, parse_link
+from client.api import Client, is_link
 from client.listing import folder_of, under
 from common.errors import FileClusterError, InvalidRequest
 
@@ -170,6 +170,16 @@ def _share(c: Client) -> None:
         actions.share(c, OUT, name)
 
 
+def _links(c: Client) -> None:
+    actions.links(c, OUT)
+
+
+def _unshare(c: Client) -> None:
+    target = _ask("link, token or file whose links to revoke: ")
+    if target:
+        actions.unshare(c, OUT, target)
+
+
 def _download(c: Client) -> None:
     targets = _pick(c, "files to download (numbers like 1,3-5, a name or a link): ", many=True, links=True)
     if not targets:
@@ -178,7 +188,7 @@ def _download(c: Client) -> None:
     single = targets[0]
     recursive = (
         len(targets) == 1
-        and parse_link(single) is None
+        and not is_link(single)
         and c.user is not None
         and bool(under(c.list(folder_of(single) + "/"), folder_of(single)))
     )
@@ -234,6 +244,8 @@ ACTIONS: list[tuple[str, Callable[[Client], object]]] = [
     ("logout", lambda c: actions.logout(c, OUT)),
     ("rename or move (mv)", _move),
     ("versions of a file (restore one)", _versions),
+    ("links: my share links", _links),
+    ("unshare: revoke a link", _unshare),
 ]
 
 

@@ -187,6 +187,38 @@ def entries_json(entries: list[Entry]) -> list[dict[str, Any]]:
     ]
 
 
+def _downloads(link: dict[str, Any]) -> str:
+    limit = link.get("max_downloads")
+    return f"{link['downloads']}/{limit}" if limit is not None else str(link["downloads"])
+
+
+def links_table(rows: list[dict[str, Any]], width: int = 80) -> str:
+    """The LINKS table: name, link, created, expires, downloads (``3/10``), state, in ``width``
+    columns (the name and the link are shortened; ``--json`` has them whole)."""
+    table = []
+    for r in rows:
+        expires = r.get("expires")
+        table.append(
+            [
+                r["name"] + ("/" if r.get("kind") == "folder" else ""),
+                r["link"],
+                time.strftime("%Y-%m-%d", time.localtime(r["created"])),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(expires)) if expires else "never",
+                _downloads(r),
+                r["state"],
+            ]
+        )
+    fixed = 10 + 16 + 9 + 9 + 5 * 2  # created, expires, downloads, state, and the gaps
+    room = max(20, width - fixed)
+    name_w = min(max((display_width(t[0]) for t in table), default=4), max(8, room // 3))
+    link_w = max(12, room - name_w)
+    for t in table:
+        t[0] = shorten(t[0], name_w)
+        t[1] = shorten(t[1], link_w)
+    headers = ["name", "link", "created", "expires", "downloads", "state"]
+    return str(tabulate(table, headers=headers, tablefmt="plain", disable_numparse=True))
+
+
 def versions_table(versions: list[dict[str, Any]]) -> str:
     if not versions:
         return "no versions"

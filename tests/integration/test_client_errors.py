@@ -68,7 +68,7 @@ def oserror(code: int) -> OSError:
 
 def test_a_link_is_fetched_from_the_proxy_it_names(cluster: Cluster, user: Client, tmp_path: Path) -> None:
     user.upload(write(tmp_path / "far.txt", b"kept over there"))
-    link = user.share("far.txt")
+    link = user.share("far.txt")["link"]
     by_other_name = link.replace("//127.0.0.1:", "//localhost:")  # the same proxy, spelled otherwise
     dead = free_port()
     with cluster.client() as reader:  # its own proxy is 127.0.0.1:port
@@ -82,7 +82,7 @@ def test_bare_tokens_names_and_garbage(
     cluster: Cluster, user: Client, other_user: Client, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     user.upload(write(tmp_path / "tok.txt", b"shared by token"))
-    token = user.share("tok.txt").rsplit("/", 1)[1]
+    token = user.share("tok.txt")["link"].rsplit("/", 1)[1]
     anonymous = cluster.client()
     request.addfinalizer(anonymous.close)
     assert anonymous.download(token, tmp_path / "a").path.read_bytes() == b"shared by token"

@@ -34,7 +34,7 @@ def test_proxy_killed_keeps_catalog_sessions_and_links(fresh_cluster: Cluster, t
     data = os.urandom(3 * CHUNK + 5)
     ana.upload(write(tmp_path / "kept.bin", data))
     ana.upload(write(tmp_path / "gone.bin", b"short-lived"))
-    link = ana.share("kept.bin")
+    link = ana.share("kept.bin")["link"]
     ana.delete("gone.bin")
     ana.close()
 

@@ -340,7 +340,7 @@ def test_anonymous_connections_from_many_addresses_leave_the_reserve_to_users(
         user = new_user(crowded_cluster)  # in the reserve: LOGIN, then a session request
         try:
             round_trip(user, tmp_path)
-            link = user.share(user.list()[0]["name"])
+            link = user.share(user.list()[0]["name"])["link"]
             with Client(("127.0.0.1", port), tmp_path / "anonymous") as anonymous:
                 assert anonymous.download(link, tmp_path / "by-link").fetched
         finally:

@@ -107,11 +107,11 @@ def test_share_and_download_as_another_user(
 ) -> None:
     data = os.urandom(2 * CHUNK + 1)
     user.upload(write(tmp_path / "shared.bin", data))
-    link = user.share("shared.bin")
+    link = user.share("shared.bin")["link"]
     assert link.startswith(f"filecluster://{cluster.proxy_addr}/s/")
     token = link.rsplit("/", 1)[1]
     assert len(token) >= 22  # at least 128 random bits, url-safe base64
-    assert user.share("shared.bin") == link  # sharing again gives the same link
+    assert user.share("shared.bin")["link"] != link  # sharing again makes another link
     assert other_user.download(link, tmp_path / "o1").path.read_bytes() == data
     assert other_user.download(token, tmp_path / "o2").path.read_bytes() == data
     anonymous = cluster.client()  # nobody logged in: a link is enough
@@ -127,7 +127,7 @@ def test_delete_frees_unshared_chunks(cluster: Cluster, user: Client, tmp_path: 
     keep_id = hashlib.sha256(keep).hexdigest()
     on_disk = {p.name for p in cluster.chunk_files()}
     assert gone_ids <= on_disk
-    link = user.share("both.bin")
+    link = user.share("both.bin")["link"]
     user.delete("both.bin")
     cluster.wait_for(
         lambda: not gone_ids & {p.name for p in cluster.chunk_files()}, "deleted chunks to be freed"

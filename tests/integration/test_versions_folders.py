@@ -115,7 +115,7 @@ def test_move_a_folder_then_download_by_the_new_name(vcluster: Cluster, ana: Cli
     data = {"photos/a.jpg": b"a" * 1000, "photos/2024/b.jpg": b"b" * 2000}
     for name, content in data.items():
         ana.upload(source(tmp_path, "x", content), name=name)
-    link = ana.share("photos/2024/b.jpg")
+    link = ana.share("photos/2024/b.jpg")["link"]
     with pytest.raises(Conflict, match="'photos' is a folder"):
         ana.upload(source(tmp_path, "x", b"clash"), name="photos")
     assert [f["name"] for f in ana.list("photos/2024/")] == ["photos/2024/b.jpg"]

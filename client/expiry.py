@@ -1,0 +1,38 @@
+"""``--expires``: a duration from now (30m, 24h, 7d) or a date or date-time in local time."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+
+from common.errors import InvalidRequest
+
+_DURATION = re.compile(r"(\d{1,6})([mhd])\Z")
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_expires(text: str, now: float | None = None) -> float:
+    """The Unix time ``text`` names: ``30m``/``24h``/``7d`` from ``now``, or an ISO date
+    (``2026-12-31``: the end of that day) or date-time (``2026-12-31T18:00``), local time."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    match = _DURATION.match(text)
+    if match:
+        seconds = int(match[1]) * _UNITS[match[2]]
+        if seconds <= 0:
+            raise InvalidRequest(f"--expires {text}: the link would expire at once")
+        return now + seconds
+    try:
+        if "T" in text or " " in text:
+            when = datetime.fromisoformat(text).timestamp()
+        else:
+            day = datetime.fromisoformat(text)
+            when = day.replace(hour=23, minute=59, second=59).timestamp()
+    except ValueError:
+        raise InvalidRequest(
+            f"--expires {text!r}: use 30m, 24h, 7d, a date (2026-12-31) or a date-time (2026-12-31T18:00)"
+        ) from None
+    if when <= now:
+        raise InvalidRequest(f"--expires {text}: that is in the past")
+    return when
