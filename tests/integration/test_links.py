@@ -1,0 +1,227 @@
+"""Share links the owner controls, on a real cluster: several links per file with their own
+limits, expiry, download budgets over LOCATE and over the gateway's LINK_OPEN/LINK_CLOSE (signed
+with the cluster secret, as filecluster-gateway sends them), revocation, deletion, moves, folder
+links, throttling by the gateway's client address, and the share/links/unshare commands."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import cli
+from client.api import Client
+from common.errors import AuthError, Gone, InvalidRequest, NotFound, Throttled
+from common.messages import MsgType
+from common.transport import Connection
+from tests.cluster import CHUNK, Cluster
+from tests.conftest import PASSWORD, new_user
+
+SIZE = CHUNK + CHUNK // 2  # two chunks
+_n = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("links"), servers=2).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def ana(cluster: Cluster) -> Iterator[Client]:
+    client = new_user(cluster, "ana")
+    yield client
+    client.close()
+
+
+def gateway(c: Cluster, msg_type: MsgType, header: dict[str, Any], *, sign: bool = True) -> dict[str, Any]:
+    """One request as filecluster-gateway sends it: signed with the cluster secret."""
+    host, port = c.proxy_addr.rsplit(":", 1)
+    with Connection.connect(host, int(port), timeout=10) as conn:
+        if not sign:
+            return conn.request(msg_type, header)
+        signed = c.key.sign(msg_type, header)
+        return c.key.verify_reply(signed, conn.request(msg_type, signed))
+
+
+def upload(c: Client, tmp_path: Path, name: str, size: int = SIZE) -> bytes:
+    data = os.urandom(size)
+    path = tmp_path / f"src{next(_n)}"
+    path.write_bytes(data)
+    c.upload(path, name=name)
+    return data
+
+
+def locate(c: Cluster, token: str, **more: Any) -> dict[str, Any]:
+    with c.client() as anyone:
+        return anyone.proxy.call(MsgType.LOCATE, {"token": token, **more})
+
+
+def by_token(c: Client) -> dict[str, dict[str, Any]]:
+    return {link["token"]: link for link in c.links()}
+
+
+def test_several_links_per_file_each_with_its_own_limit(
+    cluster: Cluster, ana: Client, tmp_path: Path
+) -> None:
+    data = upload(ana, tmp_path, "a.bin")
+    once = ana.share("a.bin", max_downloads=1)
+    free = ana.share("a.bin")
+    assert once["token"] != free["token"] and once["link"].startswith("filecluster://")
+    assert once["max_downloads"] == 1 and free["max_downloads"] is None
+    reader = cluster.client()
+    assert reader.download(once["link"], tmp_path / "r1").path.read_bytes() == data
+    with pytest.raises(Gone, match="download limit"):
+        reader.download(once["token"], tmp_path / "r2")
+    for i in range(2):
+        assert reader.download(free["token"], tmp_path / f"f{i}").path.read_bytes() == data
+    links = by_token(ana)
+    assert [link["token"] for link in ana.links()] == [free["token"], once["token"]]  # newest first
+    assert (links[once["token"]]["state"], links[once["token"]]["downloads"]) == ("exhausted", 1)
+    assert (links[free["token"]]["state"], links[free["token"]]["downloads"]) == ("active", 2)
+
+
+def test_gateway_ranges_reserve_and_close_refunds(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
+    upload(ana, tmp_path, "r.bin")
+    token = ana.share("r.bin", max_downloads=1)["token"]
+    info = gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.1"})  # HEAD: free
+    assert (info["kind"], info["size"], info["grant"], info["name"]) == ("file", SIZE, None, "r.bin")
+    first = gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.1", "range": [0, SIZE]})
+    assert first["grant"] and len(first["chunks"]) == 2 and first["chunks"][0]["servers"][0]["ticket"]
+    with pytest.raises(Gone, match="download limit"):  # a second download at once cannot pass a limit of 1
+        gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.2", "range": [0, SIZE]})
+    gateway(cluster, MsgType.LINK_CLOSE, {"grant": first["grant"], "sent": 1000})  # cut short
+    assert by_token(ana)[token]["state"] == "active"
+    rest = gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.1", "range": [1000, SIZE]})
+    assert rest["link"]["downloads"] == 1  # the resumed range costs only what it sends
+    gateway(cluster, MsgType.LINK_CLOSE, {"grant": rest["grant"], "sent": SIZE - 1000})
+    with pytest.raises(NotFound):  # a grant closes once
+        gateway(cluster, MsgType.LINK_CLOSE, {"grant": rest["grant"], "sent": 0})
+    with pytest.raises(Gone, match="download limit"):
+        gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.1", "check": True})
+    assert by_token(ana)[token]["state"] == "exhausted"
+
+
+def test_expiry_revocation_deletion_and_moves(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
+    upload(ana, tmp_path, "e.bin")
+    short = ana.share("e.bin", expires=time.time() + 1.0)["token"]
+    by_link, by_tok, by_name = (ana.share("e.bin") for _ in range(3))
+    assert locate(cluster, short)["size"] == SIZE
+    assert ana.unshare(by_link["links"]["filecluster"]) == 1
+    assert ana.unshare(by_tok["token"]) == 1
+    for token in (by_link["token"], by_tok["token"]):
+        with pytest.raises(Gone, match="revoked"):
+            locate(cluster, token)
+        with pytest.raises(Gone, match="revoked"):
+            gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.2.2.2", "check": True})
+    ana.move("e.bin", "moved/e.bin")  # the links follow the file
+    assert locate(cluster, by_name["token"])["name"] == "e.bin" and ana.links()[0]["name"] == "moved/e.bin"
+    time.sleep(max(0.0, 1.05 - (time.time() - ana.links()[-1]["created"])))
+    with pytest.raises(Gone, match="expired"):
+        locate(cluster, short)
+    ana.delete("moved/e.bin")
+    with pytest.raises(Gone, match="deleted"):
+        gateway(cluster, MsgType.LINK_OPEN, {"token": by_name["token"], "client": "10.2.2.2"})
+    states = {link["token"]: link["state"] for link in ana.links()}
+    assert states == {
+        short: "deleted",
+        by_link["token"]: "revoked",
+        by_tok["token"]: "revoked",
+        by_name["token"]: "deleted",
+    }
+    with pytest.raises(NotFound):
+        ana.unshare("moved/e.bin")  # no live link left
+
+
+def test_guessing_is_throttled_per_client_and_the_gateway_must_sign(cluster: Cluster, ana: Client) -> None:
+    token = ana.share(upload_name(ana))["token"]
+    guess = {"token": "x" * 43, "client": "10.3.3.3"}
+    with pytest.raises(Throttled):
+        for _ in range(40):
+            with pytest.raises(NotFound):
+                gateway(cluster, MsgType.LINK_OPEN, guess)
+    # another address with a valid link is not slowed, and a check never counts
+    assert gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.3.3.4"})["kind"] == "file"
+    with pytest.raises(NotFound):
+        gateway(cluster, MsgType.LINK_OPEN, {**guess, "check": True})
+    with pytest.raises(AuthError):
+        gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.3.3.4"}, sign=False)
+    with pytest.raises(AuthError):
+        gateway(cluster, MsgType.GATEWAY_HELLO, {"url": "http://evil:1"}, sign=False)
+
+
+def upload_name(c: Client) -> str:
+    name = f"t{next(_n)}.txt"
+    path = Path(c.home) / name
+    path.write_bytes(b"hello")
+    c.upload(path, name=name)
+    return name
+
+
+def test_folder_links(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
+    a = upload(ana, tmp_path, "d/a.bin", 100)
+    b = upload(ana, tmp_path, "d/sub/b.bin", 200)
+    with pytest.raises(InvalidRequest, match="not a folder"):
+        ana.share("d", max_downloads=2)
+    token = ana.share("d/")["token"]
+    listing = locate(cluster, token)
+    assert listing["kind"] == "folder" and listing["name"] == "d"
+    assert [(f["name"], f["size"]) for f in listing["files"]] == [("a.bin", 100), ("sub/b.bin", 200)]
+    assert locate(cluster, token, path="sub/b.bin")["size"] == 200
+    with pytest.raises(NotFound):
+        gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.4.4.4", "path": "nope"})
+    got = cluster.client().download(token, tmp_path / "out")
+    assert (tmp_path / "out/d/a.bin").read_bytes() == a and (tmp_path / "out/d/sub/b.bin").read_bytes() == b
+    assert got.size == 300
+    ana.delete("d", recursive=True)
+    with pytest.raises(Gone):
+        locate(cluster, token)
+
+
+def test_share_links_unshare_commands(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = cluster.new_home()
+    monkeypatch.setenv("FILECLUSTER_PROXY", cluster.proxy_addr)
+    monkeypatch.setenv("FILECLUSTER_HOME", str(home))
+    monkeypatch.setenv("FILECLUSTER_PASSWORD", PASSWORD)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    user = f"cmd{next(_n)}"
+    assert run("register", user)[0] == 0 and run("login", user)[0] == 0
+    (home / "n.txt").write_text("hi")
+    assert run("upload", str(home / "n.txt"))[0] == 0
+    code, out, _ = run("share", "n.txt", "--expires", "1h", "--max-downloads", "2")
+    assert code == 0 and out.startswith("filecluster://") and "at most 2 downloads" in out
+    code, _, err = run("share", "n.txt", "--expires", "2001-01-01")
+    assert code == 1 and "in the past" in err and err.count("\n") == 1
+    gateway(cluster, MsgType.GATEWAY_HELLO, {"url": "http://127.0.0.1:9080"})
+    shared = json.loads(run("--json", "share", "n.txt")[1])
+    assert shared["link"] == f"http://127.0.0.1:9080/s/{shared['token']}"
+    assert shared["links"]["filecluster"].endswith(shared["token"])
+    code, table, _ = run("links")
+    assert code == 0 and max(len(line) for line in table.splitlines()) <= 80
+    assert "0/2" in table and "active" in table
+    listed = json.loads(run("--json", "links")[1])["links"]
+    assert listed[0]["token"] == shared["token"] and len(listed) == 2
+    code, out, _ = run("unshare", shared["link"])
+    assert code == 0 and out == "revoked 1 link (the link)\n"
+    assert json.loads(run("--json", "unshare", "n.txt")[1]) == {"target": "n.txt", "revoked": 1}
+    assert {link["state"] for link in json.loads(run("--json", "links")[1])["links"]} == {"revoked"}

@@ -1,0 +1,43 @@
+"""proxy.links without a network: old links load as active and unlimited, states, budgets, and
+tombstones kept at most 30 days and 1,000 per user."""
+
+from __future__ import annotations
+
+from proxy import links
+from proxy.links import TOMBSTONE_SECONDS, TOMBSTONES_PER_USER, LinkBook
+
+
+def test_a_link_from_before_limits_is_active_and_unlimited() -> None:
+    old = {"owner": "ana", "name": "a.txt", "created": 1.0}
+    book = LinkBook({"tok": old})
+    assert links.state(old, 10, 2.0) == "active" and links.fits(old, 10, 10**9)
+    assert book.live("ana", "a.txt") == ["tok"] and [t for t, _ in book.of_owner("ana")] == ["tok"]
+
+
+def test_states_and_budget() -> None:
+    link = {"owner": "a", "name": "f", "created": 0.0, "expires": 100.0, "max_downloads": 2}
+    assert links.state(link, 10, 50.0) == "active" and links.state(link, 10, 100.0) == "expired"
+    link["served"] = 15
+    assert links.downloads(link, 10) == 1 and links.fits(link, 10, 5) and not links.fits(link, 10, 6)
+    link["served"] = 20
+    assert links.state(link, 10, 50.0) == "exhausted"
+    empty = {"owner": "a", "name": "e", "created": 0.0, "max_downloads": 1, "opens": 1}
+    assert links.downloads(empty, 0) == 1 and not links.fits(empty, 0, 0)
+
+
+def test_tombstones_are_pruned_by_age_and_by_count() -> None:
+    book = LinkBook({})
+    for i in range(TOMBSTONES_PER_USER + 5):
+        book.add({"token": f"t{i}", "owner": "ana", "name": "f", "created": float(i)})
+    book.end(
+        {
+            "owner": "ana",
+            "tokens": [f"t{i}" for i in range(TOMBSTONES_PER_USER + 5)],
+            "state": "revoked",
+            "at": 10.0,
+        }
+    )
+    assert len(book.shares) == TOMBSTONES_PER_USER and "t0" not in book.shares
+    assert book.live("ana", "f") == []
+    book.prune("ana", 10.0 + TOMBSTONE_SECONDS + 1)
+    assert not book.shares and "ana" not in book.by_owner
