@@ -89,7 +89,7 @@ def test_full_user_story(cluster: Cluster, home: Path, tmp_path: Path) -> None:
     assert cluster.cli("delete", "my report.pdf", home=home).returncode == 0
     assert json.loads(cluster.cli("list", "--json", home=home).stdout) == []
     gone = cluster.cli("download", link, "-o", str(tmp_path / "late"), home=other)
-    assert "unknown link" in one_line_error(gone)
+    assert "was deleted" in one_line_error(gone)
 
     status = cluster.cli("status", home=home)
     assert status.returncode == 0 and status.stdout.count(" up ") >= 4
@@ -119,7 +119,7 @@ def test_download_never_overwrites_a_different_file(cluster: Cluster, home: Path
     [
         (["upload", "/definitely/not/here.txt"], "no such file: /definitely/not/here.txt"),
         (["upload", "{tmp}"], "is a folder; to upload all of it: upload -r"),
-        (["share", "nope.txt"], "you have no file named 'nope.txt'"),
+        (["share", "nope.txt"], "you have no file or folder named 'nope.txt'"),
         (["delete", "nope.txt"], "you have no file named 'nope.txt'"),
         (["delete", "a\\b.txt"], "backslash"),
         (["delete", "a//b.txt"], "empty folder name"),

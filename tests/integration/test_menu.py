@@ -134,7 +134,7 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
         "1", user, "short", "short",  # too short
         "",  # nothing chosen
         "x",
-        "13",
+        "15",
         "-1",
         "3", str(tmp_path / "missing.txt"),
         "exit",
@@ -147,7 +147,7 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
         "error: not logged in; run: filecluster login USER",
     ]
     r = replies(stdout)
-    assert r[2:6] == ["choose a number from 0 to 12\n"] * 4
+    assert r[2:6] == ["choose a number from 0 to 14\n"] * 4
     assert not (home / "session.json").exists()
     login = cluster.cli("login", user, home=cluster.new_home(), password=PASSWORD)
     assert "wrong user name or password" in login.stderr  # the account was never made

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
-from common.errors import InvalidRequest, NotFound
+from common.errors import Gone, InvalidRequest
 from common.messages import MsgType
 from tests.cluster import CHUNK, Cluster
 from tests.conftest import new_user
@@ -135,5 +135,5 @@ def test_delete_frees_unshared_chunks(cluster: Cluster, user: Client, tmp_path: 
     assert keep_id in {p.name for p in cluster.chunk_files()}
     assert user.download("keep.bin", tmp_path / "out").path.read_bytes() == keep
     assert "both.bin" not in [f["name"] for f in user.list()]
-    with pytest.raises(NotFound, match="unknown link"):
+    with pytest.raises(Gone, match="was deleted"):
         cluster.client().download(link, tmp_path / "nope")

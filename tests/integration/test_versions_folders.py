@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
-from common.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from common.errors import Conflict, Gone, InvalidRequest, NotFound, QuotaExceeded
 from tests.cluster import Cluster, die_with_parent
 from tests.conftest import new_user
 
@@ -131,7 +131,7 @@ def test_move_a_folder_then_download_by_the_new_name(vcluster: Cluster, ana: Cli
     assert ana.move("pics/a.jpg", "top.jpg") == 1
     assert ana.delete("pics", recursive=True) == 1
     assert [f["name"] for f in ana.list()] == ["top.jpg"]
-    with pytest.raises(NotFound, match="unknown link"):  # its file was deleted
+    with pytest.raises(Gone, match="was deleted"):  # its file was deleted
         vcluster.client().download(link, tmp_path / "dead")
 
 
