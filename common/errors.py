@@ -78,6 +78,13 @@ class NotFound(FileClusterError):
     code = "not_found"
 
 
+class Gone(FileClusterError):
+    """A share link that existed but may no longer be used: expired, revoked, its file deleted, or
+    its download limit reached (the message says which)."""
+
+    code = "gone"
+
+
 class AlreadyExists(FileClusterError):
     """A name that is already taken (a user name, for instance)."""
 
@@ -165,6 +172,7 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
         Forbidden,
         Throttled,
         NotFound,
+        Gone,
         AlreadyExists,
         Conflict,
         QuotaExceeded,

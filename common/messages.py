@@ -62,6 +62,10 @@ class MsgType(enum.IntEnum):
     VERSIONS = 0x42
     RESTORE = 0x43
     MOVE = 0x44
+    # HTTP gateway (holder of the cluster secret) -> proxy
+    GATEWAY_HELLO = 0x45
+    LINK_OPEN = 0x46
+    LINK_CLOSE = 0x47
     # operator (holder of the cluster secret) -> proxy
     ADMIN = 0x50
     # storage server -> proxy
@@ -163,6 +167,18 @@ SPECS: dict[MsgType, MessageSpec] = {
         auth=Auth.CLUSTER,
         required={"action": str},
         optional={**_SIGNED, "server": int, "user": str, "quota": int},
+    ),
+    # the HTTP gateway: where it serves links (a heartbeat), a link opened for an HTTP client (`client`:
+    # its address, for the throttle; `range`: the body bytes about to be sent; `check`: a stream goes
+    # on?), and a transfer that ended after `sent` body bytes
+    MsgType.GATEWAY_HELLO: MessageSpec(auth=Auth.CLUSTER, required={"url": str}, optional=_SIGNED),
+    MsgType.LINK_OPEN: MessageSpec(
+        auth=Auth.CLUSTER,
+        required={"token": str, "client": str},
+        optional={**_SIGNED, "range": list, "path": str, "check": bool},
+    ),
+    MsgType.LINK_CLOSE: MessageSpec(
+        auth=Auth.CLUSTER, required={"grant": str, "sent": int}, optional=_SIGNED
     ),
     MsgType.DELETE: MessageSpec(auth=_USER, required={**_SESSION, "name": str}, optional={"recursive": bool}),
     MsgType.STATUS: MessageSpec(auth=_USER, required=_SESSION),
