@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run a filecluster: the proxy, then the storage servers, then the interactive client.
+# Run a filecluster: the proxy, then the storage servers and the HTTP gateway, then the interactive client.
 #   ./run_cluster.sh          start everything, open the menu; leaving it stops what it started
 #   ./run_cluster.sh start    start in the background, return once all answer
 #   ./run_cluster.sh stop     stop every daemon of the data folder (whatever FILECLUSTER_SERVERS says now)
@@ -12,8 +12,10 @@
 #   FILECLUSTER_DATA     data folder (./data): catalog, chunks, logs/, run/ (pid and port files)
 #   FILECLUSTER_PORT     the proxy's port (9000); server N listens on PORT + N; 0: ports the OS picks
 #   FILECLUSTER_SERVERS  how many storage servers (4)
+#   FILECLUSTER_HTTP_PORT  the HTTP gateway's port, where share links open in a browser or curl
+#                        (FILECLUSTER_PORT + 80: 9080; 0 when FILECLUSTER_PORT is 0)
 #   FILECLUSTER_HOST     the address clients use (127.0.0.1): the daemons listen on it, share links
-#                        and the servers' addresses name it, and the menu's client connects to it.
+#                        (http://HOST:HTTP_PORT/s/TOKEN) and the servers' addresses name it, and the menu's client connects to it.
 #                        Set it to this machine's name or LAN address for other machines to use it.
 #   FILECLUSTER_BIND     the address the daemons listen on, if not FILECLUSTER_HOST: 0.0.0.0 for every
 #                        interface (e.g. FILECLUSTER_HOST is a public address that NAT forwards here)
@@ -43,6 +45,12 @@ if [ "${#PORT}" -gt 5 ] || [ "$((10#$PORT + SERVERS))" -gt 65535 ]; then
   fail "FILECLUSTER_PORT must leave room for the proxy and $SERVERS servers below 65536, not $PORT"
 fi
 PORT=$((10#$PORT))
+HTTP_PORT="${FILECLUSTER_HTTP_PORT:-}"
+if [ -z "$HTTP_PORT" ]; then HTTP_PORT=$(( PORT ? PORT + 80 : 0 )); fi
+case "$HTTP_PORT" in ''|*[!0-9]*) fail "FILECLUSTER_HTTP_PORT must be a port number, not '$HTTP_PORT'" ;; esac
+{ [ "${#HTTP_PORT}" -le 5 ] && [ "$((10#$HTTP_PORT))" -le 65535 ]; } \
+  || fail "FILECLUSTER_HTTP_PORT must be a port number below 65536, not '$HTTP_PORT'"
+HTTP_PORT=$((10#$HTTP_PORT))
 NAME_RE='^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$'
 [[ "$HOST" =~ $NAME_RE ]] && [ "${#HOST}" -le 253 ] \
   || fail "FILECLUSTER_HOST must be a host name or an IPv4 address, not '$HOST'"
@@ -65,7 +73,7 @@ export FILECLUSTER_DATA="$DATA"
 REPLICAS=$(( SERVERS < 2 ? SERVERS : 2 ))
 BIN="$ROOT/.venv/bin"
 
-names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; }
+names() { echo proxy; for i in $(seq 1 "$SERVERS"); do echo "server$i"; done; echo gateway; }
 STARTED=()  # what this invocation started (the interactive mode stops only these)
 
 command_of() {  # the command line of process $1, or nothing
@@ -91,6 +99,7 @@ running_pid() {  # prints the pid of $1 if it runs; a pid file naming any other 
   pid="$(cat "$f")"
   case "$name" in
     proxy) want="filecluster-proxy " ;;
+    gateway) want="filecluster-gateway " ;;
     *) want="filecluster-server --id ${name#server} " ;;
   esac
   case "$pid" in ''|*[!0-9]*) rm -f "$f" "$RUN/$name.port"; return 1 ;; esac
@@ -102,7 +111,8 @@ running_pid() {  # prints the pid of $1 if it runs; a pid file naming any other 
 
 port_of() {  # the port daemon $1 listens on, as its start recorded it
   if [ -f "$RUN/$1.port" ]; then cat "$RUN/$1.port"
-  elif [ "$PORT" != 0 ]; then [ "$1" = proxy ] && echo "$PORT" || echo "$((PORT + ${1#server}))"
+  elif [ "$1" = gateway ] && [ "$HTTP_PORT" != 0 ]; then echo "$HTTP_PORT"
+  elif [ "$PORT" != 0 ] && [ "$1" != gateway ]; then [ "$1" = proxy ] && echo "$PORT" || echo "$((PORT + ${1#server}))"
   else echo "?"; fi
 }
 
@@ -111,7 +121,7 @@ logged_since() {  # file lines-before text: has the file gained a line with text
 }
 
 listening_port() {  # file lines-before: the port of the daemon's "... listening on HOST:PORT" line
-  awk -v n="$2" 'NR > n && /^filecluster (proxy|server [0-9]+) listening on / {
+  awk -v n="$2" 'NR > n && /^filecluster (proxy|gateway|server [0-9]+) listening on / {
     sub(/.*:/, ""); print; exit }' "$1"
 }
 
@@ -165,7 +175,7 @@ wait_ready() {  # name: wait until it listens (and a server registered), record 
       return 1
     fi
     [ -n "$port" ] || port="$(listening_port "$log" "$before")"
-    if [ -n "$port" ] && { [ "$name" = proxy ] || logged_since "$log" "$before" "registered with the proxy"; }; then
+    if [ -n "$port" ] && { [ "$name" = proxy ] || [ "$name" = gateway ] || logged_since "$log" "$before" "registered with the proxy"; }; then
       echo "$port" >"$RUN/$name.port"
       echo "$name started (pid $pid, port $port)"
       return 0
@@ -202,7 +212,8 @@ start() {
   fi
   # shellcheck disable=SC2046
   can_listen $(for name in "${wanted[@]}"; do
-    if [ "$name" = proxy ] || [ "$PORT" = 0 ]; then echo "$PORT"; else echo "$((PORT + ${name#server}))"; fi
+    if [ "$name" = gateway ]; then echo "$HTTP_PORT"
+    elif [ "$name" = proxy ] || [ "$PORT" = 0 ]; then echo "$PORT"; else echo "$((PORT + ${name#server}))"; fi
   done | sort -u) || exit 1
   if [[ " ${wanted[*]} " == *" proxy "* ]]; then
     spawn proxy "$BIN/filecluster-proxy" --host "$BIND" --port "$PORT" --advertise "$HOST" --replicas "$REPLICAS"
@@ -211,15 +222,20 @@ start() {
   local proxy_port
   proxy_port="$(port_of proxy)"
   for name in "${wanted[@]}"; do
-    [ "$name" != proxy ] || continue
+    [[ "$name" == server* ]] || continue
     i="${name#server}"
     spawn "$name" "$BIN/filecluster-server" --id "$i" --host "$BIND" --port "$(( PORT ? PORT + i : 0 ))" \
       --advertise "$HOST" --proxy "$LOCAL:$proxy_port"
   done
   for name in "${wanted[@]}"; do
-    [ "$name" = proxy ] || wait_ready "$name" || { stop_started; exit 1; }
+    [[ "$name" != server* ]] || wait_ready "$name" || { stop_started; exit 1; }
   done
-  echo "cluster up: proxy at $HOST:$proxy_port, $SERVERS storage servers, data in $DATA"
+  if [[ " ${wanted[*]} " == *" gateway "* ]]; then  # after the servers: links work once it answers
+    spawn gateway "$BIN/filecluster-gateway" --host "$BIND" --port "$HTTP_PORT" --advertise "$HOST" \
+      --proxy "$LOCAL:$proxy_port"
+    wait_ready gateway || { stop_started; exit 1; }
+  fi
+  echo "cluster up: proxy at $HOST:$proxy_port, $SERVERS storage servers, links at http://$HOST:$(port_of gateway)/s/, data in $DATA"
 }
 
 stop_all() {  # names...: SIGTERM to each (and SIGCONT, should one be stopped), SIGKILL after 10 s
@@ -243,8 +259,9 @@ stop_all() {  # names...: SIGTERM to each (and SIGCONT, should one be stopped), 
   done
 }
 
-recorded() {  # every daemon with a pid file in this data folder, servers (highest first), then proxy
+recorded() {  # every daemon with a pid file in this data folder: gateway, servers (highest first), proxy
   local f
+  [ ! -e "$RUN/gateway.pid" ] || echo gateway
   for f in "$RUN"/server*.pid; do [ -e "$f" ] && basename "$f" .pid; done | sort -t r -k 3 -n -r
   [ ! -e "$RUN/proxy.pid" ] || echo proxy
 }
@@ -254,7 +271,7 @@ stop() {  # every daemon this data folder records, whatever FILECLUSTER_SERVERS 
   all="$(recorded)"
   [ -n "$all" ] || { echo "nothing was running"; return 0; }
   # shellcheck disable=SC2046
-  stop_all $(grep -v '^proxy$' <<<"$all" || true)  # the servers together, then the proxy
+  stop_all $(grep -v '^proxy$' <<<"$all" || true)  # the gateway and servers together, then the proxy
   if grep -qx proxy <<<"$all"; then stop_all proxy; fi
 }
 

@@ -406,7 +406,7 @@ def _fetch_chunk(
                 errors.append(f"server {server.get('id', '?')}: {exc}")
             except (FileClusterError, OSError) as exc:
                 errors.append(f"server {server.get('id', '?')}: {exc}")
-                problem = _problem(exc)
+                problem = copy_problem(exc)
                 if problem is not None:
                     transfer.reports.add(chunk_id, server, ticket, problem)
                 elif isinstance(exc, Unavailable):  # timed out, refused, dropped: try it last
@@ -417,7 +417,7 @@ def _fetch_chunk(
     raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
 
 
-def _problem(exc: BaseException) -> str | None:
+def copy_problem(exc: BaseException) -> str | None:
     """What REPORT_BAD calls a copy that failed with ``exc``; None if the copy may well be fine."""
     if isinstance(exc, CorruptData):
         return "corrupt"
@@ -438,6 +438,32 @@ def _fetch_from(
     offset: int,
     on_bytes: Callable[[int], None],
 ) -> None:
+    position = offset
+
+    def write(piece: bytes | memoryview) -> None:
+        nonlocal position
+        os.pwrite(fd, piece, position)
+        position += len(piece)
+        on_bytes(len(piece))
+
+    try:
+        read_chunk(pool, server, ticket, chunk_id, size, write)
+    except CorruptData:
+        on_bytes(-size)
+        raise
+
+
+def read_chunk(
+    pool: ConnectionPool,
+    server: dict[str, Any],
+    ticket: dict[str, Any],
+    chunk_id: str,
+    size: int,
+    sink: Callable[[bytes | memoryview], None],
+) -> None:
+    """Read one copy of a chunk (GET_CHUNK with its ticket), each piece handed to ``sink`` as it
+    arrives (valid only until the next); CorruptData once all came if their SHA-256 is not the id,
+    so the caller must not use them before this returns.  The gateway reads chunks with it too."""
     conn = pool.get(server)
     conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
     reply = conn.expect_reply(MsgType.GET_CHUNK)
@@ -446,12 +472,8 @@ def _fetch_from(
         wrong = _WrongSize if reply.header["id"] == chunk_id else RemoteProtocolError
         raise wrong(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
     digest = hashlib.sha256()
-    position = offset
     for piece in conn.payload():
         digest.update(piece)
-        os.pwrite(fd, piece, position)
-        position += len(piece)
-        on_bytes(len(piece))
+        sink(piece)
     if digest.hexdigest() != chunk_id:
-        on_bytes(-size)
         raise CorruptData(f"chunk {chunk_id[:12]} from server {server.get('id', '?')} is corrupt")

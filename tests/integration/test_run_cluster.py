@@ -29,7 +29,7 @@ SETTINGS = {  # what run_cluster.sh and the client read from the environment
     *("FILECLUSTER_BIND", "FILECLUSTER_PROXY", "FILECLUSTER_HOME", "FILECLUSTER_PASSWORD"),
     *("FILECLUSTER_SECRET_FILE", "FILECLUSTER_EXIT_WITH", "FILECLUSTER_SOURCE_ADDRESS"),
 }  # fmt: skip
-FIVE = ["proxy", "server1", "server2", "server3", "server4"]
+SIX = ["gateway", "proxy", "server1", "server2", "server3", "server4"]  # sorted, as `status` lists them
 
 pytestmark = pytest.mark.skipif(
     not (REPO / ".venv" / "bin" / "filecluster").exists(),
@@ -114,13 +114,13 @@ def port(data: Path, name: str) -> int:
 
 
 def daemons_of(data: Path) -> set[int]:
-    """Every live proxy or storage server process of this data folder, whatever recorded it."""
+    """Every live proxy, storage server or gateway process of this data folder, whatever recorded it."""
     found = set()
     mark = f"FILECLUSTER_DATA={data}".encode()
     for proc in Path("/proc").iterdir():
         try:
             command = (proc / "cmdline").read_bytes()
-            if b"filecluster-proxy" not in command and b"filecluster-server" not in command:
+            if not any(b"filecluster-" + kind in command for kind in (b"proxy", b"server", b"gateway")):
                 continue
             if mark in (proc / "environ").read_bytes().split(b"\0") and process_alive(int(proc.name)):
                 found.add(int(proc.name))
@@ -191,8 +191,8 @@ def test_ctrl_c_in_the_menu_cancels_the_upload_and_never_reaches_the_daemons(
         shown = wait_menu(term)
         choices = menu_choices(shown)
         daemons = recorded(data)
-        assert sorted(daemons) == FIVE and daemons_of(data) == set(daemons.values())
-        for name in FIVE:
+        assert sorted(daemons) == SIX and daemons_of(data) == set(daemons.values())
+        for name in SIX:
             assert re.search(rf"^{name} started \(pid {daemons[name]}, port \d+\)$", shown, re.M)
         menu_register(term, choices, "ctrlc")
         menu_upload(term, choices, small)
@@ -228,7 +228,7 @@ def test_ctrl_c_in_the_menu_cancels_the_upload_and_never_reaches_the_daemons(
         term.type("\x04")  # Ctrl-D: leave the menu
         rc, shown = term.finish()
     assert rc == 0
-    for name in FIVE:
+    for name in SIX:
         assert f"{name} stopped (pid {daemons[name]})" in shown
     assert shown.index("server1 stopped") < shown.index("proxy stopped")
     assert recorded(data) == {} and daemons_of(data) == set()
@@ -238,7 +238,7 @@ def test_closing_the_terminal_stops_what_the_menu_started(data: Path) -> None:
     with Terminal([SCRIPT], env=script_env(data)) as term:
         wait_menu(term)
         daemons = recorded(data)
-        assert sorted(daemons) == FIVE
+        assert sorted(daemons) == SIX
         assert term.hang_up() == 128 + signal.SIGHUP
     assert daemons_of(data) == set() and recorded(data) == {}
 
@@ -254,14 +254,14 @@ def test_concurrent_starts_leave_one_cluster_that_stop_stops(data: Path) -> None
     outs = [p.communicate(timeout=60)[0] for p in starts]
     assert [p.returncode for p in starts] == [0, 0]
     daemons = recorded(data)
-    assert sorted(daemons) == FIVE and daemons_of(data) == set(daemons.values())
-    assert sum(out.count(" started (pid ") for out in outs) == 5  # each daemon started once
-    assert sum(out.count(" already runs (pid ") for out in outs) == 5
+    assert sorted(daemons) == SIX and daemons_of(data) == set(daemons.values())
+    assert sum(out.count(" started (pid ") for out in outs) == 6  # each daemon started once
+    assert sum(out.count(" already runs (pid ") for out in outs) == 6
 
     status = run(data, "status")
     assert status.returncode == 0
     assert status.stdout.splitlines() == [
-        f"{name}: running (pid {daemons[name]}, port {port(data, name)})" for name in FIVE
+        f"{name}: running (pid {daemons[name]}, port {port(data, name)})" for name in SIX
     ]
 
     # the menu of a cluster that already ran stops nothing when left
@@ -274,17 +274,17 @@ def test_concurrent_starts_leave_one_cluster_that_stop_stops(data: Path) -> None
     stop = run(data, "stop")
     assert stop.returncode == 0 and stop.stderr == ""
     assert [line.split(" (")[0] for line in stop.stdout.splitlines()] == [
-        f"{name} stopped" for name in ["server4", "server3", "server2", "server1", "proxy"]
+        f"{name} stopped" for name in ["gateway", "server4", "server3", "server2", "server1", "proxy"]
     ]
     assert daemons_of(data) == set() and recorded(data) == {}
     status = run(data, "status")
-    assert status.returncode == 1 and status.stdout.count(": stopped") == 5
+    assert status.returncode == 1 and status.stdout.count(": stopped") == 6
     assert run(data, "stop").stdout == "nothing was running\n"
 
 
 def test_a_plain_stop_stops_a_cluster_started_with_more_servers(data: Path) -> None:
     assert run(data, "start", FILECLUSTER_SERVERS="6").returncode == 0
-    assert len(daemons_of(data)) == 7
+    assert len(daemons_of(data)) == 8
     stop = run(data, "stop")  # FILECLUSTER_SERVERS is 4 again
     assert stop.returncode == 0
     assert "server6 stopped" in stop.stdout and "server5 stopped" in stop.stdout
@@ -302,7 +302,7 @@ def test_restart_with_a_host_name_in_links_and_server_addresses(data: Path, tmp_
     restart = run(data, "restart", FILECLUSTER_HOST="localhost")
     assert restart.returncode == 0, restart.stderr
     after = recorded(data)
-    assert sorted(after) == FIVE and daemons_of(data) == set(after.values())
+    assert sorted(after) == SIX and daemons_of(data) == set(after.values())
     assert not set(before.values()) & set(after.values())
     assert f"proxy at localhost:{port(data, 'proxy')}," in restart.stdout
 
@@ -319,7 +319,7 @@ def test_daemons_end_with_the_process_they_serve(data: Path) -> None:
     keeper = subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent)
     try:
         assert run(data, "start", FILECLUSTER_EXIT_WITH=str(keeper.pid)).returncode == 0
-        assert len(daemons_of(data)) == 5
+        assert len(daemons_of(data)) == 6
     finally:
         keeper.kill()
         keeper.wait()

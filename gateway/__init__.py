@@ -1,0 +1,1 @@
+"""Package of the HTTP gateway: share links over plain HTTP (gateway.daemon)."""

@@ -1,0 +1,5 @@
+import sys
+
+from gateway.daemon import main
+
+sys.exit(main())

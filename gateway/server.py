@@ -1,0 +1,215 @@
+"""The gateway's threaded HTTP server (the socketserver shape, like common.frame_server).
+
+One request per connection: the head is read through the pure parser (gateway.http) within a
+deadline for the whole head, answered (gateway.routes), and the connection closed
+(``Connection: close``).  Connections are admitted by common.admission (a cap per client address,
+counted by client_key, and a cap overall; no reserve: no HTTP client ever authenticates), and a
+refused one is closed at once, unanswered.  A file's body streams from gateway.stream; when the
+response ends, however it ends (done, the client gone, a chunk with no good copy, the link
+revoked), LINK_CLOSE tells the proxy how many body bytes were sent.  An unexpected failure is
+logged, answered 500 with no detail if no byte was sent yet, and contained to its connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+import time
+from typing import Any, Final
+
+from common.admission import Admission, Slot, client_key
+from common.errors import Busy, FileClusterError
+from common.messages import MsgType
+from common.ratelog import RateLimitedLog
+from gateway.http import BodyCounter, HttpError, RequestHead, RequestParser, render_head
+from gateway.proxy_calls import ProxyCalls
+from gateway.routes import COMMON_HEADERS, Response, Routes, error_response
+from gateway.stream import CHECK_INTERVAL, ChunkBuffers, LinkWatch, file_pieces
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS: Final = 256
+CONNECTIONS_PER_ADDRESS: Final = 16
+HEAD_DEADLINE: Final = 10.0  # seconds for a whole request head, from the connection's start
+SEND_TIMEOUT: Final = 60.0  # a client that takes no bytes for this long is dropped
+CHUNK_BUFFERS: Final = 16  # chunk buffers held at once by every stream together
+READ_SIZE: Final = 4096
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its request head was complete."""
+
+
+class _HttpHandler(socketserver.BaseRequestHandler):
+    server: GatewayServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        server = self.server
+        client = client_key(str(self.client_address[0]))
+        try:
+            head = self._read_head(sock, time.monotonic() + server.head_deadline)
+        except _ClientGone:
+            return
+        except HttpError as exc:
+            server.warn("refusing a request from %s: %s", client, exc.message)
+            self._send_response(sock, error_response(exc.status, exc.message), client)
+            return
+        except OSError:
+            return
+        try:
+            response = server.routes.respond(head, client)
+        except Exception:
+            log.exception("unexpected error answering %s %s", head.method, head.path)
+            response = error_response(500, "internal error; see the gateway's log")
+        self._send_response(sock, response, client)
+
+    def _read_head(self, sock: socket.socket, deadline: float) -> RequestHead:
+        parser = RequestParser()
+        while True:
+            head = parser.next_event()
+            if head is not None:
+                return head
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HttpError(408, "the request head did not arrive in time")
+            sock.settimeout(left)
+            try:
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                raise HttpError(408, "the request head did not arrive in time") from None
+            if not data:
+                raise _ClientGone()
+            parser.receive_data(data)
+
+    def _send_response(self, sock: socket.socket, response: Response, client: str) -> None:
+        stream = response.stream
+        headers = [*response.headers, ("Content-Length", str(response.length)), *COMMON_HEADERS]
+        sock.settimeout(SEND_TIMEOUT)
+        sent = 0
+        try:
+            sock.sendall(render_head(response.status, headers))
+            if response.head_only:
+                return
+            if stream is None:
+                sock.sendall(response.body)
+                return
+            sent = self._stream(sock, response, client)
+        except OSError as exc:
+            log.debug("%s went away: %s", client, exc)
+        finally:
+            if stream is not None and stream.grant is not None:
+                self._link_close(stream.grant, sent)
+        _finish(sock)
+
+    def _stream(self, sock: socket.socket, response: Response, client: str) -> int:
+        """Send the body; the bytes sent.  A failure closes the connection short of its length."""
+        stream = response.stream
+        assert stream is not None
+        server = self.server
+        counter = BodyCounter(response.length)
+        watch = LinkWatch(server.proxy, stream.open_header, server.check_interval)
+        pieces = file_pieces(stream.info, stream.start, stream.end, server.proxy, server.buffers, watch.check)
+        sent = 0
+        try:
+            for piece in pieces:
+                counter.count(len(piece))  # never a byte past the Content-Length
+                try:
+                    sock.sendall(piece)
+                except OSError:
+                    return sent  # the client went away (what the kernel took of this piece is unknown)
+                sent += len(piece)
+        except FileClusterError as exc:
+            server.warn("stopping a download for %s after %d bytes: %s", client, sent, exc)
+            _abort(sock)
+        finally:
+            pieces.close()
+        return sent
+
+    def _link_close(self, grant: str, sent: int) -> None:
+        try:
+            self.server.proxy.call(MsgType.LINK_CLOSE, {"grant": grant, "sent": sent})
+        except (FileClusterError, OSError) as exc:
+            self.server.warn("cannot tell the proxy a download ended (%d bytes): %s", sent, exc)
+
+
+def _finish(sock: socket.socket) -> None:
+    """Close gracefully: say we are done writing, so what the client still sends causes no reset
+    that could cut the response short."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close so that the client cannot take a short body for a whole one (a reset)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class GatewayServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        proxy: ProxyCalls,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        per_address: int = CONNECTIONS_PER_ADDRESS,
+        head_deadline: float = HEAD_DEADLINE,
+        chunk_buffers: int = CHUNK_BUFFERS,
+        check_interval: float = CHECK_INTERVAL,
+    ) -> None:
+        self.proxy = proxy
+        self.routes = Routes(proxy)
+        self.head_deadline = head_deadline
+        self.check_interval = check_interval
+        self.buffers = ChunkBuffers(chunk_buffers)
+        self.admission = Admission(max_connections=max_connections, per_address=per_address, reserved=0)
+        self.warn = RateLimitedLog(log).warning
+        self._slots: dict[Any, Slot] = {}
+        self._lock = threading.Lock()
+        super().__init__(address, _HttpHandler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        try:
+            slot = self.admission.admit(client_key(str(client_address[0])))
+        except Busy as exc:
+            self.warn("refusing a connection from %s: %s", client_address[0], exc)
+            return False
+        with self._lock:
+            self._slots[request] = slot
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            slot = self._slots.pop(request, None)
+        if slot is not None:
+            self.admission.release(slot)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._lock:
+            live = list(self._slots)
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("error on connection from %s", client_address)
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
