@@ -50,6 +50,9 @@ class Membership:
         self.collector = collector
         self.heartbeat_interval = heartbeat
         self.on_change = on_change  # copies appeared or vanished: repair has work
+        # chunks a server held when it registered without a cluster id (they may be another
+        # cluster's): never orphan candidates, in its later inventories either (until a restart)
+        self._kept: dict[int, frozenset[str]] = {}
 
     def handlers(self) -> Mapping[MsgType, Handler]:
         return {
@@ -75,8 +78,9 @@ class Membership:
             h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"], free=h.get("free")
         )
         if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds
-            self.collector.note_inventory(h["id"], orphans)
+            self.collector.note_inventory(h["id"], self._candidates(h["id"], orphans))
         elif orphans:
+            self._kept[h["id"]] = frozenset(orphans)
             log.warning(
                 "server %d holds %d chunk(s) the catalog lacks but has no cluster id: keeping them",
                 h["id"],
@@ -101,9 +105,14 @@ class Membership:
             raise NotFound("unknown server; register again")
         present = _read_inventory(req)
         orphans = self._reconcile(state.ref, present)
-        self.collector.note_inventory(h["id"], orphans)
+        self.collector.note_inventory(h["id"], self._candidates(h["id"], orphans))
         self.on_change()
         return Reply({})
+
+    def _candidates(self, server_id: int, orphans: list[str]) -> list[str]:
+        """The orphans the collector may free: not those kept from a registration without an id."""
+        kept = self._kept.get(server_id)
+        return [c for c in orphans if c not in kept] if kept else orphans
 
     def _reconcile(self, ref: ServerRef, present: set[str]) -> list[str]:
         """Bring the catalog's locations on ``ref`` in line with its inventory; returns the ids it

@@ -134,7 +134,7 @@ class Cluster:
         self.servers: dict[int, subprocess.Popen[str]] = {}
         self.server_ports: dict[int, int] = {}
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        for key in ("FILECLUSTER_PROXY", "FILECLUSTER_PORT", "FILECLUSTER_DATA", "FILECLUSTER_HOME"):
+        for key in [k for k in self.env if k.startswith("FILECLUSTER_")]:  # a developer's settings stay out
             self.env.pop(key, None)
         self.secret_file = self.root / "cluster.secret"  # every daemon finds it through the env
         self.env["FILECLUSTER_SECRET_FILE"] = str(self.secret_file)

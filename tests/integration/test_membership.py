@@ -132,6 +132,10 @@ def test_a_server_that_lost_its_cluster_id_keeps_chunks_the_catalog_lacks(one_se
     assert id_file(c, 1).read_text().strip() == cluster_id  # and it joined this cluster again
 
     start_control_server(c, 2)  # an orphan of a server with the right id is freed...
+    # ...and one planted now is freed after server 2's next inventory and the grace: by then server 1
+    # has sent inventories of its own (with its new id) for longer than the grace too
+    later = plant(c, 2, os.urandom(1000))
+    c.wait_for(lambda: not later.exists(), "the collector to free server 2's second orphan")
 
     assert unknown.exists()  # ...but not the one of the server that could not prove its cluster
     assert servers_in_status(c) == {1: True, 2: True}

@@ -8,11 +8,14 @@ happens; every test also stops what it started."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,8 +313,41 @@ def test_restart_with_a_host_name_in_links_and_server_addresses(data: Path, tmp_
     assert "doc.txt" in cli(data, "list", FILECLUSTER_HOST="localhost").stdout
     link = cli(data, "share", "doc.txt", FILECLUSTER_HOST="localhost").stdout.strip()
     status = cli(data, "status", FILECLUSTER_HOST="localhost").stdout
-    assert link.startswith(f"filecluster://localhost:{port(data, 'proxy')}/s/")
+    assert link.startswith(f"http://localhost:{port(data, 'gateway')}/s/")  # the gateway's address
     assert f"localhost:{port(data, 'server1')}" in status
+
+
+def test_a_shared_link_downloads_over_http_from_another_address(data: Path, tmp_path: Path) -> None:
+    """The cluster on 127.0.0.1; the link `share` prints, fetched from 127.0.0.2 (http.client, and
+    `curl -OJ` when there is one): the same bytes, under the file's name."""
+    assert run(data, "start").returncode == 0
+    doc = tmp_path / "report 2026.txt"
+    doc.write_bytes(os.urandom(200_000))
+    assert cli(data, "register", "sharer").returncode == 0
+    assert cli(data, "upload", str(doc)).returncode == 0
+    link = cli(data, "share", doc.name).stdout.strip()
+    url = urllib.parse.urlsplit(link)
+    assert (url.scheme, url.hostname, url.port) == ("http", "127.0.0.1", port(data, "gateway"))
+    conn = http.client.HTTPConnection("127.0.0.1", url.port, timeout=10, source_address=("127.0.0.2", 0))
+    try:
+        conn.request("GET", url.path)
+        reply = conn.getresponse()
+        assert reply.status == 200 and reply.read() == doc.read_bytes()
+        assert "filename*=UTF-8''report%202026.txt" in reply.getheader("Content-Disposition", "")
+    finally:
+        conn.close()
+    curl = shutil.which("curl")
+    if curl is not None:
+        out = tmp_path / "curl"
+        out.mkdir()
+        fetched = subprocess.run(
+            [curl, "-sS", "-f", "--interface", "127.0.0.2", "-OJ", link],
+            cwd=out,
+            capture_output=True,
+            timeout=30,
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert [p.read_bytes() for p in out.iterdir()] == [doc.read_bytes()]
 
 
 def test_daemons_end_with_the_process_they_serve(data: Path) -> None:
