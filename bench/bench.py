@@ -22,9 +22,13 @@ What one run measures, all on 127.0.0.1 and all in a fresh work folder:
    run fails.  ``os.sync()`` runs before every timed phase so earlier dirty pages are not flushed
    during it.  Note that storage servers fsync every chunk (2 replicas, so twice the file size)
    and the download fsyncs its output: the socket copy does neither.
-6. **Daemon memory.**  ``VmHWM`` (peak RSS) of the proxy and every server from ``/proc/PID/status``,
+6. **Download over HTTP.**  A gateway (``python -m gateway --port 0``) starts beside the cluster;
+   ``filecluster share`` prints the file's ``http://`` link, and ``curl -sS -f -o FILE LINK`` (or,
+   without curl, a ``python -c`` urllib reader writing 1 MiB pieces) fetches it, timed like the CLI
+   download and checked against the original's SHA-1.  ``--no-http`` skips it.
+7. **Daemon memory.**  ``VmHWM`` (peak RSS) of the proxy and every server from ``/proc/PID/status``,
    read just before they are stopped (SIGTERM, then SIGKILL after a timeout).
-7. **CPU time** (user + system) used during the upload and the download by the client (``wait4``),
+8. **CPU time** (user + system) used during the upload and the downloads by the client (``wait4``),
    the proxy and the servers together (``/proc/PID/stat`` before and after); ``cores`` is that
    divided by the phase's wall time, to show whether a phase is CPU-bound.
 
@@ -124,6 +128,10 @@ class Results:
     # CPU seconds (user + system) per phase: "client", "proxy", "servers" (all of them together)
     cpu_upload: dict[str, float] = field(default_factory=dict)
     cpu_download: dict[str, float] = field(default_factory=dict)
+    http_download_s: float = 0.0  # 0: not measured
+    http_client: str = ""  # what fetched the link: "curl" or "urllib"
+    client_rss_http_kib: int = 0
+    cpu_http: dict[str, float] = field(default_factory=dict)
     chunk_size: int | None = None
     replicas: int | None = None
 
@@ -394,14 +402,22 @@ class Cluster:
         for i, (proc, _, log) in enumerate(started, 1):
             wait_for(_log_says(log, "registered with"), f"server {i} to register", proc, log)
 
+    def start_gateway(self) -> None:
+        """The HTTP gateway for share links; it tells the proxy its URL at start."""
+        gateway, out, log = self._spawn("gateway", ["gateway", "--port", "0", "--proxy", self.proxy_addr])
+        wait_for(_log_says(out, "listening on"), "the gateway to listen", gateway, log)
+
     @property
     def proxy_addr(self) -> str:
         return f"127.0.0.1:{self.proxy_port}"
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: the proxy's, and the servers' added together."""
+        """CPU seconds so far: the proxy's, the gateway's (if one runs), and the servers' together."""
         used = {name: cpu_seconds(proc.pid) for name, proc in self.daemons.items()}
-        return {"proxy": used.pop("proxy", 0.0), "servers": sum(used.values())}
+        figures = {"proxy": used.pop("proxy", 0.0)}
+        if "gateway" in used:
+            figures["gateway"] = used.pop("gateway")
+        return {**figures, "servers": sum(used.values())}
 
     def peak_rss(self) -> dict[str, int]:
         return {name: vm_hwm_kib(proc.pid) for name, proc in self.daemons.items() if proc.poll() is None}
@@ -496,22 +512,74 @@ def run(args: argparse.Namespace, work: Path, procs: Processes) -> Results:
         after = cluster.cpu()
         results.download_s, results.client_rss_download_kib = down.seconds, down.maxrss_kib
         results.cpu_download = {"client": down.cpu_s, **{k: after[k] - before[k] for k in after}}
+        if args.http:
+            http_file = http_download(args, work, procs, cluster, cli, results, source.name)
         results.daemon_hwm_kib = cluster.peak_rss()
     finally:
         cluster.stop()
+    if args.http:
+        check_copy(http_file, original_sha1, size, "the HTTP download")
 
-    log("verifying the downloaded file")
     fetched = out_dir / source.name
     if not fetched.is_file():
         raise BenchError(f"the download did not produce {fetched}:\n{down.stdout}{down.stderr}")
-    fetched_sha1 = file_sha1(fetched)
-    if fetched_sha1 != original_sha1 or fetched.stat().st_size != size:
-        raise BenchError(
-            f"DOWNLOADED FILE DIFFERS: SHA-1 {fetched_sha1}, size {fetched.stat().st_size}; "
-            f"expected {original_sha1}, {size}"
-        )
-    log(f"downloaded file matches (SHA-1 {original_sha1})")
+    check_copy(fetched, original_sha1, size, "the CLI download")
     return results
+
+
+HTTP_READER = r"""
+import sys, urllib.request
+buf = bytearray(1 << 20)
+with urllib.request.urlopen(sys.argv[1], timeout=60) as reply, open(sys.argv[2], "wb") as out:
+    while n := reply.readinto(buf):
+        out.write(memoryview(buf)[:n])
+"""
+
+
+def http_download(
+    args: argparse.Namespace,
+    work: Path,
+    procs: Processes,
+    cluster: Cluster,
+    cli: Callable[..., Timed],
+    results: Results,
+    name: str,
+) -> Path:
+    """Start a gateway, share the file, and time one whole-process HTTP download of its link."""
+    log("starting the HTTP gateway")
+    cluster.start_gateway()
+    link = ""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not link.startswith("http://"):  # the proxy prints http links once the gateway said hello
+        if time.monotonic() > deadline:
+            raise BenchError(f"share still prints {link!r}, not an http:// link")
+        link = cli("share", "share", name).stdout.strip()
+    target = work / "http-download.bin"
+    curl = shutil.which("curl")
+    command = (
+        [curl, "-sS", "-f", "-o", str(target), link]
+        if curl
+        else [args.python, "-c", HTTP_READER, link, str(target)]
+    )
+    results.http_client = "curl" if curl else "urllib"
+    log(f"download over HTTP ({results.http_client})")
+    os.sync()
+    before = cluster.cpu()
+    fetched = run_timed(procs, command, cluster.env, work, work / "client-logs" / "http", args.timeout)
+    after = cluster.cpu()
+    results.http_download_s, results.client_rss_http_kib = fetched.seconds, fetched.maxrss_kib
+    results.cpu_http = {"client": fetched.cpu_s, **{k: after[k] - before[k] for k in after}}
+    return target
+
+
+def check_copy(path: Path, sha1: str, size: int, what: str) -> None:
+    log(f"verifying {what}")
+    got = file_sha1(path)
+    if got != sha1 or path.stat().st_size != size:
+        raise BenchError(
+            f"{what.upper()} DIFFERS: SHA-1 {got}, size {path.stat().st_size}; expected {sha1}, {size}"
+        )
+    log(f"{what} matches (SHA-1 {sha1})")
 
 
 def table(r: Results) -> str:
@@ -529,13 +597,24 @@ def table(r: Results) -> str:
         speed(f"socket copy (the limit), best of {len(r.socket_copy_runs)}", r.socket_copy_s, vs_limit=False),
         speed("upload (client CLI)", r.upload_s),
         speed("download (client CLI)", r.download_s),
+        *(
+            [speed(f"download over HTTP ({r.http_client}, gateway)", r.http_download_s)]
+            if r.http_download_s
+            else []
+        ),
         mem("client peak RSS, upload", r.client_rss_upload_kib),
         mem("client peak RSS, download", r.client_rss_download_kib),
+        *(
+            [mem(f"{r.http_client} peak RSS, HTTP download", r.client_rss_http_kib)]
+            if r.http_download_s
+            else []
+        ),
     ]
     rows += [mem(f"{name} peak RSS", kib) for name, kib in r.daemon_hwm_kib.items()]
     for phase, cpu, seconds in (
         ("upload", r.cpu_upload, r.upload_s),
         ("download", r.cpu_download, r.download_s),
+        ("HTTP download", r.cpu_http, r.http_download_s),
     ):
         for who, used in cpu.items():
             share = f"{used / seconds:.2f} cores" if seconds else ""
@@ -578,6 +657,7 @@ def as_json(r: Results, args: argparse.Namespace) -> dict[str, Any]:
             "socket_copy": limit,
             "upload": r.rate(r.upload_s),
             "download": r.rate(r.download_s),
+            "http_download": r.rate(r.http_download_s) if r.http_download_s else None,
             "hash_pass": r.rate(r.hash_pass_s),
             "disk_flush": r.rate(r.disk_flush_s),
         },
@@ -589,15 +669,18 @@ def as_json(r: Results, args: argparse.Namespace) -> dict[str, Any]:
             "socket_copy": r.socket_copy_s,
             "upload": r.upload_s,
             "download": r.download_s,
+            "http_download": r.http_download_s or None,
             "hash_pass": r.hash_pass_s,
             "disk_flush": r.disk_flush_s,
             "cli_startup": r.cli_startup_s,
             "socket_copy_runs": r.socket_copy_runs,
         },
-        "cpu_seconds": {"upload": r.cpu_upload, "download": r.cpu_download},
+        "http_client": r.http_client or None,
+        "cpu_seconds": {"upload": r.cpu_upload, "download": r.cpu_download, "http_download": r.cpu_http},
         "peak_rss_mib": {
             "client_upload": r.client_rss_upload_kib / 1024,
             "client_download": r.client_rss_download_kib / 1024,
+            "client_http_download": r.client_rss_http_kib / 1024 if r.http_download_s else None,
             **{name: kib / 1024 for name, kib in r.daemon_hwm_kib.items()},
         },
     }
@@ -637,6 +720,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout", type=float, default=900.0, help="seconds any one client command may take (default 900)"
+    )
+    parser.add_argument(
+        "--no-http", dest="http", action="store_false", help="skip the download over HTTP (the gateway)"
     )
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for every child process (default: this one)"
