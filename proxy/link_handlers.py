@@ -14,6 +14,7 @@ for at most :data:`GRANT_TTL` s; a grant dropped or forgotten (a proxy restart) 
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -32,6 +33,8 @@ from proxy.auth import LinkThrottle, new_token
 from proxy.catalog import Catalog
 from proxy.leases import Lease, Leases
 from proxy.upload_handlers import principal
+
+log = logging.getLogger(__name__)
 
 GRANTS = 20_000  # downloads through gateways in progress at once; past it the oldest grant goes
 GRANT_TTL = 24 * 3600.0  # seconds a grant may wait for its LINK_CLOSE
@@ -299,6 +302,8 @@ class LinkHandlers:
         url = req.header["url"].strip()
         if len(url) > MAX_URL or not URL_RE.match(url):
             raise InvalidRequest("the gateway URL must be http(s)://HOST[:PORT][/PATH]")
+        if url != self.gateway_url:
+            log.info("links now name the gateway at %s", url)
         self.gateway_url = url
         return Reply({})
 
