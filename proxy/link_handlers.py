@@ -110,7 +110,6 @@ class LinkHandlers:
         self.located = located  # a lease -> LOCATE's reply (chunks, tickets), the service's
         self.advertise = advertise
         self.link_url = link_url  # --link-url: wins over what gateways say
-        self.gateway_url: str | None = None  # the most recent GATEWAY_HELLO's
         self.grants = Grants()
 
     def handlers(self) -> Mapping[MsgType, Handler]:
@@ -131,7 +130,7 @@ class LinkHandlers:
         if ":" in host:
             host = f"[{host}]"
         forms = {"filecluster": f"filecluster://{host}:{port}/s/{token}"}
-        base = self.link_url or self.gateway_url
+        base = self.link_url or self.catalog.gateway_url  # the most recent GATEWAY_HELLO's
         if base:
             forms["http"] = f"{base.rstrip('/')}/s/{token}"
         return forms
@@ -302,9 +301,8 @@ class LinkHandlers:
         url = req.header["url"].strip()
         if len(url) > MAX_URL or not URL_RE.match(url):
             raise InvalidRequest("the gateway URL must be http(s)://HOST[:PORT][/PATH]")
-        if url != self.gateway_url:
+        if self.catalog.remember_gateway(url):
             log.info("links now name the gateway at %s", url)
-        self.gateway_url = url
         return Reply({})
 
     def link_open(self, req: Request) -> Reply:

@@ -387,3 +387,15 @@ def test_twenty_downloads_at_once_keep_the_proxy_flat(cluster: Cluster, owner: C
     # 20 MiB went out; the proxy only answered LINK_OPEN/LINK_CLOSE, the gateway held at most 16 chunks
     assert proxy_growth < 4 * 1024 * 1024, proxy_growth
     assert gateway_growth < 24 * 1024 * 1024, gateway_growth
+
+
+def test_links_name_the_gateway_right_after_a_proxy_restart(cluster: Cluster, owner: Client) -> None:
+    """The gateway says hello every 30 s; a restarted proxy must not print filecluster:// links
+    meanwhile (it keeps the gateway's URL in its catalog).  Last: it restarts the module's proxy."""
+    name = f"restart{next(_n)}.txt"
+    data = upload(owner, name, 100)
+    cluster.restart_proxy()
+    link = owner.share(name)["link"]
+    assert link.startswith(f"{cluster.gateway_url}/s/"), link
+    response, body = fetch(cluster, path_of(link))
+    assert (response.status, body) == (200, data)
