@@ -187,7 +187,9 @@ def test_curl_resumes_with_continue_at(cluster: Cluster, owner: Client, tmp_path
 
 
 def test_info_and_view_of_a_name_with_markup(cluster: Cluster, owner: Client) -> None:
-    upload(owner, EVIL, 15)
+    path = Path(owner.home) / "evil"
+    path.write_bytes(b"x" * 15)
+    owner.upload(path, name=EVIL)
     token = owner.share(EVIL)["token"]
     response, body = fetch(cluster, f"/s/{token}?info")
     doc = json.loads(body)
@@ -197,6 +199,12 @@ def test_info_and_view_of_a_name_with_markup(cluster: Cluster, owner: Client) ->
     page = body.decode()
     assert response.status == 200 and "<script>" not in page and html.escape(EVIL) in page
     assert f'href="/s/{token}"' in page
+    # HEAD, ?info and ?view cost nothing: a link for one download still serves it whole afterwards
+    once = owner.share(EVIL, max_downloads=1)["token"]
+    for query, method in (("", "HEAD"), ("", "HEAD"), ("?info", "GET"), ("?view", "GET"), ("?view", "HEAD")):
+        assert fetch(cluster, f"/s/{once}{query}", method=method)[0].status == 200
+    assert fetch(cluster, f"/s/{once}")[1] == b"x" * 15
+    assert fetch(cluster, f"/s/{once}", method="HEAD")[0].status == 410
 
 
 def test_expiry_and_download_limits(cluster: Cluster, owner: Client) -> None:
@@ -271,6 +279,10 @@ def test_a_folder_link_lists_and_serves_its_files(cluster: Cluster, owner: Clien
     assert fetch(cluster, f"/s/{token}/nope.txt")[0].status == 404
     doc = json.loads(fetch(cluster, f"/s/{token}?info")[1])
     assert doc["kind"] == "folder" and sorted(f["name"] for f in doc["files"]) == sorted(files)
+    # the library downloads the folder through its http link
+    got = cluster.client().download(f"{cluster.gateway_url}/s/{token}", cluster.root / f"out{top}")
+    assert got.size == sum(map(len, files.values()))
+    assert all((got.path / rel).read_bytes() == data for rel, data in files.items())
 
 
 def test_revoking_stops_a_stream_in_progress(cluster: Cluster, owner: Client) -> None:
