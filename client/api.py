@@ -100,11 +100,15 @@ def resolve_http_link(text: str) -> Link | None:
     return Link(host, port, match["token"])
 
 
+_HTTP_ERROR_BODY = re.compile(r"[0-9]{3} [A-Za-z -]+: ([^\x00-\x1f\x7f-\x9f]{1,300})\n?\Z")
+
+
 def _http_reason(exc: urllib.error.HTTPError, default: str) -> str:
+    """Why the gateway refused: its error body is one line, ``410 Gone: this link has expired``."""
     with contextlib.suppress(OSError, ValueError):
-        body = json.loads(exc.read(4096))
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return str(body["error"])
+        match = _HTTP_ERROR_BODY.match(exc.read(4096).decode("utf-8"))
+        if match:
+            return match[1].strip()
     return default
 
 

@@ -151,6 +151,9 @@ class Catalog(FileChanges):
     def _apply_link_end(self, e: dict[str, Any]) -> None:
         self.tree.book.end(e)
 
+    def _apply_gateway_seen(self, e: dict[str, Any]) -> None:
+        self.state["gateway_url"] = e["url"]
+
     def _apply_server_seen(self, e: dict[str, Any]) -> None:
         known = self.state["servers"].setdefault(str(e["id"]), {})
         known.update(host=e["host"], port=e["port"])
@@ -223,6 +226,20 @@ class Catalog(FileChanges):
             self._change(
                 {"op": "link_end", "owner": owner, "tokens": tokens, "state": why, "at": time.time()}
             )
+
+    @property
+    def gateway_url(self) -> str | None:
+        """Where the most recent gateway serves links (GATEWAY_HELLO), kept across restarts."""
+        url = self.state.get("gateway_url")
+        return url if isinstance(url, str) else None
+
+    def remember_gateway(self, url: str) -> bool:
+        """Keep the URL a gateway serves links at (journaled only when it changes); whether it did."""
+        with self.lock:
+            if self.gateway_url == url:
+                return False
+            self._change({"op": "gateway_seen", "url": url})
+            return True
 
     def remember_server(self, server_id: int, host: str, port: int) -> None:
         """Keep a storage server's address, so locations resolve right after a proxy restart."""

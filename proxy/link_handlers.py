@@ -14,6 +14,7 @@ for at most :data:`GRANT_TTL` s; a grant dropped or forgotten (a proxy restart) 
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -32,6 +33,8 @@ from proxy.auth import LinkThrottle, new_token
 from proxy.catalog import Catalog
 from proxy.leases import Lease, Leases
 from proxy.upload_handlers import principal
+
+log = logging.getLogger(__name__)
 
 GRANTS = 20_000  # downloads through gateways in progress at once; past it the oldest grant goes
 GRANT_TTL = 24 * 3600.0  # seconds a grant may wait for its LINK_CLOSE
@@ -107,7 +110,6 @@ class LinkHandlers:
         self.located = located  # a lease -> LOCATE's reply (chunks, tickets), the service's
         self.advertise = advertise
         self.link_url = link_url  # --link-url: wins over what gateways say
-        self.gateway_url: str | None = None  # the most recent GATEWAY_HELLO's
         self.grants = Grants()
 
     def handlers(self) -> Mapping[MsgType, Handler]:
@@ -128,7 +130,7 @@ class LinkHandlers:
         if ":" in host:
             host = f"[{host}]"
         forms = {"filecluster": f"filecluster://{host}:{port}/s/{token}"}
-        base = self.link_url or self.gateway_url
+        base = self.link_url or self.catalog.gateway_url  # the most recent GATEWAY_HELLO's
         if base:
             forms["http"] = f"{base.rstrip('/')}/s/{token}"
         return forms
@@ -299,7 +301,8 @@ class LinkHandlers:
         url = req.header["url"].strip()
         if len(url) > MAX_URL or not URL_RE.match(url):
             raise InvalidRequest("the gateway URL must be http(s)://HOST[:PORT][/PATH]")
-        self.gateway_url = url
+        if self.catalog.remember_gateway(url):
+            log.info("links now name the gateway at %s", url)
         return Reply({})
 
     def link_open(self, req: Request) -> Reply:

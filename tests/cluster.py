@@ -115,6 +115,8 @@ class Cluster:
         daemon_args: tuple[str, ...] = (),
         proxy_args: tuple[str, ...] = (),
         server_args: tuple[str, ...] = (),
+        gateway: bool = False,
+        gateway_args: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
         self.session_args = [
@@ -133,6 +135,10 @@ class Cluster:
         self.proxy_port = 0
         self.servers: dict[int, subprocess.Popen[str]] = {}
         self.server_ports: dict[int, int] = {}
+        self.want_gateway = gateway  # filecluster-gateway too, started after the servers
+        self.gateway_args = gateway_args
+        self.gateway: subprocess.Popen[str] | None = None
+        self.gateway_port = 0
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         for key in [k for k in self.env if k.startswith("FILECLUSTER_")]:  # a developer's settings stay out
             self.env.pop(key, None)
@@ -176,6 +182,8 @@ class Cluster:
         self.start_proxy()
         for i in range(1, self.n_servers + 1):
             self.start_server(i)
+        if self.want_gateway:
+            self.start_gateway()
         return self
 
     def start_proxy(self) -> None:
@@ -226,6 +234,32 @@ class Cluster:
         )
         self.wait_for(lambda: log.read_text().count("registered with") > before, f"server {i} to register")
 
+    def start_gateway(self) -> None:
+        """filecluster-gateway for this proxy; returns once the proxy has heard its GATEWAY_HELLO
+        (so ``share`` prints its http:// links)."""
+        log = self.root / "proxy.log"
+        before = log.read_text().count("links now name the gateway") if log.exists() else 0
+        self.gateway, self.gateway_port = self._spawn(
+            "gateway",
+            [
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.gateway_port),
+                "--proxy",
+                self.proxy_addr,
+                *self.gateway_args,
+            ],
+        )
+        self.wait_for(
+            lambda: log.read_text().count("links now name the gateway") > before, "the gateway's hello"
+        )
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
     def kill_server(self, i: int, sig: int = signal.SIGKILL) -> None:
         proc = self.servers.pop(i)
         proc.send_signal(sig)
@@ -253,7 +287,11 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        procs = [*self.servers.values(), *([self.proxy] if self.proxy else [])]
+        procs = [
+            *([self.gateway] if self.gateway else []),
+            *self.servers.values(),
+            *([self.proxy] if self.proxy else []),
+        ]
         for proc in procs:  # all at once, then wait: a clean stop takes each a moment
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
@@ -267,6 +305,7 @@ class Cluster:
                 proc.stdout.close()
         self.servers.clear()
         self.proxy = None
+        self.gateway = None
 
     @staticmethod
     def wait_for(check, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
