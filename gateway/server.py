@@ -13,9 +13,12 @@ logged, answered 500 with no detail if no byte was sent yet, and contained to it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
 import socketserver
+import struct
+import termios
 import threading
 import time
 from typing import Any, Final
@@ -117,10 +120,13 @@ class _HttpHandler(socketserver.BaseRequestHandler):
         try:
             for piece in pieces:
                 counter.count(len(piece))  # never a byte past the Content-Length
+                delivered = sent - _unacknowledged(sock)  # what the client's side has acknowledged
                 try:
                     sock.sendall(piece)
                 except OSError:
-                    return sent  # the client went away (what the kernel took of this piece is unknown)
+                    # the client went away: count what it acknowledged before this piece, not what
+                    # sat in the send buffer (so a resumed download is charged only what it lacks)
+                    return max(0, delivered)
                 sent += len(piece)
         except FileClusterError as exc:
             server.warn("stopping a download for %s after %d bytes: %s", client, sent, exc)
@@ -213,3 +219,12 @@ class GatewayServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.shutdown()
         self.close_connections()
         self.server_close()
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged yet (Linux SIOCOUTQ), else 0."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError):
+        return 0
+    return max(0, int(struct.unpack("i", raw)[0]))

@@ -267,9 +267,10 @@ class LinkHandlers:
             "link": links.describe(t.link, 0),
         }
 
-    def _reserve(self, t: Target, nbytes: int) -> None:
-        """Take ``nbytes`` (one download, for an empty file) from the link's budget, journaled."""
-        if not links.fits(t.link, t.size, nbytes):
+    def _reserve(self, t: Target, nbytes: int, start: int = 0) -> None:
+        """Take ``nbytes`` (one download, for an empty file) from the link's budget, journaled;
+        ``start``: where the range begins (a resume gets a little slack, proxy.links.fits)."""
+        if not links.fits(t.link, t.size, nbytes, start):
             raise Gone("this link's download limit was reached")
         self.catalog.use_link(t.token, nbytes, opens=1)
 
@@ -327,7 +328,7 @@ class LinkHandlers:
             start, end = span
             if end > t.size:
                 raise InvalidRequest(f"the range ends past the file's {t.size} bytes")
-            self._reserve(t, end - start)
+            self._reserve(t, end - start, start)
             _, lease = self._open_file(t, f"address:{client_key(client)}")
             grant = self.grants.add(t.token, end - start, lease.id)
             described = links.describe(self.catalog.share(t.token) or t.link, t.size)

@@ -75,14 +75,23 @@ def check_serves(link: dict[str, Any], size: int, now: float) -> None:
         raise Gone(_WHY[current])
 
 
-def fits(link: dict[str, Any], size: int, nbytes: int) -> bool:
-    """Whether reserving ``nbytes`` more (one more download, for an empty file) stays in budget."""
+RESUME_SLACK = 16 * 1024 * 1024  # bytes a resumed range may go over a link's budget, in all
+
+
+def fits(link: dict[str, Any], size: int, nbytes: int, start: int = 0) -> bool:
+    """Whether reserving ``nbytes`` more (one more download, for an empty file) stays in budget.
+
+    A range that starts past byte 0 (a resume: ``curl -C -``, a browser) may go over the budget by
+    up to min(start, RESUME_SLACK) bytes: what an interrupted transfer counted as sent includes what
+    sat in the kernels' buffers when it broke, which the client never got.  So a link of one
+    download can be resumed, and the most it can leak is 16 MiB more than its budget."""
     limit: int | None = link.get("max_downloads")
     if limit is None:
         return True
     if size <= 0:
         return int(link.get("opens", 0)) + 1 <= limit
-    return int(link.get("served", 0)) + nbytes <= limit * size
+    slack = min(start, RESUME_SLACK) if start > 0 else 0
+    return int(link.get("served", 0)) + nbytes <= limit * size + slack
 
 
 def describe(link: dict[str, Any], size: int) -> dict[str, Any]:

@@ -411,3 +411,30 @@ def test_links_name_the_gateway_right_after_a_proxy_restart(cluster: Cluster, ow
     assert link.startswith(f"{cluster.gateway_url}/s/"), link
     response, body = fetch(cluster, path_of(link))
     assert (response.status, body) == (200, data)
+
+
+def test_an_interrupted_download_of_a_one_download_link_can_be_resumed(
+    cluster: Cluster, owner: Client
+) -> None:
+    """The client reads a little and goes away; what sat in the kernels' buffers is not charged as
+    downloaded, so `Range: bytes=N-` (curl -C -, a browser) still fits the link's one download."""
+    name = f"once{next(_n)}.bin"
+    data = upload(owner, name, 8 * 1024 * 1024)
+    shared = owner.share(name, max_downloads=1)
+    sock = socket.create_connection(("127.0.0.1", cluster.gateway_port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET {path_of(shared['link'])} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    got = b""
+    while len(got) < 300_000:
+        got += sock.recv(65536)
+    sock.close()  # unread data: the kernel resets the connection
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    etag = f'"{hashlib.sha1(data).hexdigest()}"'
+    cluster.wait_for(lambda: state_of(owner, shared["token"])["state"] == "active", "the link still active")
+    response, rest = fetch(
+        cluster, path_of(shared["link"]), {"Range": f"bytes={len(body)}-", "If-Range": etag}
+    )
+    assert response.status == 206 and body + rest == data
+    cluster.wait_for(lambda: state_of(owner, shared["token"])["state"] == "exhausted", "the link used up")
+    assert fetch(cluster, path_of(shared["link"]))[0].status == 410
