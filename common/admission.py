@@ -32,8 +32,11 @@ common.frame_server applies the verdicts to sockets.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import Busy
 from common.limits import PROBATION_REQUESTS
@@ -128,3 +131,49 @@ class Admission:
                 del self._by_address[slot.address]
             if not slot.trusted and not slot.probation:
                 self._ordinary -= 1
+
+
+class AdmissionDoor:
+    """The door of a socketserver: every connection is admitted (:class:`Admission`) before a
+    thread serves it, or closed at once and unanswered; its slot is released when it ends.  Mix it in
+    before ``socketserver.TCPServer`` and call :meth:`open_door` in ``__init__``; the frame server
+    and the HTTP gateway share it."""
+
+    admission: Admission
+    _door_warn: Callable[..., None]
+    _slots: dict[socket.socket, Slot]
+    _slots_lock: threading.Lock
+
+    def open_door(self, admission: Admission, warn: Callable[..., None]) -> None:
+        self.admission = admission
+        self._door_warn = warn
+        self._slots = {}
+        self._slots_lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit a connection or refuse it (closed at once, unanswered)."""
+        try:
+            slot = self.admission.admit(client_key(str(client_address[0])))
+        except Busy as exc:
+            self._door_warn("refusing a connection from %s: %s", client_address[0], exc)
+            return False
+        with self._slots_lock:
+            self._slots[request] = slot
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        """Every admitted connection ends here, whether its thread ran or could not start."""
+        with self._slots_lock:
+            slot = self._slots.pop(request, None)
+        if slot is not None:
+            self.admission.release(slot)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def slot(self, sock: socket.socket) -> Slot:
+        with self._slots_lock:
+            return self._slots[sock]
+
+    def admitted(self) -> list[socket.socket]:
+        """The sockets of the connections admitted and not yet ended."""
+        with self._slots_lock:
+            return list(self._slots)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from common.admission import Admission, Slot, client_key
+from common.admission import Admission, AdmissionDoor, Slot
 from common.budget import ConnectionGate, HeaderBudget
 from common.cluster_auth import ClusterKey
 from common.deadlines import FrameDeadlines
@@ -303,7 +303,7 @@ def _address(get: Callable[[], Any]) -> Address:
         return "", 0
 
 
-class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class FrameServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
@@ -335,9 +335,6 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             min_rate=limits.min_rate,
             idle=limits.idle_timeout,
         )
-        self.admission = Admission(
-            max_connections=limits.max_connections, per_address=limits.per_address, reserved=limits.reserved
-        )
         self.budget = HeaderBudget(
             receive=limits.receive_budget,
             parse=limits.parse_budget,
@@ -348,8 +345,15 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if not self.budget.admits(biggest):
             raise InvalidRequest(f"a header budget that cannot take a header of {biggest} bytes")
         self.warn = RateLimitedLog(log).warning
+        self.open_door(
+            Admission(
+                max_connections=limits.max_connections,
+                per_address=limits.per_address,
+                reserved=limits.reserved,
+            ),
+            self.warn,
+        )
         self._live: set[Connection] = set()
-        self._slots: dict[socket.socket, Slot] = {}
         self._live_lock = threading.Lock()
         super().__init__(address, _FrameHandler)
 
@@ -361,35 +365,12 @@ class FrameServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self._live_lock:
             (self._live.add if alive else self._live.discard)(conn)
 
-    def slot(self, sock: socket.socket) -> Slot:
-        with self._live_lock:
-            return self._slots[sock]
-
     def close_connections(self) -> None:
         """Drop every open connection (used when stopping, so no thread lingers)."""
         with self._live_lock:
             live = list(self._live)
         for conn in live:
             conn.abort()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit a connection (common.admission) or refuse it, closed at once and unanswered."""
-        try:
-            slot = self.admission.admit(client_key(str(client_address[0])))
-        except Busy as exc:
-            self.warn("refusing a connection from %s: %s", client_address[0], exc)
-            return False
-        with self._live_lock:
-            self._slots[request] = slot
-        return True
-
-    def shutdown_request(self, request: Any) -> None:
-        """Every admitted connection ends here, whether its thread ran or could not start."""
-        with self._live_lock:
-            slot = self._slots.pop(request, None)
-        if slot is not None:
-            self.admission.release(slot)
-        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("error on connection from %s", client_address)

@@ -19,12 +19,11 @@ import socket
 import socketserver
 import struct
 import termios
-import threading
 import time
 from typing import Any, Final
 
-from common.admission import Admission, Slot, client_key
-from common.errors import Busy, FileClusterError
+from common.admission import Admission, AdmissionDoor, client_key
+from common.errors import FileClusterError
 from common.messages import MsgType
 from common.ratelog import RateLimitedLog
 from gateway.http import BodyCounter, HttpError, RequestHead, RequestParser, render_head
@@ -156,7 +155,7 @@ def _abort(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class GatewayServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class GatewayServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
@@ -178,37 +177,18 @@ class GatewayServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.head_deadline = head_deadline
         self.check_interval = check_interval
         self.buffers = ChunkBuffers(chunk_buffers)
-        self.admission = Admission(max_connections=max_connections, per_address=per_address, reserved=0)
         self.warn = RateLimitedLog(log).warning
-        self._slots: dict[Any, Slot] = {}
-        self._lock = threading.Lock()
+        self.open_door(
+            Admission(max_connections=max_connections, per_address=per_address, reserved=0), self.warn
+        )
         super().__init__(address, _HttpHandler)
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        try:
-            slot = self.admission.admit(client_key(str(client_address[0])))
-        except Busy as exc:
-            self.warn("refusing a connection from %s: %s", client_address[0], exc)
-            return False
-        with self._lock:
-            self._slots[request] = slot
-        return True
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._lock:
-            slot = self._slots.pop(request, None)
-        if slot is not None:
-            self.admission.release(slot)
-        super().shutdown_request(request)
-
     def close_connections(self) -> None:
-        with self._lock:
-            live = list(self._slots)
-        for sock in live:
+        for sock in self.admitted():
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
