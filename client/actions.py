@@ -48,6 +48,12 @@ class Sink:
         if self.json:
             print(json.dumps(document, ensure_ascii=False, indent=2))
 
+    def note(self, text: str) -> None:
+        """A remark for a person that is not the result, on stderr (so ``$(filecluster share …)``
+        captures the link alone); nothing in JSON mode."""
+        if not self.json:
+            print(text, file=sys.stderr)
+
     def error(self, text: str) -> None:
         print(f"error: {text}", file=sys.stderr)
 
@@ -273,7 +279,7 @@ def share(
     if reply.get("max_downloads"):
         limits.append(f"at most {output.plural(reply['max_downloads'], 'download')}")
     if limits:
-        out.say("(" + ", ".join(limits) + ")")
+        out.note("(" + ", ".join(limits) + ")")
     out.emit({"name": name, **reply})
     return 0
 

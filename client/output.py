@@ -193,8 +193,9 @@ def _downloads(link: dict[str, Any]) -> str:
 
 
 def links_table(rows: list[dict[str, Any]], width: int = 80) -> str:
-    """The LINKS table: name, link, created, expires, downloads (``3/10``), state, in ``width``
-    columns (the name and the link are shortened; ``--json`` has them whole)."""
+    """The LINKS table: name, link, created, expires, downloads (``3/10``), state.  Links are shown
+    whole, to be copied (to open, or to ``unshare``); the name is shortened so a row fits ``width``
+    columns where the link leaves room."""
     table = []
     for r in rows:
         expires = r.get("expires")
@@ -209,12 +210,10 @@ def links_table(rows: list[dict[str, Any]], width: int = 80) -> str:
             ]
         )
     fixed = 10 + 16 + 9 + 9 + 5 * 2  # created, expires, downloads, state, and the gaps
-    room = max(20, width - fixed)
-    name_w = min(max((display_width(t[0]) for t in table), default=4), max(8, room // 3))
-    link_w = max(12, room - name_w)
+    link_w = max((display_width(t[1]) for t in table), default=4)
+    name_w = max(12, width - fixed - link_w)
     for t in table:
         t[0] = shorten(t[0], name_w)
-        t[1] = shorten(t[1], link_w)
     headers = ["name", "link", "created", "expires", "downloads", "state"]
     return str(tabulate(table, headers=headers, tablefmt="plain", disable_numparse=True))
 
