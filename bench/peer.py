@@ -564,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     procs = Processes()
     try:
         weed = args.weed.resolve() if args.weed else install_weed(args.peer_dir.resolve(), args.python)
