@@ -23,7 +23,9 @@ Every round (``--rounds``, default 3) writes fresh random data (one ``--size-mib
    ``weed download -master=M -dir=OUT FID1 ... FIDn``.
 
 Every client is a whole process, timed by wall clock from spawn to exit, its peak RSS from
-``os.wait4``; ``os.sync()`` runs before each.  Every download is checked byte for byte (SHA-1)
+``os.wait4``; before each, a child process touches and frees twice the big file's size of memory
+(``prefault``: on this VM, fresh memory is slow to fault in, and whichever command ran right after
+a deletion got warm pages) and ``os.sync()`` runs.  Every download is checked byte for byte (SHA-1)
 against what was uploaded, or the run fails.  Each workload's figure per system is the median over
 the rounds, and its ratio (filecluster speed / SeaweedFS speed) the median of the per-round ratios.
 Daemon peak RSS is ``VmHWM`` from ``/proc/PID/status``, read just before the daemons are stopped.
@@ -270,6 +272,17 @@ class Results:
     weed_version: str = ""
 
 
+def prefault(size: int) -> None:
+    """Touch ``size`` bytes of memory and free them, so the next command's page cache comes warm.
+
+    On this VM memory the guest has not touched recently costs microseconds a page to fault in
+    (bench/README.md): writing 1 GiB of page cache took 1 s or 3.3 s depending on whether the
+    previous command's output had just been deleted, which favoured whichever system went second.
+    """
+    # in a child: ``wait4``'s peak RSS of later children would include this process's ballast
+    subprocess.run([sys.executable, "-c", f"bytearray({size})"], check=True)  # zero-filled: touched
+
+
 def make_small_files(folder: Path, count: int) -> dict[str, str]:
     folder.mkdir(parents=True)
     sums = {}
@@ -320,6 +333,7 @@ def run(args: argparse.Namespace, work: Path, procs: Processes, weed: Path) -> R
         }
 
         def timed(name: str, command: list[str], environment: dict[str, str]) -> Timed:
+            prefault(args.size_mib * MIB * 2)
             os.sync()
             return run_timed(procs, command, environment, work, logs / name, args.timeout)
 
