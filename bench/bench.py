@@ -704,9 +704,8 @@ def work_folder(requested: Path | None, keep: bool) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--size-mib", type=int, default=1024, help="test file size in MiB (default 1024)")
+def add_run_options(parser: argparse.ArgumentParser, python_for: str) -> None:
+    """The options every benchmark here takes: --workdir, --keep, --json, --timeout, --python."""
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -716,17 +715,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (data, logs)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
     parser.add_argument(
-        "--copy-runs", type=int, default=3, help="socket copies to make; the fastest is the limit (default 3)"
+        "--timeout", type=float, default=900.0, help="seconds any one client command may take (default 900)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0, help="seconds any one client command may take (default 900)"
+        "--python", default=sys.executable, help=f"interpreter for {python_for} (default: this one)"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="test file size in MiB (default 1024)")
+    parser.add_argument(
+        "--copy-runs", type=int, default=3, help="socket copies to make; the fastest is the limit (default 3)"
     )
     parser.add_argument(
         "--no-http", dest="http", action="store_false", help="skip the download over HTTP (the gateway)"
     )
-    parser.add_argument(
-        "--python", default=sys.executable, help="interpreter for every child process (default: this one)"
-    )
+    add_run_options(parser, "every child process")
     args = parser.parse_args(argv)
     if args.size_mib < 1:
         parser.error("--size-mib must be at least 1")

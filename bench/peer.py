@@ -67,6 +67,7 @@ from bench import (
     Cluster,
     Processes,
     Timed,
+    add_run_options,
     child_env,
     file_sha1,
     log,
@@ -550,20 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--weed", type=Path, default=None, help="use this weed binary instead of the one in --peer-dir"
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="work folder, empty or new (default: a fresh temp folder under /tmp)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (data, logs)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
-    parser.add_argument(
-        "--timeout", type=float, default=900.0, help="seconds any one client command may take (default 900)"
-    )
-    parser.add_argument(
-        "--python", default=sys.executable, help="interpreter for filecluster's processes (default: this one)"
-    )
+    add_run_options(parser, "filecluster's processes")
     args = parser.parse_args(argv)
     for option in ("size_mib", "small_count", "rounds"):
         if getattr(args, option) < 1:

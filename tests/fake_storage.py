@@ -8,12 +8,16 @@ import contextlib
 import hashlib
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from common.cluster_auth import ClusterKey
 from common.errors import FileClusterError, Forbidden, NotFound, RemoteProtocolError
+from common.frame_server import serve_in_thread
 from common.messages import MsgType
 from common.transport import Connection
+from servers.memory_store import MemoryChunkStore
+from servers.storage_server import StorageService, make_storage_server
 
 
 class FakeStorage:
@@ -140,3 +144,23 @@ class FakeProxy:
     def sent(self, msg_type: MsgType) -> list[dict[str, Any]]:
         with self._lock:
             return [header for t, header in self.calls if t == msg_type]
+
+
+@contextlib.contextmanager
+def memory_storage_servers(
+    key: ClusterKey, chunks: dict[str, bytes], ids: tuple[int, ...] = (1, 2)
+) -> Iterator[dict[int, int]]:
+    """Real storage servers (in-process, real sockets, chunks in memory), each holding ``chunks``:
+    server id -> port.  Stopped on the way out."""
+    running = []
+    try:
+        for i in ids:
+            store = MemoryChunkStore()
+            store.chunks.update(chunks)
+            server = make_storage_server(StorageService(i, store, key), ("127.0.0.1", 0))
+            serve_in_thread(server, f"storage-{i}")
+            running.append(server)
+        yield {i: server.port for i, server in zip(ids, running, strict=True)}
+    finally:
+        for server in running:
+            server.stop()

@@ -9,14 +9,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from client import cli
 from client.output import display_width, human_size
 from tests.cluster import CHUNK, Cluster
-from tests.conftest import PASSWORD
+from tests.inprocess import Cli, in_process_cli
 
 _n = itertools.count(1)
 
@@ -31,36 +29,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.stop()
 
 
-class Cli:
-    """`filecluster ARGS` in this process, as one user (FILECLUSTER_HOME of its own)."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], home: Path) -> None:
-        self.capsys = capsys
-        self.home = home
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:  # usage errors
-            code = int(exc.code or 0)
-        out, err = self.capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
-    def json(self, *args: str) -> Any:
-        code, out, err = self("--json", *args)
-        assert code == 0, err
-        return json.loads(out)
-
-
 @pytest.fixture
 def run(cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    home = cluster.new_home()
-    monkeypatch.setenv("FILECLUSTER_PROXY", cluster.proxy_addr)
-    monkeypatch.setenv("FILECLUSTER_HOME", str(home))
-    monkeypatch.setenv("FILECLUSTER_PASSWORD", PASSWORD)
-    monkeypatch.delenv("COLUMNS", raising=False)
-    return Cli(capsys, home)
+    return in_process_cli(cluster, capsys, monkeypatch)
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from client import cli
 from tests.cluster import Cluster
-from tests.conftest import PASSWORD
+from tests.inprocess import in_process_cli
 
 _n = itertools.count(1)
 
@@ -34,20 +33,7 @@ def run(
     cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     """`filecluster ARGS` in this process, as a new logged-in user: (exit status, stdout, stderr)."""
-    monkeypatch.setenv("FILECLUSTER_PROXY", cluster.proxy_addr)
-    monkeypatch.setenv("FILECLUSTER_HOME", str(cluster.new_home()))
-    monkeypatch.setenv("FILECLUSTER_PASSWORD", PASSWORD)
-    monkeypatch.setenv("COLUMNS", "80")
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
+    run = in_process_cli(cluster, capsys, monkeypatch, columns=80)
     assert run("register", f"tree{next(_n)}")[0] == 0
     yield run
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from client import cli
 from client.api import Client
 from common.errors import AuthError, Gone, InvalidRequest, NotFound, Throttled
 from common.messages import MsgType
 from common.transport import Connection
 from tests.cluster import CHUNK, Cluster
-from tests.conftest import PASSWORD, new_user
+from tests.conftest import new_user
+from tests.inprocess import in_process_cli
 
 SIZE = CHUNK + CHUNK // 2  # two chunks
 _n = itertools.count(1)
@@ -190,20 +190,8 @@ def test_folder_links(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
 def test_share_links_unshare_commands(
     cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = cluster.new_home()
-    monkeypatch.setenv("FILECLUSTER_PROXY", cluster.proxy_addr)
-    monkeypatch.setenv("FILECLUSTER_HOME", str(home))
-    monkeypatch.setenv("FILECLUSTER_PASSWORD", PASSWORD)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
+    run = in_process_cli(cluster, capsys, monkeypatch)
+    home = run.home
     user = f"cmd{next(_n)}"
     assert run("register", user)[0] == 0 and run("login", user)[0] == 0
     (home / "n.txt").write_text("hi")

@@ -14,7 +14,7 @@ import pytest
 
 from common.cluster_auth import ClusterKey
 from common.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
-from common.frame_server import Request, dispatch, serve_in_thread
+from common.frame_server import Request, dispatch
 from common.hashing import proof_digest
 from common.messages import MsgType
 from proxy.auth import token_hash
@@ -24,8 +24,7 @@ from proxy.registry import Registry
 from proxy.service import ProxyConfig, ProxyService
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
-from servers.memory_store import MemoryChunkStore
-from servers.storage_server import StorageService, make_storage_server
+from tests.fake_storage import memory_storage_servers
 
 CHUNK = 64 * 1024
 DATA = b"v" * 1000
@@ -37,18 +36,8 @@ KEY = ClusterKey(b"\x07" * 32)
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[int, int]]:
     """Two storage servers (in-process, real sockets) that each hold DATA: id -> port."""
-    running = []
-    try:
-        for i in (1, 2):
-            store = MemoryChunkStore()
-            store.chunks[ID] = DATA
-            server = make_storage_server(StorageService(i, store, KEY), ("127.0.0.1", 0))
-            serve_in_thread(server, f"storage-{i}")
-            running.append(server)
-        yield {i: server.port for i, server in enumerate(running, 1)}
-    finally:
-        for server in running:
-            server.stop()
+    with memory_storage_servers(KEY, {ID: DATA}) as ports:
+        yield ports
 
 
 @pytest.fixture

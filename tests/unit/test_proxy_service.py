@@ -20,7 +20,7 @@ from common.errors import (
     ProtocolError,
     Throttled,
 )
-from common.frame_server import Request, dispatch, serve_in_thread
+from common.frame_server import Request, dispatch
 from common.hashing import EMPTY_SHA1, proof_digest
 from common.limits import MAX_CHUNKS_PER_FILE
 from common.messages import MsgType
@@ -31,8 +31,7 @@ from proxy.registry import Registry
 from proxy.service import REPORTS_FREE, ProxyConfig, ProxyService
 from proxy.storage_client import StorageClient
 from proxy.uploads import Uploads
-from servers.memory_store import MemoryChunkStore
-from servers.storage_server import StorageService, make_storage_server
+from tests.fake_storage import memory_storage_servers
 
 CHUNK = 64 * 1024
 DATA = b"x" * 1000
@@ -46,18 +45,8 @@ KEY = ClusterKey(b"\x05" * 32)
 @pytest.fixture
 def servers() -> Iterator[dict[int, int]]:
     """Storage servers 1 and 2 (in-process, real sockets), each holding a copy of DATA: id -> port."""
-    running = []
-    try:
-        for i in (1, 2):
-            store = MemoryChunkStore()
-            store.chunks[ID] = DATA
-            server = make_storage_server(StorageService(i, store, KEY), ("127.0.0.1", 0))
-            serve_in_thread(server, f"storage-{i}")
-            running.append(server)
-        yield {i: server.port for i, server in enumerate(running, 1)}
-    finally:
-        for server in running:
-            server.stop()
+    with memory_storage_servers(KEY, {ID: DATA}) as ports:
+        yield ports
 
 
 @pytest.fixture
