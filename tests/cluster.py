@@ -212,8 +212,19 @@ class Cluster:
         )
 
     def start_server(self, i: int) -> None:
+        """Start storage server i: on its old port when it comes back, unless something else took
+        that port meanwhile (tests run in parallel): then on a new one, as a moved server would."""
         log = self.root / f"server{i}.log"
         before = log.read_text().count("registered with") if log.exists() else 0
+        try:
+            self._start_server(i, self.server_ports.get(i, 0))
+        except RuntimeError:
+            if not self.server_ports.get(i) or "Address already in use" not in log.read_text():
+                raise
+            self._start_server(i, 0)
+        self.wait_for(lambda: log.read_text().count("registered with") > before, f"server {i} to register")
+
+    def _start_server(self, i: int, port: int) -> None:
         self.servers[i], self.server_ports[i] = self._spawn(
             f"server{i}",
             [
@@ -221,7 +232,7 @@ class Cluster:
                 "--id",
                 str(i),
                 "--port",
-                str(self.server_ports.get(i, 0)),
+                str(port),
                 "--data",
                 str(self.root / f"server{i}"),
                 "--proxy",
@@ -232,7 +243,6 @@ class Cluster:
                 *self.server_args,
             ],
         )
-        self.wait_for(lambda: log.read_text().count("registered with") > before, f"server {i} to register")
 
     def start_gateway(self) -> None:
         """filecluster-gateway for this proxy; returns once the proxy has heard its GATEWAY_HELLO
