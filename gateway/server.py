@@ -39,6 +39,8 @@ HEAD_DEADLINE: Final = 10.0  # seconds for a whole request head, from the connec
 SEND_TIMEOUT: Final = 60.0  # a client that takes no bytes for this long is dropped
 CHUNK_BUFFERS: Final = 16  # chunk buffers held at once by every stream together
 READ_SIZE: Final = 4096
+LINGER_SECONDS: Final = 1.0  # after the response, how long unread input is drained before closing
+LINGER_BYTES: Final = 256 * 1024  # and at most how much of it
 
 
 class _ClientGone(Exception):
@@ -142,10 +144,20 @@ class _HttpHandler(socketserver.BaseRequestHandler):
 
 
 def _finish(sock: socket.socket) -> None:
-    """Close gracefully: say we are done writing, so what the client still sends causes no reset
-    that could cut the response short."""
+    """Close gracefully (a lingering close, as Apache does): say we are done writing, then read
+    and drop what the client still sends (a head refused as too large, say) until it closes too,
+    for at most LINGER_SECONDS and LINGER_BYTES.  Closing with unread input would reset the
+    connection, and a reset can destroy the response before the client has read it."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(READ_SIZE)
+            if not data:
+                return
+            drained += len(data)
 
 
 def _abort(sock: socket.socket) -> None:

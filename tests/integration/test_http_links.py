@@ -8,6 +8,7 @@ deletion as an HTTP client sees them, throttling by the client's own address, an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import http.client
@@ -345,7 +346,10 @@ def raw(c: Cluster, data: bytes) -> bytes:
         s.settimeout(15)
         try:
             s.sendall(data)
-            s.shutdown(socket.SHUT_WR)  # nothing more comes: no head deadline to wait for
+            # nothing more comes: no head deadline to wait for (the gateway may have answered and
+            # closed already, refusing a head too large: then there is nothing left to shut down)
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_WR)
             answer = b""
             while piece := s.recv(65536):
                 answer += piece
