@@ -45,7 +45,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
-from common.atomic import PRIVATE_DIR, PRIVATE_FILE, fsync_dir, make_private_dir, open_private, tighten
+from common.atomic import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    fsync_dir,
+    make_private_dir,
+    open_private,
+    start_writeback,
+    tighten,
+)
 from common.errors import CorruptData, InsufficientStorage, InvalidRequest, NotFound, StorageIOError
 from common.hashing import check_chunk_id
 
@@ -54,6 +62,7 @@ log = logging.getLogger(__name__)
 TMP_DIR = "tmp"
 QUARANTINE_DIR = "quarantine"
 READ_PIECE = 1024 * 1024  # verify() reads and paces this much at a time
+WRITEBACK_STEP = 1024 * 1024  # a writer starts the disk writing every this many bytes (start_writeback)
 VERIFIED_XATTR = "user.filecluster.verified"  # "<unix time> <st_mtime_ns>" of the last full check
 
 Verdict = Literal["good", "bad", "missing"]
@@ -363,6 +372,7 @@ class _DiskWriter:
         self.chunk_id = chunk_id
         self.size = size
         self.written = 0
+        self.flushed = 0  # bytes whose writeback has been started (start_writeback)
         self.hash = hashlib.sha256()
         self.tmp_path = store.tmp / f"{chunk_id}.{uuid.uuid4().hex}"
         try:
@@ -378,6 +388,10 @@ class _DiskWriter:
         assert self.file is not None
         try:
             self.file.write(data)
+            if self.written - self.flushed >= WRITEBACK_STEP:
+                self.file.flush()
+                start_writeback(self.file.fileno(), self.flushed, self.written - self.flushed)
+                self.flushed = self.written
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
 

@@ -1,8 +1,9 @@
 """The storage server's request handlers: put, get, has, delete chunks.
 
 PUT_CHUNK is where replication happens.  The header names the servers that
-must also keep the chunk (``forward``, in order).  The server opens a
-connection to the first of them, passes the rest along, and streams every
+must also keep the chunk (``forward``, in order).  The server takes a
+connection to the first of them (servers.downstream keeps them for reuse),
+passes the rest along, and streams every
 payload piece both into its own :class:`ChunkWriter` and downstream, so the
 client sends a chunk's bytes once whatever the replica count.  It answers OK
 only once its own copy is verified and on disk and the downstream server
@@ -53,6 +54,7 @@ from common.limits import (
 from common.messages import Auth, MsgType
 from common.transport import Connection
 from servers.chunk_store import ChunkStore
+from servers.downstream import DownstreamPool
 from servers.memory_store import MemoryChunkStore
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class StorageService:
         self.store = store
         self.key = key  # checks the proxy's tickets and signed requests; signs nothing itself
         self.max_chunk = max_chunk
+        self.downstream = DownstreamPool(FORWARD_TIMEOUT)  # connections to the next servers of chains
 
     def handlers(self) -> Mapping[MsgType, Handler]:
         return {
@@ -168,6 +171,7 @@ class StorageService:
                     try:
                         downstream.send_piece(piece)
                     except FileClusterError as exc:
+                        downstream.close()
                         down_error, downstream = exc, None
             if writer is not None and local_error is None:
                 try:
@@ -188,9 +192,9 @@ class StorageService:
                 answer = downstream.read_reply(MsgType.PUT_CHUNK)
                 stored += answer.get("stored", [])
                 receipts += answer.get("receipts", [])
+                self.downstream.put_back(forward[0]["host"], forward[0]["port"], downstream)
             except FileClusterError as exc:
                 down_error = exc
-            finally:
                 downstream.close()
         if local_error is not None:
             raise local_error
@@ -212,9 +216,7 @@ class StorageService:
             return None, None
         target = forward[0]
         try:
-            downstream = Connection.connect(
-                target["host"], target["port"], timeout=FORWARD_TIMEOUT, what=f"storage server {target['id']}"
-            )
+            downstream = self.downstream.get(target["host"], target["port"], f"storage server {target['id']}")
             downstream.send_head(MsgType.PUT_CHUNK, {"id": chunk_id, "size": size, "ticket": ticket}, size)
         except FileClusterError as exc:
             return None, exc

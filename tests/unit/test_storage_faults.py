@@ -39,7 +39,7 @@ from common.frame_server import FrameServer, serve_in_thread
 from common.messages import Message, MsgType
 from common.protocol import FrameDecoder, PayloadData
 from common.transport import RECV_SIZE, Connection
-from servers import chunk_store
+from servers import chunk_store, downstream
 from servers.chunk_store import ChunkStore
 from servers.storage_server import StorageService, make_storage_server
 
@@ -436,3 +436,68 @@ def test_a_source_that_shrinks_mid_send_leaves_nothing_on_the_server(
         assert ping(again)["chunks"] == 0
         assert put(again, DATA) == [1]
     assert node.holds(ID, DATA)
+
+
+# -- the connection to the next server of a chain, kept for reuse (servers.downstream) -------------
+
+
+def _count_connects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ports of every connection opened from now on (the test's own to the head as well)."""
+    opened: list[int] = []
+    real = Connection.connect.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Connection], host: str, port: int, **kwargs: Any) -> Connection:
+        opened.append(port)
+        conn: Connection = real(cls, host, port, **kwargs)
+        return conn
+
+    monkeypatch.setattr(downstream.Connection, "connect", classmethod(counting))
+    return opened
+
+
+def test_a_chain_reuses_its_connection_to_the_replica(
+    start: Callable[[int], Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head, replica = start(1), start(2)
+    opened = _count_connects(monkeypatch)
+    chunks = [os.urandom(1000 + i) for i in range(5)]
+    with head.connect() as conn:
+        for data in chunks:
+            assert put(conn, data, [replica.ref]) == [1, 2]
+    assert opened.count(replica.server.port) == 1  # one connection carried all five chunks
+    assert all(replica.holds(hashlib.sha256(d).hexdigest(), d) for d in chunks)
+
+
+def test_a_replica_restarted_between_chunks_still_gets_the_next_one(
+    start: Callable[[int], Node], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    head, replica = start(1), start(2)
+    opened = _count_connects(monkeypatch)
+    first, second = os.urandom(3000), os.urandom(4000)
+    with head.connect() as conn:
+        assert put(conn, first, [replica.ref]) == [1, 2]
+        port = replica.server.port
+        replica.server.stop()  # the pooled connection is now closed by its far end
+        again = make_storage_server(StorageService(2, replica.store, KEY), ("127.0.0.1", port))
+        serve_in_thread(again, "storage-2-again")
+        try:
+            assert put(conn, second, [replica.ref]) == [1, 2]  # not a replication failure
+        finally:
+            again.stop()
+    assert opened.count(port) == 2  # the dead connection was dropped, a new one opened
+    assert replica.holds(hashlib.sha256(second).hexdigest(), second)
+
+
+def test_a_replica_error_leaves_no_pooled_connection_behind(
+    start: Callable[[int], Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head, replica = start(1), start(2)
+    opened = _count_connects(monkeypatch)
+    DiskFault(monkeypatch, replica.store.root, "write", errno.ENOSPC)
+    with head.connect() as conn:
+        with pytest.raises(ReplicationFailed):
+            put(conn, DATA, [replica.ref])
+        small = os.urandom(2000)  # below the fault's threshold: the replica stores it...
+        assert put(conn, small, [replica.ref]) == [1, 2]
+    # ...on a fresh connection: one whose exchange failed is never reused
+    assert opened.count(replica.server.port) == 2
