@@ -39,7 +39,7 @@ from common.frame_server import FrameServer, serve_in_thread
 from common.messages import Message, MsgType
 from common.protocol import FrameDecoder, PayloadData
 from common.transport import RECV_SIZE, Connection
-from servers import chunk_store, downstream
+from servers import chunk_store
 from servers.chunk_store import ChunkStore
 from servers.storage_server import StorageService, make_storage_server
 
@@ -446,12 +446,12 @@ def _count_connects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     opened: list[int] = []
     real = Connection.connect.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[Connection], host: str, port: int, **kwargs: Any) -> Connection:
+    def counting(cls: type[Connection], /, host: str, port: int, **kwargs: Any) -> Connection:
         opened.append(port)
         conn: Connection = real(cls, host, port, **kwargs)
         return conn
 
-    monkeypatch.setattr(downstream.Connection, "connect", classmethod(counting))
+    monkeypatch.setattr(Connection, "connect", classmethod(counting))
     return opened
 
 
