@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from client import output
 from client.api import Client, is_link
+from client.batch import Wanted, download_many
 from client.download import DownloadResult
 from client.expiry import parse_expires
 from client.listing import folder_of, under, view
@@ -365,6 +367,10 @@ def download(
     tally.count = len(plan) + len(tally.failed)
     alone = tally.count == 1 and bool(plan)
     with out.overall(len(plan), sum(d.size or 0 for d in plan)) as overall:
+        by_name = [d for d in plan if not is_link(d.target)] if version is None and c.proxy.token else []
+        if len(by_name) > 1:  # your own files, many: all at once (client.batch)
+            _download_together(c, out, by_name, out_dir, tally, overall)
+            plan = [d for d in plan if is_link(d.target)]
         for item in plan:
             overall.start(item.size)
             label = (item.save_as or item.target).rsplit("/", 1)[-1]
@@ -381,18 +387,45 @@ def download(
                 continue
             finally:
                 overall.finish()
-            out.say(download_line(r, item.save_as))
-            tally.done.append(
-                {
-                    "name": r.name,
-                    "path": str(r.path),
-                    "size": r.size,
-                    "sha1": r.sha1,
-                    "fetched": r.fetched,
-                    "resumed": r.resumed,
-                }
-            )
+            _downloaded(out, tally, r, item.save_as)
     return tally.finish("downloaded")
+
+
+def _downloaded(out: Sink, tally: Tally, r: DownloadResult, save_as: str | None) -> None:
+    out.say(download_line(r, save_as))
+    tally.done.append(
+        {
+            "name": r.name,
+            "path": str(r.path),
+            "size": r.size,
+            "sha1": r.sha1,
+            "fetched": r.fetched,
+            "resumed": r.resumed,
+        }
+    )
+
+
+def _download_together(
+    c: Client, out: Sink, plan: list[_Download], out_dir: Path, tally: Tally, overall: output.OverallBar
+) -> None:
+    """Your own files, many at once (client.batch); each reported in the plan's order at the end."""
+    results: dict[Wanted, DownloadResult | FileClusterError] = {}
+    lock = threading.Lock()
+
+    def outcome(item: Wanted, result: DownloadResult | FileClusterError) -> None:
+        with lock:
+            results[item] = result
+            overall.start(result.size if isinstance(result, DownloadResult) else 0)
+            overall.finish()
+
+    wanted = [Wanted(d.target, d.save_as) for d in plan]
+    download_many(c.proxy, wanted, out_dir, outcome)
+    for item in wanted:
+        result = results[item]
+        if isinstance(result, FileClusterError):
+            tally.fail(item.name, _folder_hint(c, item.name, result, "download -r"), "target")
+        else:
+            _downloaded(out, tally, result, item.save_as)
 
 
 def _folder_hint(c: Client, name: str, exc: FileClusterError, command: str) -> FileClusterError:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from client.destination import candidates, destination, link_into_place
+from client.flusher import Flusher
 from client.partial import (
     PARTIAL_DIR,
     STALE_PART_SECONDS,
@@ -70,6 +71,7 @@ from common.messages import MsgType
 from common.names import check_file_name
 
 Progress = Callable[[str, int, int], None]
+WINDOW = 2 * PARALLEL_TRANSFERS  # chunks fetched ahead of the whole file's hashing, at most
 __all__ = ["PARTIAL_DIR", "STALE_PART_SECONDS", "DownloadResult", "download", "file_sha1"]
 
 
@@ -99,6 +101,8 @@ def download(
     proxy: ProxyCaller | None = None,
     *,
     save_as: str | None = None,
+    pool: ConnectionPool | None = None,
+    release: Callable[[str], None] | None = None,
 ) -> DownloadResult:
     """Fetch the file described by a LOCATE reply into ``out_dir`` (as ``save_as``, a path relative
     to it; default: the base name of the file's name).
@@ -110,12 +114,16 @@ def download(
     (REPORT_BAD) after the download, quietly: the user hears only if no copy of a chunk was good.
     ``relocate`` repeats the original LOCATE, for fresh tickets from a proxy that gives no lease.
     The whole download must end within common.config.transfer_deadline of the file's size.
-    An interrupted download keeps its partial file, and the next one to the same place resumes it."""
-    tickets = Tickets(info, relocate, proxy)
+    An interrupted download keeps its partial file, and the next one to the same place resumes it.
+
+    Many downloads at once (client.batch) share one ``pool`` of connections (each thread its own)
+    and hand their lease to ``release`` instead of sending RELEASE, so that one RELEASE_MANY ends
+    many leases."""
+    tickets = Tickets(info, relocate, proxy, release)
     reports = _Reports()
     interrupted = True
     try:
-        result = _download(info, Path(out_dir), progress, tickets, reports, save_as)
+        result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool)
         interrupted = False
         return result
     except Exception:
@@ -134,6 +142,7 @@ def _download(
     tickets: Tickets,
     reports: _Reports,
     save_as: str | None,
+    pool: ConnectionPool | None = None,
 ) -> DownloadResult:
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
@@ -156,8 +165,14 @@ def _download(
         os.ftruncate(partial.fd, size)
         have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
         resumed = sum(int(chunks[i]["size"]) for i in have)
-        transfer = _Transfer(partial.fd, tickets, _Trouble(), reports)
-        _fetch_all(transfer, chunks, offsets, sha1, progress, deadline, have)
+        transfer = _Transfer(
+            partial.fd, tickets, _Trouble(), reports, pool or ConnectionPool(read_timeout(READ_TIMEOUT))
+        )
+        try:
+            _fetch_all(transfer, chunks, offsets, sha1, progress, deadline, have)
+        finally:
+            if pool is None:
+                transfer.pool.close()
         os.fsync(partial.fd)
         final = link_into_place(partial.path, folder, file_name)
         keep = False  # linked into place: the partial's name goes (the file keeps the other)
@@ -192,7 +207,8 @@ class _Transfer:
     tickets: Tickets
     trouble: _Trouble
     reports: _Reports
-    pool: ConnectionPool = field(default_factory=lambda: ConnectionPool(read_timeout(READ_TIMEOUT)))
+    pool: ConnectionPool
+    stopped: threading.Event = field(default_factory=threading.Event)  # the deadline passed
 
 
 def _fetch_all(
@@ -219,26 +235,75 @@ def _fetch_all(
                 progress("receiving", done, size)
 
     whole = hashlib.sha1()
-    pool = transfer.pool
-    with pool, ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers:
-        futures: dict[int, Future[None]] = {}
+    missing = [i for i in range(len(chunks)) if i not in have]
+    if len(missing) == 1 and len(chunks) == 1:  # a small file: no thread pool to start
+        _fetch_alone(transfer, chunks[0], deadline, on_bytes)
+        _hash_region(transfer.fd, 0, int(chunks[0]["size"]), whole)
+    else:
+        _fetch_in_window(transfer, chunks, offsets, missing, deadline, on_bytes, whole)
+    if whole.hexdigest() != sha1:
+        raise CorruptData("the downloaded file does not match its SHA-1; nothing was saved")
+
+
+def _fetch_alone(
+    transfer: _Transfer, chunk: dict[str, Any], deadline: Deadline, on_bytes: Callable[[int], None]
+) -> None:
+    """The one chunk of a small file, in this thread; at the deadline this thread's connections are
+    broken (only those: the pool may serve other downloads too) and no other copy is tried."""
+    mine = transfer.pool.this_thread()
+
+    def stop() -> None:
+        transfer.stopped.set()
+        mine.abort()
+
+    timer = threading.Timer(deadline.left(), stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        _fetch_chunk(transfer, chunk, 0, 0, on_bytes)
+    except (FileClusterError, OSError):
+        if transfer.stopped.is_set():
+            raise deadline.missed() from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _fetch_in_window(
+    transfer: _Transfer,
+    chunks: list[dict[str, Any]],
+    offsets: list[int],
+    missing: list[int],
+    deadline: Deadline,
+    on_bytes: Callable[[int], None],
+    whole: Any,
+) -> None:
+    """Fetch the ``missing`` chunks in PARALLEL_TRANSFERS threads while this one hashes the whole
+    file in order.  The threads run at most WINDOW chunks ahead of the hashing, so on a busy machine
+    the hashing keeps its share of the CPU and finishes with the transfer, not long after it; the
+    flusher writes what was hashed to disk meanwhile, so the final fsync has little left to do."""
+    futures: dict[int, Future[None]] = {}
+    upcoming = iter(missing)
+    following = next(upcoming, None)
+    with ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers, Flusher(transfer.fd) as flusher:
         try:
             for i, chunk in enumerate(chunks):
-                if i not in have:
-                    futures[i] = workers.submit(_fetch_chunk, transfer, chunk, i, offsets[i], on_bytes)
-            for i, chunk in enumerate(chunks):
+                while following is not None and following < i + WINDOW:
+                    futures[following] = workers.submit(
+                        _fetch_chunk, transfer, chunks[following], following, offsets[following], on_bytes
+                    )
+                    following = next(upcoming, None)
                 if i in futures:
-                    futures[i].result(timeout=deadline.left())
+                    futures.pop(i).result(timeout=deadline.left())
                 _hash_region(transfer.fd, offsets[i], int(chunk["size"]), whole)
+                flusher.wrote(int(chunk["size"]))
         except BaseException as exc:  # a failed chunk, the deadline, Ctrl-C or SIGTERM: break all
             for future in futures.values():
                 future.cancel()
-            pool.abort()
+            transfer.pool.abort()
             if isinstance(exc, FutureTimeout):
                 raise deadline.missed() from None
             raise
-    if whole.hexdigest() != sha1:
-        raise CorruptData("the downloaded file does not match its SHA-1; nothing was saved")
 
 
 def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
@@ -261,10 +326,12 @@ class Tickets:
         info: dict[str, Any],
         relocate: Callable[[], dict[str, Any]] | None,
         proxy: ProxyCaller | None = None,
+        on_release: Callable[[str], None] | None = None,
     ) -> None:
         self._info = info
         self._relocate = relocate
         self._proxy = proxy
+        self._on_release = on_release  # takes the lease instead of a RELEASE now (client.batch)
         self._lock = threading.Lock()
 
     def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
@@ -319,7 +386,9 @@ class Tickets:
         """End the lease, if there is one: the proxy may then free chunks the file no longer uses."""
         with self._lock:
             lease = self._lease()
-        if lease is not None:
+        if lease is not None and self._on_release is not None:
+            self._on_release(lease)
+        elif lease is not None:
             self.tell(MsgType.RELEASE, {"lease": lease})
 
 
@@ -398,6 +467,8 @@ def _fetch_chunk(
         exp, sources = transfer.tickets.sources(index)
         expired = False
         for server, ticket in transfer.trouble.order(index, sources):
+            if transfer.stopped.is_set():
+                raise Unavailable("the download was stopped")
             try:
                 _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, on_bytes)
                 return

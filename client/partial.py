@@ -83,12 +83,17 @@ def partial_dir(folder: Path) -> Path:
     """The hidden folder for ``folder``'s partials: made 0700 if missing; it must be a real folder
     of ours (not a symlink someone planted)."""
     hidden = folder / PARTIAL_DIR
-    try:
-        with contextlib.suppress(FileExistsError):
-            hidden.mkdir(mode=0o700)
-        info = os.lstat(hidden)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write in {folder}: {exc.strerror}") from None
+    for attempt in range(5):
+        try:
+            with contextlib.suppress(FileExistsError):
+                hidden.mkdir(mode=0o700)
+            info = os.lstat(hidden)
+            break
+        except FileNotFoundError as exc:  # another download into this folder removed it, empty
+            if attempt == 4:
+                raise InvalidRequest(f"cannot write in {folder}: {exc.strerror}") from None
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write in {folder}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise InvalidRequest(f"{hidden} is not a folder of yours; move it away and try again")
     if info.st_mode & 0o077:

@@ -80,6 +80,11 @@ class ConnectionPool:
                 raise ConnectionLost("the transfer was cancelled")
         return conn
 
+    def this_thread(self) -> _ThreadConnections:
+        """The calling thread's connections, to break from another thread (a deadline's timer)."""
+        conns: dict[tuple[str, int], Connection] = self._local.__dict__.setdefault("conns", {})
+        return _ThreadConnections(conns)
+
     def abort(self) -> None:
         """Break every connection at once (from any thread), so transfers in flight stop now, and
         refuse new ones: a download would otherwise try a chunk's next copy on a fresh connection."""
@@ -100,3 +105,13 @@ class ConnectionPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _ThreadConnections:
+    conns: dict[tuple[str, int], Connection]
+
+    def abort(self) -> None:
+        """Break them (a recv or send blocked on one returns at once); the next request reconnects."""
+        for conn in list(self.conns.values()):
+            conn.abort()

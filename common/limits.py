@@ -24,6 +24,11 @@ STORAGE_MAX_HEADER: Final = 1 * MIB
 # MAX_CHUNKS_PER_FILE chunks
 MAX_CHUNKS_PER_FILE: Final = 50_000
 PROXY_MAX_HEADER: Final = 8 * MIB
+# LOCATE_MANY: at most MAX_LOCATE_MANY files a request (each as costly as one LOCATE), and a reply
+# stops adding files once it describes MAX_LOCATE_MANY_CHUNKS chunks (~400 bytes each; always one
+# file at least); RELEASE_MANY ends at most MAX_LOCATE_MANY leases
+MAX_LOCATE_MANY: Final = 128
+MAX_LOCATE_MANY_CHUNKS: Final = 4096
 # storage server ids: 1..MAX_SERVER_ID
 MAX_SERVER_ID: Final = 1_000_000
 
@@ -44,6 +49,11 @@ MANIFEST_BYTES_PER_CHUNK: Final = 96
 UPLOAD_BEGIN_HEADER: Final = MAX_CHUNKS_PER_FILE * MANIFEST_BYTES_PER_CHUNK + 16 * KIB  # 4.6 MiB
 # UPLOAD_PROVE: a proof (`"<64 hex>",`, 67 bytes) per distinct chunk; 72 leaves room for spaces
 UPLOAD_PROVE_HEADER: Final = MAX_CHUNKS_PER_FILE * 72 + 16 * KIB  # 3.5 MiB
+# LOCATE_MANY: MAX_LOCATE_MANY names of up to 1024 bytes (common.names.MAX_PATH_BYTES), each at
+# most twice that as JSON (a \uXXXX escape for a 3-byte character), plus quotes and a comma
+LOCATE_MANY_HEADER: Final = MAX_LOCATE_MANY * (2 * 1024 + 4) + 4 * KIB  # 260 KiB
+# RELEASE_MANY: MAX_LOCATE_MANY lease ids of ~43 characters
+RELEASE_MANY_HEADER: Final = 16 * KIB
 # UPLOAD_COMMIT: a receipt per storage server used (`[<id>,"<22 characters>"],`, ~35 bytes)
 UPLOAD_COMMIT_HEADER: Final = 64 * KIB
 # PROVE_CHUNKS: MAX_IDS_PER_REQUEST ranges `["<64 hex>",<offset>,<length>],` (~87 bytes with spaces)

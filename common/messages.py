@@ -26,8 +26,10 @@ from common.limits import (
     CREDENTIALS_HEADER,
     HEARTBEAT_HEADER,
     IDS_HEADER,
+    LOCATE_MANY_HEADER,
     PROVE_CHUNKS_HEADER,
     PUT_CHUNK_HEADER,
+    RELEASE_MANY_HEADER,
     SMALL_HEADER,
     UPLOAD_BEGIN_HEADER,
     UPLOAD_COMMIT_HEADER,
@@ -64,6 +66,8 @@ class MsgType(enum.IntEnum):
     MOVE = 0x44
     LINKS = 0x48
     UNSHARE = 0x49
+    LOCATE_MANY = 0x4D
+    RELEASE_MANY = 0x4E
     # HTTP gateway (holder of the cluster secret) -> proxy
     GATEWAY_HELLO = 0x45
     LINK_OPEN = 0x46
@@ -170,6 +174,12 @@ SPECS: dict[MsgType, MessageSpec] = {
         auth=Auth.SESSION_IF_GIVEN,
         optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int, "path": str},
     ),
+    # many files at once: `names` (your own, with a session) or `paths` in the folder link `token`
+    MsgType.LOCATE_MANY: MessageSpec(
+        auth=Auth.SESSION_IF_GIVEN,
+        optional={**_SESSION, "names": list, "token": str, "paths": list},
+        max_header=LOCATE_MANY_HEADER,
+    ),
     # the gateway: where it serves links (a heartbeat); a link opened for an HTTP client; its end
     MsgType.GATEWAY_HELLO: MessageSpec(auth=Auth.CLUSTER, required={"url": str}, optional=_SIGNED),
     MsgType.LINK_OPEN: MessageSpec(
@@ -183,6 +193,7 @@ SPECS: dict[MsgType, MessageSpec] = {
     # a copy that failed the reader's check; the GET ticket for it is the credential
     MsgType.REPORT_BAD: MessageSpec(required={"id": str, "server": int, "ticket": dict, "problem": str}),
     MsgType.RELEASE: MessageSpec(required={"lease": str}),  # a download ended: its chunks may go
+    MsgType.RELEASE_MANY: MessageSpec(required={"leases": list}, max_header=RELEASE_MANY_HEADER),
     MsgType.ADMIN: MessageSpec(
         auth=Auth.CLUSTER,
         required={"action": str},

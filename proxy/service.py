@@ -1,7 +1,8 @@
 """What the proxy does with each request.  The socket side is common.frame_server.
 
 Clients: HELLO, REGISTER, LOGIN, LOGOUT, WHOAMI, LIST, LOCATE (with its
-lease), RELEASE, REPORT_BAD, DELETE, STATUS; the UPLOAD_* requests are
+lease), RELEASE, REPORT_BAD, DELETE, STATUS; LOCATE_MANY and RELEASE_MANY (many
+files at once) are proxy.locate_many's, the UPLOAD_* requests
 proxy.upload_handlers', VERSIONS, RESTORE and MOVE proxy.file_handlers', and
 SHARE, LINKS, UNSHARE, LOCATE by token and the gateway's GATEWAY_HELLO, LINK_OPEN
 and LINK_CLOSE proxy.link_handlers'.
@@ -41,6 +42,7 @@ from proxy.file_handlers import FileHandlers
 from proxy.file_tree import DEFAULT_KEEP_VERSIONS
 from proxy.leases import Lease
 from proxy.link_handlers import LinkHandlers
+from proxy.locate_many import LocateMany
 from proxy.membership import Membership
 from proxy.registry import Registry
 from proxy.repair import Repairer
@@ -135,6 +137,7 @@ class ProxyService:
             MsgType.ADMIN: self.admin.handle,
             **self.members.handlers(),
             **self.links.handlers(),
+            **LocateMany(self.locate, self.leases).handlers(),
         }
 
     def authenticate(self, need: Auth, req: Request) -> str | None:

@@ -1,0 +1,206 @@
+"""Many downloads at once in one process: located BATCH at a time (LOCATE_MANY), fetched by THREADS
+threads over persistent connections (one pool: each thread keeps its own connection to each server),
+their leases ended BATCH at a time (RELEASE_MANY).
+
+Each file is downloaded by client.download exactly as alone (verified, fsynced before it is linked
+into place, resumable, routed around bad servers, bad copies reported), only with the shared pool
+and its lease handed here for RELEASE_MANY.  Located files wait for a thread; at most two batches
+are located and not yet finished, so a user holds at most 2 x BATCH leases (the proxy allows 256).
+Requests to the proxy go one at a time over its one connection (:class:`SharedProxy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client import download as downloader
+from client.pool import READ_TIMEOUT, ConnectionPool, ProxyCaller
+from common.config import read_timeout
+from common.errors import FileClusterError, ProtocolError, error_from_wire
+from common.messages import MsgType
+
+BATCH = 64  # files per LOCATE_MANY, and leases per RELEASE_MANY (at most common.limits.MAX_LOCATE_MANY)
+THREADS = 8  # files downloaded at once
+
+
+@dataclass(frozen=True)
+class Wanted:
+    name: str  # your file's name, or the path in the folder link
+    save_as: str | None
+
+
+Outcome = Callable[[Wanted, "downloader.DownloadResult | FileClusterError"], None]
+
+
+class SharedProxy:
+    """A proxy caller several threads may use: one request at a time."""
+
+    def __init__(self, proxy: ProxyCaller) -> None:
+        self._proxy = proxy
+        self._lock = threading.Lock()
+
+    def call(
+        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
+    ) -> dict[str, Any]:
+        with self._lock:
+            return self._proxy.call(msg_type, header, session=session)
+
+
+class _Releases:
+    """Leases of finished downloads, ended BATCH at a time."""
+
+    def __init__(self, proxy: SharedProxy) -> None:
+        self._proxy = proxy
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, lease: str) -> None:
+        with self._lock:
+            self._pending.append(lease)
+            if len(self._pending) < BATCH:
+                return
+            leases, self._pending = self._pending, []
+        self._send(leases)
+
+    def flush(self) -> None:
+        with self._lock:
+            leases, self._pending = self._pending, []
+        if leases:
+            self._send(leases)
+
+    def _send(self, leases: list[str]) -> None:
+        with contextlib.suppress(FileClusterError, OSError):  # best effort: a lease expires anyway
+            self._proxy.call(MsgType.RELEASE_MANY, {"leases": leases})
+
+
+def download_many(
+    proxy: ProxyCaller,
+    wanted: list[Wanted],
+    out_dir: Path,
+    outcome: Outcome,
+    token: str | None = None,
+) -> None:
+    """Download ``wanted``: your own files by name, or with ``token`` the paths in that folder
+    link; ``outcome`` hears of each file (its result or its error), from the downloading threads."""
+    shared = SharedProxy(proxy)
+    releases = _Releases(shared)
+    room = threading.Semaphore(2 * BATCH)  # located and not yet finished
+
+    def one(item: Wanted, info: dict[str, Any]) -> None:
+        single = {"token": token, "path": item.name} if token else {"name": item.name}
+        try:
+            result: downloader.DownloadResult | FileClusterError = downloader.download(
+                info,
+                out_dir,
+                None,
+                relocate=lambda: shared.call(MsgType.LOCATE, single, session=token is None),
+                proxy=shared,
+                save_as=item.save_as,
+                pool=pool,
+                release=releases.add,
+            )
+        except FileClusterError as exc:
+            result = exc
+        finally:
+            room.release()
+        outcome(item, result)
+
+    pool = ConnectionPool(read_timeout(READ_TIMEOUT))
+    futures: list[Future[None]] = []
+    try:
+        with pool, ThreadPoolExecutor(THREADS) as workers:
+            try:
+                _feed(
+                    shared,
+                    wanted,
+                    token,
+                    room,
+                    outcome,
+                    lambda item, info: futures.append(workers.submit(one, item, info)),
+                )
+                for future in futures:
+                    future.result()
+            except BaseException:  # Ctrl-C or SIGTERM: no new downloads, those under way broken off
+                for future in futures:
+                    future.cancel()
+                pool.abort()
+                raise
+    finally:
+        releases.flush()
+
+
+def _feed(
+    shared: SharedProxy,
+    wanted: list[Wanted],
+    token: str | None,
+    room: threading.Semaphore,
+    outcome: Outcome,
+    submit: Callable[[Wanted, dict[str, Any]], None],
+) -> None:
+    """Locate ``wanted`` BATCH at a time, each located file handed to ``submit``, each that
+    cannot be located to ``outcome``; waits for room (at most 2 x BATCH located, not finished)."""
+    start = 0
+    while start < len(wanted):
+        batch = wanted[start : start + BATCH]
+        for _ in batch:
+            room.acquire()
+        try:
+            located = _locate(shared, batch, token)
+        except FileClusterError as exc:  # the whole request failed: so does each file of it
+            located = [exc] * len(batch)
+        for item, info in zip(batch, located, strict=False):
+            if isinstance(info, FileClusterError):
+                room.release()
+                outcome(item, info)
+            else:
+                submit(item, info)
+        for _ in batch[len(located) :]:
+            room.release()  # not answered this time (the reply was full): asked again
+        start += max(1, len(located))
+
+
+def _locate(
+    proxy: SharedProxy, batch: list[Wanted], token: str | None
+) -> list[dict[str, Any] | FileClusterError]:
+    """LOCATE_MANY for ``batch``: each file's LOCATE reply or error, in order (maybe fewer files)."""
+    if token:
+        reply = proxy.call(MsgType.LOCATE_MANY, {"token": token, "paths": [w.name for w in batch]})
+    else:
+        reply = proxy.call(MsgType.LOCATE_MANY, {"names": [w.name for w in batch]}, session=True)
+    files = reply.get("files")
+    if not isinstance(files, list) or not files:
+        raise ProtocolError("the proxy's LOCATE_MANY reply lists no files")
+    servers = {s["id"]: s for s in reply.get("servers") or ()}
+    out: list[dict[str, Any] | FileClusterError] = []
+    for found in files[: len(batch)]:
+        error = found.get("error") if isinstance(found, dict) else None
+        if isinstance(error, dict):
+            out.append(error_from_wire(str(error.get("code")), str(error.get("message")), None, None))
+        else:
+            out.append(_expanded(found, servers))
+    return out
+
+
+def _expanded(found: dict[str, Any], servers: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """A file of a LOCATE_MANY reply in the form of a LOCATE reply (each copy's server whole)."""
+    try:
+        chunks = [
+            {
+                "id": chunk["id"],
+                "size": chunk["size"],
+                "servers": [
+                    {**servers[server], "ticket": ticket}
+                    for server, ticket in zip(chunk["servers"], chunk["tickets"], strict=True)
+                ],
+            }
+            for chunk in found["chunks"]
+        ]
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError("the proxy's LOCATE_MANY reply names a server it does not list") from None
+    return {**found, "chunks": chunks}
