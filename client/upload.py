@@ -97,12 +97,19 @@ def open_for_upload(path: Path, name: str | None = None) -> tuple[Any, str]:
 
 
 def upload(
-    proxy: ProxyCaller, path: Path, progress: Progress | None = None, *, name: str | None = None
+    proxy: ProxyCaller,
+    path: Path,
+    progress: Progress | None = None,
+    *,
+    name: str | None = None,
+    chunk_size: int | None = None,
 ) -> UploadResult:
+    """Upload one file; ``chunk_size``: the cluster's, if a HELLO already said it."""
     path = Path(path)
     file, name = open_for_upload(path, name)
     with file:
-        chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
+        if chunk_size is None:
+            chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
         size = os.fstat(file.fileno()).st_size
         if size > chunk_size * MAX_CHUNKS_PER_FILE:
             raise InvalidRequest(

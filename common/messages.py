@@ -30,8 +30,11 @@ from common.limits import (
     PUT_CHUNK_HEADER,
     SMALL_HEADER,
     UPLOAD_BEGIN_HEADER,
+    UPLOAD_BEGIN_MANY_HEADER,
     UPLOAD_COMMIT_HEADER,
+    UPLOAD_COMMIT_MANY_HEADER,
     UPLOAD_PROVE_HEADER,
+    UPLOAD_PROVE_MANY_HEADER,
 )
 
 
@@ -64,6 +67,10 @@ class MsgType(enum.IntEnum):
     MOVE = 0x44
     LINKS = 0x48
     UNSHARE = 0x49
+    # many small files in one request each (proxy.upload_batch)
+    UPLOAD_BEGIN_MANY = 0x4A
+    UPLOAD_PROVE_MANY = 0x4B
+    UPLOAD_COMMIT_MANY = 0x4C
     # HTTP gateway (holder of the cluster secret) -> proxy
     GATEWAY_HELLO = 0x45
     LINK_OPEN = 0x46
@@ -146,6 +153,18 @@ SPECS: dict[MsgType, MessageSpec] = {
         auth=_USER, required={**_SESSION, "upload_id": str, "proofs": list}, max_header=UPLOAD_PROVE_HEADER
     ),
     MsgType.UPLOAD_TICKETS: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
+    # files: [{name, size, sha1, chunks}]; uploads: [[upload id, proofs or receipts]] (PROTOCOL.md §7.8)
+    MsgType.UPLOAD_BEGIN_MANY: MessageSpec(
+        auth=_USER,
+        required={**_SESSION, "chunk_size": int, "files": list},
+        max_header=UPLOAD_BEGIN_MANY_HEADER,
+    ),
+    MsgType.UPLOAD_PROVE_MANY: MessageSpec(
+        auth=_USER, required={**_SESSION, "uploads": list}, max_header=UPLOAD_PROVE_MANY_HEADER
+    ),
+    MsgType.UPLOAD_COMMIT_MANY: MessageSpec(
+        auth=_USER, required={**_SESSION, "uploads": list}, max_header=UPLOAD_COMMIT_MANY_HEADER
+    ),
     # new servers for chunks whose chain failed, avoiding the servers that failed them
     MsgType.UPLOAD_REPLACE: MessageSpec(
         auth=_USER,

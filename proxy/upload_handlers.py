@@ -110,8 +110,18 @@ class UploadHandlers:
         if len(proofs) != len(upload.challenge.ranges) or not all(isinstance(p, str) for p in proofs):
             raise InvalidRequest(f"expected {len(upload.challenge.ranges)} proofs, one per distinct chunk")
         sizes = dict(upload.chunks)
+        holders = self._holders(sizes)
+        proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
+        verified = self._verified_copies({c: holders[c] for c in proven if c in holders}, sizes)
+        with self.collector.lock:
+            placement, reused = self._decide(sizes, verified, self.registry.live_ids())
+            self.uploads.place(upload.id, placement, reused)
+        return Reply({"missing": self._missing(upload)})
+
+    def _holders(self, sizes: Mapping[str, int]) -> dict[str, list[ServerRef]]:
+        """Who checks each chunk's proof: the live servers with a copy (same size), in rank order."""
         up = [s.ref for s in self.registry.all() if self.registry.is_up(s)]
-        holders = {}  # who checks each proof: the live servers with a copy (same size), in rank order
+        holders = {}
         for chunk_id, size in sizes.items():
             known = self.catalog.chunk(chunk_id)
             held = set(known["servers"]) if known is not None and known["size"] == size else set()
@@ -125,31 +135,33 @@ class UploadHandlers:
             asked = [s for s in ranked if s.id in held] or ranked[:1]
             if asked:
                 holders[chunk_id] = asked
-        proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
-        verified = self._verified_copies({c: holders[c] for c in proven if c in holders}, sizes)
-        with self.collector.lock:
-            live_ids = self.registry.live_ids()
-            placement: dict[str, list[ServerRef]] = {}
-            reused: dict[str, list[int]] = {}
-            for chunk_id, size in sizes.items():
-                good = verified.get(chunk_id, set()) & live_ids
-                recorded = set(self.catalog.chunk_servers(chunk_id))
-                if good & recorded:
-                    continue  # proven, verified and still stored on a live server: nothing to send
-                if len(good - recorded) >= self.config.replicas:
-                    # stored by another upload, not committed yet: reused whole (as many copies as a
-                    # fresh upload makes); this upload's pins keep them, its commit records them
-                    reused[chunk_id] = sorted(good - recorded)
-                    continue
-                targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
-                if len(targets) < self.config.replicas:
-                    raise Unavailable(
-                        f"not enough storage servers up with free space: {len(targets)} of "
-                        f"{self.config.replicas} needed; see: filecluster status"
-                    )
-                placement[chunk_id] = targets
-            self.uploads.place(upload.id, placement, reused)
-        return Reply({"missing": self._missing(upload)})
+        return holders
+
+    def _decide(
+        self, sizes: Mapping[str, int], verified: Mapping[str, set[int]], live_ids: set[int]
+    ) -> tuple[dict[str, list[ServerRef]], dict[str, list[int]]]:
+        """Under the collector's lock: which chunks to send and where (placement), and which copies
+        stored by another upload to reuse; ``verified``: the proven chunks' copies known good."""
+        placement: dict[str, list[ServerRef]] = {}
+        reused: dict[str, list[int]] = {}
+        for chunk_id, size in sizes.items():
+            good = verified.get(chunk_id, set()) & live_ids
+            recorded = set(self.catalog.chunk_servers(chunk_id))
+            if good & recorded:
+                continue  # proven, verified and still stored on a live server: nothing to send
+            if len(good - recorded) >= self.config.replicas:
+                # stored by another upload, not committed yet: reused whole (as many copies as a
+                # fresh upload makes); this upload's pins keep them, its commit records them
+                reused[chunk_id] = sorted(good - recorded)
+                continue
+            targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
+            if len(targets) < self.config.replicas:
+                raise Unavailable(
+                    f"not enough storage servers up with free space: {len(targets)} of "
+                    f"{self.config.replicas} needed; see: filecluster status"
+                )
+            placement[chunk_id] = targets
+        return placement, reused
 
     def _verified_copies(
         self, holders: Mapping[str, list[ServerRef]], sizes: Mapping[str, int]
@@ -260,18 +272,9 @@ class UploadHandlers:
         # every placed copy came with its server's receipt (verified and fsynced there) and is pinned
         # by this upload, so the catalog records the placement as is: no network call here
         # copies reused from an interrupted upload were proven and vouched for at UPLOAD_PROVE, like dedup
-        locations = {chunk_id: [s.id for s in servers] for chunk_id, servers in upload.placement.items()}
-        for chunk_id, server_ids in upload.reused.items():
-            locations.setdefault(chunk_id, list(server_ids))
         with self.collector.lock:
             try:
-                live_ids = self.registry.live_ids()
-                for chunk_id, _ in upload.chunks:
-                    if chunk_id in upload.placement:
-                        continue
-                    copies = set(self.catalog.chunk_servers(chunk_id)) | set(upload.reused.get(chunk_id, []))
-                    if not copies & live_ids:
-                        raise Conflict(f"chunk {chunk_id[:12]} no longer has a live copy; upload again")
+                self._check_still_held(upload, self.registry.live_ids())
             except (Conflict, Unavailable):
                 self._abandon(upload.id)
                 raise
@@ -281,7 +284,7 @@ class UploadHandlers:
                 upload.size,
                 upload.sha1,
                 upload.chunks,
-                locations,
+                locations_of(upload),
                 keep=self.config.keep_versions,
                 quota=self._quota(owner),  # again, under the lock: concurrent uploads cannot both slip in
             )
@@ -289,6 +292,16 @@ class UploadHandlers:
         self.collector.queue_freed(freed)
         log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size, len(upload.chunks))
         return Reply({"file": entry})
+
+    def _check_still_held(self, upload: PendingUpload, live_ids: set[int]) -> None:
+        """Under the collector's lock: every chunk the upload did not send (dedup) still has a live
+        copy, else Conflict."""
+        for chunk_id, _ in upload.chunks:
+            if chunk_id in upload.placement:
+                continue
+            copies = set(self.catalog.chunk_servers(chunk_id)) | set(upload.reused.get(chunk_id, []))
+            if not copies & live_ids:
+                raise Conflict(f"chunk {chunk_id[:12]} no longer has a live copy; upload again")
 
     def _check_receipts(self, upload: PendingUpload, receipts: list[Any]) -> None:
         """Every placed copy must come with the receipt of the server that got it from this upload.
@@ -337,6 +350,14 @@ class UploadHandlers:
         suspects = h.get("unreachable") or []
         self._check_servers({i for i in suspects[:64] if type(i) is int})
         return Reply({})
+
+
+def locations_of(upload: PendingUpload) -> dict[str, list[int]]:
+    """Where an upload's new copies are, for the catalog: what it placed, and what it reuses."""
+    locations = {chunk_id: [s.id for s in servers] for chunk_id, servers in upload.placement.items()}
+    for chunk_id, server_ids in upload.reused.items():
+        locations.setdefault(chunk_id, list(server_ids))
+    return locations
 
 
 def principal(req: Request) -> str:
