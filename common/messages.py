@@ -128,22 +128,18 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.LOGIN: MessageSpec(required={"user": str, "password": str}, max_header=CREDENTIALS_HEADER),
     MsgType.LOGOUT: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.WHOAMI: MessageSpec(auth=_USER, required=_SESSION),
+    # sha1: required unless `streamed` (the chunks are the first batch; the sha1 comes with the
+    # commit); `upload_id`: the next batch of a streamed upload (PROTOCOL.md §7.9)
     MsgType.UPLOAD_BEGIN: MessageSpec(
         auth=_USER,
-        required={
-            **_SESSION,
-            "name": str,
-            "size": int,
-            "sha1": str,
-            "chunk_size": int,
-            "chunks": list,
-        },
+        required={**_SESSION, "name": str, "size": int, "chunk_size": int, "chunks": list},
+        optional={"sha1": str, "streamed": bool, "upload_id": str},
         max_header=UPLOAD_BEGIN_HEADER,
     ),
     MsgType.UPLOAD_COMMIT: MessageSpec(
         auth=_USER,
         required={**_SESSION, "upload_id": str},
-        optional={"receipts": list},
+        optional={"receipts": list, "sha1": str},
         max_header=UPLOAD_COMMIT_HEADER,
     ),
     MsgType.UPLOAD_ABORT: MessageSpec(

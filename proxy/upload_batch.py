@@ -107,7 +107,9 @@ class BatchUploadHandlers(UploadHandlers):
                 if error is not None:
                     raise error
                 upload = self.uploads.get(upload_id, owner)
-                if upload.proven:
+                if upload.streamed:
+                    raise InvalidRequest("a streamed upload is proved with UPLOAD_PROVE")
+                if not upload.awaiting:
                     raise Conflict(
                         "this upload was already proved; ask for fresh tickets with UPLOAD_TICKETS"
                     )
@@ -164,7 +166,9 @@ class BatchUploadHandlers(UploadHandlers):
                 if error is not None:
                     raise error
                 upload = self.uploads.get(upload_id, owner)
-                if not upload.proven:
+                if upload.streamed:
+                    raise InvalidRequest("a streamed upload is committed with UPLOAD_COMMIT")
+                if not upload.proven or upload.awaiting:
                     raise Conflict("prove the upload first (UPLOAD_PROVE)")
                 self._check_receipts(upload, receipts)
             except FileClusterError as exc:
