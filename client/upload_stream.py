@@ -30,7 +30,7 @@ from client.pool import ConnectionPool, Deadline, ProxyCaller
 from client.upload import Progress, _Renewal, _Replacer, _Sent, _store, finish_attempt, prove
 from common.cluster_auth import aggregate
 from common.config import PARALLEL_TRANSFERS
-from common.errors import Conflict, StorageServerFailed
+from common.errors import Conflict, SourceShrank, StorageServerFailed
 from common.hashing import READ_SIZE, ChunkRef, Manifest
 from common.limits import MIB
 from common.messages import MsgType
@@ -42,6 +42,7 @@ STREAM_FROM = 256 * MIB
 FIRST_BATCH = 2  # chunks hashed before the first bytes go out
 MAX_BATCH = 64
 LOOKAHEAD = 2 * MAX_BATCH  # chunks hashed and declared but not yet sent, at most
+HASH_BUFFERS = 4  # read buffers (of 1 MiB) the SHA-1 thread may still be hashing
 
 
 def attempt_streamed(
@@ -67,13 +68,15 @@ def attempt_streamed(
                 stream.stop.set()
                 pool.abort()
                 raise
-        whole = stream.whole.hexdigest()
+        whole = stream.sha1()
         header = {"upload_id": upload_id, "receipts": receipts, "sha1": whole}
         committed = proxy.call(MsgType.UPLOAD_COMMIT, header, session=True)
         return dict(committed.get("file") or {}), whole
     except BaseException as exc:
         finish_attempt(proxy, stream.upload_id, path, exc)
         raise
+    finally:
+        stream.sha1_thread.shutdown(wait=True, cancel_futures=True)
 
 
 class _Stream:
@@ -93,6 +96,10 @@ class _Stream:
         self.progress = progress
         self.sent = sent
         self.whole = hashlib.sha1()
+        self.sha1_thread = ThreadPoolExecutor(1)  # one thread: the pieces reach the SHA-1 in order
+        self.buffers = [bytearray(min(READ_SIZE, chunk_size)) for _ in range(HASH_BUFFERS)]
+        self.pending: list[Future[None] | None] = [None] * HASH_BUFFERS
+        self.turn = 0
         self.upload_id = ""
         self.stop = threading.Event()
         self.talk = threading.Lock()  # the proxy's one connection: one request at a time
@@ -157,7 +164,7 @@ class _Stream:
                 break
             count = min(MAX_BATCH, count * 2)
         if os.fstat(self.file.fileno()).st_size != self.size:
-            raise Conflict("the file changed while it was being read")
+            raise SourceShrank("the file changed while it was being read")
         return self.upload_id
 
     def _check(self, deadline: Deadline) -> None:
@@ -167,10 +174,10 @@ class _Stream:
             raise deadline.missed()
 
     def _hash(self, offset: int, count: int) -> list[ChunkRef]:
-        """The next ``count`` chunks from ``offset`` (read in order), their SHA-256s and the whole SHA-1."""
+        """The next ``count`` chunks from ``offset`` (read in order), their SHA-256s; the whole file's
+        SHA-1 is computed beside, in the SHA-1 thread, on the same buffers (hashlib lets go of the
+        GIL), so reading is not held up by two hashes one after the other."""
         refs = []
-        buf = bytearray(min(READ_SIZE, self.chunk_size))
-        view = memoryview(buf)
         for _ in range(count):
             want = min(self.chunk_size, self.size - offset)
             if want <= 0:
@@ -178,15 +185,29 @@ class _Stream:
             part = hashlib.sha256()
             got = 0
             while got < want:
-                n = self.file.readinto(view[: min(len(buf), want - got)])  # type: ignore[attr-defined]
+                slot = self.turn % len(self.buffers)
+                self.turn += 1
+                busy = self.pending[slot]
+                if busy is not None:
+                    busy.result()  # the SHA-1 thread is done with this buffer
+                view = memoryview(self.buffers[slot])
+                n = self.file.readinto(view[: min(len(view), want - got)])  # type: ignore[attr-defined]
                 if not n:
-                    raise Conflict("the file changed while it was being read")
-                self.whole.update(view[:n])
+                    raise SourceShrank("the file changed while it was being read")
+                self.pending[slot] = self.sha1_thread.submit(self.whole.update, view[:n])
                 part.update(view[:n])
                 got += n
             refs.append(ChunkRef(part.hexdigest(), offset, got))
             offset += got
         return refs
+
+    def sha1(self) -> str:
+        """The whole file's SHA-1, once every piece read has gone through it."""
+        for slot, job in enumerate(self.pending):
+            if job is not None:
+                job.result()
+                self.pending[slot] = None
+        return self.whole.hexdigest()
 
     def _send(
         self, pool: ConnectionPool, item: dict[str, Any], offset: int, renewal: _Renewal, replacer: _Replacer

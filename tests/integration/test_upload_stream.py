@@ -64,3 +64,20 @@ def test_the_proxy_commits_a_streamed_upload_only_whole_and_in_order(user: Clien
     with pytest.raises(InvalidRequest, match="only a streamed upload"):  # a whole manifest comes at once
         declare(user, size, ids, upload_id=str(whole["upload_id"]))
     user.proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id}, session=True)
+
+
+def test_a_streamed_file_that_changes_midway_stores_nothing_and_resumes(user: Client, tmp_path: Path) -> None:
+    data = os.urandom(12 * CHUNK)
+    src = tmp_path / "log.bin"
+    src.write_bytes(data)
+
+    def truncate_midway(phase: str, done: int, total: int) -> None:
+        if done >= 2 * CHUNK and src.stat().st_size == total:
+            os.truncate(src, 3 * CHUNK)  # rotated by another program
+
+    with pytest.raises(Conflict, match="changed while it was being uploaded; nothing was stored"):
+        user.upload(src, truncate_midway)
+    assert user.list() == []
+    src.write_bytes(data)
+    again = user.upload(src)  # the chunks stored before the change are proven and reused
+    assert again.sha1 == hashlib.sha1(data).hexdigest() and again.sent < len(data)
