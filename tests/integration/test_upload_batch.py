@@ -15,6 +15,7 @@ from common.errors import Conflict, FileClusterError, NotFound
 from common.hashing import manifest_of
 from common.messages import MsgType
 from tests.cluster import CHUNK, Cluster
+from tests.conftest import new_user
 
 
 def run(c: Client, items: list[BatchItem]) -> list[UploadResult | FileClusterError]:
@@ -95,3 +96,19 @@ def test_a_batch_dedups_only_what_each_upload_proved_and_commits_only_with_recei
     assert first["file"]["name"] == "stored.bin"
     assert second["error"]["code"] == "conflict" and "receipt" in second["error"]["message"]
     assert [f["name"] for f in other_user.list()] == ["stored.bin"]
+
+
+def test_a_batch_routes_around_a_dead_server(patient_cluster: Cluster, tmp_path: Path) -> None:
+    c = new_user(patient_cluster)
+    try:
+        files = {f"f{i}.bin": os.urandom(CHUNK // 2 + i) for i in range(24)}
+        for name, data in files.items():
+            (tmp_path / name).write_bytes(data)
+        patient_cluster.kill_server(1)  # the proxy still places chunks on it: the client re-places them
+        outcomes = run(c, [BatchItem(tmp_path / n) for n in files])
+        assert all(isinstance(o, UploadResult) for o in outcomes), outcomes
+        for name, data in files.items():
+            c.download(name, tmp_path / "out")
+            assert (tmp_path / "out" / name).read_bytes() == data
+    finally:
+        c.close()
