@@ -53,6 +53,7 @@ from common.limits import MAX_CHUNKS_PER_BATCH, MAX_FILES_PER_BATCH, MIB
 from common.messages import MsgType
 from common.names import check_file_name, parents
 
+FIRST_FILES = 32  # files in the first batch (the others take up to MAX_FILES_PER_BATCH)
 BATCH_BYTES = 32 * MIB  # the most file bytes in one batch (its deadline is that of one such file)
 SMALL_FILE = 8 * MIB  # what a caller should batch; bigger files stream better alone
 BATCH_STREAMS = 16  # chunks in flight at once: small PUTs wait mostly on the servers' fsyncs
@@ -132,6 +133,7 @@ def _batches(
     batch: list[tuple[int, BatchItem, int]] = []
     chunks = size = 0
     names: set[str] = set()
+    most = FIRST_FILES  # a small first batch: its chunks start flowing sooner
     for index, item in enumerate(items):
         try:
             length = item.path.stat().st_size
@@ -149,13 +151,14 @@ def _batches(
         except FileClusterError:
             name = ""  # opening it says what is wrong
         if batch and (
-            len(batch) == MAX_FILES_PER_BATCH
+            len(batch) >= most
             or chunks + count > MAX_CHUNKS_PER_BATCH
             or size + length > BATCH_BYTES
             or names_clash(name, names)
         ):
             yield batch
             batch, chunks, size, names = [], 0, 0, set()
+            most = MAX_FILES_PER_BATCH
         batch.append((index, item, length))
         names.add(name)
         chunks += count
