@@ -26,6 +26,7 @@ from client.download import DownloadResult
 from client.expiry import parse_expires
 from client.listing import folder_of, under, view
 from client.upload import UploadResult
+from client.upload_batch import SMALL_FILE, BatchItem
 from common.errors import FileClusterError, InvalidRequest, NotFound
 
 PASSWORD_ENV = "FILECLUSTER_PASSWORD"
@@ -217,7 +218,11 @@ def upload(
     tally.count = len(plan) + len(tally.failed)
     alone = tally.count == 1 and bool(plan)  # a single file: its error is the command's
     with out.overall(len(plan), sum(u.size or 0 for u in plan)) as overall:
-        for item in plan:
+        for batched, run in _runs(plan, batch=len(plan) > 1):
+            if batched:
+                _upload_batched(c, out, run, overall, tally)
+                continue
+            item = run[0]
             overall.start(item.size)
             try:
                 with out.bars(item.name or item.path.name, overall) as bars:
@@ -229,18 +234,60 @@ def upload(
                 continue
             finally:
                 overall.finish()
-            out.say(upload_line(r))
-            tally.done.append(
-                {
-                    "path": str(item.path),
-                    "name": r.name,
-                    "size": r.size,
-                    "sha1": r.sha1,
-                    "sent": r.sent,
-                    "version": r.version,
-                }
-            )
+            _uploaded(out, tally, item, r)
     return tally.finish("uploaded")
+
+
+def _runs(plan: list[_Upload], batch: bool) -> Iterator[tuple[bool, list[_Upload]]]:
+    """The plan in order, as runs of small files to upload in batches (when ``batch``), and the
+    other files one by one (with their own progress bars)."""
+    run: list[_Upload] = []
+    for item in plan:
+        if batch and item.size is not None and item.size <= SMALL_FILE:
+            run.append(item)
+            continue
+        if run:
+            yield True, run
+            run = []
+        yield False, [item]
+    if run:
+        yield True, run
+
+
+def _upload_batched(
+    c: Client, out: Sink, run: list[_Upload], overall: output.OverallBar, tally: Tally
+) -> None:
+    """Small files in batches: each reported as it would be alone, in order."""
+
+    def done(index: int, outcome: UploadResult | FileClusterError) -> None:
+        item = run[index]
+        overall.start(item.size)
+        try:
+            if isinstance(outcome, UploadResult):  # its bar, as a file alone draws it, once stored
+                with out.bars(item.name or item.path.name, overall) as bars:
+                    bars("sending", outcome.size, outcome.size)
+        finally:
+            overall.finish()
+        if isinstance(outcome, FileClusterError):
+            tally.fail(str(item.path), outcome)
+        else:
+            _uploaded(out, tally, item, outcome)
+
+    c.upload_many([BatchItem(u.path, u.name) for u in run], done)
+
+
+def _uploaded(out: Sink, tally: Tally, item: _Upload, r: UploadResult) -> None:
+    out.say(upload_line(r))
+    tally.done.append(
+        {
+            "path": str(item.path),
+            "name": r.name,
+            "size": r.size,
+            "sha1": r.sha1,
+            "sent": r.sent,
+            "version": r.version,
+        }
+    )
 
 
 # -- listing --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from client import download as downloader
 from client import session as saved
 from client import upload as uploader
+from client import upload_batch as batcher
 from client.proxy_link import ProxyLink
 from common.config import LINK_SCHEME, client_home, parse_address, proxy_address
 from common.errors import (
@@ -123,6 +125,7 @@ class Client:
         self.home = home or client_home()
         self.proxy = ProxyLink(*proxy, token=token)
         self.user = user
+        self._chunk_size: int | None = None  # the cluster's, once a HELLO said it
 
     @classmethod
     def from_environment(cls, proxy: str | None = None, home: Path | None = None) -> Client:
@@ -196,7 +199,19 @@ class Client:
         """Upload a file as ``name`` (default: its base name; a path makes folders).  An existing
         name gets a new version: the result's ``version`` says which."""
         self._need_session()
-        return uploader.upload(self.proxy, Path(path), progress, name=name)
+        return uploader.upload(self.proxy, Path(path), progress, name=name, chunk_size=self.chunk_size())
+
+    def upload_many(self, items: Sequence[batcher.BatchItem], done: batcher.Done) -> None:
+        """Upload many files in batches (client.upload_batch): ``done(index, outcome)`` hears each
+        one's UploadResult, or the error that failed it alone, in order."""
+        self._need_session()
+        batcher.upload_many(self.proxy, items, self.chunk_size(), done)
+
+    def chunk_size(self) -> int:
+        """The cluster's chunk size (one HELLO per client)."""
+        if self._chunk_size is None:
+            self._chunk_size = int(self.proxy.call(MsgType.HELLO)["chunk_size"])
+        return self._chunk_size
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         """Every kept version of a file, newest first: ``version``, ``size``, ``sha1``,

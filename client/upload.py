@@ -97,17 +97,28 @@ def open_for_upload(path: Path, name: str | None = None) -> tuple[Any, str]:
 
 
 def upload(
-    proxy: ProxyCaller, path: Path, progress: Progress | None = None, *, name: str | None = None
+    proxy: ProxyCaller,
+    path: Path,
+    progress: Progress | None = None,
+    *,
+    name: str | None = None,
+    chunk_size: int | None = None,
 ) -> UploadResult:
+    """Upload one file; ``chunk_size``: the cluster's, if a HELLO already said it."""
     path = Path(path)
     file, name = open_for_upload(path, name)
     with file:
-        chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
+        if chunk_size is None:
+            chunk_size = int(proxy.call(MsgType.HELLO)["chunk_size"])
         size = os.fstat(file.fileno()).st_size
         if size > chunk_size * MAX_CHUNKS_PER_FILE:
             raise InvalidRequest(
                 f"{path} is too large for this cluster: at most {chunk_size * MAX_CHUNKS_PER_FILE} bytes"
             )
+        from client import upload_stream as streamed  # it builds on this module's parts
+
+        if size >= streamed.STREAM_FROM:  # big: hashed as it is sent
+            return _upload_streamed(proxy, file, path, name, size, chunk_size, progress)
         hashed = 0
 
         def on_hash(n: int) -> None:
@@ -132,6 +143,32 @@ def upload(
             except StorageServerFailed:
                 if attempt == ATTEMPTS:
                     raise
+    raise AssertionError("unreachable")
+
+
+def _upload_streamed(
+    proxy: ProxyCaller,
+    file: BinaryIO,
+    path: Path,
+    name: str,
+    size: int,
+    chunk_size: int,
+    progress: Progress | None,
+) -> UploadResult:
+    from client import upload_stream as streamed  # it builds on this module's parts
+
+    sent = _Sent()
+    deadline = Deadline.start(f"the upload of {name}", "nothing was stored", size)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            file.seek(0)
+            stored, sha1 = streamed.attempt_streamed(
+                proxy, file, path, name, size, chunk_size, progress, sent, deadline
+            )
+            return UploadResult(name, size, sha1, sent.bytes, int(stored.get("version", 1)))
+        except StorageServerFailed:
+            if attempt == ATTEMPTS:
+                raise
     raise AssertionError("unreachable")
 
 
@@ -194,16 +231,22 @@ def _attempt(
         )
         return dict(committed.get("file") or {})
     except BaseException as exc:
-        suspects = exc.suspects if isinstance(exc, StorageServerFailed) else []
+        finish_attempt(proxy, upload_id, path, exc)
+        raise
+
+
+def finish_attempt(proxy: ProxyCaller, upload_id: str, path: Path, exc: BaseException) -> None:
+    """An attempt ended by ``exc``: park its upload (UPLOAD_ABORT, naming the servers that failed
+    it), then raise what the user should see instead of ``exc``, if anything (else the caller
+    re-raises ``exc``)."""
+    suspects = exc.suspects if isinstance(exc, StorageServerFailed) else []
+    if upload_id:
         with contextlib.suppress(FileClusterError):
             proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": upload_id, "unreachable": suspects}, session=True)
-        if isinstance(exc, (CorruptData, SourceShrank)):  # bytes differ, or the file shrank
-            raise Conflict(
-                f"{path} changed while it was being uploaded; nothing was stored, try again"
-            ) from None
-        if isinstance(exc, OSError):
-            raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
-        raise
+    if isinstance(exc, (CorruptData, SourceShrank)):  # bytes differ, or the file shrank
+        raise Conflict(f"{path} changed while it was being uploaded; nothing was stored, try again") from None
+    if isinstance(exc, OSError):
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def prove(file: BinaryIO, manifest: Manifest, challenge: dict[str, Any]) -> list[str]:

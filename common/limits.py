@@ -56,6 +56,20 @@ LOCATE_MANY_HEADER: Final = MAX_LOCATE_MANY * (2 * 1024 + 4) + 4 * KIB  # 260 Ki
 RELEASE_MANY_HEADER: Final = 16 * KIB
 # UPLOAD_COMMIT: a receipt per storage server used (`[<id>,"<22 characters>"],`, ~35 bytes)
 UPLOAD_COMMIT_HEADER: Final = 64 * KIB
+# Batches of small files (UPLOAD_BEGIN_MANY, UPLOAD_PROVE_MANY, UPLOAD_COMMIT_MANY): at most
+# MAX_FILES_PER_BATCH files and MAX_CHUNKS_PER_BATCH chunks in all, each file as checked as if alone
+MAX_FILES_PER_BATCH: Final = 256
+MAX_CHUNKS_PER_BATCH: Final = 1024
+# a file's entry: a name of up to 1024 bytes (6 KiB if every byte were a JSON escape), its size,
+# SHA-1 and chunk size (~120 bytes), then its chunks at MANIFEST_BYTES_PER_CHUNK each
+BATCH_FILE_BYTES: Final = 6 * KIB + 256
+UPLOAD_BEGIN_MANY_HEADER: Final = (
+    MAX_FILES_PER_BATCH * BATCH_FILE_BYTES + MAX_CHUNKS_PER_BATCH * MANIFEST_BYTES_PER_CHUNK + 16 * KIB
+)  # 1.7 MiB
+# an upload id (~45 bytes) per file and a proof (72 bytes) per distinct chunk
+UPLOAD_PROVE_MANY_HEADER: Final = MAX_FILES_PER_BATCH * 64 + MAX_CHUNKS_PER_BATCH * 72 + 16 * KIB
+# an upload id per file, and a receipt (~40 bytes) per server it used: at most one per copy placed
+UPLOAD_COMMIT_MANY_HEADER: Final = MAX_FILES_PER_BATCH * 64 + MAX_CHUNKS_PER_BATCH * 16 * 40 + 16 * KIB
 # PROVE_CHUNKS: MAX_IDS_PER_REQUEST ranges `["<64 hex>",<offset>,<length>],` (~87 bytes with spaces)
 PROVE_CHUNKS_HEADER: Final = IDS_HEADER
 

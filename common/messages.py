@@ -32,8 +32,11 @@ from common.limits import (
     RELEASE_MANY_HEADER,
     SMALL_HEADER,
     UPLOAD_BEGIN_HEADER,
+    UPLOAD_BEGIN_MANY_HEADER,
     UPLOAD_COMMIT_HEADER,
+    UPLOAD_COMMIT_MANY_HEADER,
     UPLOAD_PROVE_HEADER,
+    UPLOAD_PROVE_MANY_HEADER,
 )
 
 
@@ -68,6 +71,10 @@ class MsgType(enum.IntEnum):
     UNSHARE = 0x49
     LOCATE_MANY = 0x4D
     RELEASE_MANY = 0x4E
+    # many small files in one request each (proxy.upload_batch)
+    UPLOAD_BEGIN_MANY = 0x4A
+    UPLOAD_PROVE_MANY = 0x4B
+    UPLOAD_COMMIT_MANY = 0x4C
     # HTTP gateway (holder of the cluster secret) -> proxy
     GATEWAY_HELLO = 0x45
     LINK_OPEN = 0x46
@@ -125,22 +132,18 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.LOGIN: MessageSpec(required={"user": str, "password": str}, max_header=CREDENTIALS_HEADER),
     MsgType.LOGOUT: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.WHOAMI: MessageSpec(auth=_USER, required=_SESSION),
+    # sha1: required unless `streamed` (the chunks are the first batch; the sha1 comes with the
+    # commit); `upload_id`: the next batch of a streamed upload (PROTOCOL.md §7.9)
     MsgType.UPLOAD_BEGIN: MessageSpec(
         auth=_USER,
-        required={
-            **_SESSION,
-            "name": str,
-            "size": int,
-            "sha1": str,
-            "chunk_size": int,
-            "chunks": list,
-        },
+        required={**_SESSION, "name": str, "size": int, "chunk_size": int, "chunks": list},
+        optional={"sha1": str, "streamed": bool, "upload_id": str},
         max_header=UPLOAD_BEGIN_HEADER,
     ),
     MsgType.UPLOAD_COMMIT: MessageSpec(
         auth=_USER,
         required={**_SESSION, "upload_id": str},
-        optional={"receipts": list},
+        optional={"receipts": list, "sha1": str},
         max_header=UPLOAD_COMMIT_HEADER,
     ),
     MsgType.UPLOAD_ABORT: MessageSpec(
@@ -150,6 +153,18 @@ SPECS: dict[MsgType, MessageSpec] = {
         auth=_USER, required={**_SESSION, "upload_id": str, "proofs": list}, max_header=UPLOAD_PROVE_HEADER
     ),
     MsgType.UPLOAD_TICKETS: MessageSpec(auth=_USER, required={**_SESSION, "upload_id": str}),
+    # files: [{name, size, sha1, chunks}]; uploads: [[upload id, proofs or receipts]] (PROTOCOL.md §7.8)
+    MsgType.UPLOAD_BEGIN_MANY: MessageSpec(
+        auth=_USER,
+        required={**_SESSION, "chunk_size": int, "files": list},
+        max_header=UPLOAD_BEGIN_MANY_HEADER,
+    ),
+    MsgType.UPLOAD_PROVE_MANY: MessageSpec(
+        auth=_USER, required={**_SESSION, "uploads": list}, max_header=UPLOAD_PROVE_MANY_HEADER
+    ),
+    MsgType.UPLOAD_COMMIT_MANY: MessageSpec(
+        auth=_USER, required={**_SESSION, "uploads": list}, max_header=UPLOAD_COMMIT_MANY_HEADER
+    ),
     # new servers for chunks whose chain failed, avoiding the servers that failed them
     MsgType.UPLOAD_REPLACE: MessageSpec(
         auth=_USER,

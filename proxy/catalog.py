@@ -97,6 +97,23 @@ class Catalog(FileChanges):
                     self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
             return result
 
+    def _change_many(self, ops: list[dict[str, Any]]) -> list[Any]:
+        """Journal several changes with one fsync (Journal.append_many), then apply each in order;
+        their results, in order.  All or none are journaled."""
+        if not ops:
+            return []
+        with self.lock:
+            entries = self.journal.append_many(ops)
+            results = [self._apply(entry) for entry in entries]
+            if self.journal.entries_since_snapshot >= self._snapshot_due:
+                try:
+                    self.journal.snapshot(self.state)
+                    self._snapshot_due = self.snapshot_every
+                except OSError as exc:  # the changes are durable in the journal; try again later
+                    log.warning("catalog snapshot failed (%s); will retry", exc)
+                    self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
+            return results
+
     def snapshot(self) -> None:
         with self.lock:
             self.journal.snapshot(self.state)

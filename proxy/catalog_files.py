@@ -9,10 +9,26 @@ the file tree's view: a file's current version, or any kept one.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from common.errors import Conflict, NotFound
+from common.errors import Conflict, FileClusterError, NotFound
+from common.names import parents
 from proxy.file_tree import DEFAULT_KEEP_VERSIONS, FileTree
+
+
+@dataclass(frozen=True)
+class FilePut:
+    """One upload of a batch to record (:meth:`FileChanges.put_files`)."""
+
+    owner: str
+    name: str
+    size: int
+    sha1: str
+    chunks: list[list[Any]]
+    locations: dict[str, list[int]]
+    quota: int | None  # the owner's quota (None: unlimited)
 
 
 class FileChanges:
@@ -23,6 +39,9 @@ class FileChanges:
 
     def _change(self, op: dict[str, Any]) -> Any:
         raise NotImplementedError  # the catalog journals the op, then applies it
+
+    def _change_many(self, ops: list[dict[str, Any]]) -> list[Any]:
+        raise NotImplementedError  # the catalog journals the ops with one fsync, then applies them
 
     def user(self, user: str) -> dict[str, Any] | None:
         raise NotImplementedError
@@ -86,6 +105,55 @@ class FileChanges:
                 }
             )
             return self.describe(owner, name), freed
+
+    def put_files(
+        self, puts: list[FilePut], *, keep: int = DEFAULT_KEEP_VERSIONS
+    ) -> list[tuple[dict[str, Any], list[str]] | FileClusterError]:
+        """Record a batch of complete uploads with one journal fsync; for each, the file and the
+        chunks freed, or why it was refused (nothing journaled for it).  Each is checked as
+        :meth:`put_file` checks one, against the catalog and the files before it in the batch: a
+        name given twice, or one that would be a folder of another, is refused, and each owner's
+        quota counts the sizes accepted before it (so a batch passes no quota)."""
+        with self.lock:
+            outcomes: list[tuple[dict[str, Any], list[str]] | FileClusterError | None] = []
+            ops: list[dict[str, Any]] = []
+            taken: dict[str, set[str]] = {}
+            added: Counter[str] = Counter()
+            for put in puts:
+                mine = taken.setdefault(put.owner, set())
+                try:
+                    if put.name in mine:
+                        raise Conflict(f"{put.name!r} is named twice in one batch; upload it again")
+                    clash = next((p for p in parents(put.name) if p in mine), None)
+                    if clash is not None:
+                        raise Conflict(f"{clash!r} is a file")
+                    if any(other.startswith(put.name + "/") for other in mine):
+                        raise Conflict(f"{put.name!r} is a folder")
+                    self.check_upload(put.owner, put.name, put.size + added[put.owner], put.quota)
+                except FileClusterError as exc:
+                    outcomes.append(exc)
+                    continue
+                mine.add(put.name)
+                added[put.owner] += put.size
+                outcomes.append(None)
+                ops.append(
+                    {
+                        "op": "file_put",
+                        "owner": put.owner,
+                        "name": put.name,
+                        "size": put.size,
+                        "sha1": put.sha1,
+                        "chunks": put.chunks,
+                        "locations": put.locations,
+                        "uploaded": time.time(),
+                        "keep": keep,
+                    }
+                )
+            freed = iter(self._change_many(ops))
+            return [
+                outcome if outcome is not None else (self.describe(put.owner, put.name), next(freed))
+                for put, outcome in zip(puts, outcomes, strict=True)
+            ]
 
     def check_upload(self, owner: str, name: str, size: int, quota: int | None) -> None:
         """Refuse an upload whose name would make a file and a folder of one name (Conflict), or

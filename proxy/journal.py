@@ -126,6 +126,33 @@ class Journal:
         self.entries_since_snapshot += 1
         return entry
 
+    def append_many(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Number, write and fsync several changes at once: one write and ONE fsync for them all
+        (a batch of uploads' commits).  All or none: a failure cuts every one of them off again."""
+        if not entries:
+            return []
+        if self._broken and not self._repair():
+            raise StorageIOError(f"the catalog journal could not be repaired after: {self._broken}")
+        numbered = [{"seq": self.seq + i, **entry} for i, entry in enumerate(entries, 1)]
+        data = b"".join(
+            json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            for entry in numbered
+        )
+        good = self._file.tell()
+        self._good = good
+        try:
+            self._file.write(data)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._roll_back(good, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("the proxy's disk is full; nothing was changed") from None
+            raise StorageIOError(f"the proxy could not write its catalog ({exc.strerror})") from None
+        self.seq += len(numbered)
+        self.entries_since_snapshot += len(numbered)
+        return numbered
+
     def _roll_back(self, good: int, cause: OSError) -> None:
         """Cut a failed append off, so no torn line ends up in the middle of the journal."""
         try:

@@ -72,9 +72,20 @@ def proven_chunks(
     without, for the same timing) whose proof matches a server's answer.  A server that cannot
     answer is skipped for the next holder; a chunk nobody can vouch for is simply not proven (the
     client then sends it)."""
-    claimed = {cid: (offset, length, proofs[i]) for i, (cid, offset, length) in enumerate(challenge.ranges)}
+    claimed = {cid: proofs[i] for i, (cid, _, _) in enumerate(challenge.ranges)}
+    answers = server_answers(challenge, holders, storage)
+    return {cid for cid, answer in answers.items() if answer == claimed[cid]}
+
+
+def server_answers(
+    challenge: Challenge, holders: Mapping[str, Sequence[ServerRef]], storage: StorageClient
+) -> dict[str, str]:
+    """What the servers answer to ``challenge`` for the chunks among ``holders`` (id -> the live
+    servers to ask, in order): the first holder with a copy decides.  One answer per chunk serves
+    every upload of a batch that was given the same challenge (proxy.upload_batch)."""
+    claimed = {cid: (offset, length) for cid, offset, length in challenge.ranges}
     pending = {cid: list(servers) for cid, servers in holders.items() if cid in claimed}
-    proven: set[str] = set()
+    answered: dict[str, str] = {}
 
     def ask(server: ServerRef, ids: list[str]) -> list[str | None] | None:
         ranges = [[cid, claimed[cid][0], claimed[cid][1]] for cid in ids]
@@ -98,6 +109,5 @@ def proven_chunks(
                 if answer is None:
                     continue  # this copy is gone: another holder may still vouch
                 pending.pop(cid, None)
-                if answer == claimed[cid][2]:
-                    proven.add(cid)
-    return proven
+                answered[cid] = answer
+    return answered

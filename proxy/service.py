@@ -47,7 +47,8 @@ from proxy.membership import Membership
 from proxy.registry import Registry
 from proxy.repair import Repairer
 from proxy.sessions import DEFAULT_IDLE, DEFAULT_MAX_AGE, SessionPolicy, Sessions
-from proxy.upload_handlers import UploadHandlers, principal
+from proxy.upload_batch import BatchUploadHandlers
+from proxy.upload_handlers import principal
 from proxy.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class ProxyService:
         self.links = LinkHandlers(
             catalog, self.leases, self.link_throttle, self._located, config.advertise, config.link_url
         )
-        self.upload_handlers = UploadHandlers(
+        self.upload_handlers = BatchUploadHandlers(
             catalog, registry, uploads, collector, config, key, self.repairer
         )
 
@@ -125,6 +126,9 @@ class ProxyService:
             MsgType.UPLOAD_PROVE: self.upload_handlers.upload_prove,
             MsgType.UPLOAD_TICKETS: self.upload_handlers.upload_tickets,
             MsgType.UPLOAD_REPLACE: self.upload_handlers.upload_replace,
+            MsgType.UPLOAD_BEGIN_MANY: self.upload_handlers.upload_begin_many,
+            MsgType.UPLOAD_PROVE_MANY: self.upload_handlers.upload_prove_many,
+            MsgType.UPLOAD_COMMIT_MANY: self.upload_handlers.upload_commit_many,
             MsgType.LIST: self.list_files,
             MsgType.LOCATE: self.locate,
             MsgType.DELETE: self.delete,

@@ -69,17 +69,12 @@ class UploadHandlers:
                 f"file too large: at most {chunk_size * MAX_CHUNKS_PER_FILE} bytes "
                 f"({MAX_CHUNKS_PER_FILE} chunks of {chunk_size})"
             )
+        if h.get("streamed"):  # the first batch of chunks; the rest follow (proxy.upload_stream)
+            return check_chunks(size, chunk_size, 0, chunks)
         if len(chunks) != math.ceil(size / chunk_size):
             raise InvalidRequest(f"a file of {size} bytes has {math.ceil(size / chunk_size)} chunks")
-        clean = []
-        for index, item in enumerate(chunks):
-            if not (isinstance(item, list) and len(item) == 2 and type(item[1]) is int):
-                raise InvalidRequest("each chunk is [id, size]")
-            want = chunk_size if index < len(chunks) - 1 else size - chunk_size * index
-            if item[1] != want:
-                raise InvalidRequest(f"chunk {index} should be {want} bytes, not {item[1]}")
-            clean.append([check_chunk_id(item[0]), item[1]])
-        if size == 0 and h["sha1"] != EMPTY_SHA1:
+        clean = check_chunks(size, chunk_size, 0, chunks)
+        if size == 0 and h.get("sha1") != EMPTY_SHA1:
             raise InvalidRequest("an empty file has the SHA-1 of no bytes")
         return clean
 
@@ -89,12 +84,31 @@ class UploadHandlers:
         Nothing in the reply depends on what the cluster holds (proxy.ownership)."""
         h = req.header
         owner = principal(req)
+        if h.get("upload_id") is not None:
+            return self._declare_more(owner, h)
         name = check_file_name(h["name"], new=True)
-        sha1 = check_sha1(h["sha1"])
+        streamed = bool(h.get("streamed"))
+        sha1 = "" if streamed else check_sha1(h.get("sha1"))  # streamed: it comes with the commit
         chunks = self._check_manifest(h)
         self.catalog.check_upload(owner, name, h["size"], self._quota(owner))  # before any byte is sent
         challenge = new_challenge(dict(chunks))
-        upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, challenge)
+        upload = self.uploads.begin(owner, name, h["size"], sha1, chunks, challenge, streamed=streamed)
+        return Reply({"upload_id": upload.id, "challenge": challenge.wire()})
+
+    def _declare_more(self, owner: str, h: Mapping[str, Any]) -> Reply:
+        """The next batch of a streamed upload's chunks, once the batch before it is proven: a
+        challenge over those not declared before (UPLOAD_PROVE then places them)."""
+        upload = self.uploads.get(h["upload_id"], owner)
+        if not upload.streamed:
+            raise InvalidRequest("only a streamed upload declares its chunks in batches")
+        if upload.awaiting:
+            raise Conflict("prove the chunks declared before (UPLOAD_PROVE) first")
+        if (h["name"], h["size"], h["chunk_size"]) != (upload.name, upload.size, self.config.chunk_size):
+            raise InvalidRequest("a batch of chunks names its upload's file, size and chunk size")
+        chunks = check_chunks(upload.size, self.config.chunk_size, len(upload.chunks), h["chunks"])
+        known = {chunk_id for chunk_id, _ in upload.chunks}
+        challenge = new_challenge({c: size for c, size in chunks if c not in known})
+        self.uploads.declare(upload.id, chunks, challenge)
         return Reply({"upload_id": upload.id, "challenge": challenge.wire()})
 
     def _quota(self, owner: str) -> int | None:
@@ -104,14 +118,25 @@ class UploadHandlers:
         """Check the proofs; deduplicate only proven chunks; place every other one (with tickets)."""
         h = req.header
         upload = self.uploads.get(h["upload_id"], principal(req))
-        if upload.proven:
+        if not upload.awaiting:
             raise Conflict("this upload was already proved; ask for fresh tickets with UPLOAD_TICKETS")
         proofs = h["proofs"]
         if len(proofs) != len(upload.challenge.ranges) or not all(isinstance(p, str) for p in proofs):
             raise InvalidRequest(f"expected {len(upload.challenge.ranges)} proofs, one per distinct chunk")
-        sizes = dict(upload.chunks)
+        every = dict(upload.chunks)
+        sizes = {chunk_id: every[chunk_id] for chunk_id, _, _ in upload.challenge.ranges}  # this batch's
+        holders = self._holders(sizes)
+        proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
+        verified = self._verified_copies({c: holders[c] for c in proven if c in holders}, sizes)
+        with self.collector.lock:
+            placement, reused = self._decide(sizes, verified, self.registry.live_ids())
+            self.uploads.place(upload.id, placement, reused)
+        return Reply({"missing": self._missing(upload, set(placement))})
+
+    def _holders(self, sizes: Mapping[str, int]) -> dict[str, list[ServerRef]]:
+        """Who checks each chunk's proof: the live servers with a copy (same size), in rank order."""
         up = [s.ref for s in self.registry.all() if self.registry.is_up(s)]
-        holders = {}  # who checks each proof: the live servers with a copy (same size), in rank order
+        holders = {}
         for chunk_id, size in sizes.items():
             known = self.catalog.chunk(chunk_id)
             held = set(known["servers"]) if known is not None and known["size"] == size else set()
@@ -125,31 +150,33 @@ class UploadHandlers:
             asked = [s for s in ranked if s.id in held] or ranked[:1]
             if asked:
                 holders[chunk_id] = asked
-        proven = proven_chunks(upload.challenge, proofs, holders, self.storage)  # network: no lock held
-        verified = self._verified_copies({c: holders[c] for c in proven if c in holders}, sizes)
-        with self.collector.lock:
-            live_ids = self.registry.live_ids()
-            placement: dict[str, list[ServerRef]] = {}
-            reused: dict[str, list[int]] = {}
-            for chunk_id, size in sizes.items():
-                good = verified.get(chunk_id, set()) & live_ids
-                recorded = set(self.catalog.chunk_servers(chunk_id))
-                if good & recorded:
-                    continue  # proven, verified and still stored on a live server: nothing to send
-                if len(good - recorded) >= self.config.replicas:
-                    # stored by another upload, not committed yet: reused whole (as many copies as a
-                    # fresh upload makes); this upload's pins keep them, its commit records them
-                    reused[chunk_id] = sorted(good - recorded)
-                    continue
-                targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
-                if len(targets) < self.config.replicas:
-                    raise Unavailable(
-                        f"not enough storage servers up with free space: {len(targets)} of "
-                        f"{self.config.replicas} needed; see: filecluster status"
-                    )
-                placement[chunk_id] = targets
-            self.uploads.place(upload.id, placement, reused)
-        return Reply({"missing": self._missing(upload)})
+        return holders
+
+    def _decide(
+        self, sizes: Mapping[str, int], verified: Mapping[str, set[int]], live_ids: set[int]
+    ) -> tuple[dict[str, list[ServerRef]], dict[str, list[int]]]:
+        """Under the collector's lock: which chunks to send and where (placement), and which copies
+        stored by another upload to reuse; ``verified``: the proven chunks' copies known good."""
+        placement: dict[str, list[ServerRef]] = {}
+        reused: dict[str, list[int]] = {}
+        for chunk_id, size in sizes.items():
+            good = verified.get(chunk_id, set()) & live_ids
+            recorded = set(self.catalog.chunk_servers(chunk_id))
+            if good & recorded:
+                continue  # proven, verified and still stored on a live server: nothing to send
+            if len(good - recorded) >= self.config.replicas:
+                # stored by another upload, not committed yet: reused whole (as many copies as a
+                # fresh upload makes); this upload's pins keep them, its commit records them
+                reused[chunk_id] = sorted(good - recorded)
+                continue
+            targets = place(chunk_id, self.registry.live(need_bytes=size), self.config.replicas)
+            if len(targets) < self.config.replicas:
+                raise Unavailable(
+                    f"not enough storage servers up with free space: {len(targets)} of "
+                    f"{self.config.replicas} needed; see: filecluster status"
+                )
+            placement[chunk_id] = targets
+        return placement, reused
 
     def _verified_copies(
         self, holders: Mapping[str, list[ServerRef]], sizes: Mapping[str, int]
@@ -195,7 +222,8 @@ class UploadHandlers:
             raise Conflict("prove the upload first (UPLOAD_PROVE)")
         return Reply({"missing": self._missing(upload)})
 
-    def _missing(self, upload: PendingUpload) -> list[dict[str, Any]]:
+    def _missing(self, upload: PendingUpload, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """What the upload sends (``only``: of these chunks), where, with fresh tickets."""
         sizes = dict(upload.chunks)
         return [
             {
@@ -207,6 +235,7 @@ class UploadHandlers:
                 ),
             }
             for chunk_id, targets in upload.placement.items()
+            if only is None or chunk_id in only
         ]
 
     def upload_replace(self, req: Request) -> Reply:
@@ -254,24 +283,17 @@ class UploadHandlers:
         h = req.header
         owner = principal(req)
         upload = self.uploads.get(h["upload_id"], owner)
-        if not upload.proven:
+        if not upload.proven or upload.awaiting:
             raise Conflict("prove the upload first (UPLOAD_PROVE)")
+        if upload.streamed:
+            self._complete(upload, h.get("sha1"))
         self._check_receipts(upload, h.get("receipts") or [])
         # every placed copy came with its server's receipt (verified and fsynced there) and is pinned
         # by this upload, so the catalog records the placement as is: no network call here
         # copies reused from an interrupted upload were proven and vouched for at UPLOAD_PROVE, like dedup
-        locations = {chunk_id: [s.id for s in servers] for chunk_id, servers in upload.placement.items()}
-        for chunk_id, server_ids in upload.reused.items():
-            locations.setdefault(chunk_id, list(server_ids))
         with self.collector.lock:
             try:
-                live_ids = self.registry.live_ids()
-                for chunk_id, _ in upload.chunks:
-                    if chunk_id in upload.placement:
-                        continue
-                    copies = set(self.catalog.chunk_servers(chunk_id)) | set(upload.reused.get(chunk_id, []))
-                    if not copies & live_ids:
-                        raise Conflict(f"chunk {chunk_id[:12]} no longer has a live copy; upload again")
+                self._check_still_held(upload, self.registry.live_ids())
             except (Conflict, Unavailable):
                 self._abandon(upload.id)
                 raise
@@ -281,7 +303,7 @@ class UploadHandlers:
                 upload.size,
                 upload.sha1,
                 upload.chunks,
-                locations,
+                locations_of(upload),
                 keep=self.config.keep_versions,
                 quota=self._quota(owner),  # again, under the lock: concurrent uploads cannot both slip in
             )
@@ -289,6 +311,28 @@ class UploadHandlers:
         self.collector.queue_freed(freed)
         log.info("%s uploaded %s (%d bytes, %d chunks)", owner, upload.name, upload.size, len(upload.chunks))
         return Reply({"file": entry})
+
+    def _complete(self, upload: PendingUpload, sha1: object) -> None:
+        """A streamed upload commits once every chunk its size calls for was declared and proven; its
+        whole SHA-1 comes with the commit (the client computed it while sending)."""
+        want = math.ceil(upload.size / self.config.chunk_size)
+        if len(upload.chunks) != want:
+            raise InvalidRequest(f"a file of {upload.size} bytes has {want} chunks, not {len(upload.chunks)}")
+        if not isinstance(sha1, str):
+            raise InvalidRequest("the commit of a streamed upload carries the file's sha1")
+        upload.sha1 = check_sha1(sha1)
+        if upload.size == 0 and upload.sha1 != EMPTY_SHA1:
+            raise InvalidRequest("an empty file has the SHA-1 of no bytes")
+
+    def _check_still_held(self, upload: PendingUpload, live_ids: set[int]) -> None:
+        """Under the collector's lock: every chunk the upload did not send (dedup) still has a live
+        copy, else Conflict."""
+        for chunk_id, _ in upload.chunks:
+            if chunk_id in upload.placement:
+                continue
+            copies = set(self.catalog.chunk_servers(chunk_id)) | set(upload.reused.get(chunk_id, []))
+            if not copies & live_ids:
+                raise Conflict(f"chunk {chunk_id[:12]} no longer has a live copy; upload again")
 
     def _check_receipts(self, upload: PendingUpload, receipts: list[Any]) -> None:
         """Every placed copy must come with the receipt of the server that got it from this upload.
@@ -337,6 +381,31 @@ class UploadHandlers:
         suspects = h.get("unreachable") or []
         self._check_servers({i for i in suspects[:64] if type(i) is int})
         return Reply({})
+
+
+def check_chunks(size: int, chunk_size: int, start: int, chunks: list[Any]) -> list[list[Any]]:
+    """``chunks`` as chunks ``start``, ``start + 1``, ... of a file of ``size`` bytes: each
+    ``[id, size]``, full but for the file's last, and none past it."""
+    count = math.ceil(size / chunk_size)
+    if start + len(chunks) > count:
+        raise InvalidRequest(f"a file of {size} bytes has {count} chunks")
+    clean = []
+    for index, item in enumerate(chunks, start):
+        if not (isinstance(item, list) and len(item) == 2 and type(item[1]) is int):
+            raise InvalidRequest("each chunk is [id, size]")
+        want = chunk_size if index < count - 1 else size - chunk_size * index
+        if item[1] != want:
+            raise InvalidRequest(f"chunk {index} should be {want} bytes, not {item[1]}")
+        clean.append([check_chunk_id(item[0]), item[1]])
+    return clean
+
+
+def locations_of(upload: PendingUpload) -> dict[str, list[int]]:
+    """Where an upload's new copies are, for the catalog: what it placed, and what it reuses."""
+    locations = {chunk_id: [s.id for s in servers] for chunk_id, servers in upload.placement.items()}
+    for chunk_id, server_ids in upload.reused.items():
+        locations.setdefault(chunk_id, list(server_ids))
+    return locations
 
 
 def principal(req: Request) -> str:

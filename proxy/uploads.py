@@ -53,7 +53,9 @@ class PendingUpload:
     challenge: Challenge
     placement: dict[str, list[ServerRef]] = field(default_factory=dict)  # what to send, and where
     reused: dict[str, list[int]] = field(default_factory=dict)  # copies other uploads stored, vouched for
-    proven: bool = False  # UPLOAD_PROVE has decided the placement
+    proven: bool = False  # UPLOAD_PROVE has decided the placement (of every batch so far)
+    awaiting: bool = True  # a challenge is out that UPLOAD_PROVE has not answered yet
+    streamed: bool = False  # declared in batches as the client hashes (sha1 comes at commit)
     created: float = field(default_factory=time.monotonic)
     parked_until: float | None = None  # aborted: its stored chunks stay pinned until then
     indexed: set[tuple[str, int]] = field(default_factory=set)  # (chunk, server) in Uploads' index
@@ -95,8 +97,10 @@ class Uploads:
         sha1: str,
         chunks: list[list[Any]],
         challenge: Challenge,
+        *,
+        streamed: bool = False,
     ) -> PendingUpload:
-        upload = PendingUpload(new_token(), owner, name, size, sha1, chunks, challenge)
+        upload = PendingUpload(new_token(), owner, name, size, sha1, chunks, challenge, streamed=streamed)
         with self._lock:
             self._pending[upload.id] = upload
             self._pins.update({chunk_id for chunk_id, _ in chunks})
@@ -118,13 +122,30 @@ class Uploads:
         reused: dict[str, list[int]] | None = None,
     ) -> None:
         """Record where an upload's chunks go and which stored copies it reuses (UPLOAD_PROVE):
-        from now on it may commit."""
+        from now on it may commit.  A streamed upload adds each batch's to those before."""
         with self._lock:
             upload = self._pending.get(upload_id)
             if upload is None:
                 raise NotFound("unknown upload (it may have expired or been aborted); upload again")
-            upload.placement, upload.reused, upload.proven = placement, dict(reused or {}), True
+            if upload.streamed:
+                upload.placement.update(placement)
+                upload.reused.update(reused or {})
+            else:
+                upload.placement, upload.reused = placement, dict(reused or {})
+            upload.proven, upload.awaiting = True, False
             self._index(upload)
+
+    def declare(self, upload_id: str, chunks: list[list[Any]], challenge: Challenge) -> None:
+        """The next batch of a streamed upload's chunks (UPLOAD_BEGIN with ``upload_id``): pinned
+        from now on, and proven by ``challenge``."""
+        with self._lock:
+            upload = self._pending.get(upload_id)
+            if upload is None:
+                raise NotFound("unknown upload (it may have expired or been aborted); upload again")
+            known = {chunk_id for chunk_id, _ in upload.chunks}
+            self._pins.update({chunk_id for chunk_id, _ in chunks} - known)
+            upload.chunks = upload.chunks + chunks
+            upload.challenge, upload.awaiting = challenge, True
 
     def re_place(self, upload_id: str, chunk_id: str, targets: list[ServerRef]) -> None:
         """A new chain for one chunk (UPLOAD_REPLACE).  The old chain stays indexed: its head may
