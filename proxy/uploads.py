@@ -218,8 +218,15 @@ class Uploads:
         return upload
 
     def _unpin(self, chunk_ids: set[str]) -> None:
-        self._pins.subtract(chunk_ids)
-        self._pins = +self._pins
+        """Drop one pin of each chunk; a chunk with none left leaves the counter (in O(len(chunk_ids)),
+        not a rebuild of every pin: this runs on every commit)."""
+        pins = self._pins
+        for chunk_id in chunk_ids:
+            left = pins[chunk_id] - 1
+            if left > 0:
+                pins[chunk_id] = left
+            else:
+                pins.pop(chunk_id, None)
 
     def parked(self) -> int:
         with self._lock:
