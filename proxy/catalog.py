@@ -53,7 +53,7 @@ from proxy import records
 from proxy import snapshot as snapshot_format
 from proxy.catalog_files import FileChanges
 from proxy.chunk_table import ChunkTable
-from proxy.file_tree import Files, FileTree, upgrade
+from proxy.file_tree import Counted, Files, FileTree, upgrade
 from proxy.journal import Journal
 
 SNAPSHOT_EVERY = 1000
@@ -80,9 +80,11 @@ class Catalog(FileChanges):
         self.meta = _empty_meta()
         self.chunks = ChunkTable()
         self.files: Files = {}
+        counted = None
         if snapshot is not None:
-            self._load_snapshot(snapshot)
-        self.tree = FileTree(self.files, self.meta["shares"], self.chunks)  # counts refs, usage, folders
+            counted = self._load_snapshot(snapshot)
+        # format 2 brings the derived figures as they were; else they are counted now
+        self.tree = FileTree(self.files, self.meta["shares"], self.chunks, counted)
         self._user_sessions: defaultdict[str, set[str]] = defaultdict(set)  # derived: user -> hashes
         for token_hash, session in self.meta["sessions"].items():
             self._user_sessions[session["user"]].add(token_hash)
@@ -91,12 +93,12 @@ class Catalog(FileChanges):
         if not self.meta["cluster_id"]:
             self._change({"op": "init", "cluster_id": uuid.uuid4().hex})
 
-    def _load_snapshot(self, snapshot: dict[str, Any]) -> None:
+    def _load_snapshot(self, snapshot: dict[str, Any]) -> Counted | None:
         if snapshot.get("version") == snapshot_format.FORMAT:
             self.meta.update(snapshot["meta"])
             self.files = snapshot["files"]
-            self.chunks.load_rows(snapshot["chunks"])
-            return
+            self.chunks.load(snapshot["chunks"])
+            return snapshot["usage"], snapshot["folders"]
         # format 1 (JSON objects): pack every file, tabulate every chunk; written anew at the next snapshot
         for key in ("seq", "version"):
             snapshot.pop(key, None)
@@ -107,6 +109,7 @@ class Catalog(FileChanges):
             owner: {name: records.pack(upgrade(entry)) for name, entry in names.items()}
             for owner, names in files.items()
         }
+        return None
 
     @property
     def cluster_id(self) -> str:
@@ -141,7 +144,8 @@ class Catalog(FileChanges):
     def _encode(self, seq: int) -> bytes:
         """The snapshot as of ``seq`` (called under the lock, or in a snapshot child)."""
         if len(self.chunks) >= self.big_from:
-            return snapshot_format.encode(seq, self.meta, self.files, self.chunks.table)
+            state = {"meta": self.meta, "files": self.files, "chunks": self.chunks.dump()}
+            return snapshot_format.encode(seq, {**state, **self.tree.counted()})
         return json.dumps({**self.state, "seq": seq}, separators=(",", ":"), ensure_ascii=False).encode()
 
     def _snapshot_due_now(self) -> None:
@@ -380,9 +384,7 @@ class Catalog(FileChanges):
     def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
         """Chunks the catalog places on a server that its inventory does not list."""
         return [
-            chunk_id
-            for chunk_id, _, servers, _ in self.chunks.scan(self.lock)
-            if server_id in servers and chunk_id not in present
+            chunk_id for chunk_id in self.chunks.on_server(server_id, self.lock) if chunk_id not in present
         ]
 
     def reconcile_server(self, server_id: int, present: set[str], gone: set[str]) -> list[str]:

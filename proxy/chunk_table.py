@@ -2,12 +2,13 @@
 
 Theory of operation
 -------------------
-One dict, keyed by the chunk's 32 raw bytes (proxy.records.chunk_key), whose values are tuples
-``(size, servers, refs)``: ``servers`` a tuple of server ids, shared by every chunk listed on the
-same servers (so a million chunks on 4 servers hold a handful of tuples), and ``refs`` how many
-kept file versions use the chunk (derived: counted at load, never stored).  Tuples of numbers are
-immutable, so a change replaces a chunk's tuple, and the garbage collector soon stops tracking
-them.  About 130 bytes a chunk, against about 500 for a dict, a list and a hex string.
+One dict, keyed by the chunk's 32 raw bytes (proxy.records.chunk_key), whose values are one
+``int`` each, three fields in one number: ``servers`` (bits 0-31: the index of a tuple of server
+ids in :attr:`ChunkTable.server_sets`, shared by every chunk listed on the same servers), ``refs``
+(bits 32-63: how many kept file versions use the chunk) and ``size`` (bits 64 up).  A number is
+immutable and holds no reference, so the garbage collector never looks at one; a change replaces
+it.  About 170 bytes a chunk with its key and its slot in the dict, against about 500 for a dict,
+a list and a hex string.
 
 A chunk no version uses (``refs`` 0) stays until the collector drops it (catalog op ``chunk_del``).
 A reference to a chunk the table lacks (only a damaged old catalog could have one) adds it with
@@ -26,17 +27,31 @@ from typing import Any
 
 from proxy.records import ChunkKey, chunk_hex, chunk_key
 
-Record = tuple[int, tuple[int, ...], int]
 BATCH = 4096  # records read per hold of the lock during a scan
+_FIELD = 1 << 32
+_MASK = _FIELD - 1
+
+
+def _record(size: int, refs: int, servers: int) -> int:
+    return servers | min(refs, _MASK) << 32 | size << 64
 
 
 class ChunkTable:
     def __init__(self) -> None:
-        self.table: dict[ChunkKey, Record] = {}
-        self._servers: dict[tuple[int, ...], tuple[int, ...]] = {}  # shared server tuples
+        self.table: dict[ChunkKey, int] = {}
+        self.server_sets: list[tuple[int, ...]] = [()]  # index -> a tuple of server ids
+        self._set_index: dict[tuple[int, ...], int] = {(): 0}
 
-    def _shared(self, servers: tuple[int, ...]) -> tuple[int, ...]:
-        return self._servers.setdefault(servers, servers)
+    def _index(self, servers: tuple[int, ...]) -> int:
+        index = self._set_index.get(servers)
+        if index is None:
+            index = self._set_index[servers] = len(self.server_sets)
+            self.server_sets.append(servers)
+        return index
+
+    def _fields(self, record: int) -> tuple[int, int, tuple[int, ...]]:
+        """(size, refs, servers) of a record."""
+        return record >> 64, record >> 32 & _MASK, self.server_sets[record & _MASK]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -50,15 +65,16 @@ class ChunkTable:
         record = self.table.get(chunk_key(chunk_id))
         if record is None:
             return None
-        return {"size": record[0], "servers": list(record[1])}
+        size, _, servers = self._fields(record)
+        return {"size": size, "servers": list(servers)}
 
     def servers(self, chunk_id: str) -> list[int]:
         record = self.table.get(chunk_key(chunk_id))
-        return list(record[1]) if record else []
+        return [] if record is None else list(self.server_sets[record & _MASK])
 
     def refs(self, chunk_id: str) -> int:
         record = self.table.get(chunk_key(chunk_id))
-        return record[2] if record else 0
+        return 0 if record is None else record >> 32 & _MASK
 
     def scan(self, lock: AbstractContextManager[Any]) -> Iterator[tuple[str, int, tuple[int, ...], int]]:
         """Every chunk as ``(id, size, servers, refs)``, read in batches under ``lock``; a chunk
@@ -68,24 +84,41 @@ class ChunkTable:
         for start in range(0, len(keys), BATCH):
             with lock:
                 batch = [(k, self.table.get(k)) for k in keys[start : start + BATCH]]
+                sets = self.server_sets
             for key, record in batch:
                 if record is not None:
-                    yield chunk_hex(key), record[0], record[1], record[2]
+                    yield chunk_hex(key), record >> 64, sets[record & _MASK], record >> 32 & _MASK
+
+    def on_server(self, server_id: int, lock: AbstractContextManager[Any]) -> Iterator[str]:
+        """The chunks listed on ``server_id``, read as :meth:`scan` reads (only the server-set
+        field of each record is looked at; only a match is turned into its id)."""
+        with lock:
+            keys = list(self.table)
+            wanted = {i for i, servers in enumerate(self.server_sets) if server_id in servers}
+        for start in range(0, len(keys), BATCH):
+            with lock:
+                get = self.table.get
+                batch = [k for k in keys[start : start + BATCH] if (get(k, 0) & _MASK) in wanted]
+            yield from map(chunk_hex, batch)
 
     def unreferenced(self) -> list[str]:
-        return [chunk_hex(k) for k, r in self.table.items() if not r[2]]
+        return [chunk_hex(k) for k, r in self.table.items() if not r >> 32 & _MASK]
 
     # -- changes -----------------------------------------------------------------------------
+    def _set_servers(self, key: ChunkKey, record: int, servers: tuple[int, ...]) -> None:
+        self.table[key] = record & ~_MASK | self._index(servers)
+
     def add(self, chunk_id: str, size: int, servers: list[int]) -> None:
         """Know a chunk (if new, with ``size``), listed on ``servers`` too."""
         key = chunk_key(chunk_id)
         record = self.table.get(key)
         if record is None:
-            self.table[key] = (size, self._shared(tuple(dict.fromkeys(servers))), 0)
+            self.table[key] = _record(size, 0, self._index(tuple(dict.fromkeys(servers))))
             return
-        extra = [s for s in servers if s not in record[1]]
+        listed = self.server_sets[record & _MASK]
+        extra = [s for s in servers if s not in listed]
         if extra:
-            self.table[key] = (record[0], self._shared(record[1] + tuple(dict.fromkeys(extra))), record[2])
+            self._set_servers(key, record, listed + tuple(dict.fromkeys(extra)))
 
     def add_server(self, chunk_id: str, server_id: int) -> bool:
         """List a copy on a server; False if the chunk is unknown."""
@@ -93,65 +126,70 @@ class ChunkTable:
         record = self.table.get(key)
         if record is None:
             return False
-        if server_id not in record[1]:
-            self.table[key] = (record[0], self._shared((*record[1], server_id)), record[2])
+        listed = self.server_sets[record & _MASK]
+        if server_id not in listed:
+            self._set_servers(key, record, (*listed, server_id))
         return True
 
     def drop_server(self, chunk_id: str, server_id: int) -> bool:
         """Forget a copy; True if it was listed."""
         key = chunk_key(chunk_id)
         record = self.table.get(key)
-        if record is None or server_id not in record[1]:
+        if record is None or server_id not in self.server_sets[record & _MASK]:
             return False
-        kept = tuple(s for s in record[1] if s != server_id)
-        self.table[key] = (record[0], self._shared(kept), record[2])
+        self._set_servers(key, record, tuple(s for s in self.server_sets[record & _MASK] if s != server_id))
         return True
 
     def forget_server(self, server_id: int) -> None:
         """Drop a server from every chunk (a rare admin op: one pass over the table)."""
         for key, record in self.table.items():
-            if server_id in record[1]:
-                kept = tuple(s for s in record[1] if s != server_id)
-                self.table[key] = (record[0], self._shared(kept), record[2])
+            listed = self.server_sets[record & _MASK]
+            if server_id in listed:
+                self._set_servers(key, record, tuple(s for s in listed if s != server_id))
 
     def ref(self, key: ChunkKey, size: int = 0) -> None:
         record = self.table.get(key)
-        if record is None:
-            self.table[key] = (size, (), 1)
-        else:
-            self.table[key] = (record[0], record[1], record[2] + 1)
+        self.table[key] = _record(size, 1, 0) if record is None else record + _FIELD
 
     def unref(self, key: ChunkKey) -> bool:
         """Take a reference off; True if none is left."""
         record = self.table.get(key)
         if record is None:
             return True
-        left = max(0, record[2] - 1)
-        self.table[key] = (record[0], record[1], left)
-        return left == 0
+        if record >> 32 & _MASK:
+            record -= _FIELD
+            self.table[key] = record
+        return not record >> 32 & _MASK
 
     def drop(self, chunk_id: str) -> None:
         """Forget a chunk no version uses."""
         key = chunk_key(chunk_id)
         record = self.table.get(key)
-        if record is not None and not record[2]:
+        if record is not None and not record >> 32 & _MASK:
             del self.table[key]
 
-    # -- the snapshot's and the tests' view ------------------------------------------------
+    # -- snapshots, and the tests' view -------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        """What a snapshot keeps: the table and the server sets, as they are held."""
+        return {"table": self.table, "server_sets": self.server_sets}
+
+    def load(self, kept: dict[str, Any]) -> None:
+        """What :meth:`dump` gave, read back from a snapshot."""
+        self.table = kept["table"]
+        self.server_sets = [tuple(s) for s in kept["server_sets"]]
+        self._set_index = {s: i for i, s in enumerate(self.server_sets)}
+
     def export(self) -> dict[str, dict[str, Any]]:
         """Every chunk as JSON: ``{id: {size, servers}}``."""
-        return {chunk_hex(k): {"size": r[0], "servers": list(r[1])} for k, r in self.table.items()}
-
-    def load_rows(self, rows: dict[ChunkKey, Any]) -> None:
-        """The chunks of a snapshot (:attr:`table` as it was written: its reference counts are
-        not trusted, but counted again from the files)."""
-        shared = self._shared
-        self.table = {k: (r[0], shared(tuple(r[1])), 0) for k, r in rows.items()}
+        sets = self.server_sets
+        return {
+            chunk_hex(k): {"size": r >> 64, "servers": list(sets[r & _MASK])} for k, r in self.table.items()
+        }
 
     def load_export(self, chunks: dict[str, dict[str, Any]]) -> None:
-        """The chunks of a JSON snapshot (the format before this one)."""
+        """The chunks of a JSON snapshot (format 1)."""
         for chunk_id, info in chunks.items():
             self.add(chunk_id, int(info["size"]), list(info["servers"]))
 
     def ref_counts(self) -> dict[str, int]:
-        return {chunk_hex(k): r[2] for k, r in self.table.items() if r[2]}
+        return {chunk_hex(k): r >> 32 & _MASK for k, r in self.table.items() if r >> 32 & _MASK}

@@ -49,6 +49,7 @@ DEFAULT_KEEP_VERSIONS = 10
 SORTED_KEPT = 16  # owners whose sorted names are kept for paged listings
 _VERSION_KEYS = ("version", "size", "sha1", "chunks", "uploaded")
 Files = dict[str, dict[str, bytes]]  # owner -> name -> packed entry
+Counted = tuple[dict[str, int], dict[str, dict[str, int]]]  # usage and folders, as a snapshot keeps them
 
 
 def upgrade(entry: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +70,34 @@ def kept_versions(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class FileTree:
-    def __init__(self, files: Files, shares: dict[str, dict[str, Any]], chunks: ChunkTable) -> None:
+    def __init__(
+        self,
+        files: Files,
+        shares: dict[str, dict[str, Any]],
+        chunks: ChunkTable,
+        counted: Counted | None = None,
+    ) -> None:
+        """The tree of ``files``; its usage, folders and chunk references are ``counted`` as a
+        snapshot kept them (with the references in ``chunks``), or counted here."""
         self.files = files
         self.book = LinkBook(shares)
         self.chunks = chunks
         self.usage: Counter[str] = Counter()
         self.folders: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._sorted: dict[str, list[str]] = {}  # owner -> names, sorted: the last owners listed
-        for owner, names in files.items():
+        if counted is not None:
+            self.usage.update(counted[0])
+            self.folders.update((owner, Counter(folders)) for owner, folders in counted[1].items())
+        else:
+            self._count()
+
+    def counted(self) -> dict[str, Any]:
+        """``usage`` and ``folders`` as plain dicts, for a snapshot."""
+        return {"usage": dict(self.usage), "folders": {o: dict(f) for o, f in self.folders.items()}}
+
+    def _count(self) -> None:
+        chunks = self.chunks
+        for owner, names in self.files.items():
             in_folder: Counter[str] = Counter()  # files right in each folder: each folder's
             for name, blob in names.items():  # parents are then counted once, not once a file
                 size, keys = records.usage_and_chunks(blob)

@@ -72,7 +72,7 @@ class Journal:
                 tighten(path, PRIVATE_FILE)
         if self.snapshot_path.exists():
             try:
-                snapshot = snapshot_format.decode(self.snapshot_path.read_bytes())
+                snapshot = snapshot_format.read(self.snapshot_path)
             except ValueError as exc:
                 raise CorruptData(f"{self.snapshot_path} is damaged: {exc}") from None
             self.seq = snapshot.get("seq", 0)

@@ -7,12 +7,18 @@ then a pickle (protocol 5) of plain data only (dicts, lists, tuples, str, bytes,
 * ``meta``: the small part, as JSON would hold it (``cluster_id``, ``users``, ``sessions``,
   ``shares``, ``servers``, and ``gateway_url`` once known);
 * ``files``: owner -> name -> the packed entry (proxy.records), stored as it is held;
-* ``chunks``: chunk key -> ``(size, servers, refs)``, proxy.chunk_table's table as it is held
-  (``refs`` is not read back: references are counted again from the files).
+* ``chunks``: proxy.chunk_table's table (chunk key -> one number: size, refs, server set) and its
+  server sets, as they are held;
+* ``usage`` (owner -> bytes) and ``folders`` (owner -> folder -> files under it): proxy.file_tree's
+  derived figures.
 
-A million files load in a few seconds, against tens for the same state as JSON objects.  Reading
-refuses any pickled reference to code (:class:`_PlainData`), and the digest catches damage
-anywhere, so a damaged snapshot refuses to start, as before.
+The derived parts (``refs``, ``usage``, ``folders``) are stored as the running proxy held them at
+``seq``, so a restart rebuilds nothing: it is the pickle's load, and replaying the journal after
+it applies the same ops to the same figures as the running proxy did.  (Format 1 stores none of
+them: they are counted at load.)  A million files load in about two seconds, with no transient
+copies (the file is read as a stream), against tens of seconds for the same state as JSON.
+Reading refuses any pickled reference to code (:class:`_PlainData`), and the digest catches
+damage anywhere, so a damaged snapshot refuses to start, as before.
 
 Format 1 (older versions): one JSON object (files as dicts, chunks as ``{size, servers}``).  It
 still loads (:func:`decode` returns it as it is; the catalog converts it), and the next snapshot
@@ -25,6 +31,7 @@ import hashlib
 import io
 import json
 import pickle
+from pathlib import Path
 from typing import Any
 
 MAGIC = b"FILECLUSTER-CATALOG-2\n"
@@ -37,35 +44,58 @@ class _PlainData(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a catalog snapshot holds data only, not {module}.{name}")
 
 
-def encode(seq: int, meta: dict[str, Any], files: Any, chunks: Any) -> bytes:
-    payload = pickle.dumps(
-        {"version": FORMAT, "seq": seq, "meta": meta, "files": files, "chunks": chunks}, protocol=5
-    )
+def encode(seq: int, state: dict[str, Any]) -> bytes:
+    """Format 2: ``state`` holds ``meta``, ``files``, ``chunks``, ``usage`` and ``folders``."""
+    payload = pickle.dumps({"version": FORMAT, "seq": seq, **state}, protocol=5)
     return MAGIC + hashlib.sha256(payload).digest() + payload
 
 
-def decode(raw: bytes) -> dict[str, Any]:
-    """The snapshot in ``raw``: format 2 as written, format 1 as its JSON object.  ValueError if
+class _Hashing(io.RawIOBase):
+    """A file read through, hashing what it reads (the unpickler reads in frames)."""
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self.f = f
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.f.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n or 0
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The snapshot at ``path``: format 2 as written, format 1 as its JSON object.  ValueError if
     it is damaged (or is not a catalog snapshot)."""
-    if raw.startswith(MAGIC):
-        digest, payload = raw[len(MAGIC) : len(MAGIC) + _DIGEST], raw[len(MAGIC) + _DIGEST :]
-        if hashlib.sha256(payload).digest() != digest:
-            raise ValueError("its checksum does not match")
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            f.seek(0)
+            snapshot = json.loads(f.read())
+            if not isinstance(snapshot, dict) or not isinstance(snapshot.get("seq", 0), int):
+                raise ValueError("not a catalog snapshot")
+            return snapshot
+        digest = f.read(_DIGEST)
+        hashing = _Hashing(f)
+        stream = io.BufferedReader(hashing, 1 << 20)
+        error = ""
         try:
-            snapshot = _PlainData(io.BytesIO(payload)).load()
+            snapshot = _PlainData(stream).load()
         except Exception as exc:  # whatever a damaged pickle raises
-            raise ValueError(str(exc)) from None
-        if not (
-            isinstance(snapshot, dict)
-            and snapshot.get("version") == FORMAT
-            and type(snapshot.get("seq")) is int
-            and isinstance(snapshot.get("meta"), dict)
-            and isinstance(snapshot.get("files"), dict)
-            and isinstance(snapshot.get("chunks"), dict)
-        ):
-            raise ValueError("not a catalog snapshot")
-        return snapshot
-    snapshot = json.loads(raw)
-    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("seq", 0), int):
+            snapshot, error = None, str(exc) or type(exc).__name__
+        while stream.read(1 << 20):  # what follows the pickle counts too
+            pass
+        if hashing.digest.digest() != digest:
+            raise ValueError("its checksum does not match")
+        if error:
+            raise ValueError(error)
+    if not (
+        isinstance(snapshot, dict)
+        and snapshot.get("version") == FORMAT
+        and type(snapshot.get("seq")) is int
+        and all(isinstance(snapshot.get(k), dict) for k in ("meta", "files", "chunks", "usage", "folders"))
+    ):
         raise ValueError("not a catalog snapshot")
     return snapshot

@@ -58,9 +58,12 @@ def test_the_chunk_table_shares_server_tuples_and_counts_references() -> None:
     table = ChunkTable()
     table.add(A, 10, [1, 2])
     table.add(B, 10, [1, 2])
-    assert table.table[bytes.fromhex(A)][1] is table.table[bytes.fromhex(B)][1]
+    assert table.table[bytes.fromhex(A)] == table.table[bytes.fromhex(B)]  # same size, same servers
+    assert table.server_sets == [(), (1, 2)]
     table.add(A, 10, [2, 3])
     assert table.get(A) == {"size": 10, "servers": [1, 2, 3]}
+    assert list(table.on_server(3, threading.RLock())) == [A]
+    assert sorted(table.on_server(1, threading.RLock())) == [A, B]
     table.ref(bytes.fromhex(A))
     assert table.refs(A) == 1 and table.unreferenced() == [B]
     table.drop(A)  # still referenced: kept
@@ -122,11 +125,12 @@ def test_a_bit_flip_in_a_format_2_snapshot_refuses_to_start(tmp_path: Path) -> N
         Catalog(tmp_path)
 
 
-def test_a_snapshot_naming_code_is_refused_even_with_a_good_checksum() -> None:
+def test_a_snapshot_naming_code_is_refused_even_with_a_good_checksum(tmp_path: Path) -> None:
     payload = pickle.dumps({"version": 2, "seq": 1, "meta": {}, "files": {}, "chunks": time.time})
-    raw = snapshot_format.MAGIC + hashlib.sha256(payload).digest() + payload
+    path = tmp_path / "catalog.json"
+    path.write_bytes(snapshot_format.MAGIC + hashlib.sha256(payload).digest() + payload)
     with pytest.raises(ValueError, match="data only"):
-        snapshot_format.decode(raw)
+        snapshot_format.read(path)
 
 
 def test_a_background_snapshot_keeps_the_changes_made_while_it_is_written(
