@@ -3,6 +3,10 @@
 Names are paths (``photos/2024/a.jpg``); a folder exists while a file is under it.  Listing the
 folder ``photos`` shows its files and its sub-folders (``2024/``, with how many files and bytes
 are under each), named relative to it; recursively, every file under it.
+
+The items come from LIST a page at a time (:func:`fetch_all`: 1,000 per request, each page
+after the last name received), so no reply holds a million entries; the pages join up to the
+same list one reply used to hold.
 """
 
 from __future__ import annotations

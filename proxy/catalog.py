@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -58,6 +59,7 @@ from proxy.journal import Journal
 
 SNAPSHOT_EVERY = 1000
 BIG_FROM = 50_000  # chunks from which snapshots are format 2, written by a forked child
+SNAPSHOT_TIMEOUT = 600.0  # seconds a snapshot child may take before it is killed (and tried again)
 log = logging.getLogger(__name__)
 
 
@@ -164,9 +166,20 @@ class Catalog(FileChanges):
             self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
 
     def _await_snapshot(self, pid: int) -> None:
-        """Wait for a snapshot child, then cut the journal (or, if it failed, try again later)."""
+        """Wait for a snapshot child (killed if it takes over ``SNAPSHOT_TIMEOUT`` s), then cut the
+        journal (or, if it failed, try again later)."""
         try:
-            _, status = os.waitpid(pid, 0)
+            deadline = time.monotonic() + SNAPSHOT_TIMEOUT
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    log.error("the catalog snapshot child %d hangs; killing it", pid)
+                    os.kill(pid, signal.SIGKILL)
+                    _, status = os.waitpid(pid, 0)
+                    break
+                time.sleep(0.02)
             written = os.waitstatus_to_exitcode(status) == 0
             with self.lock:
                 try:

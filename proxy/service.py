@@ -211,7 +211,7 @@ class ProxyService:
         for item in files:
             entry = self.catalog.file(owner, item["name"])
             item["state"] = self._file_state(entry["chunks"] if entry else [], status)
-        return Reply({"files": files, "more": more})
+        return Reply({"files": files, "more": more} if limit is not None else {"files": files})
 
     def _file_state(self, chunks: list[list[Any]], status: dict[int, str]) -> str:
         """``ok``; ``degraded`` (a chunk short of copies: repair is on it); ``unavailable`` (a chunk

@@ -1,6 +1,6 @@
 """The catalog's snapshot file: how the whole state is written and read back.
 
-Format 2 (written since catalogs grew to millions of files): ``MAGIC``, the SHA-256 of the rest,
+Format 2 (written since catalogs grew to millions of files): ``MAGIC``, the BLAKE2b-256 of the rest,
 then a pickle (protocol 5) of plain data only (dicts, lists, tuples, str, bytes, numbers, None):
 
 * ``seq``: the last journal change the snapshot holds;
@@ -47,7 +47,13 @@ class _PlainData(pickle.Unpickler):
 def encode(seq: int, state: dict[str, Any]) -> bytes:
     """Format 2: ``state`` holds ``meta``, ``files``, ``chunks``, ``usage`` and ``folders``."""
     payload = pickle.dumps({"version": FORMAT, "seq": seq, **state}, protocol=5)
-    return MAGIC + hashlib.sha256(payload).digest() + payload
+    return MAGIC + checksum(payload).digest() + payload
+
+
+def checksum(data: bytes = b"") -> hashlib.blake2b:
+    """BLAKE2b-256: CPython's own code, not OpenSSL's, whose locks a forked child (the snapshot
+    writer, proxy.journal) could inherit held by another thread; it only detects damage."""
+    return hashlib.blake2b(data, digest_size=_DIGEST)
 
 
 class _Hashing(io.RawIOBase):
@@ -55,7 +61,7 @@ class _Hashing(io.RawIOBase):
 
     def __init__(self, f: io.BufferedReader) -> None:
         self.f = f
-        self.digest = hashlib.sha256()
+        self.digest = checksum()
 
     def readable(self) -> bool:
         return True

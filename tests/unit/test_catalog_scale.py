@@ -3,7 +3,6 @@ JSON format before it), and snapshots written by a forked child while changes go
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import threading
@@ -128,7 +127,7 @@ def test_a_bit_flip_in_a_format_2_snapshot_refuses_to_start(tmp_path: Path) -> N
 def test_a_snapshot_naming_code_is_refused_even_with_a_good_checksum(tmp_path: Path) -> None:
     payload = pickle.dumps({"version": 2, "seq": 1, "meta": {}, "files": {}, "chunks": time.time})
     path = tmp_path / "catalog.json"
-    path.write_bytes(snapshot_format.MAGIC + hashlib.sha256(payload).digest() + payload)
+    path.write_bytes(snapshot_format.MAGIC + snapshot_format.checksum(payload).digest() + payload)
     with pytest.raises(ValueError, match="data only"):
         snapshot_format.read(path)
 
