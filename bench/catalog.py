@@ -13,7 +13,9 @@
    (``Client.list``, over the wire): the median of ``--lists`` listings.
 5. **Commit.**  ``--commits`` small uploads (1 KiB, each a new name) through the client library,
    with 4 real storage servers (ids 1-4): the median upload time, at N files and on an empty
-   catalog, in the same run.
+   catalog, in the same run.  LIST and commits start ``--settle`` seconds after the servers are
+   up, once the proxy's start-up work (each server's inventory checked, a first repair plan) is
+   done: they measure the steady state.
 
 It prints a table and, with ``--json``, writes the figures.  Everything started is stopped, and the
 work folder removed unless ``--keep``.  Run: ``.venv/bin/python bench/catalog.py --files 1000000``.
@@ -58,8 +60,10 @@ def user_name(u: int) -> str:
     return f"user{u:05d}"
 
 
-def fill(folder: Path, files: int, users: int) -> float:
-    """Write a catalog of ``files`` files spread over ``users`` users; the seconds it took."""
+def fill(folder: Path, files: int, users: int, out: dict[str, Any]) -> float:
+    """Write a catalog of ``files`` files spread over ``users`` users; the seconds it took.  Also
+    times, into ``out``, a snapshot written inline (every change waits that long), and, where the
+    catalog has them, how long a snapshot in the background holds the lock (the fork)."""
     start = time.perf_counter()
     catalog = Catalog(folder, snapshot_every=1 << 62)
     salt, hashed = hash_password(PASSWORD)
@@ -99,9 +103,19 @@ def fill(folder: Path, files: int, users: int) -> float:
         if i and i % 200_000 == 0:
             log(f"  {i} files in the catalog")
     catalog.journal.seq = seq
+    filled = time.perf_counter()
     catalog.snapshot()
+    out["snapshot_inline_s"] = time.perf_counter() - filled
+    if hasattr(catalog.journal, "start_snapshot"):  # snapshots in a forked child
+        with catalog.lock:
+            forked = time.perf_counter()
+            pid = catalog.journal.start_snapshot(catalog._encode)
+            out["snapshot_lock_ms"] = (time.perf_counter() - forked) * 1000
+        _, status = os.waitpid(pid, 0)
+        with catalog.lock:
+            catalog.journal.finish_snapshot(os.waitstatus_to_exitcode(status) == 0)
     catalog.close()
-    return time.perf_counter() - start
+    return filled - start
 
 
 def timed_start(c: Cluster) -> float:
@@ -119,13 +133,13 @@ def median_of(n: int, action: Any) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def measure(work: Path, files: int, users: int, lists: int, commits: int) -> dict[str, Any]:
+def measure(work: Path, files: int, users: int, lists: int, commits: int, settle: float) -> dict[str, Any]:
     """Fill a catalog of ``files`` files, start a proxy (and 4 servers) on it and measure."""
     root = work / f"files-{files}"
     root.mkdir()
     out: dict[str, Any] = {"files": files, "users": users}
     log(f"filling a catalog of {files} files for {users} users")
-    out["fill_s"] = fill(root / "proxy", files, users)
+    out["fill_s"] = fill(root / "proxy", files, users, out)
     out["snapshot_bytes"] = (root / "proxy" / "catalog.json").stat().st_size
     out["snapshot_mib"] = out["snapshot_bytes"] / MIB
     c = Cluster(root, chunk_size=CHUNK, heartbeat=HEARTBEAT, proxy_args=PROXY_ARGS, server_args=SERVER_ARGS)
@@ -140,6 +154,7 @@ def measure(work: Path, files: int, users: int, lists: int, commits: int) -> dic
         log(f"proxy restarted in {out['restart_s']:.2f} s; starting 4 storage servers")
         for i in range(1, c.n_servers + 1):
             c.start_server(i)
+        time.sleep(settle)  # the start-up work (inventories checked, a first repair plan) is done
         client = c.client()
         client.login(user_name(0), PASSWORD)
         listed = client.list()
@@ -158,6 +173,7 @@ def measure(work: Path, files: int, users: int, lists: int, commits: int) -> dic
         out["rss_bytes"], out["hwm_bytes"] = memory.get("VmRSS", 0), memory.get("VmHWM", 0)
         out["rss_mib"], out["hwm_mib"] = out["rss_bytes"] / MIB, out["hwm_bytes"] / MIB
         out["list_ms"], out["commit_ms"] = out.get("list_s", 0.0) * 1000, out.get("commit_s", 0.0) * 1000
+        out["commit_max_ms"] = max(out.get("commit_all_s", [0.0])) * 1000
         log(f"proxy VmRSS {out['rss_mib']:.0f} MiB, VmHWM {out['hwm_mib']:.0f} MiB")
         c.stop()
     return out
@@ -165,7 +181,8 @@ def measure(work: Path, files: int, users: int, lists: int, commits: int) -> dic
 
 def table(empty: dict[str, Any], full: dict[str, Any]) -> str:
     def row(what: str, key: str, form: str, goal: str = "") -> tuple[str, str, str, str]:
-        return what, form.format(empty[key]), form.format(full[key]), goal
+        cells = [form.format(d[key]) if key in d else "n/a" for d in (empty, full)]
+        return what, cells[0], cells[1], goal
 
     rows = [
         row("files in the catalog", "files", "{:,}"),
@@ -177,6 +194,9 @@ def table(empty: dict[str, Any], full: dict[str, Any]) -> str:
         row("proxy VmHWM (MiB)", "hwm_mib", "{:.0f}", "<= 512"),
         row(f"LIST one user's files ({full['listed']:,}), ms", "list_ms", "{:.1f}", "< 100"),
         row("small upload (median), ms", "commit_ms", "{:.1f}", "same"),
+        row("small upload (slowest), ms", "commit_max_ms", "{:.1f}"),
+        row("snapshot inline: every change waits, s", "snapshot_inline_s", "{:.2f}"),
+        row("snapshot in a child: lock held, ms", "snapshot_lock_ms", "{:.1f}"),
     ]
     head = ("", "empty catalog", "full catalog", "goal")
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(4)]
@@ -191,6 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1000, help="users owning them (default 1000)")
     parser.add_argument("--lists", type=int, default=20, help="listings timed (default 20)")
     parser.add_argument("--commits", type=int, default=50, help="small uploads timed (default 50)")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="seconds to wait once the servers are up (default 5)"
+    )
     add_run_options(parser, "the daemons (ignored: they run on this interpreter)")
     args = parser.parse_args(argv)
     if args.files < 1 or args.users < 1 or args.users > args.files:
@@ -210,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with work_folder(args.workdir, args.keep) as work:
             per_user = args.files // args.users
-            empty = measure(work, per_user, 1, args.lists, args.commits)
-            full = measure(work, args.files, args.users, args.lists, args.commits)
+            empty = measure(work, per_user, 1, args.lists, args.commits, args.settle)
+            full = measure(work, args.files, args.users, args.lists, args.commits, args.settle)
     except BenchError as exc:
         print(f"bench FAILED: {exc}", file=sys.stderr)
         return 1
