@@ -211,3 +211,21 @@ def test_the_client_asks_page_after_page_until_none_follows(tmp_path: Path) -> N
 
     assert listing.fetch_all(call, page=3) == cat.list_files("ana")
     assert [h.get("after") for h in asked] == [None, "f2", "f5"]
+
+
+def test_a_delete_ends_only_the_folder_links_whose_folder_went(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    fill(cat)
+    cat.add_share("dir", "ana", "docs", kind="folder")  # docs/x.bin is its only file
+    cat.add_share("file", "ana", "y.bin")
+    book = cat.tree.book
+    assert book.folder_links == {"ana": {"dir"}}
+
+    def ended(token: str) -> object:
+        return (book.get(token) or {}).get("ended")
+
+    cat.delete_file("ana", "y.bin")
+    assert ended("file") == "deleted" and not ended("dir")
+    cat.delete_file("ana", "docs/x.bin")  # the folder is gone with its last file
+    assert ended("dir") == "deleted" and not book.folder_links
+    same(cat, Catalog(tmp_path))
