@@ -18,8 +18,8 @@ Scans (repair's plan, a server's listed-but-absent copies) copy the keys (8 byte
 caller's lock and read the records in batches, each under the lock again: no scan holds the lock
 for long, or copies the whole table.  Between batches a scan lets other threads run
 (``time.sleep(0)`` releases the GIL): a scan of a million chunks takes about a second of CPU, and
-without that a request thread coming back from the network would wait up to the interpreter's
-switch interval (5 ms) at each step, which made a small upload 20 times slower during a scan.
+without that a request thread coming back from the network may wait up to the interpreter's
+switch interval (5 ms) at each step of its request while the scan runs.
 """
 
 from __future__ import annotations
