@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from client import download as downloader
+from client import listing
 from client import session as saved
 from client import upload as uploader
 from client import upload_batch as batcher
@@ -237,8 +238,7 @@ class Client:
         """Your own files (nobody can list another user's) whose names start with ``prefix``
         ("photos/" for what is in the folder photos), sorted by name."""
         self._need_session()
-        header = {"prefix": prefix} if prefix else {}
-        return list(self.proxy.call(MsgType.LIST, header, session=True)["files"])
+        return listing.fetch_all(lambda header: self.proxy.call(MsgType.LIST, header, session=True), prefix)
 
     def share(
         self, name: str, expires: float | None = None, max_downloads: int | None = None

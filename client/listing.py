@@ -3,12 +3,19 @@
 Names are paths (``photos/2024/a.jpg``); a folder exists while a file is under it.  Listing the
 folder ``photos`` shows its files and its sub-folders (``2024/``, with how many files and bytes
 are under each), named relative to it; recursively, every file under it.
+
+The items come from LIST a page at a time (:func:`fetch_all`: 1,000 per request, each page
+after the last name received), so no reply holds a million entries; the pages join up to the
+same list one reply used to hold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+PAGE = 1000  # files asked for per LIST request
 
 
 @dataclass
@@ -24,6 +31,22 @@ class Entry:
     sha1: str = ""
     versions: int = 1
     item: dict[str, Any] | None = field(default=None, repr=False)  # a file's item, as LIST gave it
+
+
+def fetch_all(
+    call: Callable[[dict[str, Any]], dict[str, Any]], prefix: str = "", page: int = PAGE
+) -> list[dict[str, Any]]:
+    """Every file LIST shows for ``prefix``, asked a page at a time (``limit``, then ``after`` the
+    last name received) through ``call`` (one LIST request: its header in, its reply out)."""
+    header: dict[str, Any] = {"limit": page, **({"prefix": prefix} if prefix else {})}
+    files: list[dict[str, Any]] = []
+    while True:
+        reply = call(header)
+        batch = list(reply["files"])
+        files.extend(batch)
+        if not reply.get("more") or not batch:
+            return files
+        header = {**header, "after": str(batch[-1]["name"])}
 
 
 _WORSE = {"ok": 0, "degraded": 1, "unavailable": 2, "lost": 3}

@@ -171,8 +171,11 @@ SPECS: dict[MsgType, MessageSpec] = {
         required={**_SESSION, "upload_id": str, "chunks": list, "avoid": list},
         max_header=IDS_HEADER,
     ),
-    # `all`: refused; `prefix`: only names that start with it (a plain string: "photos/" for a folder)
-    MsgType.LIST: MessageSpec(auth=_USER, required=_SESSION, optional={"all": bool, "prefix": str}),
+    # `all`: refused; `prefix`: only names that start with it (a plain string: "photos/" for a folder);
+    # `limit` (1..10,000) and `after` (a name): one page, the names after `after`
+    MsgType.LIST: MessageSpec(
+        auth=_USER, required=_SESSION, optional={"all": bool, "prefix": str, "limit": int, "after": str}
+    ),
     MsgType.VERSIONS: MessageSpec(auth=_USER, required={**_SESSION, "name": str}),
     MsgType.RESTORE: MessageSpec(auth=_USER, required={**_SESSION, "name": str, "version": int}),
     MsgType.MOVE: MessageSpec(auth=_USER, required={**_SESSION, "old": str, "new": str}),

@@ -2,23 +2,33 @@
 
 Theory of operation
 -------------------
-The catalog is a plain JSON-able dict held in memory and made durable by a
-:class:`~proxy.journal.Journal`.  Every change is a small *op* (a dict with an
-``op`` name); :meth:`Catalog._change` journals it (fsync) and only then
-applies it, under one lock, so what a reply reports is on disk.  Replay on
-start applies the same ops through the same ``_apply`` code, so the state
-after a restart is the state before it.
+The catalog is held in memory and made durable by a :class:`~proxy.journal.Journal`.  Every
+change is a small *op* (a dict with an ``op`` name); :meth:`Catalog._change` journals it (fsync)
+and only then applies it, under one lock, so what a reply reports is on disk.  Replay on start
+applies the same ops through the same ``_apply`` code, so the state after a restart is the state
+before it.
+
+The state is kept compact, for catalogs of millions of files: the small part (``meta``: users,
+sessions, links, servers) as plain dicts; files packed one ``bytes`` object each
+(proxy.records, held by proxy.file_tree); chunks in a table of tuples (proxy.chunk_table).
+:attr:`Catalog.state` shows the whole as one JSON-able dict, for tests and tools: building it
+costs a pass over everything, so no request path uses it.
 
 Files, their versions, folders and per-user usage are proxy.file_tree's
 (:attr:`Catalog.tree`); the requests that change them are proxy.catalog_files'
 (the catalog's base class).
-Chunks are shared between files: ``refs`` (derived, never stored) counts how
-many kept file versions use each chunk.  A chunk whose count drops to zero stays in
+Chunks are shared between files: each chunk's reference count (derived, never stored) counts how
+many kept file versions use it.  A chunk whose count drops to zero stays in
 the catalog, with its locations, until the collector has deleted it from the
 servers and journaled ``chunk_del``; that is what lets an upload in flight
 pin it.  Chunk *locations* are also soft state: a storage server's
 registration tells the proxy exactly which chunks it holds, and
 :meth:`reconcile_server` brings the catalog in line without journaling.
+
+Every ``snapshot_every`` changes the state is written whole (proxy.snapshot).  A small catalog
+(fewer than ``big_from`` chunks) is written inline, as one JSON object (format 1, easy to read);
+a big one in format 2, by a forked child, so its snapshot never holds the lock for more than the
+fork (proxy.journal, "Snapshots in the background").
 
 Sessions are keyed by the SHA-256 of their token.  Their lifetimes are
 proxy.sessions' business: a session's last use is journaled only now and
@@ -27,74 +37,110 @@ then (``session_touch``), and expired ones leave in batches (``session_expire``)
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from common.errors import InternalError
+from proxy import records
+from proxy import snapshot as snapshot_format
 from proxy.catalog_files import FileChanges
-from proxy.file_tree import FileTree
+from proxy.chunk_table import ChunkTable
+from proxy.file_tree import Counted, Files, FileTree, upgrade
 from proxy.journal import Journal
 
 SNAPSHOT_EVERY = 1000
+BIG_FROM = 50_000  # chunks from which snapshots are format 2, written by a forked child
+SNAPSHOT_TIMEOUT = 600.0  # seconds a snapshot child may take before it is killed (and tried again)
 log = logging.getLogger(__name__)
 
 
-def _empty_state() -> dict[str, Any]:
-    return {
-        "version": 1,
-        "cluster_id": "",
-        "users": {},
-        "sessions": {},
-        "files": {},
-        "chunks": {},
-        "shares": {},
-        "servers": {},
-    }
+def _empty_meta() -> dict[str, Any]:
+    return {"cluster_id": "", "users": {}, "sessions": {}, "shares": {}, "servers": {}}
 
 
 class Catalog(FileChanges):
-    def __init__(self, folder: Path, *, snapshot_every: int = SNAPSHOT_EVERY) -> None:
+    def __init__(
+        self, folder: Path, *, snapshot_every: int = SNAPSHOT_EVERY, big_from: int = BIG_FROM
+    ) -> None:
         self.lock = threading.RLock()
         self.snapshot_every = snapshot_every
+        self.big_from = big_from
         self._snapshot_due = snapshot_every
+        self._child_done = threading.Event()  # no snapshot child is running
+        self._child_done.set()
         self.journal = Journal(folder)
         snapshot, entries = self.journal.load()
-        self.state = _empty_state()
+        self.meta = _empty_meta()
+        self.chunks = ChunkTable()
+        self.files: Files = {}
+        counted = None
         if snapshot is not None:
-            snapshot.pop("seq", None)
-            self.state.update(snapshot)
-        self.refs: Counter[str] = Counter()
-        self.tree = FileTree(self.state, self.refs)  # counts refs, usage and folders of the snapshot
+            counted = self._load_snapshot(snapshot)
+        # format 2 brings the derived figures as they were; else they are counted now
+        self.tree = FileTree(self.files, self.meta["shares"], self.chunks, counted)
         self._user_sessions: defaultdict[str, set[str]] = defaultdict(set)  # derived: user -> hashes
-        for token_hash, session in self.state["sessions"].items():
+        for token_hash, session in self.meta["sessions"].items():
             self._user_sessions[session["user"]].add(token_hash)
         for entry in entries:
             self._apply(entry)
-        if not self.state["cluster_id"]:
+        if not self.meta["cluster_id"]:
             self._change({"op": "init", "cluster_id": uuid.uuid4().hex})
+
+    def _load_snapshot(self, snapshot: dict[str, Any]) -> Counted | None:
+        if snapshot.get("version") == snapshot_format.FORMAT:
+            self.meta.update(snapshot["meta"])
+            self.files = snapshot["files"]
+            self.chunks.load(snapshot["chunks"])
+            return snapshot["usage"], snapshot["folders"]
+        # format 1 (JSON objects): pack every file, tabulate every chunk; written anew at the next snapshot
+        for key in ("seq", "version"):
+            snapshot.pop(key, None)
+        files = snapshot.pop("files", {})
+        self.chunks.load_export(snapshot.pop("chunks", {}))
+        self.meta.update(snapshot)
+        self.files = {
+            owner: {name: records.pack(upgrade(entry)) for name, entry in names.items()}
+            for owner, names in files.items()
+        }
+        return None
 
     @property
     def cluster_id(self) -> str:
-        return str(self.state["cluster_id"])
+        return str(self.meta["cluster_id"])
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The whole state as one JSON-able dict (files unpacked, chunks with their servers): a
+        pass over everything, for tests and tools, never for a request."""
+        with self.lock:
+            files = {
+                owner: {name: records.unpack(blob) for name, blob in names.items()}
+                for owner, names in self.files.items()
+            }
+            return {**self.meta, "files": files, "chunks": self.chunks.export()}
+
+    @property
+    def refs(self) -> Counter[str]:
+        """How many kept versions use each chunk (those used at all): a pass over every chunk."""
+        with self.lock:
+            return Counter(self.chunks.ref_counts())
 
     # -- durability ------------------------------------------------------------------
     def _change(self, op: dict[str, Any]) -> Any:
         with self.lock:
             entry = self.journal.append(op)
             result = self._apply(entry)
-            if self.journal.entries_since_snapshot >= self._snapshot_due:
-                try:
-                    self.journal.snapshot(self.state)
-                    self._snapshot_due = self.snapshot_every
-                except OSError as exc:  # the change is durable in the journal; try again later
-                    log.warning("catalog snapshot failed (%s); will retry", exc)
-                    self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
+            if self.journal.entries_since_snapshot >= self._snapshot_due and self.journal.pending is None:
+                self._snapshot_due_now()
             return result
 
     def _change_many(self, ops: list[dict[str, Any]]) -> list[Any]:
@@ -105,20 +151,75 @@ class Catalog(FileChanges):
         with self.lock:
             entries = self.journal.append_many(ops)
             results = [self._apply(entry) for entry in entries]
-            if self.journal.entries_since_snapshot >= self._snapshot_due:
-                try:
-                    self.journal.snapshot(self.state)
-                    self._snapshot_due = self.snapshot_every
-                except OSError as exc:  # the changes are durable in the journal; try again later
-                    log.warning("catalog snapshot failed (%s); will retry", exc)
-                    self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
+            if self.journal.entries_since_snapshot >= self._snapshot_due and self.journal.pending is None:
+                self._snapshot_due_now()
             return results
 
+    def _encode(self, seq: int) -> bytes:
+        """The snapshot as of ``seq`` (called under the lock, or in a snapshot child)."""
+        if len(self.chunks) >= self.big_from:
+            state = {"meta": self.meta, "files": self.files, "chunks": self.chunks.dump()}
+            return snapshot_format.encode(seq, {**state, **self.tree.counted()})
+        return json.dumps({**self.state, "seq": seq}, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _snapshot_due_now(self) -> None:
+        try:
+            if len(self.chunks) >= self.big_from:
+                pid = self.journal.start_snapshot(self._encode)
+                self._child_done.clear()
+                threading.Thread(
+                    target=self._await_snapshot, args=(pid,), name="snapshot", daemon=True
+                ).start()
+            else:
+                self.journal.snapshot(self._encode)
+            self._snapshot_due = self.snapshot_every
+        except OSError as exc:  # the change is durable in the journal; try again later
+            log.warning("catalog snapshot failed (%s); will retry", exc)
+            self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
+
+    def _await_snapshot(self, pid: int) -> None:
+        """Wait for a snapshot child (killed if it takes over ``SNAPSHOT_TIMEOUT`` s), then cut the
+        journal (or, if it failed, try again later)."""
+        try:
+            deadline = time.monotonic() + SNAPSHOT_TIMEOUT
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    log.error("the catalog snapshot child %d hangs; killing it", pid)
+                    os.kill(pid, signal.SIGKILL)
+                    _, status = os.waitpid(pid, 0)
+                    break
+                time.sleep(0.02)
+            written = os.waitstatus_to_exitcode(status) == 0
+            with self.lock:
+                try:
+                    self.journal.finish_snapshot(written)
+                except OSError as exc:
+                    log.warning("catalog journal cut after a snapshot failed (%s); will retry", exc)
+                    written = False
+                if not written:
+                    log.warning("catalog snapshot in the background failed; will retry")
+                    self._snapshot_due = self.journal.entries_since_snapshot + self.snapshot_every
+        finally:
+            self._child_done.set()
+
+    def wait_snapshot(self, timeout: float | None = None) -> bool:
+        """Wait until no snapshot is being written in the background; False on timeout."""
+        return self._child_done.wait(timeout)
+
     def snapshot(self) -> None:
-        with self.lock:
-            self.journal.snapshot(self.state)
+        """Write the whole state now (after any snapshot in the background has ended)."""
+        while True:
+            self._child_done.wait()
+            with self.lock:
+                if self.journal.pending is None:
+                    self.journal.snapshot(self._encode)
+                    return
 
     def close(self) -> None:
+        self._child_done.wait()
         with self.lock:
             self.journal.close()
 
@@ -130,17 +231,17 @@ class Catalog(FileChanges):
 
     # -- ops: each applies one journaled change ------------------------------------------
     def _apply_init(self, e: dict[str, Any]) -> None:
-        self.state["cluster_id"] = e["cluster_id"]
+        self.meta["cluster_id"] = e["cluster_id"]
 
     def _apply_user_add(self, e: dict[str, Any]) -> None:
-        self.state["users"][e["user"]] = {"salt": e["salt"], "hash": e["hash"], "created": e["created"]}
+        self.meta["users"][e["user"]] = {"salt": e["salt"], "hash": e["hash"], "created": e["created"]}
 
     def _apply_session_add(self, e: dict[str, Any]) -> None:
-        self.state["sessions"][e["token_hash"]] = {"user": e["user"], "created": e["created"]}
+        self.meta["sessions"][e["token_hash"]] = {"user": e["user"], "created": e["created"]}
         self._user_sessions[e["user"]].add(e["token_hash"])
 
     def _apply_session_touch(self, e: dict[str, Any]) -> None:
-        session = self.state["sessions"].get(e["token_hash"])
+        session = self.meta["sessions"].get(e["token_hash"])
         if session is not None:
             session["used"] = e["used"]
 
@@ -152,7 +253,7 @@ class Catalog(FileChanges):
             self._forget_session(token_hash)
 
     def _forget_session(self, token_hash: str) -> None:
-        session = self.state["sessions"].pop(token_hash, None)
+        session = self.meta["sessions"].pop(token_hash, None)
         if session is not None:
             mine = self._user_sessions[session["user"]]
             mine.discard(token_hash)
@@ -169,14 +270,14 @@ class Catalog(FileChanges):
         self.tree.book.end(e)
 
     def _apply_gateway_seen(self, e: dict[str, Any]) -> None:
-        self.state["gateway_url"] = e["url"]
+        self.meta["gateway_url"] = e["url"]
 
     def _apply_server_seen(self, e: dict[str, Any]) -> None:
-        known = self.state["servers"].setdefault(str(e["id"]), {})
+        known = self.meta["servers"].setdefault(str(e["id"]), {})
         known.update(host=e["host"], port=e["port"])
 
     def _apply_server_drain(self, e: dict[str, Any]) -> None:
-        known = self.state["servers"].get(str(e["id"]))
+        known = self.meta["servers"].get(str(e["id"]))
         if known is not None:
             if e["draining"]:
                 known["draining"] = True
@@ -184,15 +285,12 @@ class Catalog(FileChanges):
                 known.pop("draining", None)
 
     def _apply_server_forget(self, e: dict[str, Any]) -> None:
-        self.state["servers"].pop(str(e["id"]), None)
-        for info in self.state["chunks"].values():
-            if e["id"] in info["servers"]:
-                info["servers"].remove(e["id"])
+        self.meta["servers"].pop(str(e["id"]), None)
+        self.chunks.forget_server(e["id"])
 
     def _apply_chunk_del(self, e: dict[str, Any]) -> None:
         for chunk_id in e["ids"]:
-            if not self.refs[chunk_id]:
-                self.state["chunks"].pop(chunk_id, None)
+            self.chunks.drop(chunk_id)
 
     # -- changes -----------------------------------------------------------------------
     def add_user(self, user: str, salt: str, hashed: str) -> None:
@@ -208,7 +306,7 @@ class Catalog(FileChanges):
     def touch_session(self, token_hash: str, used: float, *, every: float) -> None:
         """Journal a session's last use, unless the journaled one is less than ``every`` s older."""
         with self.lock:
-            session = self.state["sessions"].get(token_hash)
+            session = self.meta["sessions"].get(token_hash)
             if session is not None and used - session.get("used", session["created"]) >= every:
                 self._change({"op": "session_touch", "token_hash": token_hash, "used": used})
 
@@ -247,7 +345,7 @@ class Catalog(FileChanges):
     @property
     def gateway_url(self) -> str | None:
         """Where the most recent gateway serves links (GATEWAY_HELLO), kept across restarts."""
-        url = self.state.get("gateway_url")
+        url = self.meta.get("gateway_url")
         return url if isinstance(url, str) else None
 
     def remember_gateway(self, url: str) -> bool:
@@ -261,14 +359,14 @@ class Catalog(FileChanges):
     def remember_server(self, server_id: int, host: str, port: int) -> None:
         """Keep a storage server's address, so locations resolve right after a proxy restart."""
         with self.lock:
-            known = self.state["servers"].get(str(server_id)) or {}
+            known = self.meta["servers"].get(str(server_id)) or {}
             if (known.get("host"), known.get("port")) != (host, port):
                 self._change({"op": "server_seen", "id": server_id, "host": host, "port": port})
 
     def set_draining(self, server_id: int, draining: bool) -> bool:
         """Journal a server's decommissioning flag; False if the catalog does not know the server."""
         with self.lock:
-            known = self.state["servers"].get(str(server_id))
+            known = self.meta["servers"].get(str(server_id))
             if known is None:
                 return False
             if bool(known.get("draining")) != draining:
@@ -281,11 +379,11 @@ class Catalog(FileChanges):
 
     def known_servers(self) -> dict[int, tuple[str, int]]:
         with self.lock:
-            return {int(i): (s["host"], s["port"]) for i, s in self.state["servers"].items()}
+            return {int(i): (s["host"], s["port"]) for i, s in self.meta["servers"].items()}
 
     def draining_servers(self) -> set[int]:
         with self.lock:
-            return {int(i) for i, s in self.state["servers"].items() if s.get("draining")}
+            return {int(i) for i, s in self.meta["servers"].items() if s.get("draining")}
 
     def drop_chunks(self, ids: list[str]) -> None:
         if ids:
@@ -295,75 +393,57 @@ class Catalog(FileChanges):
     def add_location(self, chunk_id: str, server_id: int) -> bool:
         """Record a copy (made by repair, or found in an inventory); False if the chunk is unknown."""
         with self.lock:
-            info = self.state["chunks"].get(chunk_id)
-            if info is None:
-                return False
-            if server_id not in info["servers"]:
-                info["servers"].append(server_id)
-            return True
+            return self.chunks.add_server(chunk_id, server_id)
 
     def drop_location(self, chunk_id: str, server_id: int) -> bool:
         """Forget a copy (found bad or missing, or removed as an extra); True if it was listed."""
         with self.lock:
-            info = self.state["chunks"].get(chunk_id)
-            if info is None or server_id not in info["servers"]:
-                return False
-            info["servers"].remove(server_id)
-            return True
+            return self.chunks.drop_server(chunk_id, server_id)
 
-    def chunk_table(self) -> list[tuple[str, int, list[int], bool]]:
-        """Every chunk: (id, size, the servers listed with a copy, whether a file uses it).  A copy
-        taken under the lock, for repair planning outside it."""
-        with self.lock:
-            return [
-                (c, info["size"], list(info["servers"]), self.refs[c] > 0)
-                for c, info in self.state["chunks"].items()
-            ]
+    def chunk_table(self) -> Iterator[tuple[str, int, list[int], bool]]:
+        """Every chunk: (id, size, the servers listed with a copy, whether a file uses it), read
+        in batches under the lock (proxy.chunk_table), for repair planning outside it."""
+        for chunk_id, size, servers, refs in self.chunks.scan(self.lock):
+            yield chunk_id, size, list(servers), refs > 0
 
     def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
         """Chunks the catalog places on a server that its inventory does not list."""
-        with self.lock:  # a copy of the table is quick to take; the scan then holds no lock
-            table = list(self.state["chunks"].items())
-        return [c for c, info in table if server_id in info["servers"] and c not in present]
+        return [
+            chunk_id for chunk_id in self.chunks.on_server(server_id, self.lock) if chunk_id not in present
+        ]
 
     def reconcile_server(self, server_id: int, present: set[str], gone: set[str]) -> list[str]:
         """Add the server to the chunks it holds, drop it from those confirmed ``gone``; returns
         the ids it holds that the catalog lacks.  Only confirmed absences are dropped: a chunk
         stored after the server read its inventory must keep its new location."""
         with self.lock:
-            chunks = self.state["chunks"]
-            for chunk_id in present:
-                info = chunks.get(chunk_id)
-                if info is not None and server_id not in info["servers"]:
-                    info["servers"].append(server_id)
+            unknown = [c for c in present if not self.chunks.add_server(c, server_id)]
             for chunk_id in gone:
-                info = chunks.get(chunk_id)
-                if info is not None and server_id in info["servers"]:
-                    info["servers"].remove(server_id)
-            return sorted(c for c in present if c not in chunks)
+                self.chunks.drop_server(chunk_id, server_id)
+            return sorted(unknown)
 
     # -- queries -------------------------------------------------------------------------
     def user(self, user: str) -> dict[str, Any] | None:
-        record: dict[str, Any] | None = self.state["users"].get(user)
+        record: dict[str, Any] | None = self.meta["users"].get(user)
         return record
 
     def session_user(self, token_hash: str) -> str | None:
-        session = self.state["sessions"].get(token_hash)
+        session = self.meta["sessions"].get(token_hash)
         return session["user"] if session else None
 
     def session(self, token_hash: str) -> dict[str, Any] | None:
         """A session's record: ``user``, ``created`` and, once journaled, ``used`` (Unix times)."""
-        session: dict[str, Any] | None = self.state["sessions"].get(token_hash)
+        session: dict[str, Any] | None = self.meta["sessions"].get(token_hash)
         return session
 
     def sessions(self) -> list[tuple[str, dict[str, Any]]]:
         """Every session (token hash, a copy of its record)."""
         with self.lock:
-            return [(h, dict(s)) for h, s in self.state["sessions"].items()]
+            return [(h, dict(s)) for h, s in self.meta["sessions"].items()]
 
     def sessions_of(self, user: str) -> dict[str, dict[str, Any]]:
         with self.lock:
-            return {h: dict(self.state["sessions"][h]) for h in self._user_sessions.get(user, ())}
+            return {h: dict(self.meta["sessions"][h]) for h in self._user_sessions.get(user, ())}
 
     def share(self, token: str) -> dict[str, Any] | None:
         """A link's record (proxy.links), ended ones included, or None."""
@@ -380,15 +460,18 @@ class Catalog(FileChanges):
             return [(t, dict(link)) for t, link in self.tree.book.of_owner(owner)]
 
     def chunk(self, chunk_id: str) -> dict[str, Any] | None:
-        info: dict[str, Any] | None = self.state["chunks"].get(chunk_id)
-        return info
+        """A chunk's ``{size, servers}`` (a copy), or None."""
+        with self.lock:
+            return self.chunks.get(chunk_id)
 
     def unreferenced(self, ids: Iterable[str] | None = None) -> list[str]:
-        """Chunks in the catalog that no file uses (the collector's work list)."""
+        """Chunks in the catalog that no file uses (the collector's work list); without ``ids``,
+        a pass over every chunk (once, at start)."""
         with self.lock:
-            candidates = self.state["chunks"] if ids is None else ids
-            return sorted(c for c in candidates if c in self.state["chunks"] and not self.refs[c])
+            if ids is None:
+                return sorted(self.chunks.unreferenced())
+            return sorted(c for c in ids if c in self.chunks and not self.chunks.refs(c))
 
     def chunk_servers(self, chunk_id: str) -> list[int]:
-        info = self.state["chunks"].get(chunk_id)
-        return list(info["servers"]) if info else []
+        with self.lock:
+            return self.chunks.servers(chunk_id)

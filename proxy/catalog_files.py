@@ -15,7 +15,8 @@ from typing import Any
 
 from common.errors import Conflict, FileClusterError, NotFound
 from common.names import parents
-from proxy.file_tree import DEFAULT_KEEP_VERSIONS, FileTree
+from proxy.chunk_table import ChunkTable
+from proxy.file_tree import DEFAULT_KEEP_VERSIONS, Files, FileTree
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class FilePut:
 class FileChanges:
     # provided by the catalog
     lock: Any  # a threading.RLock
-    state: dict[str, Any]
+    meta: dict[str, Any]
+    chunks: ChunkTable
+    files: Files
     tree: FileTree
 
     def _change(self, op: dict[str, Any]) -> Any:
@@ -48,12 +51,8 @@ class FileChanges:
 
     # -- ops: each applies one journaled change ------------------------------------------
     def _apply_file_put(self, e: dict[str, Any]) -> list[str]:
-        chunks = self.state["chunks"]
         for chunk_id, size in e["chunks"]:
-            known = chunks.setdefault(chunk_id, {"size": size, "servers": []})
-            for server_id in e["locations"].get(chunk_id, []):
-                if server_id not in known["servers"]:
-                    known["servers"].append(server_id)
+            self.chunks.add(chunk_id, size, e["locations"].get(chunk_id, []))
         return self.tree.put(e)
 
     def _apply_file_restore(self, e: dict[str, Any]) -> list[str]:
@@ -66,7 +65,7 @@ class FileChanges:
         return self.tree.delete(e)
 
     def _apply_quota_set(self, e: dict[str, Any]) -> None:
-        record = self.state["users"][e["user"]]
+        record = self.meta["users"][e["user"]]
         if e["quota"] is None:
             record.pop("quota", None)
         else:
@@ -182,7 +181,7 @@ class FileChanges:
             source = self.tree.version(owner, name, version)
             if source is None:
                 raise NotFound(f"{name!r} has no version {version} (see its versions)")
-            if source is entry:
+            if source["version"] == entry["version"]:
                 raise Conflict(f"version {version} of {name!r} is already the current one")
             self.tree.check_quota(owner, source["size"], quota, f"restoring {name!r}")
             freed = self._change(
@@ -242,12 +241,13 @@ class FileChanges:
     def usage(self, user: str) -> tuple[int, int]:
         """Bytes ``user``'s kept versions take, and how many files they have."""
         with self.lock:
-            return self.tree.usage[user], len(self.state["files"].get(user, {}))
+            return self.tree.usage[user], len(self.files.get(user, {}))
 
     # -- queries -------------------------------------------------------------------------
     def file(self, owner: str, name: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = self.state["files"].get(owner, {}).get(name)
-        return entry
+        """A file's entry (its current version's fields and ``older``): a fresh copy, or None."""
+        with self.lock:
+            return self.tree.entry(owner, name)
 
     def describe(self, owner: str, name: str, version: int | None = None) -> dict[str, Any]:
         return self.tree.describe(owner, name, version)
@@ -265,5 +265,12 @@ class FileChanges:
 
     def list_files(self, owner: str | None, prefix: str = "") -> list[dict[str, Any]]:
         with self.lock:
-            owners = [owner] if owner is not None else sorted(self.state["files"])
+            owners = [owner] if owner is not None else sorted(self.files)
             return [item for o in owners for item in self.tree.listing(o, prefix)]
+
+    def list_page(
+        self, owner: str, prefix: str = "", after: str = "", limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of ``owner``'s files (proxy.file_tree.FileTree.page), and whether more follow."""
+        with self.lock:
+            return self.tree.page(owner, prefix, after, limit)

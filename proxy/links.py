@@ -22,7 +22,9 @@ first); expired links go the same way that long after they expired.  Pruning hap
 journaled op touches the owner's links, with the op's own time, so replay prunes the same.
 
 Derived, never stored, rebuilt at load: ``by_name`` ((owner, name) -> live tokens, for deletes
-and moves) and ``by_owner`` (owner -> every token of theirs, oldest first, for LINKS and pruning).
+and moves), ``by_owner`` (owner -> every token of theirs, oldest first, for LINKS and pruning)
+and ``folder_links`` (owner -> their live folder links, for deletes: a delete looks at those, not
+at every link of the owner's).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class LinkBook:
         self.shares = shares
         self.by_name: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
         self.by_owner: defaultdict[str, dict[str, None]] = defaultdict(dict)
+        self.folder_links: defaultdict[str, set[str]] = defaultdict(set)
         for token, link in sorted(shares.items(), key=lambda item: item[1]["created"]):
             self._index(token, link)
 
@@ -118,6 +121,15 @@ class LinkBook:
         self.by_owner[link["owner"]][token] = None
         if not link.get("ended"):
             self.by_name[(link["owner"], link["name"])].add(token)
+            if link.get("kind") == "folder":
+                self.folder_links[link["owner"]].add(token)
+
+    def _unindex_folder(self, owner: str, token: str) -> None:
+        mine = self.folder_links.get(owner)
+        if mine is not None:
+            mine.discard(token)
+            if not mine:
+                del self.folder_links[owner]
 
     # -- queries -------------------------------------------------------------------------------
     def get(self, token: str) -> dict[str, Any] | None:
@@ -160,6 +172,7 @@ class LinkBook:
         if link is None or link.get("ended"):
             return
         link["ended"], link["ended_at"] = why, at
+        self._unindex_folder(link["owner"], token)
         key = (link["owner"], link["name"])
         mine = self.by_name.get(key)
         if mine is not None:
@@ -187,9 +200,9 @@ class LinkBook:
         for name in names:
             for token in list(self.by_name.get((owner, name), ())):
                 self._end(token, "deleted", at)
-        for token in list(self.by_owner.get(owner, {})):
+        for token in sorted(self.folder_links.get(owner, ())):
             link = self.shares[token]
-            if link.get("kind") == "folder" and not link.get("ended") and not exists(link["name"]):
+            if not exists(link["name"]):
                 self._end(token, "deleted", at)
         self.prune(owner, at)
 
@@ -218,6 +231,7 @@ class LinkBook:
     def _forget(self, token: str) -> None:
         link = self.shares.pop(token)
         owner = link["owner"]
+        self._unindex_folder(owner, token)
         self.by_owner[owner].pop(token, None)
         if not self.by_owner[owner]:
             del self.by_owner[owner]

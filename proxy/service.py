@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 REPORT_WINDOW = 3600.0  # a GET ticket may report a bad copy up to this long after it expired
 REPORTS_FREE = 64  # REPORT_BAD per client address before the throttle slows it
+LIST_PAGE_MAX = 10_000  # files in one LIST reply when the client pages (client.listing asks 1,000)
 DEFAULT_QUOTA = 10 * 1024**3  # bytes a user may keep, every kept version counted, unless the admin says
 
 
@@ -202,15 +203,22 @@ class ProxyService:
 
     # -- files and links -------------------------------------------------------------------
     def list_files(self, req: Request) -> Reply:
-        if req.header.get("all"):
+        """The caller's files, by name: with ``limit``, a page of at most that many after the name
+        ``after``, and ``more`` if others follow (the client asks again from the last name)."""
+        h = req.header
+        if h.get("all"):
             raise InvalidRequest("a listing shows only your own files")
         owner = principal(req)
-        files = self.catalog.list_files(owner, check_prefix(req.header.get("prefix") or ""))
+        limit = h.get("limit")
+        if limit is not None and not 1 <= limit <= LIST_PAGE_MAX:
+            raise InvalidRequest(f"a LIST limit must be 1 to {LIST_PAGE_MAX}")
+        after = check_prefix(h.get("after") or "")
+        files, more = self.catalog.list_page(owner, check_prefix(h.get("prefix") or ""), after, limit)
         status = self.repairer.server_status()
         for item in files:
             entry = self.catalog.file(owner, item["name"])
             item["state"] = self._file_state(entry["chunks"] if entry else [], status)
-        return Reply({"files": files})
+        return Reply({"files": files, "more": more} if limit is not None else {"files": files})
 
     def _file_state(self, chunks: list[list[Any]], status: dict[int, str]) -> str:
         """``ok``; ``degraded`` (a chunk short of copies: repair is on it); ``unavailable`` (a chunk

@@ -329,3 +329,16 @@ def test_reports_of_bad_copies_are_throttled_per_address(service: ProxyService) 
         call(service, MsgType.REPORT_BAD, header)
     with pytest.raises(Throttled):
         call(service, MsgType.REPORT_BAD, header)
+
+
+def test_list_pages_with_limit_and_after(service: ProxyService) -> None:
+    for name in ("b.txt", "c.txt"):
+        service.catalog.put_file("ana", name, len(DATA), SHA1, [[ID, len(DATA)]], {ID: [1, 2]})
+    first = call(service, MsgType.LIST, {"session": "tok", "limit": 2})
+    assert [f["name"] for f in first["files"]] == ["b.txt", "c.txt"] and first["more"] is True
+    assert first["files"][0]["state"] == "ok"
+    rest = call(service, MsgType.LIST, {"session": "tok", "limit": 2, "after": "c.txt"})
+    assert [f["name"] for f in rest["files"]] == ["first.txt"] and rest["more"] is False
+    for limit in (0, 10_001):
+        with pytest.raises(InvalidRequest, match="limit"):
+            call(service, MsgType.LIST, {"session": "tok", "limit": limit})
