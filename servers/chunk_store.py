@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 TMP_DIR = "tmp"
 QUARANTINE_DIR = "quarantine"
 READ_PIECE = 1024 * 1024  # verify() reads and paces this much at a time
+_TEMP_PREFIX = uuid.uuid4().hex[:12]  # temp names: this process's random prefix and a counter
+_temp_numbers = itertools.count()
 WRITEBACK_STEP = 1024 * 1024  # a writer starts the disk writing every this many bytes (start_writeback)
 VERIFIED_XATTR = "user.filecluster.verified"  # "<unix time> <st_mtime_ns>" of the last full check
 
@@ -149,6 +152,7 @@ class ChunkStore:
             raise InvalidRequest("the reserve cannot be negative")
         self.root = Path(root)
         self.tmp = self.root / TMP_DIR
+        self._folders: set[str] = set()  # fan-out folders known to exist (_install)
         self.quarantine_dir = self.root / QUARANTINE_DIR
         self.reserve = reserve
         self.lost = LostQueue()
@@ -342,9 +346,20 @@ class ChunkStore:
 
     def _install(self, tmp: Path, final: Path, size: int) -> None:
         """Rename a verified, fsynced temp file into place; count it once, whatever the race."""
-        if not final.parent.is_dir():
+        try:
+            self._install_once(tmp, final, size)
+        except FileNotFoundError:
+            if final.parent.name not in self._folders or not tmp.exists():
+                raise
+            self._folders.discard(final.parent.name)  # removed behind our back: make it again
+            self._install_once(tmp, final, size)
+
+    def _install_once(self, tmp: Path, final: Path, size: int) -> None:
+        folder = final.parent.name
+        if folder not in self._folders and not final.parent.is_dir():
             final.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
             fsync_dir(self.root)  # the new folder itself must survive a crash
+        self._folders.add(folder)  # known to exist from now on (the store never removes one)
         with self._usage.lock:
             existed = final.exists()
             os.utime(tmp)  # mtime = when this copy became known good (delete's older_than)
@@ -374,9 +389,12 @@ class _DiskWriter:
         self.written = 0
         self.flushed = 0  # bytes whose writeback has been started (start_writeback)
         self.hash = hashlib.sha256()
-        self.tmp_path = store.tmp / f"{chunk_id}.{uuid.uuid4().hex}"
+        self.tmp_path = store.tmp / f"{chunk_id}.{_TEMP_PREFIX}{next(_temp_numbers)}"
+        self.installed = False
         try:
-            self.file: BinaryIO | None = open(self.tmp_path, "wb", opener=open_private)  # 0600
+            # unbuffered: every piece goes straight to the kernel (no copy into a buffer, and no
+            # isatty/lseek calls when opening: a small chunk is a handful of system calls in all)
+            self.file: BinaryIO | None = open(self.tmp_path, "wb", buffering=0, opener=open_private)  # 0600
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
 
@@ -387,9 +405,10 @@ class _DiskWriter:
         self.hash.update(data)
         assert self.file is not None
         try:
-            self.file.write(data)
+            view = memoryview(data)
+            while view:  # a raw write may take only part of it
+                view = view[self.file.write(view) or 0 :]
             if self.written - self.flushed >= WRITEBACK_STEP:
-                self.file.flush()
                 start_writeback(self.file.fileno(), self.flushed, self.written - self.flushed)
                 self.flushed = self.written
         except OSError as exc:
@@ -403,11 +422,11 @@ class _DiskWriter:
             raise CorruptData(f"chunk {self.chunk_id}: the bytes do not match their SHA-256")
         final = self.store._path(self.chunk_id)
         try:
-            self.file.flush()
             os.fsync(self.file.fileno())
             file, self.file = self.file, None
             file.close()
             self.store._install(self.tmp_path, final, self.size)
+            self.installed = True  # the temp file is now the chunk: nothing left to remove
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
         finally:
@@ -419,6 +438,8 @@ class _DiskWriter:
         if file is not None:
             with contextlib.suppress(OSError):
                 file.close()  # the descriptor is closed even when the flush fails
+        if self.installed:
+            return
         try:
             self.tmp_path.unlink(missing_ok=True)
         except OSError as exc:

@@ -134,3 +134,22 @@ def test_a_store_made_by_an_older_version_is_tightened(tmp_path: Path) -> None:
     reopened = ChunkStore(root)
     assert set(modes(root).values()) == {"0o700", "0o600"}
     assert read(reopened, ID) == DATA
+
+
+def test_a_folder_removed_behind_the_stores_back_is_made_again(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "s")
+    first = b"first" * 100
+    first_id = hashlib.sha256(first).hexdigest()
+    put(store, first_id, first)
+    folder = tmp_path / "s" / first_id[:2]
+    os.unlink(folder / first_id)
+    folder.rmdir()  # an operator's clean-up, say: the store knew the folder existed
+    again = next(
+        b"again %d" % i
+        for i in range(10_000)
+        if hashlib.sha256(b"again %d" % i).hexdigest()[:2] == first_id[:2]
+    )
+    again_id = hashlib.sha256(again).hexdigest()
+    put(store, again_id, again)
+    assert (folder / again_id).read_bytes() == again
+    assert list((tmp_path / "s" / "tmp").iterdir()) == []
