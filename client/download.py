@@ -1,13 +1,15 @@
 """Downloading one file: locate it, fetch chunks in parallel, verify, then show it.
 
-Chunks are fetched several at a time straight from the storage servers and
-written at their offsets into a partial file in a hidden folder of its own,
-``.filecluster-partial/`` inside the destination folder (client.partial: its
-name, lock and sweep).  Each chunk's SHA-256 is checked as it arrives.  The
-whole file's SHA-1 is computed in order, as chunks complete, and checked at
-the end; only then is the file fsynced and linked into place under its name,
-never over an existing file (a different file of that name is kept, and the
-download gets a name like ``report (1).pdf``).
+Chunks are fetched several at a time straight from the storage servers, each
+received into a buffer of its own (a few, reused), its SHA-256 checked there,
+and only then written at its offset into a partial file in a hidden folder of
+its own, ``.filecluster-partial/`` inside the destination folder
+(client.partial: its name, lock and sweep).  The whole file's SHA-1 is
+computed in order from the same buffers, as chunks complete (the file is read
+back only for chunks kept from an interrupted download, or bigger than a
+buffer), and checked at the end; only then is the file fsynced and linked into
+place under its name, never over an existing file (a different file of that
+name is kept, and the download gets a name like ``report (1).pdf``).
 
 Resume: an interrupted download keeps its partial file; the next download of
 the same content to the same place checks the chunks in it and fetches only
