@@ -1,13 +1,15 @@
 """Downloading one file: locate it, fetch chunks in parallel, verify, then show it.
 
-Chunks are fetched several at a time straight from the storage servers and
-written at their offsets into a partial file in a hidden folder of its own,
-``.filecluster-partial/`` inside the destination folder (client.partial: its
-name, lock and sweep).  Each chunk's SHA-256 is checked as it arrives.  The
-whole file's SHA-1 is computed in order, as chunks complete, and checked at
-the end; only then is the file fsynced and linked into place under its name,
-never over an existing file (a different file of that name is kept, and the
-download gets a name like ``report (1).pdf``).
+Chunks are fetched several at a time straight from the storage servers, each
+received into a buffer of its own (a few, reused), its SHA-256 checked there,
+and only then written at its offset into a partial file in a hidden folder of
+its own, ``.filecluster-partial/`` inside the destination folder
+(client.partial: its name, lock and sweep).  The whole file's SHA-1 is
+computed in order from the same buffers, as chunks complete (the file is read
+back only for chunks kept from an interrupted download, or bigger than a
+buffer), and checked at the end; only then is the file fsynced and linked into
+place under its name, never over an existing file (a different file of that
+name is kept, and the download gets a name like ``report (1).pdf``).
 
 Resume: an interrupted download keeps its partial file; the next download of
 the same content to the same place checks the chunks in it and fetches only
@@ -35,13 +37,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.chunk_sources import Reports, Tickets, Trouble, copy_problem, read_chunk, read_chunk_into
 from client.destination import candidates, destination, link_into_place
 from client.flusher import Flusher
 from client.partial import (
@@ -61,18 +64,29 @@ from common.errors import (
     FileClusterError,
     Forbidden,
     InvalidRequest,
-    NotFound,
     ProtocolError,
-    RemoteProtocolError,
     Unavailable,
 )
 from common.hashing import READ_SIZE
-from common.messages import MsgType
 from common.names import check_file_name
 
 Progress = Callable[[str, int, int], None]
-WINDOW = 2 * PARALLEL_TRANSFERS  # chunks fetched ahead of the whole file's hashing, at most
-__all__ = ["PARTIAL_DIR", "STALE_PART_SECONDS", "DownloadResult", "download", "file_sha1"]
+WINDOW = PARALLEL_TRANSFERS + 2  # chunks fetched ahead of the whole file's hashing, at most...
+BUFFER_SIZE = 4 * 1024 * 1024  # ...each in a buffer of its size up to this (a bigger one streams through)
+# writes into the page cache at most this big: on this kernel (6.18, ext4 with large folios) a big
+# aligned write gets large folios, and on this VM copying into them cost far more: for 1 GiB, 4 MiB
+# writes took 3-10 times the system time of 1 MiB ones, and 1 MiB ones 1.7 times that of 128 KiB
+WRITE_SIZE = 128 * 1024
+__all__ = [
+    "PARTIAL_DIR",
+    "STALE_PART_SECONDS",
+    "DownloadResult",
+    "Tickets",
+    "copy_problem",
+    "download",
+    "file_sha1",
+    "read_chunk",
+]
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,7 @@ def download(
     and hand their lease to ``release`` instead of sending RELEASE, so that one RELEASE_MANY ends
     many leases."""
     tickets = Tickets(info, relocate, proxy, release)
-    reports = _Reports()
+    reports = Reports()
     interrupted = True
     try:
         result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool)
@@ -140,7 +154,7 @@ def _download(
     out_dir: Path,
     progress: Progress | None,
     tickets: Tickets,
-    reports: _Reports,
+    reports: Reports,
     save_as: str | None,
     pool: ConnectionPool | None = None,
 ) -> DownloadResult:
@@ -166,7 +180,7 @@ def _download(
         have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
         resumed = sum(int(chunks[i]["size"]) for i in have)
         transfer = _Transfer(
-            partial.fd, tickets, _Trouble(), reports, pool or ConnectionPool(read_timeout(READ_TIMEOUT))
+            partial.fd, tickets, Trouble(), reports, pool or ConnectionPool(read_timeout(READ_TIMEOUT))
         )
         try:
             _fetch_all(transfer, chunks, offsets, sha1, progress, deadline, have)
@@ -205,8 +219,8 @@ class _Transfer:
 
     fd: int
     tickets: Tickets
-    trouble: _Trouble
-    reports: _Reports
+    trouble: Trouble
+    reports: Reports
     pool: ConnectionPool
     stopped: threading.Event = field(default_factory=threading.Event)  # the deadline passed
 
@@ -237,8 +251,7 @@ def _fetch_all(
     whole = hashlib.sha1()
     missing = [i for i in range(len(chunks)) if i not in have]
     if len(missing) == 1 and len(chunks) == 1:  # a small file: no thread pool to start
-        _fetch_alone(transfer, chunks[0], deadline, on_bytes)
-        _hash_region(transfer.fd, 0, int(chunks[0]["size"]), whole)
+        _fetch_alone(transfer, chunks[0], deadline, on_bytes, whole)
     else:
         _fetch_in_window(transfer, chunks, offsets, missing, deadline, on_bytes, whole)
     if whole.hexdigest() != sha1:
@@ -246,7 +259,11 @@ def _fetch_all(
 
 
 def _fetch_alone(
-    transfer: _Transfer, chunk: dict[str, Any], deadline: Deadline, on_bytes: Callable[[int], None]
+    transfer: _Transfer,
+    chunk: dict[str, Any],
+    deadline: Deadline,
+    on_bytes: Callable[[int], None],
+    whole: Any,
 ) -> None:
     """The one chunk of a small file, in this thread; at the deadline this thread's connections are
     broken (only those: the pool may serve other downloads too) and no other copy is tried."""
@@ -256,17 +273,19 @@ def _fetch_alone(
         transfer.stopped.set()
         mine.abort()
 
+    size = int(chunk["size"])
     timer = threading.Timer(deadline.left(), stop)
     timer.daemon = True
     timer.start()
     try:
-        _fetch_chunk(transfer, chunk, 0, 0, on_bytes)
+        held = _fetch_chunk(transfer, chunk, 0, 0, on_bytes, memoryview(bytearray(_buffer_size(size))))
     except (FileClusterError, OSError):
         if transfer.stopped.is_set():
             raise deadline.missed() from None
         raise
     finally:
         timer.cancel()
+    _hash_chunk(transfer.fd, 0, size, held, whole)
 
 
 def _fetch_in_window(
@@ -279,26 +298,41 @@ def _fetch_in_window(
     whole: Any,
 ) -> None:
     """Fetch the ``missing`` chunks in PARALLEL_TRANSFERS threads while this one hashes the whole
-    file in order.  The threads run at most WINDOW chunks ahead of the hashing, so on a busy machine
-    the hashing keeps its share of the CPU and finishes with the transfer, not long after it; the
-    flusher writes what was hashed to disk meanwhile, so the final fsync has little left to do."""
-    futures: dict[int, Future[None]] = {}
+    file in order.  Each chunk is fetched into a buffer of its own, which the whole file's hashing
+    takes from there (no reading back from the file); the threads run at most WINDOW chunks ahead
+    of the hashing, so memory stays at WINDOW buffers and on a busy machine the hashing keeps its
+    share of the CPU; the flusher writes what was hashed to disk meanwhile, so the final fsync has
+    little left to do."""
+    futures: dict[int, tuple[Future[memoryview | None], bytearray]] = {}
+    spare: list[bytearray] = []  # buffers whose chunk has been hashed, for the next ones
+    buffer_size = _buffer_size(max((int(chunk["size"]) for chunk in chunks), default=0))
     upcoming = iter(missing)
     following = next(upcoming, None)
     with ThreadPoolExecutor(PARALLEL_TRANSFERS) as workers, Flusher(transfer.fd) as flusher:
         try:
             for i, chunk in enumerate(chunks):
                 while following is not None and following < i + WINDOW:
-                    futures[following] = workers.submit(
-                        _fetch_chunk, transfer, chunks[following], following, offsets[following], on_bytes
+                    buf = spare.pop() if spare else bytearray(buffer_size)
+                    future = workers.submit(
+                        _fetch_chunk,
+                        transfer,
+                        chunks[following],
+                        following,
+                        offsets[following],
+                        on_bytes,
+                        memoryview(buf),
                     )
+                    futures[following] = (future, buf)
                     following = next(upcoming, None)
+                held: memoryview | None = None
                 if i in futures:
-                    futures.pop(i).result(timeout=deadline.left())
-                _hash_region(transfer.fd, offsets[i], int(chunk["size"]), whole)
+                    future, buf = futures.pop(i)
+                    held = future.result(timeout=deadline.left())
+                    spare.append(buf)
+                _hash_chunk(transfer.fd, offsets[i], int(chunk["size"]), held, whole)
                 flusher.wrote(int(chunk["size"]))
         except BaseException as exc:  # a failed chunk, the deadline, Ctrl-C or SIGTERM: break all
-            for future in futures.values():
+            for future, _ in futures.values():
                 future.cancel()
             transfer.pool.abort()
             if isinstance(exc, FutureTimeout):
@@ -306,7 +340,16 @@ def _fetch_in_window(
             raise
 
 
-def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
+def _buffer_size(chunk_size: int) -> int:
+    return max(1, min(chunk_size, BUFFER_SIZE))
+
+
+def _hash_chunk(fd: int, offset: int, length: int, held: memoryview | None, digest: Any) -> None:
+    """Add a chunk to the whole file's hash: from its buffer if it is ``held`` there, else read
+    back from the file (a chunk kept from an interrupted download, or one bigger than a buffer)."""
+    if held is not None:
+        digest.update(held)  # hashlib lets go of the GIL: the fetching threads go on meanwhile
+        return
     end = offset + length
     while offset < end:
         block = os.pread(fd, min(READ_SIZE, end - offset), offset)
@@ -316,151 +359,16 @@ def _hash_region(fd: int, offset: int, length: int, digest: Any) -> None:
         offset += len(block)
 
 
-class Tickets:
-    """The GET tickets of a LOCATE reply, renewed once they expire: by its lease
-    (``LOCATE {lease}``) where the proxy gave one, else by locating the file again.  Every request
-    to the proxy goes through here, one at a time (a ProxyLink is one connection)."""
-
-    def __init__(
-        self,
-        info: dict[str, Any],
-        relocate: Callable[[], dict[str, Any]] | None,
-        proxy: ProxyCaller | None = None,
-        on_release: Callable[[str], None] | None = None,
-    ) -> None:
-        self._info = info
-        self._relocate = relocate
-        self._proxy = proxy
-        self._on_release = on_release  # takes the lease instead of a RELEASE now (client.batch)
-        self._lock = threading.Lock()
-
-    def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
-        """(the tickets' expiry, [(server, ticket header)]) for chunk ``index``."""
-        with self._lock:
-            info = self._info
-        common = info.get("ticket") or {}
-        servers = info["chunks"][index]["servers"]
-        return int(common.get("exp", 0)), [
-            (s, {"exp": common.get("exp"), "who": common.get("who"), "mac": s.get("ticket")}) for s in servers
-        ]
-
-    def renew(self, seen_exp: int) -> bool:
-        """Fresh tickets (once for all threads); False if there is no way to get them."""
-        with self._lock:
-            if int((self._info.get("ticket") or {}).get("exp", 0)) != seen_exp:
-                return True  # another thread renewed them already
-            fresh = self._locate_again()
-            if fresh is None:
-                return False
-            if [c["id"] for c in fresh["chunks"]] != [c["id"] for c in self._info["chunks"]]:
-                raise Conflict("the file changed during the download; nothing was saved, try again")
-            self._info = fresh
-        return True
-
-    def _locate_again(self) -> dict[str, Any] | None:
-        lease = self._lease()
-        if lease is not None and self._proxy is not None:
-            try:
-                return self._proxy.call(MsgType.LOCATE, {"lease": lease})
-            except NotFound:  # the lease ended (it expired): locate the file afresh, if we can
-                if self._relocate is None:
-                    raise
-        return None if self._relocate is None else self._relocate()
-
-    def _lease(self) -> str | None:
-        lease = self._info.get("lease")
-        return lease if isinstance(lease, str) and lease else None
-
-    def tell(self, msg_type: MsgType, header: dict[str, Any]) -> bool:
-        """A request the download does not depend on (REPORT_BAD, RELEASE): False if it failed."""
-        if self._proxy is None:
-            return False
-        with self._lock:
-            try:
-                self._proxy.call(msg_type, header)
-            except (FileClusterError, OSError):
-                return False
-        return True
-
-    def release(self) -> None:
-        """End the lease, if there is one: the proxy may then free chunks the file no longer uses."""
-        with self._lock:
-            lease = self._lease()
-        if lease is not None and self._on_release is not None:
-            self._on_release(lease)
-        elif lease is not None:
-            self.tell(MsgType.RELEASE, {"lease": lease})
-
-
-class _Trouble:
-    """The storage servers that timed out, refused or dropped a connection during this transfer:
-    tried last from then on, so a hung server costs each thread one timeout, not one per chunk.
-    Bad bytes or a missing chunk say nothing of the server's other copies, so they do not count."""
-
-    def __init__(self) -> None:
-        self._bad: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()
-
-    def failed(self, server: dict[str, Any]) -> None:
-        with self._lock:
-            self._bad.add(_where(server))
-
-    def order(self, index: int, sources: list[_Source]) -> Iterator[_Source]:
-        """Chunk ``index``'s copies: spread (chunk i starts at copy i mod n, so every copy gets read
-        and the load is shared), servers in trouble last, as things stand when each is picked."""
-        start = index % len(sources) if sources else 0
-        pending = sources[start:] + sources[:start]
-        while pending:
-            with self._lock:
-                pick = next((s for s in pending if _where(s[0]) not in self._bad), pending[0])
-            pending.remove(pick)
-            yield pick
-
-
-def _where(server: dict[str, Any]) -> tuple[str, int]:
-    return str(server["host"]), int(server["port"])
-
-
-class _Reports:
-    """Copies found bad (``corrupt``, ``missing``, ``short``), each with the ticket it was read
-    with: told to the proxy (REPORT_BAD) once the download is over, so repair replaces them."""
-
-    def __init__(self) -> None:
-        self._found: dict[tuple[str, int], dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, chunk_id: str, server: dict[str, Any], ticket: dict[str, Any], problem: str) -> None:
-        server_id = server.get("id")
-        if type(server_id) is int:
-            with self._lock:
-                self._found.setdefault(
-                    (chunk_id, server_id),
-                    {"id": chunk_id, "server": server_id, "ticket": ticket, "problem": problem},
-                )
-
-    def send(self, tickets: Tickets) -> None:
-        """Best effort: a proxy that cannot take them (down, too old to know REPORT_BAD) is left be."""
-        with self._lock:
-            found = list(self._found.values())
-        for report in found:
-            if not tickets.tell(MsgType.REPORT_BAD, report):
-                break
-
-
-_Source = tuple[dict[str, Any], dict[str, Any]]  # (server, the GET ticket for its copy)
-
-
-class _WrongSize(RemoteProtocolError):
-    """A copy whose size is not the one the catalog records."""
-
-
 def _fetch_chunk(
     transfer: _Transfer,
     chunk: dict[str, Any],
     index: int,
     offset: int,
     on_bytes: Callable[[int], None],
-) -> None:
+    buf: memoryview,
+) -> memoryview | None:
+    """Fetch chunk ``index`` from one of its copies, verify it and write it at ``offset``; the
+    chunk's bytes, verified, if they fit in ``buf`` (else None: read them back from the file)."""
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
     errors: list[str] = []
     for attempt in range(2):
@@ -470,8 +378,9 @@ def _fetch_chunk(
             if transfer.stopped.is_set():
                 raise Unavailable("the download was stopped")
             try:
-                _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, on_bytes)
-                return
+                held = _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, buf)
+                on_bytes(size)
+                return held
             except Forbidden as exc:  # the tickets expired (a long download): renew them, once
                 expired = True
                 errors.append(f"server {server.get('id', '?')}: {exc}")
@@ -488,17 +397,6 @@ def _fetch_chunk(
     raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
 
 
-def copy_problem(exc: BaseException) -> str | None:
-    """What REPORT_BAD calls a copy that failed with ``exc``; None if the copy may well be fine."""
-    if isinstance(exc, CorruptData):
-        return "corrupt"
-    if isinstance(exc, NotFound):
-        return "missing"
-    if isinstance(exc, _WrongSize):
-        return "short"
-    return None
-
-
 def _fetch_from(
     pool: ConnectionPool,
     server: dict[str, Any],
@@ -507,44 +405,22 @@ def _fetch_from(
     chunk_id: str,
     size: int,
     offset: int,
-    on_bytes: Callable[[int], None],
-) -> None:
-    position = offset
-
-    def write(piece: bytes | memoryview) -> None:
-        nonlocal position
-        os.pwrite(fd, piece, position)
-        position += len(piece)
-        on_bytes(len(piece))
-
-    try:
-        read_chunk(pool, server, ticket, chunk_id, size, write)
-    except CorruptData:
-        on_bytes(-size)
-        raise
+    buf: memoryview,
+) -> memoryview | None:
+    """One copy of a chunk, read into ``buf`` and written at ``offset`` once verified; a chunk
+    bigger than ``buf`` is written piece by piece as it arrives, and only counts once verified."""
+    read_chunk_into(
+        pool, server, ticket, chunk_id, size, buf, lambda piece, at: _write(fd, piece, offset + at)
+    )
+    if size > len(buf):
+        return None
+    held = buf[:size]
+    _write(fd, held, offset)
+    return held
 
 
-def read_chunk(
-    pool: ConnectionPool,
-    server: dict[str, Any],
-    ticket: dict[str, Any],
-    chunk_id: str,
-    size: int,
-    sink: Callable[[bytes | memoryview], None],
-) -> None:
-    """Read one copy of a chunk (GET_CHUNK with its ticket), each piece handed to ``sink`` as it
-    arrives (valid only until the next); CorruptData once all came if their SHA-256 is not the id,
-    so the caller must not use them before this returns.  The gateway reads chunks with it too."""
-    conn = pool.get(server)
-    conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
-    reply = conn.expect_reply(MsgType.GET_CHUNK)
-    if reply.header["id"] != chunk_id or reply.payload_len != size:
-        conn.close()
-        wrong = _WrongSize if reply.header["id"] == chunk_id else RemoteProtocolError
-        raise wrong(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
-    digest = hashlib.sha256()
-    for piece in conn.payload():
-        digest.update(piece)
-        sink(piece)
-    if digest.hexdigest() != chunk_id:
-        raise CorruptData(f"chunk {chunk_id[:12]} from server {server.get('id', '?')} is corrupt")
+def _write(fd: int, data: memoryview, offset: int) -> None:
+    """Write ``data`` at ``offset``, WRITE_SIZE at a time."""
+    while data:
+        n = os.pwrite(fd, data[:WRITE_SIZE], offset)
+        data, offset = data[n:], offset + n

@@ -99,6 +99,8 @@ class Connection:
         self._send_timeout = sock.gettimeout()  # a deadline changes the socket's; sends get this back
         self._timeout_changed = False
         self._payload_len = 0  # of the frame last received
+        self._read_into = 0  # bytes of its payload read by payload_into...
+        self._early = b""  # ...and bytes of it that came before they were asked for
         self._gated: FrameHead | None = None  # the frame the gate has admitted the header of...
         self._parse_gated = False  # ...and its parsing
 
@@ -244,6 +246,7 @@ class Connection:
         if self._gate is not None and isinstance(event, Message):
             self._gate.header_parsed()
         self._payload_len = event.payload_len
+        self._read_into, self._early = 0, b""
         if event.payload_len:
             self._unread = True
         elif not isinstance(self._next_event(), EndOfFrame):
@@ -262,6 +265,40 @@ class Connection:
                 self._unread = False
             else:
                 raise LocalProtocolError(f"expected payload, decoder gave {event!r}")
+
+    def payload_into(self, buf: memoryview) -> None:
+        """Read the next ``len(buf)`` bytes of the current frame's payload into ``buf`` (a payload
+        read this way is read only this way, in one or more calls that add up to its length).
+
+        The socket reads straight into ``buf`` (no buffer of the connection's, no piece copied),
+        never past the payload's end, so the next frame's bytes stay on the socket; only payload
+        bytes that arrived with the frame's header are copied.  Once the payload's last byte is
+        in, the frame is over and the connection is ready for the next."""
+        left = self._payload_len - self._read_into
+        if not self._unread or len(buf) > left:
+            raise LocalProtocolError(f"a read of {len(buf)} payload bytes where {left} are left")
+        filled = len(self._early[: len(buf)])
+        buf[:filled], self._early = self._early[:filled], self._early[filled:]
+        direct = False  # the decoder's next piece is the region of buf just received into
+        while filled < len(buf):
+            event = self._decoder.next_event()
+            if isinstance(event, PayloadData):
+                n = min(len(event.data), len(buf) - filled)
+                if not direct:
+                    buf[filled : filled + n] = event.data[:n]
+                    self._early = bytes(event.data[n:])  # arrived with the header: kept for the next call
+                filled += n
+                direct = False
+            elif event is NEED_DATA:
+                self._receive_into(buf[filled:])
+                direct = True
+            else:
+                raise LocalProtocolError(f"expected payload, decoder gave {event!r}")
+        self._read_into += filled
+        if self._read_into == self._payload_len:
+            if not isinstance(self._next_event(), EndOfFrame):
+                raise LocalProtocolError("a payload did not end its frame")
+            self._unread = False
 
     def skip_payload(self) -> None:
         for _ in self.payload():
@@ -300,12 +337,20 @@ class Connection:
                 self._parse_gated = True
 
     def _receive_more(self) -> None:
+        self._receive_into(None)
+
+    def _receive_into(self, target: memoryview | None) -> None:
+        """One read from the socket into the decoder: into ``target`` (the rest of a payload) if
+        given, else into the connection's own buffer."""
         timeout = self._receive_timeout()
         try:
             if timeout is not None:
                 self.sock.settimeout(timeout)
                 self._timeout_changed = True
-            if self._decoder.in_payload:
+            if target is not None:
+                n = self.sock.recv_into(target)
+                self._decoder.receive_data(target[:n])
+            elif self._decoder.in_payload:
                 buf = self._rbuf if self._rbuf is not None else bytearray(FIRST_RECV_SIZE)
                 n = self.sock.recv_into(buf)
                 # a read that fills the buffer asks for a bigger one (the piece keeps this one alive)

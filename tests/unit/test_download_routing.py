@@ -203,3 +203,19 @@ def test_an_identical_file_already_there_still_releases_the_lease(tmp_path: Path
     proxy = FakeProxy({MsgType.RELEASE: lambda h: {}})
     assert not downloader.download({**info, "lease": "L"}, tmp_path, proxy=proxy).fetched
     assert proxy.sent(MsgType.RELEASE) == [{"lease": "L"}]
+
+
+def test_chunks_bigger_than_a_buffer_stream_through_it_and_a_corrupt_copy_still_counts_for_nothing(
+    servers: list[FakeStorage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloader, "BUFFER_SIZE", CHUNK // 4 - 1)  # pieces, the last one shorter
+    data = os.urandom(3 * CHUNK + 5)
+    bad, good = FakeStorage(1, store(data), mode="corrupt"), FakeStorage(2, store(data))
+    servers += [bad, good]
+    progress: list[int] = []
+    result = downloader.download(
+        located(data, [bad, good]), tmp_path, lambda _, done, __: progress.append(done)
+    )
+    assert result.path.read_bytes() == data
+    assert len(bad.read()) == 2  # chunks 0 and 2 start at the bad copy, whose bytes were written first
+    assert progress == sorted(progress) and progress[-1] == len(data)  # bad bytes never counted

@@ -317,3 +317,45 @@ def test_send_error_inside_a_payload_closes_instead_of_sending_an_error_frame(
     assert inbox.message is not None and inbox.message.type == MsgType.CHUNK_DATA
     assert isinstance(inbox.error, RemoteProtocolError)  # cut short: no ERROR bytes read as payload
     assert inbox.data == b"01234"
+
+
+def test_payload_into_reads_straight_into_the_buffer_and_leaves_the_next_frame(
+    pair: tuple[Connection, Connection],
+) -> None:
+    sender, receiver = pair
+    data = os.urandom(3 * 1024 * 1024)  # far more than arrives with the header: most is read directly
+
+    def send() -> None:
+        sender.send(MsgType.CHUNK_DATA, {"id": "c" * 64, "size": len(data)}, data)
+        sender.send(MsgType.CHUNK_DATA, {"id": "d" * 64, "size": 5}, b"after")
+
+    writer = threading.Thread(target=send)  # more than a socket buffer holds
+    writer.start()
+    buf = memoryview(bytearray(len(data)))
+    while len(receiver.sock.recv(4096, socket.MSG_PEEK)) < 4096:  # payload bytes come with the header
+        pass
+    assert receiver.receive().payload_len == len(data)
+    with pytest.raises(LocalProtocolError, match="where 3145728 are left"):
+        receiver.payload_into(memoryview(bytearray(len(data) + 1)))
+    receiver.payload_into(buf[:1000])  # in parts that add up to the payload
+    receiver.payload_into(buf[1000:])
+    assert bytes(buf) == data
+    assert not receiver.in_payload
+    with pytest.raises(LocalProtocolError, match="where 0 are left"):
+        receiver.payload_into(buf[:1])
+    following = receiver.receive()  # the next frame is whole, in step
+    assert following.header["id"] == "d" * 64
+    assert list(receiver.payload()) == [b"after"]
+    writer.join(10)
+
+
+def test_payload_into_a_connection_closed_mid_payload_is_a_protocol_error(
+    pair: tuple[Connection, Connection],
+) -> None:
+    sender, receiver = pair
+    sender.send_head(MsgType.CHUNK_DATA, {"id": "c" * 64, "size": 10}, 10)
+    sender.send_piece(b"01234")
+    sender.close()
+    receiver.receive()
+    with pytest.raises(RemoteProtocolError, match="closed in the middle"):
+        receiver.payload_into(memoryview(bytearray(10)))

@@ -1,0 +1,241 @@
+"""Where a download's chunks come from, and reading one copy of one.
+
+:class:`Tickets` holds the GET tickets of a LOCATE reply and renews them; :class:`Trouble` orders a
+chunk's copies (spread over the copies, servers in trouble last); :class:`Reports` collects the
+copies found bad, for REPORT_BAD.  :func:`read_chunk_into` reads one copy straight into a buffer
+(client.download), :func:`read_chunk` hands it out piece by piece (the gateway).  Both check the
+copy's SHA-256 against its id before the caller may use a byte of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from client.pool import ConnectionPool, ProxyCaller
+from common.errors import (
+    Conflict,
+    CorruptData,
+    FileClusterError,
+    NotFound,
+    RemoteProtocolError,
+)
+from common.messages import MsgType
+from common.transport import Connection
+
+
+class Tickets:
+    """The GET tickets of a LOCATE reply, renewed once they expire: by its lease
+    (``LOCATE {lease}``) where the proxy gave one, else by locating the file again.  Every request
+    to the proxy goes through here, one at a time (a ProxyLink is one connection)."""
+
+    def __init__(
+        self,
+        info: dict[str, Any],
+        relocate: Callable[[], dict[str, Any]] | None,
+        proxy: ProxyCaller | None = None,
+        on_release: Callable[[str], None] | None = None,
+    ) -> None:
+        self._info = info
+        self._relocate = relocate
+        self._proxy = proxy
+        self._on_release = on_release  # takes the lease instead of a RELEASE now (client.batch)
+        self._lock = threading.Lock()
+
+    def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
+        """(the tickets' expiry, [(server, ticket header)]) for chunk ``index``."""
+        with self._lock:
+            info = self._info
+        common = info.get("ticket") or {}
+        servers = info["chunks"][index]["servers"]
+        return int(common.get("exp", 0)), [
+            (s, {"exp": common.get("exp"), "who": common.get("who"), "mac": s.get("ticket")}) for s in servers
+        ]
+
+    def renew(self, seen_exp: int) -> bool:
+        """Fresh tickets (once for all threads); False if there is no way to get them."""
+        with self._lock:
+            if int((self._info.get("ticket") or {}).get("exp", 0)) != seen_exp:
+                return True  # another thread renewed them already
+            fresh = self._locate_again()
+            if fresh is None:
+                return False
+            if [c["id"] for c in fresh["chunks"]] != [c["id"] for c in self._info["chunks"]]:
+                raise Conflict("the file changed during the download; nothing was saved, try again")
+            self._info = fresh
+        return True
+
+    def _locate_again(self) -> dict[str, Any] | None:
+        lease = self._lease()
+        if lease is not None and self._proxy is not None:
+            try:
+                return self._proxy.call(MsgType.LOCATE, {"lease": lease})
+            except NotFound:  # the lease ended (it expired): locate the file afresh, if we can
+                if self._relocate is None:
+                    raise
+        return None if self._relocate is None else self._relocate()
+
+    def _lease(self) -> str | None:
+        lease = self._info.get("lease")
+        return lease if isinstance(lease, str) and lease else None
+
+    def tell(self, msg_type: MsgType, header: dict[str, Any]) -> bool:
+        """A request the download does not depend on (REPORT_BAD, RELEASE): False if it failed."""
+        if self._proxy is None:
+            return False
+        with self._lock:
+            try:
+                self._proxy.call(msg_type, header)
+            except (FileClusterError, OSError):
+                return False
+        return True
+
+    def release(self) -> None:
+        """End the lease, if there is one: the proxy may then free chunks the file no longer uses."""
+        with self._lock:
+            lease = self._lease()
+        if lease is not None and self._on_release is not None:
+            self._on_release(lease)
+        elif lease is not None:
+            self.tell(MsgType.RELEASE, {"lease": lease})
+
+
+class Trouble:
+    """The storage servers that timed out, refused or dropped a connection during this transfer:
+    tried last from then on, so a hung server costs each thread one timeout, not one per chunk.
+    Bad bytes or a missing chunk say nothing of the server's other copies, so they do not count."""
+
+    def __init__(self) -> None:
+        self._bad: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def failed(self, server: dict[str, Any]) -> None:
+        with self._lock:
+            self._bad.add(_where(server))
+
+    def order(self, index: int, sources: list[_Source]) -> Iterator[_Source]:
+        """Chunk ``index``'s copies: spread (chunk i starts at copy i mod n, so every copy gets read
+        and the load is shared), servers in trouble last, as things stand when each is picked."""
+        start = index % len(sources) if sources else 0
+        pending = sources[start:] + sources[:start]
+        while pending:
+            with self._lock:
+                pick = next((s for s in pending if _where(s[0]) not in self._bad), pending[0])
+            pending.remove(pick)
+            yield pick
+
+
+def _where(server: dict[str, Any]) -> tuple[str, int]:
+    return str(server["host"]), int(server["port"])
+
+
+class Reports:
+    """Copies found bad (``corrupt``, ``missing``, ``short``), each with the ticket it was read
+    with: told to the proxy (REPORT_BAD) once the download is over, so repair replaces them."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, chunk_id: str, server: dict[str, Any], ticket: dict[str, Any], problem: str) -> None:
+        server_id = server.get("id")
+        if type(server_id) is int:
+            with self._lock:
+                self._found.setdefault(
+                    (chunk_id, server_id),
+                    {"id": chunk_id, "server": server_id, "ticket": ticket, "problem": problem},
+                )
+
+    def send(self, tickets: Tickets) -> None:
+        """Best effort: a proxy that cannot take them (down, too old to know REPORT_BAD) is left be."""
+        with self._lock:
+            found = list(self._found.values())
+        for report in found:
+            if not tickets.tell(MsgType.REPORT_BAD, report):
+                break
+
+
+_Source = tuple[dict[str, Any], dict[str, Any]]  # (server, the GET ticket for its copy)
+
+
+class _WrongSize(RemoteProtocolError):
+    """A copy whose size is not the one the catalog records."""
+
+
+def copy_problem(exc: BaseException) -> str | None:
+    """What REPORT_BAD calls a copy that failed with ``exc``; None if the copy may well be fine."""
+    if isinstance(exc, CorruptData):
+        return "corrupt"
+    if isinstance(exc, NotFound):
+        return "missing"
+    if isinstance(exc, _WrongSize):
+        return "short"
+    return None
+
+
+def read_chunk(
+    pool: ConnectionPool,
+    server: dict[str, Any],
+    ticket: dict[str, Any],
+    chunk_id: str,
+    size: int,
+    sink: Callable[[bytes | memoryview], None],
+) -> None:
+    """Read one copy of a chunk (GET_CHUNK with its ticket), each piece handed to ``sink`` as it
+    arrives (valid only until the next); CorruptData once all came if their SHA-256 is not the id,
+    so the caller must not use them before this returns.  The gateway reads chunks with it."""
+    conn = _ask(pool, server, ticket, chunk_id, size)
+    digest = hashlib.sha256()
+    for piece in conn.payload():
+        digest.update(piece)
+        sink(piece)
+    _check(digest, chunk_id, server)
+
+
+def read_chunk_into(
+    pool: ConnectionPool,
+    server: dict[str, Any],
+    ticket: dict[str, Any],
+    chunk_id: str,
+    size: int,
+    buf: memoryview,
+    spill: Callable[[memoryview, int], None],
+) -> None:
+    """Read one copy of a chunk (GET_CHUNK with its ticket) straight from the socket into ``buf``.
+
+    A chunk no bigger than ``buf`` lands whole in ``buf[:size]``.  A bigger one goes through it
+    in pieces of its size, each handed to ``spill(piece, where in the chunk)`` as it arrives (valid
+    only until the next).  CorruptData once all came if their SHA-256 is not the id, so the caller
+    must not use a byte before this returns."""
+    conn = _ask(pool, server, ticket, chunk_id, size)
+    digest = hashlib.sha256()
+    done = 0
+    while done < size:
+        piece = buf[: min(len(buf), size - done)]
+        conn.payload_into(piece)
+        digest.update(piece)  # hashlib lets go of the GIL while it hashes a large buffer
+        if size > len(buf):
+            spill(piece, done)
+        done += len(piece)
+    _check(digest, chunk_id, server)
+
+
+def _ask(
+    pool: ConnectionPool, server: dict[str, Any], ticket: dict[str, Any], chunk_id: str, size: int
+) -> Connection:
+    """Send GET_CHUNK and read the head of its reply: the copy's bytes are next on the connection."""
+    conn = pool.get(server)
+    conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
+    reply = conn.expect_reply(MsgType.GET_CHUNK)
+    if reply.header["id"] != chunk_id or reply.payload_len != size:
+        conn.close()
+        wrong = _WrongSize if reply.header["id"] == chunk_id else RemoteProtocolError
+        raise wrong(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
+    return conn
+
+
+def _check(digest: Any, chunk_id: str, server: dict[str, Any]) -> None:
+    if digest.hexdigest() != chunk_id:
+        raise CorruptData(f"chunk {chunk_id[:12]} from server {server.get('id', '?')} is corrupt")
