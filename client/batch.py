@@ -26,7 +26,7 @@ from common.errors import FileClusterError, ProtocolError, error_from_wire
 from common.messages import MsgType
 
 BATCH = 64  # files per LOCATE_MANY, and leases per RELEASE_MANY (at most common.limits.MAX_LOCATE_MANY)
-THREADS = 8  # files downloaded at once
+THREADS = 4  # files downloaded at once (more only adds contention for the GIL: measured 4 vs 8)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client import watchdog
 from client.chunk_sources import Reports, Tickets, Trouble, copy_problem, read_chunk, read_chunk_into
 from client.destination import candidates, destination, link_into_place
 from client.flusher import Flusher
@@ -274,9 +275,7 @@ def _fetch_alone(
         mine.abort()
 
     size = int(chunk["size"])
-    timer = threading.Timer(deadline.left(), stop)
-    timer.daemon = True
-    timer.start()
+    alarm = watchdog.schedule(deadline.at, stop)  # one thread watches every file's deadline
     try:
         held = _fetch_chunk(transfer, chunk, 0, 0, on_bytes, memoryview(bytearray(_buffer_size(size))))
     except (FileClusterError, OSError):
@@ -284,7 +283,7 @@ def _fetch_alone(
             raise deadline.missed() from None
         raise
     finally:
-        timer.cancel()
+        alarm.cancel()
     _hash_chunk(transfer.fd, 0, size, held, whole)
 
 
