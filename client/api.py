@@ -18,13 +18,11 @@ import builtins
 import contextlib
 import json
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client import download as downloader
 from client import listing
@@ -81,6 +79,9 @@ def resolve_http_link(text: str) -> Link | None:
     if not match:
         return None
     url = f"{match['base']}/s/{match['token']}?info"
+    import urllib.error  # here, not at start-up: only http links need them (~10 ms of imports)
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=GATEWAY_TIMEOUT) as reply:
             info = json.loads(reply.read(1 << 20))
@@ -102,6 +103,9 @@ def resolve_http_link(text: str) -> Link | None:
         host = urllib.parse.urlsplit(match["base"]).hostname or host
     return Link(host, port, match["token"])
 
+
+if TYPE_CHECKING:
+    import urllib.error
 
 _HTTP_ERROR_BODY = re.compile(r"[0-9]{3} [A-Za-z -]+: ([^\x00-\x1f\x7f-\x9f]{1,300})\n?\Z")
 

@@ -13,7 +13,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from client import actions, completion
@@ -25,6 +24,8 @@ PACKAGE_VERSION = "0.1.0"  # pyproject's; used when the package is run from a so
 
 
 def version() -> str:
+    from importlib import metadata  # here, not at start-up: ~20 ms that only --version needs
+
     try:
         return metadata.version("filecluster")
     except metadata.PackageNotFoundError:

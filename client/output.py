@@ -9,10 +9,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from tabulate import tabulate
-from tqdm import tqdm
-from wcwidth import wcswidth
-
 from client.listing import Entry
 
 WIDTH = 80  # status's summary lines wrap at this width
@@ -44,6 +40,8 @@ def local_time(epoch: float) -> str:
 
 def display_width(text: str) -> int:
     """Columns ``text`` takes on a terminal (East Asian wide characters take two)."""
+    from wcwidth import wcswidth  # tabulate, tqdm and wcwidth load when first used (~35 ms at start-up)
+
     width = wcswidth(text)
     return width if width >= 0 else len(text)
 
@@ -88,6 +86,8 @@ def _aligned(
     characters count double (tabulate does the same with wcwidth installed)."""
     widths = [max(display_width(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     rule = ["-" * w for w in widths]
+    from tabulate import tabulate
+
     return tabulate(
         [headers, rule, *rows],
         tablefmt="plain",
@@ -215,6 +215,8 @@ def links_table(rows: list[dict[str, Any]], width: int = 80) -> str:
     for t in table:
         t[0] = shorten(t[0], name_w)
     headers = ["name", "link", "created", "expires", "downloads", "state"]
+    from tabulate import tabulate
+
     return str(tabulate(table, headers=headers, tablefmt="plain", disable_numparse=True))
 
 
@@ -380,6 +382,8 @@ TRANSFER_PHASES = frozenset({"sending", "receiving"})  # the phases whose bytes 
 
 
 def _bar(desc: str, total: int, position: int, width: int) -> Any:
+    from tqdm import tqdm
+
     return tqdm(
         total=total,
         desc=desc,
