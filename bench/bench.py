@@ -704,6 +704,17 @@ def work_folder(requested: Path | None, keep: bool) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def stop_on_signals() -> None:
+    """SIGTERM (and SIGINT, even if the benchmark was started with it ignored) raise
+    KeyboardInterrupt, so every benchmark stops what it started the same way on both."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def add_run_options(parser: argparse.ArgumentParser, python_for: str) -> None:
     """The options every benchmark here takes: --workdir, --keep, --json, --timeout, --python."""
     parser.add_argument(
@@ -742,11 +753,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_signals()
     procs = Processes()
     try:
         with work_folder(args.workdir, args.keep) as work:

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import BenchError, add_run_options, work_folder
+from bench import BenchError, add_run_options, stop_on_signals, work_folder
 from common.cluster_auth import new_secret
 from proxy.auth import hash_password
 from proxy.catalog import Catalog
@@ -225,11 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_signals()
     try:
         with work_folder(args.workdir, args.keep) as work:
             per_user = args.files // args.users

@@ -44,7 +44,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -73,6 +72,7 @@ from bench import (
     log,
     make_test_file,
     run_timed,
+    stop_on_signals,
     vm_hwm_kib,
     wait_for,
     work_folder,
@@ -561,12 +561,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    stop_on_signals()
     procs = Processes()
     try:
         weed = args.weed.resolve() if args.weed else install_weed(args.peer_dir.resolve(), args.python)
