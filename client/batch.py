@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from client import download as downloader
+from client.partial import PARTIAL_DIR, remove_if_empty
 from client.pool import READ_TIMEOUT, ConnectionPool, ProxyCaller
 from common.config import read_timeout
 from common.errors import FileClusterError, ProtocolError, error_from_wire
@@ -91,6 +92,7 @@ def download_many(
     shared = SharedProxy(proxy)
     releases = _Releases(shared)
     room = threading.Semaphore(2 * BATCH)  # located and not yet finished
+    swept: set[Path] = set()  # destination folders whose stale partials were swept (once each)
 
     def one(item: Wanted, info: dict[str, Any]) -> None:
         single = {"token": token, "path": item.name} if token else {"name": item.name}
@@ -104,6 +106,7 @@ def download_many(
                 save_as=item.save_as,
                 pool=pool,
                 release=releases.add,
+                swept=swept,
             )
         except FileClusterError as exc:
             result = exc
@@ -133,6 +136,8 @@ def download_many(
                 raise
     finally:
         releases.flush()
+        for folder in swept:  # the hidden partial folders the downloads left empty
+            remove_if_empty(folder / PARTIAL_DIR)
 
 
 def _feed(

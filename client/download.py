@@ -118,6 +118,7 @@ def download(
     save_as: str | None = None,
     pool: ConnectionPool | None = None,
     release: Callable[[str], None] | None = None,
+    swept: set[Path] | None = None,
 ) -> DownloadResult:
     """Fetch the file described by a LOCATE reply into ``out_dir`` (as ``save_as``, a path relative
     to it; default: the base name of the file's name).
@@ -133,12 +134,13 @@ def download(
 
     Many downloads at once (client.batch) share one ``pool`` of connections (each thread its own)
     and hand their lease to ``release`` instead of sending RELEASE, so that one RELEASE_MANY ends
-    many leases."""
+    many leases; with ``swept``, the folders whose stale partials were already swept in this
+    batch, each destination folder is swept once, not once per file."""
     tickets = Tickets(info, relocate, proxy, release)
     reports = Reports()
     interrupted = True
     try:
-        result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool)
+        result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool, swept)
         interrupted = False
         return result
     except Exception:
@@ -158,11 +160,15 @@ def _download(
     reports: Reports,
     save_as: str | None,
     pool: ConnectionPool | None = None,
+    swept: set[Path] | None = None,
 ) -> DownloadResult:
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
     folder, file_name = destination(out_dir, name, save_as)
-    clean_stale_parts(folder / PARTIAL_DIR)
+    if swept is None or folder not in swept:
+        clean_stale_parts(folder / PARTIAL_DIR)
+        if swept is not None:
+            swept.add(folder)
     try:
         for candidate in candidates(folder, file_name):
             if not candidate.exists() and not candidate.is_symlink():
@@ -197,7 +203,7 @@ def _download(
     except OSError as exc:  # the local disk (full, failing): the partial keeps what it has
         raise InvalidRequest(f"cannot write in {folder}: {exc.strerror or exc}") from None
     finally:
-        partial.close(keep=keep)
+        partial.close(keep=keep, tidy=swept is None)  # a batch tidies its folders at its end
     fsync_dir(folder)
     return DownloadResult(name, final, size, sha1, fetched=True, resumed=resumed)
 

@@ -63,15 +63,18 @@ class Partial:
     existing: bool  # it held bytes of an earlier attempt: check them before fetching
     resumable: bool  # named for this file (kept when the download is interrupted), not a private one
 
-    def close(self, *, keep: bool) -> None:
-        """Release the partial: removed first (still under the lock) unless ``keep``."""
+    def close(self, *, keep: bool, tidy: bool = True) -> None:
+        """Release the partial: removed first (still under the lock) unless ``keep``; then its
+        hidden folder too if that is now empty, unless not ``tidy`` (many downloads into one
+        folder tidy it once, at the end, instead of removing and making it again for each file)."""
         try:
             if not keep:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
         finally:
             os.close(self.fd)
-        remove_if_empty(self.path.parent)
+        if tidy:
+            remove_if_empty(self.path.parent)
 
 
 def partial_key(sha1: str, size: int, name: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from client.api import Client
 from client.batch import Wanted, download_many
 from client.download import DownloadResult
+from client.partial import PARTIAL_DIR
 from common.errors import AuthError, FileClusterError, InvalidRequest, NotFound
 from common.limits import MAX_LOCATE_MANY
 from common.messages import MsgType
@@ -92,3 +93,4 @@ def test_many_files_download_at_once_verified(owner: Client, tmp_path: Path) -> 
         assert isinstance(result, DownloadResult) and result.fetched
         assert (tmp_path / name).read_bytes() == data
     assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob(PARTIAL_DIR))  # the batch tidies the hidden folders it used
