@@ -90,7 +90,11 @@ class BatchUploadHandlers(UploadHandlers):
         ranges = {cid: (cid, offset, length) for cid, offset, length in batch.ranges}
         for index, name, sha1, chunks in accepted:
             mine = Challenge(batch.nonce, tuple(ranges[c] for c in dict(chunks)))
-            upload = self.uploads.begin(owner, name, files[index]["size"], sha1, chunks, mine)
+            try:  # the owner's unfinished uploads are bounded (proxy.uploads): the rest fail alone
+                upload = self.uploads.begin(owner, name, files[index]["size"], sha1, chunks, mine)
+            except FileClusterError as exc:
+                results[index] = failed(exc)
+                continue
             results[index] = {"upload_id": upload.id, "challenge": mine.wire()}
         return Reply({"results": results})
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import Conflict, NotFound
+from common.limits import MAX_CHUNKS_PER_FILE
 from proxy.auth import new_token
 from proxy.ownership import Challenge
 from proxy.placement import ServerRef
@@ -40,6 +41,11 @@ from proxy.placement import ServerRef
 UPLOAD_TTL = 6 * 3600.0
 RESUME_GRACE = 3600.0  # how long an aborted upload's chunks stay pinned for a resumed upload
 MAX_PARKED_PER_OWNER = 16
+# what one user's unfinished uploads may hold in the proxy's memory at once (each pending upload keeps
+# its manifest): a client has at most a few batches in flight, and one file has at most
+# MAX_CHUNKS_PER_FILE chunks
+MAX_PENDING_PER_OWNER = 2048
+MAX_PENDING_CHUNKS_PER_OWNER = 2 * MAX_CHUNKS_PER_FILE
 
 
 @dataclass
@@ -87,6 +93,8 @@ class Uploads:
         self._parked: dict[str, PendingUpload] = {}
         self._pins: Counter[str] = Counter()
         self._placed: dict[str, Counter[int]] = {}  # chunk -> server -> uploads that placed it there
+        self._owned: Counter[str] = Counter()  # owner -> their pending uploads
+        self._owned_chunks: Counter[str] = Counter()  # owner -> the chunks their pending uploads declared
         self._lock = threading.Lock()
 
     def begin(
@@ -102,6 +110,12 @@ class Uploads:
     ) -> PendingUpload:
         upload = PendingUpload(new_token(), owner, name, size, sha1, chunks, challenge, streamed=streamed)
         with self._lock:
+            if self._owned[owner] >= MAX_PENDING_PER_OWNER:
+                raise Conflict(
+                    f"you have {MAX_PENDING_PER_OWNER} unfinished uploads; let them finish, or wait for "
+                    "interrupted ones to expire"
+                )
+            self._own(owner, 1, len(chunks))
             self._pending[upload.id] = upload
             self._pins.update({chunk_id for chunk_id, _ in chunks})
         return upload
@@ -142,10 +156,30 @@ class Uploads:
             upload = self._pending.get(upload_id)
             if upload is None:
                 raise NotFound("unknown upload (it may have expired or been aborted); upload again")
+            self._own(upload.owner, 0, len(chunks))
             known = {chunk_id for chunk_id, _ in upload.chunks}
             self._pins.update({chunk_id for chunk_id, _ in chunks} - known)
             upload.chunks = upload.chunks + chunks
             upload.challenge, upload.awaiting = challenge, True
+
+    def _own(self, owner: str, uploads: int, chunks: int) -> None:
+        """Count an owner's pending uploads and their chunks; refuse (Conflict) chunks past the bound."""
+        if chunks > 0 and self._owned_chunks[owner] + chunks > MAX_PENDING_CHUNKS_PER_OWNER:
+            raise Conflict(
+                f"your unfinished uploads declare more than {MAX_PENDING_CHUNKS_PER_OWNER} chunks; let "
+                "them finish, or wait for interrupted ones to expire"
+            )
+        self._owned[owner] += uploads
+        self._owned_chunks[owner] += chunks
+
+    def _disown(self, upload: PendingUpload) -> None:
+        """No longer pending (committed, abandoned, expired or parked): off its owner's counts."""
+        for counter, amount in ((self._owned, 1), (self._owned_chunks, len(upload.chunks))):
+            left = counter[upload.owner] - amount
+            if left > 0:
+                counter[upload.owner] = left
+            else:
+                counter.pop(upload.owner, None)
 
     def re_place(self, upload_id: str, chunk_id: str, targets: list[ServerRef]) -> None:
         """A new chain for one chunk (UPLOAD_REPLACE).  The old chain stays indexed: its head may
@@ -184,6 +218,7 @@ class Uploads:
         with self._lock:
             upload = self._pending.pop(upload_id, None)
             if upload is not None:
+                self._disown(upload)
                 self._unpin({chunk_id for chunk_id, _ in upload.chunks})
                 self._unindex(upload)
         return upload
@@ -197,6 +232,7 @@ class Uploads:
             upload = self._pending.pop(upload_id, None)
             if upload is None:
                 return []
+            self._disown(upload)
             self._unpin({chunk_id for chunk_id, _ in upload.chunks})
             stored = upload.stored_chunks()
             if self.resume_grace <= 0 or not stored:
