@@ -2,25 +2,27 @@
 
 :class:`Tickets` holds the GET tickets of a LOCATE reply and renews them; :class:`Trouble` orders a
 chunk's copies (spread over the copies, servers in trouble last); :class:`Reports` collects the
-copies found bad, for REPORT_BAD.  :func:`read_chunk_into` reads one copy straight into a buffer
-(client.download), :func:`read_chunk` hands it out piece by piece (the gateway).  Both check the
-copy's SHA-256 against its id before the caller may use a byte of it.
+copies found bad, for REPORT_BAD.  :func:`from_a_good_copy` tries a chunk's copies in turn (one
+routing policy for the download and the HTTP gateway).  :func:`read_chunk_into` reads one copy
+straight into a buffer and checks its SHA-256 against its id before the caller may use a byte.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from client.pool import ConnectionPool, ProxyCaller
 from common.errors import (
     Conflict,
     CorruptData,
     FileClusterError,
+    Forbidden,
     NotFound,
     RemoteProtocolError,
+    Unavailable,
 )
 from common.messages import MsgType
 from common.transport import Connection
@@ -158,6 +160,47 @@ class Reports:
 
 
 _Source = tuple[dict[str, Any], dict[str, Any]]  # (server, the GET ticket for its copy)
+_T = TypeVar("_T")
+
+
+def from_a_good_copy(
+    tickets: Tickets,
+    index: int,
+    chunk_id: str,
+    order: Callable[[list[_Source]], Iterable[_Source]],
+    read: Callable[[dict[str, Any], dict[str, Any]], _T],
+    bad_copy: Callable[[dict[str, Any], dict[str, Any], str], None],
+    failed: Callable[[dict[str, Any]], None] | None = None,
+    stopped: threading.Event | None = None,
+) -> _T:
+    """What ``read(server, ticket)`` returns for the first copy of chunk ``index`` that reads
+    well, the copies tried in ``order``.  A bad copy (corrupt, missing, the wrong size) goes to
+    ``bad_copy(server, ticket, problem)``; an unreachable, silent or refusing server to ``failed``.
+    Expired tickets are renewed once (the LOCATE lease) and every copy tried again.  Unavailable,
+    naming every copy's error, if none reads well (or at once when ``stopped`` is set)."""
+    errors: list[str] = []
+    for attempt in range(2):
+        exp, sources = tickets.sources(index)
+        expired = False
+        for server, ticket in order(sources):
+            if stopped is not None and stopped.is_set():
+                raise Unavailable("the download was stopped")
+            try:
+                return read(server, ticket)
+            except Forbidden as exc:  # the tickets expired (a long transfer): renewed once, below
+                expired = True
+                errors.append(f"server {server.get('id', '?')}: {exc}")
+            except (FileClusterError, OSError) as exc:
+                errors.append(f"server {server.get('id', '?')}: {exc}")
+                problem = copy_problem(exc)
+                if problem is not None:
+                    bad_copy(server, ticket, problem)
+                elif isinstance(exc, Unavailable) and failed is not None:  # timed out, refused, dropped
+                    failed(server)
+        if not (expired and attempt == 0 and tickets.renew(exp)):
+            break
+    detail = "; ".join(errors) or "no server holds it"
+    raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
 
 
 class _WrongSize(RemoteProtocolError):
@@ -173,25 +216,6 @@ def copy_problem(exc: BaseException) -> str | None:
     if isinstance(exc, _WrongSize):
         return "short"
     return None
-
-
-def read_chunk(
-    pool: ConnectionPool,
-    server: dict[str, Any],
-    ticket: dict[str, Any],
-    chunk_id: str,
-    size: int,
-    sink: Callable[[bytes | memoryview], None],
-) -> None:
-    """Read one copy of a chunk (GET_CHUNK with its ticket), each piece handed to ``sink`` as it
-    arrives (valid only until the next); CorruptData once all came if their SHA-256 is not the id,
-    so the caller must not use them before this returns.  The gateway reads chunks with it."""
-    conn = _ask(pool, server, ticket, chunk_id, size)
-    digest = hashlib.sha256()
-    for piece in conn.payload():
-        digest.update(piece)
-        sink(piece)
-    _check(digest, chunk_id, server)
 
 
 def read_chunk_into(

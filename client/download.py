@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from client import watchdog
-from client.chunk_sources import Reports, Tickets, Trouble, copy_problem, read_chunk, read_chunk_into
+from client.chunk_sources import Reports, Tickets, Trouble, from_a_good_copy, read_chunk_into
 from client.destination import candidates, destination, link_into_place
 from client.flusher import Flusher
 from client.partial import (
@@ -63,10 +63,8 @@ from common.errors import (
     Conflict,
     CorruptData,
     FileClusterError,
-    Forbidden,
     InvalidRequest,
     ProtocolError,
-    Unavailable,
 )
 from common.hashing import READ_SIZE
 from common.names import check_file_name
@@ -82,11 +80,8 @@ __all__ = [
     "PARTIAL_DIR",
     "STALE_PART_SECONDS",
     "DownloadResult",
-    "Tickets",
-    "copy_problem",
     "download",
     "file_sha1",
-    "read_chunk",
 ]
 
 
@@ -375,31 +370,22 @@ def _fetch_chunk(
     """Fetch chunk ``index`` from one of its copies, verify it and write it at ``offset``; the
     chunk's bytes, verified, if they fit in ``buf`` (else None: read them back from the file)."""
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
-    errors: list[str] = []
-    for attempt in range(2):
-        exp, sources = transfer.tickets.sources(index)
-        expired = False
-        for server, ticket in transfer.trouble.order(index, sources):
-            if transfer.stopped.is_set():
-                raise Unavailable("the download was stopped")
-            try:
-                held = _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, buf)
-                on_bytes(size)
-                return held
-            except Forbidden as exc:  # the tickets expired (a long download): renew them, once
-                expired = True
-                errors.append(f"server {server.get('id', '?')}: {exc}")
-            except (FileClusterError, OSError) as exc:
-                errors.append(f"server {server.get('id', '?')}: {exc}")
-                problem = copy_problem(exc)
-                if problem is not None:
-                    transfer.reports.add(chunk_id, server, ticket, problem)
-                elif isinstance(exc, Unavailable):  # timed out, refused, dropped: try it last
-                    transfer.trouble.failed(server)
-        if not (expired and attempt == 0 and transfer.tickets.renew(exp)):
-            break
-    detail = "; ".join(errors) or "no server holds it"
-    raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({detail})")
+
+    def read(server: dict[str, Any], ticket: dict[str, Any]) -> memoryview | None:
+        held = _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, buf)
+        on_bytes(size)
+        return held
+
+    return from_a_good_copy(
+        transfer.tickets,
+        index,
+        chunk_id,
+        lambda sources: transfer.trouble.order(index, sources),
+        read,
+        lambda server, ticket, problem: transfer.reports.add(chunk_id, server, ticket, problem),
+        failed=transfer.trouble.failed,
+        stopped=transfer.stopped,
+    )
 
 
 def _fetch_from(

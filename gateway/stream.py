@@ -2,10 +2,11 @@
 before a byte of it goes out.
 
 Each chunk the requested span touches is read whole into a buffer from one of its copies (with the
-GET tickets of the LINK_OPEN reply, through client.download.read_chunk, the client's own reader),
+GET tickets of the LINK_OPEN reply, through client.chunk_sources.read_chunk_into, the client's own
+reader),
 its SHA-256 checked, and only then is its part of the span handed out, in pieces.  A copy that is
 unreachable, missing or corrupt is skipped for the next (a bad one is reported, REPORT_BAD, so
-repair replaces it); expired tickets are renewed once through the lease (client.download.Tickets).
+repair replaces it); expired tickets are renewed once through the lease (client.chunk_sources.Tickets).
 If no copy is good the stream raises and the server closes the connection: the client sees a
 short body, never a wrong byte.
 
@@ -23,10 +24,10 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from client.download import Tickets, copy_problem, read_chunk
+from client.chunk_sources import Tickets, from_a_good_copy, read_chunk_into
 from client.pool import READ_TIMEOUT, ConnectionPool
 from common.config import read_timeout
-from common.errors import FileClusterError, Forbidden, Gone, NotFound, Unavailable
+from common.errors import FileClusterError, Gone, NotFound, Unavailable
 from common.messages import MsgType
 from gateway.proxy_calls import ProxyCalls
 
@@ -121,39 +122,32 @@ def file_pieces(
 def verified_chunk(
     pool: ConnectionPool, tickets: Tickets, proxy: ProxyCalls, index: int, chunk: dict[str, Any]
 ) -> bytearray:
-    """Chunk ``index`` whole, from the first copy whose SHA-256 matches; Unavailable if none does."""
+    """Chunk ``index`` whole, from the first copy whose SHA-256 matches (the download's routing,
+    client.chunk_sources.from_a_good_copy); Unavailable if none does.  Each copy is received
+    straight into the one buffer (client.chunk_sources.read_chunk_into)."""
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
-    errors: list[str] = []
-    for attempt in range(2):
-        exp, sources = tickets.sources(index)
-        first = index % len(sources) if sources else 0
-        expired = False
-        for server, ticket in sources[first:] + sources[:first]:
-            data = bytearray(size)
-            view = memoryview(data)
-            filled = 0
+    data = bytearray(size)
+    with memoryview(data) as view:
 
-            def fill(piece: bytes | memoryview, view: memoryview = view) -> None:
-                nonlocal filled
-                view[filled : filled + len(piece)] = piece
-                filled += len(piece)
+        def read(server: dict[str, Any], ticket: dict[str, Any]) -> None:
+            read_chunk_into(pool, server, ticket, chunk_id, size, view, _whole)
 
-            try:
-                read_chunk(pool, server, ticket, chunk_id, size, fill)
-                view.release()
-                return data
-            except Forbidden as exc:  # the tickets expired: renewed once, below
-                expired = True
-                errors.append(f"server {server.get('id', '?')}: {exc}")
-            except (FileClusterError, OSError) as exc:
-                errors.append(f"server {server.get('id', '?')}: {exc}")
-                problem = copy_problem(exc)
-                if problem is not None:
-                    report_bad(proxy, chunk_id, server, ticket, problem)
-            view.release()
-        if not (expired and attempt == 0 and tickets.renew(exp)):
-            break
-    raise Unavailable(f"chunk {chunk_id[:12]} cannot be read from any copy ({'; '.join(errors)})")
+        from_a_good_copy(
+            tickets,
+            index,
+            chunk_id,
+            lambda sources: (
+                sources[index % len(sources) :] + sources[: index % len(sources)] if sources else []
+            ),
+            read,
+            lambda server, ticket, problem: report_bad(proxy, chunk_id, server, ticket, problem),
+        )
+    return data
+
+
+def _whole(piece: memoryview, at: int) -> None:
+    """read_chunk_into's spill: never called, the buffer holds the whole chunk."""
+    raise AssertionError("a chunk bigger than its own buffer")
 
 
 def report_bad(
