@@ -21,7 +21,7 @@ from typing import Any
 
 from client import download as downloader
 from client.partial import PARTIAL_DIR, remove_if_empty
-from client.pool import READ_TIMEOUT, ConnectionPool, ProxyCaller
+from client.pool import READ_TIMEOUT, ConnectionPool, ProxyCaller, SharedProxy
 from common.config import read_timeout
 from common.errors import FileClusterError, ProtocolError, error_from_wire
 from common.messages import MsgType
@@ -37,20 +37,6 @@ class Wanted:
 
 
 Outcome = Callable[[Wanted, "downloader.DownloadResult | FileClusterError"], None]
-
-
-class SharedProxy:
-    """A proxy caller several threads may use: one request at a time."""
-
-    def __init__(self, proxy: ProxyCaller) -> None:
-        self._proxy = proxy
-        self._lock = threading.Lock()
-
-    def call(
-        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
-    ) -> dict[str, Any]:
-        with self._lock:
-            return self._proxy.call(msg_type, header, session=session)
 
 
 class _Releases:

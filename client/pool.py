@@ -26,6 +26,21 @@ class ProxyCaller(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class SharedProxy:
+    """A proxy caller several threads may use: one request at a time over its one connection
+    (the threads of a transfer renew tickets, re-place chunks, locate and release)."""
+
+    def __init__(self, proxy: ProxyCaller) -> None:
+        self._proxy = proxy
+        self._lock = threading.Lock()
+
+    def call(
+        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
+    ) -> dict[str, Any]:
+        with self._lock:
+            return self._proxy.call(msg_type, header, session=session)
+
+
 @dataclass(frozen=True)
 class Deadline:
     """When a whole transfer must be over (common.config.transfer_deadline), on the monotonic clock."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client.pool import ConnectionPool, Deadline, ProxyCaller
+from client.pool import ConnectionPool, Deadline, ProxyCaller, SharedProxy
 from common.cluster_auth import aggregate
 from common.config import PARALLEL_TRANSFERS
 from common.errors import (
@@ -213,11 +213,10 @@ def _attempt(
         missing = proxy.call(MsgType.UPLOAD_PROVE, {"upload_id": upload_id, "proofs": proofs}, session=True)[
             "missing"
         ]
-        one_at_a_time = threading.Lock()  # worker threads share the proxy's one connection
+        shared = SharedProxy(proxy)  # worker threads share the proxy's one connection
 
         def ask(msg_type: MsgType, header: dict[str, Any]) -> dict[str, Any]:
-            with one_at_a_time:
-                return proxy.call(msg_type, {"upload_id": upload_id, **header}, session=True)
+            return shared.call(msg_type, {"upload_id": upload_id, **header}, session=True)
 
         renewal = _Renewal(lambda: ask(MsgType.UPLOAD_TICKETS, {}))
         replacer = _Replacer(

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client.pool import ConnectionPool, Deadline, ProxyCaller
+from client.pool import ConnectionPool, Deadline, ProxyCaller, SharedProxy
 from client.upload import (
     UploadResult,
     _Renewal,
@@ -86,25 +86,11 @@ class _File:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-class _Talk:
-    """The proxy link, one request at a time (worker threads renew tickets and re-place chunks)."""
-
-    def __init__(self, proxy: ProxyCaller) -> None:
-        self.proxy = proxy
-        self.lock = threading.Lock()
-
-    def call(
-        self, msg_type: MsgType, header: dict[str, Any] | None = None, *, session: bool = False
-    ) -> dict[str, Any]:
-        with self.lock:
-            return self.proxy.call(msg_type, header, session=session)
-
-
 def upload_many(proxy: ProxyCaller, items: Sequence[BatchItem], chunk_size: int, done: Done) -> None:
     """Upload ``items``, in batches; ``done`` hears each file's outcome (an UploadResult, or the
     error that failed that file alone), in order.  Raises only what ends the whole command (Ctrl-C,
     SIGTERM), after parking the uploads in flight."""
-    talk = _Talk(proxy)
+    talk = SharedProxy(proxy)
     with ThreadPoolExecutor(BATCH_STREAMS) as workers, ThreadPoolExecutor(1) as preparer:
         sender = _Sender(talk, workers, chunk_size, done)
         ahead: Future[list[_File]] | None = None
@@ -168,7 +154,7 @@ def _batches(
 
 
 class _Sender:
-    def __init__(self, talk: _Talk, workers: ThreadPoolExecutor, chunk_size: int, done: Done) -> None:
+    def __init__(self, talk: SharedProxy, workers: ThreadPoolExecutor, chunk_size: int, done: Done) -> None:
         self.talk = talk
         self.pool = ConnectionPool()  # kept for the whole command: one connection per thread and server
         self.workers = workers

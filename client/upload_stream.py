@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from client.pool import ConnectionPool, Deadline, ProxyCaller
+from client.pool import ConnectionPool, Deadline, ProxyCaller, SharedProxy
 from client.upload import Progress, _Renewal, _Replacer, _Sent, _store, finish_attempt, prove
 from common.cluster_auth import aggregate
 from common.config import PARALLEL_TRANSFERS
@@ -89,7 +89,7 @@ class _Stream:
         progress: Progress | None,
         sent: _Sent,
     ) -> None:
-        self.proxy = proxy
+        self.proxy = SharedProxy(proxy)  # threads renew tickets and re-place chunks: one request at a time
         self.file = file
         self.size = size
         self.chunk_size = chunk_size
@@ -102,7 +102,6 @@ class _Stream:
         self.turn = 0
         self.upload_id = ""
         self.stop = threading.Event()
-        self.talk = threading.Lock()  # the proxy's one connection: one request at a time
         self.room = threading.BoundedSemaphore(LOOKAHEAD)
         self.jobs: list[Future[None]] = []  # sends not known to be over
         self.errors: list[BaseException] = []  # what failed sends raised, in order
@@ -111,8 +110,7 @@ class _Stream:
         self.done = _Sent()  # bytes sent or found stored, for the progress bar
 
     def ask(self, msg_type: MsgType, header: dict[str, Any]) -> dict[str, Any]:
-        with self.talk:
-            return self.proxy.call(msg_type, header, session=True)
+        return self.proxy.call(msg_type, header, session=True)
 
     def run(self, name: str, pool: ConnectionPool, workers: ThreadPoolExecutor, deadline: Deadline) -> str:
         """Hash, declare, prove and hand out every batch; returns the upload's id."""
