@@ -214,15 +214,12 @@ class _Sender:
             for f in files
         ]
         try:
-            reply = self.talk.call(
-                MsgType.UPLOAD_BEGIN_MANY, {"chunk_size": self.chunk_size, "files": declared}, session=True
-            )
+            header = {"chunk_size": self.chunk_size, "files": declared}
+            reply = self._for_all(files, MsgType.UPLOAD_BEGIN_MANY, header, unknown=True)
         except ProtocolError:  # a proxy from before batches: each file alone
             self.batched = False
             return
-        except FileClusterError as exc:
-            for f in files:
-                f.error = exc
+        if reply is None:
             return
         for f, result in zip(files, _results(reply, len(files)), strict=True):
             if "error" in result:
@@ -241,11 +238,8 @@ class _Sender:
         if not files:
             return
         header = {"uploads": [[f.upload_id, f.result.pop("proofs")] for f in files]}
-        try:
-            reply = self.talk.call(MsgType.UPLOAD_PROVE_MANY, header, session=True)
-        except FileClusterError as exc:
-            for f in files:
-                f.error = exc
+        reply = self._for_all(files, MsgType.UPLOAD_PROVE_MANY, header)
+        if reply is None:
             return
         by_index: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
         for item in reply.get("missing") or []:
@@ -368,17 +362,28 @@ class _Sender:
         uploads = [
             [f.upload_id, [[s, aggregate(macs)] for s, macs in sorted(f.receipts.items())]] for f in files
         ]
-        try:
-            reply = self.talk.call(MsgType.UPLOAD_COMMIT_MANY, {"uploads": uploads}, session=True)
-        except FileClusterError as exc:
-            for f in files:
-                f.error = exc
+        reply = self._for_all(files, MsgType.UPLOAD_COMMIT_MANY, {"uploads": uploads})
+        if reply is None:
             return
         for f, result in zip(files, _results(reply, len(files)), strict=True):
             if "error" in result:
                 f.error = _error(result)
             else:
                 f.result = dict(result.get("file") or {})
+
+    def _for_all(
+        self, files: list[_File], msg_type: MsgType, header: dict[str, Any], *, unknown: bool = False
+    ) -> dict[str, Any] | None:
+        """A batch request; None if the proxy refused it as a whole, which is then every file's
+        error.  With ``unknown``, a proxy that does not know the message raises ProtocolError."""
+        try:
+            return self.talk.call(msg_type, header, session=True)
+        except FileClusterError as exc:
+            if unknown and isinstance(exc, ProtocolError):
+                raise
+            for f in files:
+                f.error = exc
+            return None
 
     def _abort(self, f: _File, suspects: list[int] | None = None) -> None:
         if suspects is None and isinstance(f.error, StorageServerFailed):
