@@ -32,7 +32,9 @@ common.frame_server applies the verdicts to sockets.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
+import socketserver
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,3 +179,29 @@ class AdmissionDoor:
         """The sockets of the connections admitted and not yet ended."""
         with self._slots_lock:
             return list(self._slots)
+
+
+class DoorServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """A threaded TCP server behind the door: what the frame server and the HTTP gateway share.
+    A subclass calls :meth:`open_door` before ``super().__init__`` and says how to drop its open
+    connections (:meth:`close_connections`), which :meth:`stop` does once it stops accepting."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 128
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def close_connections(self) -> None:
+        raise NotImplementedError
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logging.getLogger(type(self).__module__).exception("error on connection from %s", client_address)
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.close_connections()
+        self.server_close()

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from common.admission import Admission, AdmissionDoor, Slot
+from common.admission import Admission, DoorServer, Slot
 from common.budget import ConnectionGate, HeaderBudget
 from common.cluster_auth import ClusterKey
 from common.deadlines import FrameDeadlines
@@ -303,12 +303,7 @@ def _address(get: Callable[[], Any]) -> Address:
         return "", 0
 
 
-class FrameServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = 128
-
+class FrameServer(DoorServer):
     def __init__(
         self,
         address: Address,
@@ -357,10 +352,6 @@ class FrameServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPSe
         self._live_lock = threading.Lock()
         super().__init__(address, _FrameHandler)
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
     def track(self, conn: Connection, alive: bool) -> None:
         with self._live_lock:
             (self._live.add if alive else self._live.discard)(conn)
@@ -371,14 +362,6 @@ class FrameServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPSe
             live = list(self._live)
         for conn in live:
             conn.abort()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("error on connection from %s", client_address)
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.close_connections()
-        self.server_close()
 
 
 def serve_in_thread(server: FrameServer, name: str, poll_interval: float = 0.1) -> threading.Thread:

@@ -20,9 +20,9 @@ import socketserver
 import struct
 import termios
 import time
-from typing import Any, Final
+from typing import Final
 
-from common.admission import Admission, AdmissionDoor, client_key
+from common.admission import Admission, DoorServer, client_key
 from common.errors import FileClusterError
 from common.messages import MsgType
 from common.ratelog import RateLimitedLog
@@ -167,12 +167,7 @@ def _abort(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class GatewayServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = 128
-
+class GatewayServer(DoorServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -195,22 +190,10 @@ class GatewayServer(AdmissionDoor, socketserver.ThreadingMixIn, socketserver.TCP
         )
         super().__init__(address, _HttpHandler)
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
     def close_connections(self) -> None:
         for sock in self.admitted():
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("error on connection from %s", client_address)
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.close_connections()
-        self.server_close()
 
 
 def _unacknowledged(sock: socket.socket) -> int:
