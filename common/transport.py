@@ -24,6 +24,7 @@ import errno
 import os
 import select
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO, Protocol
 
@@ -58,6 +59,9 @@ RECV_SIZE = 1024 * 1024  # payload reads: one buffer, only while a payload is be
 FIRST_RECV_SIZE = 64 * 1024  # ...starting this small and doubling while reads fill it
 HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection holds no big buffer
 DEFAULT_TIMEOUT = 30.0
+# A read may outlast what is left of its frame part's deadline by this much: the socket's timeout is
+# set again (a system call) only when it would wait longer than that, not before every read.
+READ_SLACK = 0.25
 
 
 class HeaderGate(Protocol):
@@ -97,7 +101,7 @@ class Connection:
         self._timer = FrameTimer(deadlines) if deadlines else None
         self._gate = gate
         self._send_timeout = sock.gettimeout()  # a deadline changes the socket's; sends get this back
-        self._timeout_changed = False
+        self._armed = self._send_timeout  # the socket's timeout now (each change is a system call)
         self._payload_len = 0  # of the frame last received
         self._read_into = 0  # bytes of its payload read by payload_into...
         self._early = b""  # ...and bytes of it that came before they were asked for
@@ -225,10 +229,15 @@ class Connection:
             raise self._broken(exc) from None
 
     def _restore_send_timeout(self) -> None:
-        if self._timeout_changed:
-            self._timeout_changed = False
+        """Sends wait the connection's own timeout, not less: a read's deadline may have cut it."""
+        send, armed = self._send_timeout, self._armed
+        if armed != send and (send is None or armed is None or armed < send):
             with contextlib.suppress(OSError):
-                self.sock.settimeout(self._send_timeout)
+                self._arm(send)
+
+    def _arm(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+        self._armed = seconds
 
     # -- receiving --------------------------------------------------------------
     def receive(self) -> Message:
@@ -342,28 +351,39 @@ class Connection:
     def _receive_into(self, target: memoryview | None) -> None:
         """One read from the socket into the decoder: into ``target`` (the rest of a payload) if
         given, else into the connection's own buffer."""
-        timeout = self._receive_timeout()
-        try:
-            if timeout is not None:
-                self.sock.settimeout(timeout)
-                self._timeout_changed = True
-            if target is not None:
-                n = self.sock.recv_into(target)
-                self._decoder.receive_data(target[:n])
-            elif self._decoder.in_payload:
-                buf = self._rbuf if self._rbuf is not None else bytearray(FIRST_RECV_SIZE)
-                n = self.sock.recv_into(buf)
-                # a read that fills the buffer asks for a bigger one (the piece keeps this one alive)
-                self._rbuf = bytearray(2 * n) if n == len(buf) and n < RECV_SIZE else buf
-                self._decoder.receive_data(memoryview(buf)[:n])
-            else:
-                self._decoder.receive_data(self.sock.recv(HEAD_RECV_SIZE))
-        except TimeoutError as exc:
-            if self._timer is not None and self._timer.phase != IDLE:
-                raise self._too_slow() from None
-            raise self._broken(exc) from None
-        except OSError as exc:
-            raise self._broken(exc) from None
+        began = time.monotonic()
+        while True:
+            try:
+                timeout = self._receive_timeout()
+                if timeout is not None and (self._armed is None or self._armed > timeout + READ_SLACK):
+                    self._arm(timeout)
+                if target is not None:
+                    n = self.sock.recv_into(target)
+                    self._decoder.receive_data(target[:n])
+                elif self._decoder.in_payload:
+                    buf = self._rbuf if self._rbuf is not None else bytearray(FIRST_RECV_SIZE)
+                    n = self.sock.recv_into(buf)
+                    # a read that fills the buffer asks for a bigger one (the piece keeps this one alive)
+                    self._rbuf = bytearray(2 * n) if n == len(buf) and n < RECV_SIZE else buf
+                    self._decoder.receive_data(memoryview(buf)[:n])
+                else:
+                    self._decoder.receive_data(self.sock.recv(HEAD_RECV_SIZE))
+                return
+            except TimeoutError as exc:
+                if self._timer is None:
+                    raise self._broken(exc) from None
+                if self._timer.phase != IDLE:
+                    left = self._timer.timeout(self._decoder, self._payload_len)
+                    if left <= 0:
+                        raise self._too_slow() from None
+                else:
+                    left = self._timer.idle - (time.monotonic() - began)
+                    if left <= READ_SLACK:
+                        raise self._broken(exc) from None
+                with contextlib.suppress(OSError):  # the socket waited less than was left: wait the rest
+                    self._arm(left)
+            except OSError as exc:
+                raise self._broken(exc) from None
 
     def _receive_timeout(self) -> float | None:
         """The socket timeout for the next read (None: a connection without deadlines keeps its own)."""
@@ -390,18 +410,12 @@ class Connection:
         """True if the peer has closed (or broken) an idle connection: it is not worth a request."""
         if self.closed:
             return True
-        timeout = self.sock.gettimeout()
+        poller = select.poll()  # one system call, the socket's timeout untouched
         try:
-            self.sock.setblocking(False)  # with a timeout set, recv would first wait for data
-            self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False  # nothing to read: alive and idle
-        except OSError:
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(0))  # readable while idle: EOF, an error, or bytes nobody asked for
+        except (OSError, ValueError):
             return True
-        finally:
-            with contextlib.suppress(OSError):
-                self.sock.settimeout(timeout)
-        return True  # EOF (b"") or bytes nobody asked for: either way, not usable
 
     # -- request / reply ----------------------------------------------------------
     def request(self, msg_type: MsgType, header: Mapping[str, Any], payload: bytes = b"") -> dict[str, Any]:

@@ -52,8 +52,7 @@ class DownstreamPool:
                 break
             since, conn = entry
             if now - since <= MAX_IDLE and not conn.is_dropped():
-                conn.sock.settimeout(self.timeout)
-                return conn
+                return conn  # its socket's timeout is still the one it was made with
             conn.close()
         return Connection.connect(host, port, timeout=self.timeout, what=what)
 
