@@ -68,6 +68,7 @@ from bench import (
     Timed,
     add_run_options,
     child_env,
+    compile_bytecode,
     file_sha1,
     log,
     make_test_file,
@@ -312,6 +313,7 @@ def run(args: argparse.Namespace, work: Path, procs: Processes, weed: Path) -> R
         .stdout.strip()
         .removeprefix("version ")
     )
+    compile_bytecode()
     env = child_env()
     log(
         f"starting filecluster (a proxy and {N_SERVERS} servers) "
@@ -408,7 +410,7 @@ def one_round(
         fetched = out / big.name
         if not fetched.is_file() or file_sha1(fetched) != big_sha1:
             raise BenchError(f"round {rnd}: {system}'s download of {big.name} is missing or DIFFERS")
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # one file: deleting it costs later file creations nothing (see below)
     big.unlink()
     for system in order:  # 3. small upload
         if system == FC:
@@ -428,7 +430,11 @@ def one_round(
             got = sw(f"r{rnd}-sw-small-down", "download", f"-master={master}", f"-dir={out}", *small_fids)
         record("small_download", system, got)
         check_files(out, small_sums, f"round {rnd}: {system}'s download of {small.name}")
-    shutil.rmtree(data)
+    # The small files stay until the end.  On this VM's ext4 (no journal) a new file's inode is
+    # never one freed less than 60 s ago (6 min while its inode table block is dirty), and every
+    # file creation walks past each such inode: deleting this round's 3,000 small files made each
+    # file created in the next minutes cost far more system time, which taxed whichever system
+    # creates more files (filecluster keeps a file per chunk copy; SeaweedFS appends to volumes).
 
 
 # -- the report -----------------------------------------------------------------------------------
