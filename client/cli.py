@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from client import actions, completion
 from client.actions import Sink
@@ -30,6 +31,19 @@ def version() -> str:
         return metadata.version("filecluster")
     except metadata.PackageNotFoundError:
         return PACKAGE_VERSION
+
+
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked for, not by every command."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_: Any) -> None:
+        super().__init__(
+            option_strings, dest, default=argparse.SUPPRESS, nargs=0, help="show the version and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"filecluster {version()}")
+        parser.exit()
 
 
 Run = Callable[[Client, Sink, argparse.Namespace], int]
@@ -277,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 success, 1 an error, 2 a usage error, 130 interrupted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"filecluster {version()}")
+    parser.add_argument("--version", action=_Version)
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for command in COMMANDS:
