@@ -48,7 +48,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -273,29 +272,6 @@ class Results:
     )
     daemon_hwm_kib: dict[str, dict[str, int]] = field(default_factory=dict)
     weed_version: str = ""
-    disk_seconds: list[float] = field(default_factory=list)  # per round: the big file's size, fsynced
-
-
-# What must be on disk before filecluster may say a big transfer is done: an upload's 2 copies, a
-# download's 1 (SeaweedFS fsyncs neither), as multiples of the big file's size.
-FSYNCED_COPIES = {"big_upload": 2, "big_download": 1}
-
-
-def disk_write_seconds(path: Path, size: int) -> float:
-    """Seconds to write ``size`` bytes and fdatasync them: what this disk gives a writer that waits
-    for its bytes to be on disk, as filecluster does before it acknowledges.  The file is made
-    once and overwritten in place each round, so nothing is freed (no discard slows what follows)."""
-    block = os.urandom(MIB)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        start = time.perf_counter()
-        written = 0
-        while written < size:
-            written += os.pwrite(fd, block[: size - written], written)
-        os.fdatasync(fd)
-        return time.perf_counter() - start
-    finally:
-        os.close(fd)
 
 
 def prefault(size: int) -> None:
@@ -405,9 +381,6 @@ def one_round(
     big_sha1 = make_test_file(big, args.size_mib)
     small = data / f"small-r{rnd}"
     small_sums = make_small_files(small, args.small_count)
-    os.sync()
-    results.disk_seconds.append(disk_write_seconds(work / "disk-probe.bin", args.size_mib * MIB))
-    log(f"  the disk writes {args.size_mib} MiB and fsyncs it in {results.disk_seconds[-1]:.2f} s")
     big_fid = ""
     small_fids: list[str] = []
 
@@ -478,12 +451,6 @@ def figures(results: Results, args: argparse.Namespace) -> dict[str, Any]:
         amount = amounts[workload]
         fc_runs, sw_runs = per_system[FC], per_system[SW]
         ratios = [s.seconds / f.seconds for f, s in zip(fc_runs, sw_runs, strict=True)]
-        copies = FSYNCED_COPIES.get(workload)
-        bounds = (
-            [s.seconds / (copies * d) for s, d in zip(sw_runs, results.disk_seconds, strict=True)]
-            if copies
-            else []
-        )
         out[workload] = {
             "unit": "MiB/s" if workload.startswith("big") else "files/s",
             FC: statistics.median(amount / r.seconds for r in fc_runs),
@@ -491,10 +458,6 @@ def figures(results: Results, args: argparse.Namespace) -> dict[str, Any]:
             "ratio": statistics.median(ratios),
             "goal": GOALS[workload],
             "ratios": ratios,
-            # the highest ratio any system that fsyncs what filecluster does could reach, per round:
-            # SeaweedFS's time over the time the disk took to write and fsync those bytes
-            "disk_bound": statistics.median(bounds) if bounds else None,
-            "disk_bounds": bounds,
             "seconds": {FC: [r.seconds for r in fc_runs], SW: [r.seconds for r in sw_runs]},
             "client_peak_rss_mib": {
                 FC: max(r.rss_kib for r in fc_runs) / 1024,
@@ -519,16 +482,8 @@ def table(results: Results, args: argparse.Namespace) -> str:
     for workload, f in figs.items():
         name = WORKLOAD_NAMES[workload].format(size=size, count=args.small_count)
         unit = f["unit"]
-        bound = f"{f['disk_bound']:.2f}×" if f["disk_bound"] is not None else "—"
         rows.append(
-            [
-                name,
-                f"{f[FC]:,.0f} {unit}",
-                f"{f[SW]:,.0f} {unit}",
-                f"{f['ratio']:.2f}×",
-                bound,
-                f"≥ {f['goal']:g}×",
-            ]
+            [name, f"{f[FC]:,.0f} {unit}", f"{f[SW]:,.0f} {unit}", f"{f['ratio']:.2f}×", f"≥ {f['goal']:g}×"]
         )
 
     def rss(workload: str, system: str) -> str:
@@ -540,7 +495,6 @@ def table(results: Results, args: argparse.Namespace) -> str:
             f"{rss('big_upload', FC)} / {rss('big_download', FC)} MiB",
             f"{rss('big_upload', SW)} / {rss('big_download', SW)} MiB",
             "—",
-            "",
             "keep ≤ 64 MiB",
         ]
     )
@@ -550,7 +504,6 @@ def table(results: Results, args: argparse.Namespace) -> str:
             f"{rss('small_upload', FC)} / {rss('small_download', FC)} MiB",
             f"{rss('small_upload', SW)} / {rss('small_download', SW)} MiB",
             "—",
-            "",
             "keep ≤ 64 MiB",
         ]
     )
@@ -559,20 +512,12 @@ def table(results: Results, args: argparse.Namespace) -> str:
         values = [kib / 1024 for kib in results.daemon_hwm_kib.get(system, {}).values()]
         return f"{min(values):.0f}–{max(values):.0f} MiB" if values else "n/a"
 
-    rows.append(["daemon peak RSS", spread(FC), spread(SW), "—", "", "keep ≤ 64 MiB"])
-    disk = statistics.median(results.disk_seconds) if results.disk_seconds else 0.0
-    return (
-        tabulate(
-            rows,
-            headers=["workload", FC, SW, "ratio", "disk bound", "goal"],
-            colalign=("left", "right", "right", "right", "right", "left"),
-            disable_numparse=True,
-        )
-        + f"\n\ndisk bound: the highest ratio a system could reach that, like filecluster, has its bytes"
-        f" on disk (fsynced) before it answers: SeaweedFS's time over the time this disk took, in the"
-        f" same round, to write and fsync them ({size} in {disk:.2f} s, median; 2 copies for an"
-        " upload, 1 for a download). A goal above it cannot be met on this disk without giving up"
-        " fsync."
+    rows.append(["daemon peak RSS", spread(FC), spread(SW), "—", "keep ≤ 64 MiB"])
+    return tabulate(
+        rows,
+        headers=["workload", FC, SW, "ratio", "goal"],
+        colalign=("left", "right", "right", "right", "left"),
+        disable_numparse=True,
     )
 
 
@@ -591,7 +536,6 @@ def as_json(results: Results, args: argparse.Namespace) -> dict[str, Any]:
             "platform": platform.platform(),
         },
         "workloads": figures(results, args),
-        "disk_write_fsync_seconds": results.disk_seconds,
         "daemon_peak_rss_mib": {
             system: {name: kib / 1024 for name, kib in hwm.items()}
             for system, hwm in results.daemon_hwm_kib.items()
