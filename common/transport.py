@@ -229,7 +229,8 @@ class Connection:
             raise self._broken(exc) from None
 
     def _restore_send_timeout(self) -> None:
-        """Sends wait the connection's own timeout, not less: a read's deadline may have cut it."""
+        """Sends wait at least the connection's own timeout (a read's deadline may have cut the
+        socket's below it); a longer one left by a read's deadline is kept, and bounds sends too."""
         send, armed = self._send_timeout, self._armed
         if armed != send and (send is None or armed is None or armed < send):
             with contextlib.suppress(OSError):
