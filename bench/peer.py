@@ -573,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
 def benchmark(args: argparse.Namespace) -> int:
     procs = Processes()
     weed = args.weed.resolve() if args.weed else install_weed(args.peer_dir.resolve(), args.python)
+    if not (weed.is_file() and os.access(weed, os.X_OK)):
+        raise BenchError(f"{weed} is not an executable weed binary")
     with work_folder(args.workdir, args.keep) as work:
         try:
             results = run(args, work, procs, weed)
