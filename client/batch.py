@@ -22,12 +22,15 @@ from typing import Any
 from client import download as downloader
 from client.partial import PARTIAL_DIR, remove_if_empty
 from client.pool import READ_TIMEOUT, ConnectionPool, ProxyCaller, SharedProxy
+from client.small_files import SmallFiles, is_small
 from common.config import read_timeout
 from common.errors import FileClusterError, ProtocolError, error_from_wire
 from common.messages import MsgType
 
 BATCH = 64  # files per LOCATE_MANY, and leases per RELEASE_MANY (at most common.limits.MAX_LOCATE_MANY)
 THREADS = 4  # files downloaded at once (more only adds contention for the GIL: measured 4 vs 8)
+GROUPS = 2  # groups of small files downloaded at once (client.small_files)
+ROOM = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def download_many(
     link; ``outcome`` hears of each file (its result or its error), from the downloading threads."""
     shared = SharedProxy(proxy)
     releases = _Releases(shared)
-    room = threading.Semaphore(2 * BATCH)  # located and not yet finished
+    room = threading.Semaphore(ROOM * BATCH)  # located and not yet finished
     swept: set[Path] = set()  # destination folders whose stale partials were swept (once each)
 
     def one(item: Wanted, info: dict[str, Any]) -> None:
@@ -100,22 +103,38 @@ def download_many(
             room.release()
         outcome(item, result)
 
+    def finished(item: Wanted, result: downloader.DownloadResult | FileClusterError) -> None:
+        room.release()
+        outcome(item, result)
+
+    def alone(item: Wanted, info: dict[str, Any]) -> None:
+        if stopping.is_set():  # not downloaded after all: its lease ends with the others
+            room.release()
+            if isinstance(info.get("lease"), str):
+                releases.add(info["lease"])
+            return
+        futures.append(workers.submit(one, item, info))
+
+    def submit(located: list[tuple[Wanted, dict[str, Any]]]) -> None:
+        group = [(item, info) for item, info in located if is_small(info)]
+        for item, info in located:
+            if not is_small(info):
+                futures.append(workers.submit(one, item, info))
+        if group:
+            futures.append(grouped.submit(small.download, group))
+
     pool = ConnectionPool(read_timeout(READ_TIMEOUT))
+    small = SmallFiles(out_dir, pool, shared, swept, finished, alone, releases.add)
+    stopping = threading.Event()
     futures: list[Future[None]] = []
     try:
-        with pool, ThreadPoolExecutor(THREADS) as workers:
+        with pool, ThreadPoolExecutor(THREADS) as workers, ThreadPoolExecutor(GROUPS) as grouped:
             try:
-                _feed(
-                    shared,
-                    wanted,
-                    token,
-                    room,
-                    outcome,
-                    lambda item, info: futures.append(workers.submit(one, item, info)),
-                )
-                for future in futures:
+                _feed(shared, wanted, token, room, outcome, submit)
+                for future in futures:  # a group may add the files it hands to client.download
                     future.result()
             except BaseException:  # Ctrl-C or SIGTERM: no new downloads, those under way broken off
+                stopping.set()
                 for future in futures:
                     future.cancel()
                 pool.abort()
@@ -132,10 +151,11 @@ def _feed(
     token: str | None,
     room: threading.Semaphore,
     outcome: Outcome,
-    submit: Callable[[Wanted, dict[str, Any]], None],
+    submit: Callable[[list[tuple[Wanted, dict[str, Any]]]], None],
 ) -> None:
-    """Locate ``wanted`` BATCH at a time, each located file handed to ``submit``, each that
-    cannot be located to ``outcome``; waits for room (at most 2 x BATCH located, not finished)."""
+    """Locate ``wanted`` BATCH at a time, the files located handed to ``submit`` a batch at a time,
+    each that cannot be located to ``outcome``; waits for room (at most 2 x BATCH located, not
+    finished)."""
     start = 0
     while start < len(wanted):
         batch = wanted[start : start + BATCH]
@@ -145,12 +165,14 @@ def _feed(
             located = _locate(shared, batch, token)
         except FileClusterError as exc:  # the whole request failed: so does each file of it
             located = [exc] * len(batch)
+        found: list[tuple[Wanted, dict[str, Any]]] = []
         for item, info in zip(batch, located, strict=False):
             if isinstance(info, FileClusterError):
                 room.release()
                 outcome(item, info)
             else:
-                submit(item, info)
+                found.append((item, info))
+        submit(found)
         for _ in batch[len(located) :]:
             room.release()  # not answered this time (the reply was full): asked again
         start += max(1, len(located))

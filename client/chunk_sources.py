@@ -233,33 +233,43 @@ def read_chunk_into(
     in pieces of its size, each handed to ``spill(piece, where in the chunk)`` as it arrives (valid
     only until the next).  CorruptData once all came if their SHA-256 is not the id, so the caller
     must not use a byte before this returns."""
-    conn = _ask(pool, server, ticket, chunk_id, size)
+    conn = pool.get(server)
+    ask_for_chunk(conn, chunk_id, ticket)
+    receive_chunk_into(conn, server, chunk_id, size, buf, spill)
+
+
+def ask_for_chunk(conn: Connection, chunk_id: str, ticket: dict[str, Any]) -> None:
+    """Send GET_CHUNK for one copy; its reply is read by :func:`receive_chunk_into`.  Several may
+    be sent before their replies are read (a server answers a connection's requests in order)."""
+    conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
+
+
+def receive_chunk_into(
+    conn: Connection,
+    server: dict[str, Any],
+    chunk_id: str,
+    size: int,
+    buf: memoryview,
+    spill: Callable[[memoryview, int], None] | None = None,
+) -> None:
+    """Read the reply to a GET_CHUNK into ``buf`` (as :func:`read_chunk_into` says; without
+    ``spill``, ``buf`` must hold the whole chunk).  The connection stays in step after an ERROR
+    reply or a corrupt copy; after a reply of the wrong chunk or size it is closed."""
+    if spill is None and size > len(buf):
+        raise ValueError("the buffer cannot hold the chunk")
+    reply = conn.expect_reply(MsgType.GET_CHUNK)
+    if reply.header["id"] != chunk_id or reply.payload_len != size:
+        conn.close()
+        wrong = _WrongSize if reply.header["id"] == chunk_id else RemoteProtocolError
+        raise wrong(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
     digest = hashlib.sha256()
     done = 0
     while done < size:
         piece = buf[: min(len(buf), size - done)]
         conn.payload_into(piece)
         digest.update(piece)  # hashlib lets go of the GIL while it hashes a large buffer
-        if size > len(buf):
+        if size > len(buf) and spill is not None:
             spill(piece, done)
         done += len(piece)
-    _check(digest, chunk_id, server)
-
-
-def _ask(
-    pool: ConnectionPool, server: dict[str, Any], ticket: dict[str, Any], chunk_id: str, size: int
-) -> Connection:
-    """Send GET_CHUNK and read the head of its reply: the copy's bytes are next on the connection."""
-    conn = pool.get(server)
-    conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
-    reply = conn.expect_reply(MsgType.GET_CHUNK)
-    if reply.header["id"] != chunk_id or reply.payload_len != size:
-        conn.close()
-        wrong = _WrongSize if reply.header["id"] == chunk_id else RemoteProtocolError
-        raise wrong(f"asked for chunk {chunk_id[:12]} ({size} bytes), got something else")
-    return conn
-
-
-def _check(digest: Any, chunk_id: str, server: dict[str, Any]) -> None:
     if digest.hexdigest() != chunk_id:
         raise CorruptData(f"chunk {chunk_id[:12]} from server {server.get('id', '?')} is corrupt")

@@ -23,12 +23,16 @@ MAX_SAVE_AS_BYTES = 1024
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def destination(out_dir: Path, name: str, save_as: str | None) -> tuple[Path, str]:
+def destination(
+    out_dir: Path, name: str, save_as: str | None, made: dict[tuple[str, ...], Path] | None = None
+) -> tuple[Path, str]:
     """The folder the file goes to (created under ``out_dir``) and its name there.
 
     ``save_as`` is a path relative to ``out_dir``; every segment is checked by the file name rules
     (no "", ".", "..", "\\", control characters), and every folder is created and then opened
-    without following symlinks, so the file can only land inside ``out_dir``."""
+    without following symlinks, so the file can only land inside ``out_dir``.  With ``made``, the
+    folders made for files saved together (a group of small files, client.small_files), a folder
+    made and checked for one of them is not made and checked again for the next."""
     if save_as is None:
         segments = [name.rsplit("/", 1)[-1]]
     else:
@@ -41,6 +45,9 @@ def destination(out_dir: Path, name: str, save_as: str | None) -> tuple[Path, st
         except InvalidRequest as exc:
             raise InvalidRequest(f"cannot save as {save_as!r}: {exc}") from None
     segments[-1] = check_file_name(segments[-1])
+    key = tuple(segments[:-1])
+    if made is not None and key in made:
+        return made[key], segments[-1]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -48,6 +55,8 @@ def destination(out_dir: Path, name: str, save_as: str | None) -> tuple[Path, st
     if not out_dir.is_dir():
         raise InvalidRequest(f"{out_dir} is not a folder")
     folder = make_folders(out_dir, segments[:-1])
+    if made is not None:
+        made[key] = folder
     return folder, segments[-1]
 
 

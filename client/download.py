@@ -401,16 +401,16 @@ def _fetch_from(
     """One copy of a chunk, read into ``buf`` and written at ``offset`` once verified; a chunk
     bigger than ``buf`` is written piece by piece as it arrives, and only counts once verified."""
     read_chunk_into(
-        pool, server, ticket, chunk_id, size, buf, lambda piece, at: _write(fd, piece, offset + at)
+        pool, server, ticket, chunk_id, size, buf, lambda piece, at: write_at(fd, piece, offset + at)
     )
     if size > len(buf):
         return None
     held = buf[:size]
-    _write(fd, held, offset)
+    write_at(fd, held, offset)
     return held
 
 
-def _write(fd: int, data: memoryview, offset: int) -> None:
+def write_at(fd: int, data: memoryview, offset: int) -> None:
     """Write ``data`` at ``offset``, WRITE_SIZE at a time."""
     while data:
         n = os.pwrite(fd, data[:WRITE_SIZE], offset)

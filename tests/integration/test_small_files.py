@@ -1,0 +1,139 @@
+"""Small files downloaded as a group (client.small_files) on a real cluster: every file arrives whole
+whatever the copies the group reads are like, bad copies it reads are reported and repaired, and
+what is not the plain case goes the long way (client.download) with the same outcome as alone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.api import Client
+from client.batch import Wanted, download_many
+from client.download import DownloadResult
+from client.partial import PARTIAL_DIR, partial_key
+from common.errors import FileClusterError
+from common.messages import MsgType
+from tests.cluster import CHUNK, Cluster
+from tests.conftest import new_user
+from tests.integration.test_healing import NO_SCRUB, copy_path, flip_a_byte, good_copies, quarantined
+
+SERVERS = {1, 2, 3, 4}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "cluster", server_args=NO_SCRUB).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def upload_small(c: Client, folder: Path, count: int, seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    files = {f"small/f{i:03d}.bin": rng.randbytes(rng.randrange(1, CHUNK + 1)) for i in range(count)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        path = folder / name.replace("/", "_")
+        path.write_bytes(data)
+        c.upload(path, name=name)
+    return files
+
+
+def download_all(c: Client, names: list[str], out: Path) -> dict[str, DownloadResult | FileClusterError]:
+    results: dict[str, DownloadResult | FileClusterError] = {}
+
+    def outcome(item: Wanted, result: DownloadResult | FileClusterError) -> None:
+        results[item.name] = result
+
+    download_many(c.proxy, [Wanted(name, name) for name in names], out, outcome)
+    return results
+
+
+def copies_in_order(c: Client, name: str) -> list[int]:
+    """The servers of the file's one chunk, in the order a LOCATE reply lists them."""
+    reply = c.proxy.call(MsgType.LOCATE_MANY, {"names": [name]}, session=True)
+    c.proxy.call(MsgType.RELEASE_MANY, {"leases": [reply["files"][0]["lease"]]})
+    return [int(s) for s in reply["files"][0]["chunks"][0]["servers"]]
+
+
+def assert_all_arrived(
+    results: dict[str, DownloadResult | FileClusterError], files: dict[str, bytes], out: Path
+) -> None:
+    for name, data in files.items():
+        result = results[name]
+        assert isinstance(result, DownloadResult), result
+        assert result.path == out / name and result.path.read_bytes() == data
+    assert not list(out.rglob(PARTIAL_DIR))
+
+
+def test_the_copies_a_group_reads_rotten_or_gone_are_skipped_reported_and_repaired(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", 4, seed=1)
+    names = sorted(files)
+    # the group reads file k from copy k mod 2; client.download, which a file the group cannot get
+    # goes to, reads copy 0 first: so the second copy of files 1 and 3 is met by the group alone
+    rotten_id = hashlib.sha256(files[names[1]]).hexdigest()
+    rotten_on = copies_in_order(ana, names[1])[1]
+    flip_a_byte(copy_path(cluster, rotten_on, rotten_id))
+    gone_id = hashlib.sha256(files[names[3]]).hexdigest()
+    gone_from = copies_in_order(ana, names[3])[1]
+    os.unlink(copy_path(cluster, gone_from, gone_id))
+
+    results = download_all(ana, names, tmp_path / "down")
+
+    assert_all_arrived(results, files, tmp_path / "down")
+    # only the group read those copies: they were reported, the rotten one set aside, both replaced
+    cluster.wait_for(
+        lambda: any(p.name.startswith(rotten_id) for p in quarantined(cluster, rotten_on)),
+        "the rotten copy the group reported, set aside",
+        timeout=30,
+    )
+    cluster.wait_for(
+        lambda: all(len(good_copies(cluster, chunk, SERVERS)) == 2 for chunk in (rotten_id, gone_id)),
+        "repair of the copies the group reported",
+        timeout=30,
+    )
+
+
+def test_a_server_down_costs_the_group_no_file(cluster: Cluster, tmp_path: Path) -> None:
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", 24, seed=2)
+    cluster.kill_server(2)
+    results = download_all(ana, sorted(files), tmp_path / "down")
+    assert_all_arrived(results, files, tmp_path / "down")
+
+
+def test_what_is_not_the_plain_case_ends_as_it_would_alone(cluster: Cluster, tmp_path: Path) -> None:
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", 6, seed=3)
+    names = sorted(files)
+    out = tmp_path / "down"
+    (out / "small").mkdir(parents=True)
+    (out / names[0]).write_bytes(files[names[0]])  # the very file: not fetched again
+    (out / names[1]).write_bytes(b"another file of that name")  # kept; the download gets "(1)"
+    hidden = out / "small" / PARTIAL_DIR  # an interrupted download of the third: resumed
+    hidden.mkdir(mode=0o700)
+    data = files[names[2]]
+    key = partial_key(hashlib.sha1(data).hexdigest(), len(data), names[2].rsplit("/", 1)[1])
+    (hidden / f"{key}.part").write_bytes(data)
+    (out / "small" / "f004.bin").mkdir()  # a folder where the fifth goes: it gets "(1)" too
+
+    results = download_all(ana, names, out)
+
+    first, second, third, fifth = (results[names[i]] for i in (0, 1, 2, 4))
+    assert isinstance(first, DownloadResult) and not first.fetched
+    assert isinstance(second, DownloadResult) and second.path.name == "f001 (1).bin"
+    assert (out / names[1]).read_bytes() == b"another file of that name"
+    assert isinstance(third, DownloadResult) and third.resumed == len(data)
+    assert isinstance(fifth, DownloadResult) and fifth.path.name == "f004 (1).bin"
+    for name, result in results.items():
+        assert isinstance(result, DownloadResult) and result.path.read_bytes() == files[name]
+    assert not list(out.rglob(PARTIAL_DIR))
