@@ -2,10 +2,14 @@
 threads over persistent connections (one pool: each thread keeps its own connection to each server),
 their leases ended BATCH at a time (RELEASE_MANY).
 
-Each file is downloaded by client.download exactly as alone (verified, fsynced before it is linked
-into place, resumable, routed around bad servers, bad copies reported), only with the shared pool
-and its lease handed here for RELEASE_MANY.  Located files wait for a thread; at most two batches
-are located and not yet finished, so a user holds at most 2 x BATCH leases (the proxy allows 256).
+Small files (client.small_files.is_small: one chunk of at most 256 KiB) go to GROUPS threads a
+located batch at a time, which download each batch as a group (client.small_files: requests
+pipelined on each server's connection, one round of fsyncs).  Every other file, and every small
+one a group hands back, is downloaded by client.download exactly as alone (verified, fsynced
+before it is linked into place, resumable, routed around bad servers, bad copies reported), only
+with the shared pool and its lease handed here for RELEASE_MANY.  Located files wait for a
+thread; at most two batches are located and not yet finished, so a user holds at most 2 x BATCH
+leases (the proxy allows 256).
 Requests to the proxy go one at a time over its one connection (:class:`SharedProxy`).
 """
 

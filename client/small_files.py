@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -130,7 +131,7 @@ class SmallFiles:
         self._alone = alone
         self._release = release
         self._trouble = Trouble()  # for the whole run: a server that failed one group is tried last
-        self._turn = 0  # spreads the reads over the copies
+        self._turns = itertools.count()  # spreads the reads over the copies (next() is atomic)
 
     def download(self, group: list[tuple[Wanted, dict[str, Any]]]) -> None:
         """Download ``group`` (of small files, is_small); groups may run in several threads at once."""
@@ -178,8 +179,7 @@ class SmallFiles:
         unreachable: set[tuple[str, int]] = set()
         for f in files:
             _, sources = Tickets(f.info, None).sources(0)
-            server, ticket = next(iter(self._trouble.order(self._turn, sources)), ({}, {}))
-            self._turn += 1
+            server, ticket = next(iter(self._trouble.order(next(self._turns), sources)), ({}, {}))
             key = ("", 0)
             try:
                 key = (str(server["host"]), int(server["port"]))
