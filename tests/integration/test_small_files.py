@@ -137,3 +137,41 @@ def test_what_is_not_the_plain_case_ends_as_it_would_alone(cluster: Cluster, tmp
     for name, result in results.items():
         assert isinstance(result, DownloadResult) and result.path.read_bytes() == files[name]
     assert not list(out.rglob(PARTIAL_DIR))
+
+
+def test_a_group_stopped_halfway_names_nothing_unfinished_and_the_next_download_ends_it(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", 8, seed=4)
+    names = sorted(files)
+    out = tmp_path / "down"
+    real_fsync = os.fsync
+    calls = 0
+
+    def fsync_then_ctrl_c(fd: int) -> None:  # Ctrl-C arrives during the group's third fsync
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        download_all(ana, names, out)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+    visible = sorted(p for p in (out / "small").iterdir() if p.name != PARTIAL_DIR)
+    assert [p.name for p in visible] == ["f000.bin", "f001.bin"]  # fsynced and linked: whole
+    for path in visible:
+        assert path.read_bytes() == files[f"small/{path.name}"]
+    assert len(list((out / "small" / PARTIAL_DIR).glob("*.part"))) == 6  # verified: kept to resume
+
+    results = download_all(ana, names, out)
+
+    resumed = sum(r.resumed for r in results.values() if isinstance(r, DownloadResult))
+    assert resumed == sum(len(files[name]) for name in names[2:])  # nothing fetched twice
+    assert_all_arrived(results, files, out)
+    for name in names[:2]:  # already there, whole: not fetched again
+        result = results[name]
+        assert isinstance(result, DownloadResult) and not result.fetched
