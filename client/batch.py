@@ -120,9 +120,11 @@ def download_many(
         futures.append(workers.submit(one, item, info))
 
     def submit(located: list[tuple[Wanted, dict[str, Any]]]) -> None:
-        group = [(item, info) for item, info in located if is_small(info)]
+        group: list[tuple[Wanted, dict[str, Any]]] = []
         for item, info in located:
-            if not is_small(info):
+            if is_small(info):
+                group.append((item, info))
+            else:
                 futures.append(workers.submit(one, item, info))
         if group:
             futures.append(grouped.submit(small.download, group))
