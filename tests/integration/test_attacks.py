@@ -120,9 +120,8 @@ def copies(cluster: Cluster, chunk_id: str) -> dict[int, bytes]:
     """Server id -> the bytes of its copy of ``chunk_id``, for every server holding one."""
     found = {}
     for i in range(1, cluster.n_servers + 1):
-        path = chunk_path(cluster, i, chunk_id)
-        if path.exists():
-            found[i] = path.read_bytes()
+        with contextlib.suppress(FileNotFoundError):  # none there, or deleted while we looked
+            found[i] = chunk_path(cluster, i, chunk_id).read_bytes()
     return found
 
 
