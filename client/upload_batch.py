@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from client.pool import ConnectionPool, Deadline, ProxyCaller, SharedProxy
+from client.put_many import Part, group, put_group
 from client.upload import (
     UploadResult,
+    _failed_servers,
     _Renewal,
     _Replacer,
     _store,
@@ -288,22 +290,24 @@ class _Sender:
             return
         total = sum(f.manifest.size for f in live)
         deadline = Deadline.start(f"the upload of {len(live)} files", "nothing was stored", total)
-        jobs: list[Future[None]] = []
+        parts: list[Part[_Sending]] = []
         for f in live:
             offsets: dict[str, int] = {}
             for chunk in f.manifest.chunks:
                 offsets.setdefault(chunk.id, chunk.offset)
-            renewal = _Renewal(lambda f=f: self._ask(f, MsgType.UPLOAD_TICKETS, {}))  # type: ignore[misc]
-            replacer = _Replacer(
-                lambda chunks, avoid, f=f: self._ask(  # type: ignore[misc]
-                    f, MsgType.UPLOAD_REPLACE, {"chunks": chunks, "avoid": avoid}
-                )
+            sending = _Sending(
+                f,
+                _Renewal(lambda f=f: self._ask(f, MsgType.UPLOAD_TICKETS, {})),  # type: ignore[misc]
+                _Replacer(
+                    lambda chunks, avoid, f=f: self._ask(  # type: ignore[misc]
+                        f, MsgType.UPLOAD_REPLACE, {"chunks": chunks, "avoid": avoid}
+                    )
+                ),
             )
-            stop = threading.Event()
-            for item in f.missing:
-                jobs.append(
-                    self.workers.submit(self._one, f, item, offsets[item["id"]], renewal, replacer, stop)
-                )
+            parts += [Part(sending, item, f.file, offsets[item["id"]]) for item in f.missing]
+        groups, alone = group(parts, self.chunk_size)
+        jobs = [self.workers.submit(self._group, members) for members in groups]
+        jobs += [self.workers.submit(self._one, part) for part in alone]
         try:
             for job in jobs:
                 job.result(timeout=deadline.left())
@@ -321,20 +325,37 @@ class _Sender:
     def _ask(self, f: _File, msg_type: MsgType, header: dict[str, Any]) -> dict[str, Any]:
         return self.talk.call(msg_type, {"upload_id": f.upload_id, **header}, session=True)
 
-    def _one(
-        self,
-        f: _File,
-        item: dict[str, Any],
-        offset: int,
-        renewal: _Renewal,
-        replacer: _Replacer,
-        stop: threading.Event,
-    ) -> None:
-        """Store one chunk of ``f``; a failure fails ``f`` alone (its other chunks are skipped)."""
+    def _group(self, members: list[Part[_Sending]]) -> None:
+        """Store small chunks of one chain with one PUT_CHUNKS; each chunk that was not stored
+        on every server of its chain then goes the one-chunk way (_one), which retries."""
+        try:
+            results: list[list[Any] | FileClusterError] = put_group(self.pool, members)
+        except (FileClusterError, OSError) as exc:
+            error = exc if isinstance(exc, FileClusterError) else None
+            results = [error or InvalidRequest(str(exc))] * len(members)
+        for part, result in zip(members, results, strict=True):
+            if isinstance(result, list):
+                self._stored(part.owner.file, part.item, result)
+                continue
+            failed = _failed_servers(result, part.item["servers"])
+            if failed:  # so the retry takes a fresh chain at once, as _store would after its own try
+                part.owner.replacer.failed(failed)
+            self._one(part)
+
+    def _stored(self, f: _File, item: dict[str, Any], receipts: list[Any]) -> None:
+        with self.lock:
+            for server_id, receipt in receipts:
+                f.receipts[server_id].append(receipt)
+            f.sent += int(item["size"])
+
+    def _one(self, part: Part[_Sending]) -> None:
+        """Store one chunk of a file; a failure fails that file alone (its other chunks are skipped)."""
+        sending, item = part.owner, part.item
+        f, stop = sending.file, sending.stop
         if stop.is_set():
             return
         try:
-            got = _store(self.pool, f.file, item, offset, renewal, replacer, stop)
+            got = _store(self.pool, f.file, item, part.offset, sending.renewal, sending.replacer, stop)
         except FileClusterError as exc:
             stop.set()
             with self.lock:
@@ -351,10 +372,7 @@ class _Sender:
             with self.lock:
                 f.error = f.error or InvalidRequest(f"cannot read {f.path}: {exc.strerror or exc}")
             return
-        with self.lock:
-            for server_id, receipt in got:
-                f.receipts[server_id].append(receipt)
-            f.sent += int(item["size"])
+        self._stored(f, item, got)
 
     def _commit(self, files: list[_File]) -> None:
         if not files:
@@ -400,6 +418,17 @@ class _Sender:
             if f.upload_id and not f.result.get("name"):
                 self._abort(f)
             f.file.close()
+
+
+@dataclass
+class _Sending:
+    """A file whose chunks are being sent: its ticket renewal, its chain replacer, and the event
+    that stops its other chunks once one failed for good."""
+
+    file: _File
+    renewal: _Renewal
+    replacer: _Replacer
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def _open(index: int, item: BatchItem, chunk_size: int) -> _File:

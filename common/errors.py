@@ -8,6 +8,8 @@ same class on the other side by :func:`error_from_wire`, so a client can catch
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FileClusterError(Exception):
     """Base of every error filecluster raises on purpose."""
@@ -191,3 +193,13 @@ def error_from_wire(
     if code == ProtocolError.code:
         return RemoteProtocolError(message, server=server, cause=cause)
     return _BY_CODE.get(code, InternalError)(message, server=server, cause=cause)
+
+
+def error_to_wire(error: FileClusterError) -> dict[str, Any]:
+    """An error as an ERROR header says it (and as PUT_CHUNKS says one chunk's failure)."""
+    wire: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.server is not None:
+        wire["server"] = error.server
+    if error.cause is not None:
+        wire["cause"] = error.cause
+    return wire

@@ -38,6 +38,10 @@ SMALL_HEADER: Final = 4 * KIB  # a session, a name, a token, a few numbers: with
 # LOGIN/REGISTER: a 1024-character password even if each character is written as a JSON escape pair
 CREDENTIALS_HEADER: Final = 16 * KIB
 PUT_CHUNK_HEADER: Final = 16 * KIB  # an id, a size and a `forward` chain of up to 16 servers
+# PUT_CHUNKS: many small chunks for one chain in one request (servers.put_many); each costs what a
+# PUT_CHUNK does, and all their bytes together are at most one chunk's (the server's max chunk size)
+MAX_CHUNKS_PER_PUT: Final = 256
+PUT_CHUNKS_HEADER: Final = 256 * KIB  # ~330 bytes a chunk for a chain of 2 or 3 servers
 IDS_HEADER: Final = STORAGE_MAX_HEADER  # HAS_CHUNKS / DELETE_CHUNKS: MAX_IDS_PER_REQUEST ids
 # (cluster messages also carry `auth`, ~150 bytes, and tickets are at most a few hundred bytes but
 # for a PUT chain of 16 servers)

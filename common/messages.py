@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import LocalProtocolError
+from common.errors import FileClusterError, LocalProtocolError, RemoteProtocolError, error_from_wire
 from common.limits import (
     CREDENTIALS_HEADER,
     HEARTBEAT_HEADER,
@@ -29,6 +29,7 @@ from common.limits import (
     LOCATE_MANY_HEADER,
     PROVE_CHUNKS_HEADER,
     PUT_CHUNK_HEADER,
+    PUT_CHUNKS_HEADER,
     RELEASE_MANY_HEADER,
     SMALL_HEADER,
     UPLOAD_BEGIN_HEADER,
@@ -94,6 +95,7 @@ class MsgType(enum.IntEnum):
     PROVE_CHUNKS = 0x35
     VERIFY_CHUNKS = 0x36
     REPLICATE = 0x37
+    PUT_CHUNKS = 0x38
 
 
 class Auth(enum.Enum):
@@ -254,6 +256,12 @@ SPECS: dict[MsgType, MessageSpec] = {
         payload=True,
         max_header=PUT_CHUNK_HEADER,
     ),
+    MsgType.PUT_CHUNKS: MessageSpec(  # chunks: [{id, size, ticket}...], every ticket checked at the door
+        auth=Auth.TICKET,
+        required={"chunks": list},
+        payload=True,
+        max_header=PUT_CHUNKS_HEADER,
+    ),
     MsgType.GET_CHUNK: MessageSpec(auth=Auth.TICKET, required={"id": str}, optional={"ticket": dict}),
     MsgType.HAS_CHUNKS: MessageSpec(
         auth=Auth.CLUSTER, required={"ids": list}, optional=_SIGNED, max_header=IDS_HEADER
@@ -341,3 +349,35 @@ class Message:
         if self.payload_len < 0:
             raise LocalProtocolError("payload length cannot be negative")
         check_header(self.type, self.header, self.payload_len)
+
+
+def put_results(answer: Mapping[str, Any], count: int) -> list[list[Any] | FileClusterError]:
+    """A PUT_CHUNKS reply, checked: per chunk in order, its receipts (``[[server id, receipt]...]``,
+    every server of the chain) or the error that chunk met (servers.put_many)."""
+    results = answer.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        raise RemoteProtocolError(f"a PUT_CHUNKS reply must give {count} results")
+    parsed: list[list[Any] | FileClusterError] = []
+    for result in results:
+        if not isinstance(result, dict):
+            raise RemoteProtocolError("a PUT_CHUNKS result must be an object")
+        receipts = result.get("receipts")
+        if set(result) == {"receipts"} and isinstance(receipts, list):
+            if not all(
+                isinstance(r, list) and len(r) == 2 and _fits(r[0], int) and isinstance(r[1], str)
+                for r in receipts
+            ):
+                raise RemoteProtocolError("a PUT_CHUNKS receipt must be [server id, receipt]")
+            parsed.append(receipts)
+            continue
+        code, message, server, cause = (result.get(k) for k in ("code", "message", "server", "cause"))
+        if not (
+            set(result) <= {"code", "message", "server", "cause"}
+            and isinstance(code, str)
+            and isinstance(message, str)
+            and (server is None or _fits(server, int))
+            and (cause is None or isinstance(cause, str))
+        ):
+            raise RemoteProtocolError("a PUT_CHUNKS result must be {receipts} or {code, message}")
+        parsed.append(error_from_wire(code, message, server, cause))
+    return parsed

@@ -40,6 +40,7 @@ from common.errors import (
     TooSlow,
     Unavailable,
     error_from_wire,
+    error_to_wire,
 )
 from common.messages import REPLIES, Message, MsgType
 from common.protocol import (
@@ -446,12 +447,7 @@ class Connection:
         if self._encoder.owed:
             self.close()
             return
-        header: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.server is not None:
-            header["server"] = error.server
-        if error.cause is not None:
-            header["cause"] = error.cause
-        self.send(MsgType.ERROR, header)
+        self.send(MsgType.ERROR, error_to_wire(error))
 
     def _broken(self, exc: OSError) -> ConnectionLost:
         self.close()

@@ -42,7 +42,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -55,7 +55,15 @@ from common.atomic import (
     start_writeback,
     tighten,
 )
-from common.errors import CorruptData, InsufficientStorage, InvalidRequest, NotFound, StorageIOError
+from common.errors import (
+    CorruptData,
+    FileClusterError,
+    InsufficientStorage,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    StorageIOError,
+)
 from common.hashing import check_chunk_id
 
 log = logging.getLogger(__name__)
@@ -82,7 +90,7 @@ class ChunkWriter(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def _io_error(exc: OSError, what: str) -> Exception:
+def _io_error(exc: OSError, what: str) -> FileClusterError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage(f"no space left to {what}")
     return StorageIOError(f"disk error while trying to {what}: {exc.strerror or exc}")
@@ -344,7 +352,46 @@ class ChunkStore:
         log.warning("quarantined chunk %s (%s) as %s", chunk_id, reason, target.name)
         return True
 
-    def _install(self, tmp: Path, final: Path, size: int) -> None:
+    def commit_all(self, writers: Sequence[ChunkWriter]) -> list[FileClusterError | None]:
+        """Commit many written chunks as one group (PUT_CHUNKS): what ``commit`` does for each, with
+        the disk's work shared.  Every writer's writeback is started before the first fsync waits,
+        and each fan-out folder is fsynced once, after every rename into it.  Returns, per writer,
+        None (its chunk is durable in place) or the error that refused it; each succeeds or fails
+        on its own, and nothing is installed that was not verified and fsynced first."""
+        errors: list[FileClusterError | None] = [None] * len(writers)
+        disk = [w for w in writers if isinstance(w, _DiskWriter)]
+        if len(disk) != len(writers):
+            raise InternalError("commit_all takes this store's own writers")
+
+        folders: dict[Path, list[int]] = {}
+
+        def step(indexes: Iterable[int], do: Callable[[_DiskWriter], Path | None]) -> list[int]:
+            for i in indexes:
+                try:
+                    folder = do(disk[i])
+                    if folder is not None:
+                        folders.setdefault(folder, []).append(i)
+                except FileClusterError as exc:
+                    errors[i] = exc
+            return [i for i in range(len(disk)) if errors[i] is None]
+
+        try:
+            live = step(range(len(disk)), _DiskWriter.check)
+            live = step(live, _DiskWriter.start_sync)
+            live = step(live, _DiskWriter.sync)
+            step(live, lambda writer: writer.install(sync_folder=False))
+            for folder, members in folders.items():
+                try:
+                    fsync_dir(folder)
+                except OSError as exc:
+                    for i in members:
+                        errors[i] = _io_error(exc, "store a chunk")
+        finally:
+            for writer in disk:
+                writer.abort()
+        return errors
+
+    def _install(self, tmp: Path, final: Path, size: int, *, sync_folder: bool = True) -> None:
         """Rename a verified, fsynced temp file into place; count it once, whatever the race."""
         try:
             self._install_once(tmp, final, size)
@@ -353,6 +400,8 @@ class ChunkStore:
                 raise
             self._folders.discard(final.parent.name)  # removed behind our back: make it again
             self._install_once(tmp, final, size)
+        if sync_folder:
+            fsync_dir(final.parent)
 
     def _install_once(self, tmp: Path, final: Path, size: int) -> None:
         folder = final.parent.name
@@ -368,7 +417,6 @@ class ChunkStore:
             if not existed:
                 self._usage.count += 1
                 self._usage.bytes += size
-        fsync_dir(final.parent)
 
 
 def _stamp_verified(path: Path) -> None:
@@ -415,22 +463,46 @@ class _DiskWriter:
             raise _io_error(exc, "store a chunk") from None
 
     def commit(self) -> None:
-        assert self.file is not None
+        try:
+            self.check()
+            self.sync()
+            self.install(sync_folder=True)
+        finally:
+            self.abort()
+
+    # commit's three steps, which commit_all takes for many writers at once
+    def check(self) -> None:
+        """Refuse bytes that are not the chunk: too few, or not matching its SHA-256."""
         if self.written != self.size:
             raise CorruptData(f"chunk {self.chunk_id}: got {self.written} of {self.size} bytes")
         if self.hash.hexdigest() != self.chunk_id:
             raise CorruptData(f"chunk {self.chunk_id}: the bytes do not match their SHA-256")
-        final = self.store._path(self.chunk_id)
+
+    def start_sync(self) -> None:
+        """Start the temp file's writeback without waiting (sync then has less to wait for)."""
+        if self.file is not None:
+            start_writeback(self.file.fileno(), self.flushed, self.written - self.flushed)
+
+    def sync(self) -> None:
+        """Make the temp file's bytes durable (fsync) and close it."""
+        assert self.file is not None
         try:
             os.fsync(self.file.fileno())
             file, self.file = self.file, None
             file.close()
-            self.store._install(self.tmp_path, final, self.size)
-            self.installed = True  # the temp file is now the chunk: nothing left to remove
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
-        finally:
-            self.abort()
+
+    def install(self, *, sync_folder: bool) -> Path:
+        """Rename the synced temp file into place; returns its folder (which commit_all fsyncs once
+        for all the chunks it installed there when ``sync_folder`` is False)."""
+        final = self.store._path(self.chunk_id)
+        try:
+            self.store._install(self.tmp_path, final, self.size, sync_folder=sync_folder)
+        except OSError as exc:
+            raise _io_error(exc, "store a chunk") from None
+        self.installed = True  # the temp file is now the chunk: nothing left to remove
+        return final.parent
 
     def abort(self) -> None:
         """Drop the temp file; never raises (closing may flush buffered bytes onto a full disk)."""

@@ -7,10 +7,10 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-from common.errors import CorruptData, InsufficientStorage, NotFound
+from common.errors import CorruptData, FileClusterError, InsufficientStorage, NotFound
 from common.hashing import check_chunk_id
 from servers.chunk_store import READ_PIECE, ChunkWriter, LostQueue, Pace, Verdict
 
@@ -72,6 +72,19 @@ class MemoryChunkStore:
         if self.free() - size < self.reserve:
             raise InsufficientStorage(f"no room for a chunk of {size} bytes")
         return _MemoryWriter(self, chunk_id, size)
+
+    def commit_all(self, writers: Sequence[ChunkWriter]) -> list[FileClusterError | None]:
+        """ChunkStore.commit_all's contract: each writer committed on its own, its error or None."""
+        errors: list[FileClusterError | None] = []
+        for writer in writers:
+            try:
+                writer.commit()
+                errors.append(None)
+            except FileClusterError as exc:
+                errors.append(exc)
+            finally:
+                writer.abort()
+        return errors
 
     def delete(self, chunk_ids: Iterable[str], older_than: float | None = None) -> int:
         deleted = 0

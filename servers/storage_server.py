@@ -40,7 +40,6 @@ from common.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
-    ReplicationFailed,
 )
 from common.frame_server import FileBody, FrameServer, Handler, Reply, Request
 from common.hashing import check_chunk_id, proof_digest
@@ -56,6 +55,7 @@ from common.transport import Connection
 from servers.chunk_store import ChunkStore
 from servers.downstream import DownstreamPool
 from servers.memory_store import MemoryChunkStore
+from servers.put_many import Room, check_tickets, parse_items, put_chunks, replication_failed
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,12 @@ class StorageService:
         self.key = key  # checks the proxy's tickets and signed requests; signs nothing itself
         self.max_chunk = max_chunk
         self.downstream = DownstreamPool(FORWARD_TIMEOUT)  # connections to the next servers of chains
+        self.room = Room()  # temp files PUT_CHUNKS requests hold open (servers.put_many)
 
     def handlers(self) -> Mapping[MsgType, Handler]:
         return {
             MsgType.PUT_CHUNK: self.put_chunk,
+            MsgType.PUT_CHUNKS: self.put_chunks,
             MsgType.GET_CHUNK: self.get_chunk,
             MsgType.HAS_CHUNKS: self.has_chunks,
             MsgType.DELETE_CHUNKS: self.delete_chunks,
@@ -138,6 +140,8 @@ class StorageService:
         Checked here, with no round trip to the proxy; nothing is written for a refused request."""
         if need is not Auth.TICKET:
             raise InternalError(f"a storage server cannot check {need.value!r}")
+        if req.type is MsgType.PUT_CHUNKS:
+            return check_tickets(self.key, parse_items(req.header["chunks"], self.max_chunk), self.id)
         chunk_id = check_chunk_id(req.header["id"])
         ticket = req.header.get("ticket")
         if req.type is MsgType.PUT_CHUNK:
@@ -154,7 +158,8 @@ class StorageService:
             raise InvalidRequest(f"chunk size must match the payload and be 1..{self.max_chunk} bytes")
         ticket = req.header["ticket"]
         forward = chain_after(ticket, self.id)  # the rest of the chain the proxy chose (checked at the door)
-        downstream, down_error = self._open_downstream(chunk_id, size, ticket, forward)
+        header = {"id": chunk_id, "size": size, "ticket": ticket}
+        downstream, down_error = self.open_downstream(MsgType.PUT_CHUNK, header, size, forward)
         local_error: FileClusterError | None = None
         try:
             writer = self.store.writer(chunk_id, size)
@@ -199,25 +204,23 @@ class StorageService:
         if local_error is not None:
             raise local_error
         if down_error is not None:
-            target = forward[0]
-            deeper = down_error.server is not None  # the replica names a failure further down
-            raise ReplicationFailed(
-                f"chunk stored on server {self.id} but its replica on server {target['id']} "
-                f"({target['host']}:{target['port']}) failed: {down_error}",
-                server=down_error.server if deeper else target["id"],
-                cause=(down_error.cause or down_error.code) if deeper else down_error.code,
-            )
+            raise replication_failed(self.id, forward[0], down_error)
         return Reply({"stored": stored, "receipts": receipts})
 
-    def _open_downstream(
-        self, chunk_id: str, size: int, ticket: dict[str, Any], forward: list[dict[str, Any]]
+    def put_chunks(self, req: Request) -> Reply:
+        return put_chunks(self, self.room, req)
+
+    def open_downstream(
+        self, msg_type: MsgType, header: dict[str, Any], size: int, forward: list[dict[str, Any]]
     ) -> tuple[Connection | None, FileClusterError | None]:
+        """Start forwarding a PUT to the next server of the chain: a kept connection to it and the
+        request's head sent, or the error that stopped it (None, None: this server ends the chain)."""
         if not forward:
             return None, None
         target = forward[0]
         try:
             downstream = self.downstream.get(target["host"], target["port"], f"storage server {target['id']}")
-            downstream.send_head(MsgType.PUT_CHUNK, {"id": chunk_id, "size": size, "ticket": ticket}, size)
+            downstream.send_head(msg_type, header, size)
         except FileClusterError as exc:
             return None, exc
         return downstream, None
