@@ -5,13 +5,19 @@ passes (proof of ownership, receipts, owners)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from client import upload_batch
 from client.api import Client
+from client.pool import ConnectionPool
+from client.put_many import Part, put_group
 from client.upload import UploadResult, prove
 from client.upload_batch import BatchItem
-from common.errors import Conflict, FileClusterError, NotFound
+from common.errors import Conflict, FileClusterError, Forbidden, NotFound, ReplicationFailed
 from common.hashing import manifest_of
 from common.messages import MsgType
 from tests.cluster import CHUNK, Cluster
@@ -112,3 +118,31 @@ def test_a_batch_routes_around_a_dead_server(patient_cluster: Cluster, tmp_path:
             assert (tmp_path / "out" / name).read_bytes() == data
     finally:
         c.close()
+
+
+def test_chunks_a_group_did_not_store_go_the_one_chunk_way(
+    cluster: Cluster, user: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUT_CHUNKS refused whole (a ticket, a server that does not know it) or failing for some
+    chunks (a replica, a disk) costs nothing but time: those chunks are sent one by one."""
+    groups: list[int] = []
+
+    def flaky(pool: ConnectionPool, parts: Sequence[Part[Any]]) -> list[list[Any] | FileClusterError]:
+        groups.append(len(parts))
+        if len(groups) == 1:
+            raise Forbidden("the ticket does not match this request")
+        results = put_group(pool, parts)
+        results[0] = ReplicationFailed("a replica failed", server=parts[0].item["servers"][-1]["id"])
+        return results
+
+    monkeypatch.setattr(upload_batch, "put_group", flaky)
+    files = {f"f{i}.bin": os.urandom(CHUNK // 8 + i) for i in range(40)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    outcomes = run(user, [BatchItem(tmp_path / n, f"g/{n}") for n in files])
+    assert all(isinstance(o, UploadResult) for o in outcomes), outcomes
+    assert len(groups) >= 2 and sum(groups) > len(groups)
+    assert sum(o.sent for o in outcomes if isinstance(o, UploadResult)) == sum(map(len, files.values()))
+    for name, data in files.items():
+        user.download(f"g/{name}", tmp_path / "out")
+        assert (tmp_path / "out" / name).read_bytes() == data

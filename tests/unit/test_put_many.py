@@ -10,6 +10,7 @@ after an error; the number of temp files held open bounded.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from client.put_many import GROUP_CHUNK_SIZE, GROUP_CHUNKS, Part, group
 from common.errors import Forbidden, InvalidRequest, Unavailable
 from common.frame_server import FrameServer, serve_in_thread
 from common.limits import MAX_CHUNKS_PER_PUT
@@ -264,3 +266,24 @@ def test_room_bounds_the_temp_files_held_open_and_a_request_that_finds_none_is_u
             put(conn, [head], items)
         assert head.store.count == 0 and head.temp_files() == []
         assert len(put(conn, [head], items[:2])) == 2  # within the bound, on the same connection
+
+
+def test_the_client_groups_small_chunks_by_chain_within_every_bound() -> None:
+    chains = [
+        [{"id": a, "host": "127.0.0.1", "port": 7000 + a}, {"id": b, "host": "127.0.0.1", "port": 7000 + b}]
+        for a, b in [(1, 2), (2, 1), (1, 3)]
+    ]
+    parts: list[Part[int]] = []
+    for i in range(300):
+        size = GROUP_CHUNK_SIZE + 1 if i % 50 == 7 else 1000 + i
+        item = {"id": f"{i:064x}", "size": size, "servers": chains[i % 3], "ticket": {"mac": "x" * 22}}
+        parts.append(Part(i, item, io.BytesIO(), 0))
+    parts.append(Part(300, {**parts[0].item, "servers": chains[0][:1]}, io.BytesIO(), 0))  # its chain alone
+    groups, alone = group(parts, max_bytes=40_000)
+    assert sorted([p.owner for g in groups for p in g] + [p.owner for p in alone]) == list(range(301))
+    for members in groups:
+        assert 2 <= len(members) <= GROUP_CHUNKS
+        assert sum(p.size for p in members) <= 40_000
+        assert len({tuple(s["id"] for s in p.item["servers"]) for p in members}) == 1
+    assert {p.owner for p in alone} >= {i for i in range(300) if i % 50 == 7} | {300}
+    assert all(p.size > GROUP_CHUNK_SIZE or p.owner == 300 for p in alone)
