@@ -50,12 +50,15 @@ def group(parts: Sequence[Part[Owner]], max_bytes: int) -> tuple[list[list[Part[
     groups: list[list[Part[Owner]]] = []
     alone: list[Part[Owner]] = []
     limit = min(max_bytes, GROUP_CHUNK_SIZE * GROUP_CHUNKS)
+    costs: dict[tuple[Any, ...], int] = {}
     for part in parts:
         if part.size > min(GROUP_CHUNK_SIZE, limit):
             alone.append(part)
             continue
         chain = tuple((s["id"], s["host"], s["port"]) for s in part.item["servers"])
-        cost = len(json.dumps(part.item["ticket"])) + 100  # its entry in the header, with room
+        if chain not in costs:  # its entry in the header, with room (tickets of a chain differ little)
+            costs[chain] = len(json.dumps(part.item["ticket"])) + 200
+        cost = costs[chain]
         members, used = open_groups.get(chain, ([], [0, 0]))
         if members and (
             len(members) >= GROUP_CHUNKS or used[0] + part.size > limit or used[1] + cost > GROUP_HEADER
