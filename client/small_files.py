@@ -1,5 +1,5 @@
 """Many small files downloaded as a group (client.batch): their chunks asked for all at once on each
-server's connection, and the files made durable with one round of fsyncs.
+server's connection, and the files made durable together.
 
 client.download takes a file from start to end alone: its partial opened, its chunk fetched (a round
 trip), written, fsynced, linked into place, its folder fsynced.  For a thousand files of 64 KiB that
@@ -16,9 +16,13 @@ LOCATE_MANY batch at most) through the same steps together:
    checked against its SHA-256 and the file's SHA-1 before a byte of it is written; it is then
    written to its partial, one buffer reused for all, and the disk is given it at once
    (POSIX_FADV_DONTNEED starts the write-back without waiting for it);
-3. each partial is fsynced (by then the disk has had all of them together) and linked into place,
-   never over an existing file; each folder is fsynced once; only then does a file count as
-   downloaded.
+3. each partial is made durable and linked into place, never over an existing file, then the links
+   are made durable; only then does a file count as downloaded.  For a group of FLUSH_FROM files or
+   more, on Linux 5.8 or later, "durable" is one filesystem flush (syncfs, common.atomic.
+   FilesystemFlush, opened before the group's first byte is written so that any write error is
+   reported) for all the data, then one for all the links: two waits instead of a fsync per file
+   and per folder.  Otherwise, or if a flush fails, each partial is fsynced (by then the disk has
+   had all of them together) and each folder once.
 
 The guarantees are client.download's: nothing unverified is written, nothing gets its name before it
 is on disk, nothing existing is replaced, memory stays at one buffer.  Whatever is not the plain case
@@ -55,7 +59,7 @@ from client.destination import destination, link_into_place
 from client.download import DownloadResult, write_at
 from client.partial import PARTIAL_DIR, Partial, clean_stale_parts, open_partial, partial_key
 from client.pool import ConnectionPool, ProxyCaller
-from common.atomic import fsync_dir
+from common.atomic import FilesystemFlush, fsync_dir
 from common.config import transfer_deadline
 from common.errors import CorruptData, FileClusterError, Forbidden, InvalidRequest, NotFound, Unavailable
 from common.names import check_file_name
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from client.batch import Outcome, Wanted
 
 SMALL = 256 * 1024  # a file of one chunk at most this big is downloaded in a group
+FLUSH_FROM = 16  # files in a group from which one filesystem flush (syncfs) beats a fsync each
 _START_WRITEBACK = getattr(os, "POSIX_FADV_DONTNEED", None)  # absent where there is no posix_fadvise
 
 
@@ -137,6 +142,7 @@ class SmallFiles:
         """Download ``group`` (of small files, is_small); groups may run in several threads at once."""
         files: list[_File] = []
         made: dict[tuple[str, ...], Path] = {}  # the folders made (and checked) for this group
+        flush: FilesystemFlush | None = None
         try:
             for item, info in group:
                 prepared = self._prepare(item, info, made)
@@ -144,9 +150,13 @@ class SmallFiles:
                     self._alone(item, info)
                 else:
                     files.append(prepared)
+            # opened before a byte is written, so a flush reports any write error of this group's
+            flush = FilesystemFlush(self._out_dir) if len(files) >= FLUSH_FROM else None
             self._fetch(files, bytearray(SMALL))
-            self._make_durable([f for f in files if f.written])
+            self._make_durable([f for f in files if f.written], flush)
         finally:  # Ctrl-C or SIGTERM: nothing half-done is named; a verified partial is kept
+            if flush is not None:
+                flush.close()
             for f in files:
                 if f.open:
                     f.open = False
@@ -234,13 +244,17 @@ class SmallFiles:
                 continue
             f.written = True
 
-    def _make_durable(self, files: list[_File]) -> None:
-        """fsync each written partial and link it into place; then fsync each folder once, and only
-        then count the files as downloaded."""
+    def _make_durable(self, files: list[_File], flush: FilesystemFlush | None) -> None:
+        """Make each written partial durable and link it into place, then make the links durable,
+        and only then count the files as downloaded.  Durable means one filesystem flush for the
+        whole group where it can be had (``flush``: the data before any link, then the links), else
+        a fsync of each partial and of each folder once."""
+        together = self._flushed(files, flush)
         placed: list[tuple[_File, Path]] = []
         for f in files:
             try:
-                os.fsync(f.partial.fd)
+                if id(f) not in together:
+                    os.fsync(f.partial.fd)
                 final = link_into_place(f.partial.path, f.folder, f.file_name)
             except (FileClusterError, OSError):
                 self._hand_over(f)  # its verified bytes stay in the partial: client.download keeps them
@@ -248,8 +262,14 @@ class SmallFiles:
             f.open = False
             f.partial.close(keep=False, tidy=False)
             placed.append((f, final))
+        folders = {f.folder for f, _ in placed if id(f) not in together}
+        if flush is not None and together:
+            try:
+                flush.flush()  # the links
+            except OSError:
+                folders |= {f.folder for f, _ in placed}
         failed: dict[Path, str] = {}
-        for folder in {f.folder for f, _ in placed}:
+        for folder in folders:
             try:
                 fsync_dir(folder)
             except OSError as exc:
@@ -260,6 +280,24 @@ class SmallFiles:
                 self._finished(f.item, InvalidRequest(f"cannot write in {f.folder}: {failed[f.folder]}"))
             else:
                 self._finished(f.item, DownloadResult(f.name, final, f.size, f.sha1, fetched=True))
+
+    @staticmethod
+    def _flushed(files: list[_File], flush: FilesystemFlush | None) -> set[int]:
+        """The files (by id) whose bytes one flush of their filesystem made durable; empty if there
+        is no flush, the group is small, or the flush failed (each is then fsynced on its own)."""
+        if flush is None or not flush.works or len(files) < FLUSH_FROM:
+            return set()
+        covered: dict[Path, bool] = {}
+        for f in files:
+            if f.folder not in covered:
+                covered[f.folder] = flush.covers(f.folder)
+        together = {id(f) for f in files if covered[f.folder]}
+        if together:
+            try:
+                flush.flush()
+            except OSError:
+                return set()
+        return together
 
     def _failed(self, server: dict[str, Any], ticket: dict[str, Any], f: _File, exc: BaseException) -> None:
         """A copy that could not be read: reported if it is bad, its server tried last if it is

@@ -4,11 +4,14 @@ what is not the plain case goes the long way (client.download) with the same out
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,8 @@ from client.api import Client
 from client.batch import Wanted, download_many
 from client.download import DownloadResult
 from client.partial import PARTIAL_DIR, partial_key
+from client.small_files import FLUSH_FROM
+from common import atomic
 from common.errors import FileClusterError
 from common.messages import MsgType
 from tests.cluster import CHUNK, Cluster
@@ -175,3 +180,62 @@ def test_a_group_stopped_halfway_names_nothing_unfinished_and_the_next_download_
     for name in names[:2]:  # already there, whole: not fetched again
         result = results[name]
         assert isinstance(result, DownloadResult) and not result.fetched
+
+
+def flush_events(monkeypatch: pytest.MonkeyPatch, fail: bool) -> list[str]:
+    """Record each filesystem flush, hard link and fsync (the flush made to fail if ``fail``)."""
+    events: list[str] = []
+
+    def sync_all(fd: int) -> int:  # where there is no trusted syncfs (not Linux 5.8+): os.sync stands in
+        os.sync()
+        return 0
+
+    real_flush = atomic._SYNCFS or sync_all
+    real_link, real_fsync = os.link, os.fsync
+
+    def syncfs(fd: int) -> int:
+        events.append("flush")
+        if fail:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return real_flush(fd)
+
+    def link(src: Any, dst: Any, **kwargs: Any) -> None:
+        real_link(src, dst, **kwargs)
+        events.append("link")
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append("fsync")
+
+    monkeypatch.setattr(atomic, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+def test_a_big_group_is_made_durable_by_two_flushes_data_before_any_name(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", FLUSH_FROM + 4, seed=5)
+    events = flush_events(monkeypatch, fail=False)
+    results = download_all(ana, sorted(files), tmp_path / "down")
+    assert_all_arrived(results, files, tmp_path / "down")
+    assert events == ["flush"] + ["link"] * len(files) + ["flush"]  # no fsync of a file or a folder
+
+
+def test_a_flush_that_fails_falls_back_to_a_fsync_of_each_file_and_folder(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", FLUSH_FROM + 4, seed=6)
+    events = flush_events(monkeypatch, fail=True)
+    results = download_all(ana, sorted(files), tmp_path / "down")
+    assert_all_arrived(results, files, tmp_path / "down")
+    assert events[0] == "flush" and "flush" not in events[1:]  # one try, then the file-by-file way
+    fsyncs = [i for i, event in enumerate(events) if event == "fsync"]
+    links = [i for i, event in enumerate(events) if event == "link"]
+    assert len(links) == len(files) and len(fsyncs) == len(files) + 1  # each file, then its folder
+    assert all(fsync < link for fsync, link in zip(fsyncs, links, strict=False))  # data before name
+    assert fsyncs[-1] > links[-1]
