@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from client.pool import ConnectionPool, ProxyCaller
@@ -242,6 +242,13 @@ def ask_for_chunk(conn: Connection, chunk_id: str, ticket: dict[str, Any]) -> No
     """Send GET_CHUNK for one copy; its reply is read by :func:`receive_chunk_into`.  Several may
     be sent before their replies are read (a server answers a connection's requests in order)."""
     conn.send(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket})
+
+
+def ask_for_chunks(conn: Connection, wanted: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """:func:`ask_for_chunk` for each ``(chunk id, ticket)``, all in one write."""
+    conn.send_requests(
+        [(MsgType.GET_CHUNK, {"id": chunk_id, "ticket": ticket}) for chunk_id, ticket in wanted]
+    )
 
 
 def receive_chunk_into(

@@ -109,53 +109,57 @@ _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ODD = (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EACCES, errno.EPERM, errno.ETXTBSY)
 
 
-def open_partial(folder: Path, key: str) -> Partial:
+def open_partial(folder: Path, key: str, hidden: Path | None = None) -> Partial:
     """The partial for ``key`` in ``folder``'s hidden folder, created if missing, locked; a private
     one if another download holds it or something odd is in its place.  Its mode is the one the
-    downloaded file will keep; while it is partial, the 0700 folder hides it."""
+    downloaded file will keep; while it is partial, the 0700 folder hides it.  ``hidden``: that
+    folder as partial_dir() returned it a moment ago (many files into one folder check it once)."""
     for _ in range(3):  # another download may remove the emptied folder, or finish with the file
-        hidden = partial_dir(folder)
+        hidden = hidden or partial_dir(folder)
         path = hidden / f"{key}.part"
         try:
             fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o644)
         except FileNotFoundError:
+            hidden = None  # removed meanwhile: made again
             continue
         except OSError as exc:
             if exc.errno in _ODD:
                 return _private(folder)
             remove_if_empty(hidden)
             raise InvalidRequest(f"cannot write in {folder}: {exc.strerror}") from None
-        state = _take(fd, path)
-        if state == "ours":
-            existing = os.fstat(fd).st_size > 0
-            with contextlib.suppress(OSError):
-                os.utime(fd)  # fresh: a concurrent sweep leaves it be
-            return Partial(path, fd, existing, resumable=True)
+        state, info = _take(fd, path)
+        if state == "ours" and info is not None:
+            if info.st_mtime < time.time() - 1:  # an earlier attempt's: fresh now, so a concurrent
+                with contextlib.suppress(OSError):  # sweep leaves it be (a new one is fresh already)
+                    os.utime(fd)
+            return Partial(path, fd, info.st_size > 0, resumable=True)
         os.close(fd)
         if state != "gone":
             return _private(folder)
+        hidden = None
     return _private(folder)
 
 
-def _take(fd: int, path: Path) -> str:
+def _take(fd: int, path: Path) -> tuple[str, os.stat_result | None]:
     """Lock the open partial: "ours", "busy" (another download holds it), "gone" (it was linked
-    into place and removed meanwhile: open again) or "odd" (not a plain file of ours)."""
+    into place and removed meanwhile: open again) or "odd" (not a plain file of ours); and what
+    it is once locked (fstat)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return "busy"
+        return "busy", None
     except OSError:  # no locks on this file system: never share a partial then
-        return "odd"
+        return "odd", None
     info = os.fstat(fd)
     try:
         named = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
-        return "gone"
+        return "gone", info
     if (named.st_dev, named.st_ino) != (info.st_dev, info.st_ino):
-        return "gone"
+        return "gone", info
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
-        return "odd"
-    return "ours"
+        return "odd", info
+    return "ours", info
 
 
 def _private(folder: Path) -> Partial:

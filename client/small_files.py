@@ -51,13 +51,13 @@ from client.chunk_sources import (
     Reports,
     Tickets,
     Trouble,
-    ask_for_chunk,
+    ask_for_chunks,
     copy_problem,
     receive_chunk_into,
 )
 from client.destination import destination, link_into_place
 from client.download import DownloadResult, write_at
-from client.partial import PARTIAL_DIR, Partial, clean_stale_parts, open_partial, partial_key
+from client.partial import PARTIAL_DIR, Partial, clean_stale_parts, open_partial, partial_dir, partial_key
 from client.pool import ConnectionPool, ProxyCaller
 from common.atomic import FilesystemFlush, fsync_dir
 from common.config import transfer_deadline
@@ -142,10 +142,11 @@ class SmallFiles:
         """Download ``group`` (of small files, is_small); groups may run in several threads at once."""
         files: list[_File] = []
         made: dict[tuple[str, ...], Path] = {}  # the folders made (and checked) for this group
+        hidden: dict[Path, Path] = {}  # their partials' hidden folders (client.partial.partial_dir)
         flush: FilesystemFlush | None = None
         try:
             for item, info in group:
-                prepared = self._prepare(item, info, made)
+                prepared = self._prepare(item, info, made, hidden)
                 if prepared is None:
                     self._alone(item, info)
                 else:
@@ -163,7 +164,9 @@ class SmallFiles:
                     f.partial.close(keep=f.written and f.partial.resumable, tidy=False)
                     self._end_lease(f)
 
-    def _prepare(self, item: Wanted, info: dict[str, Any], made: dict[tuple[str, ...], Path]) -> _File | None:
+    def _prepare(
+        self, item: Wanted, info: dict[str, Any], made: dict[tuple[str, ...], Path], hidden: dict[Path, Path]
+    ) -> _File | None:
         """The file with its folder made and its partial open; None if it is not the plain case
         (client.download then takes it, and says what is wrong if anything is)."""
         try:
@@ -175,7 +178,9 @@ class SmallFiles:
             if os.path.lexists(folder / file_name):  # the same file, or another: client.download sees
                 return None
             size, sha1 = int(info["size"]), str(info["sha1"])
-            partial = open_partial(folder, partial_key(sha1, size, file_name))
+            if folder not in hidden:
+                hidden[folder] = partial_dir(folder)
+            partial = open_partial(folder, partial_key(sha1, size, file_name), hidden[folder])
         except (FileClusterError, OSError, KeyError, TypeError, ValueError):
             return None
         if partial.existing:  # an interrupted download's: client.download checks it and goes on
@@ -184,27 +189,28 @@ class SmallFiles:
         return _File(item, info, name, folder, file_name, partial, size, sha1, str(info["chunks"][0]["id"]))
 
     def _fetch(self, files: list[_File], buffer: bytearray) -> None:
-        """Ask for every file's chunk at once, then read, verify and write each as it comes."""
-        asked: dict[tuple[str, int], _Asked] = {}
-        unreachable: set[tuple[str, int]] = set()
+        """Ask for every file's chunk at once (each server's requests in one write), then read,
+        verify and write each as it comes."""
+        plan: dict[tuple[str, int], tuple[dict[str, Any], list[tuple[_File, dict[str, Any]]]]] = {}
         for f in files:
             _, sources = Tickets(f.info, None).sources(0)
             server, ticket = next(iter(self._trouble.order(next(self._turns), sources)), ({}, {}))
-            key = ("", 0)
             try:
                 key = (str(server["host"]), int(server["port"]))
-                if key in unreachable:
-                    self._hand_over(f)
-                    continue
-                if key not in asked:
-                    asked[key] = _Asked(self._pool.get(server), server)
-                ask_for_chunk(asked[key].conn, f.chunk_id, ticket)
-            except (FileClusterError, OSError, KeyError, TypeError, ValueError) as exc:
-                if isinstance(exc, (FileClusterError, OSError)) and key not in asked:
-                    unreachable.add(key)
+            except (KeyError, TypeError, ValueError) as exc:
                 self._failed(server, ticket, f, exc)
                 continue
-            asked[key].files.append((f, ticket))
+            plan.setdefault(key, (server, []))[1].append((f, ticket))
+        asked: dict[tuple[str, int], _Asked] = {}
+        for key, (server, wanted) in plan.items():
+            try:
+                conn = self._pool.get(server)
+                ask_for_chunks(conn, [(f.chunk_id, ticket) for f, ticket in wanted])
+            except (FileClusterError, OSError) as exc:
+                for f, ticket in wanted:
+                    self._failed(server, ticket, f, exc)
+                continue
+            asked[key] = _Asked(conn, server, wanted)
         if not asked:
             return
         at = time.monotonic() + transfer_deadline(sum(f.size for f in files))

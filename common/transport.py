@@ -25,7 +25,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from common.deadlines import IDLE, FrameDeadlines, FrameTimer
@@ -166,6 +166,15 @@ class Connection:
         else:
             for piece in pieces:
                 self._sendall(piece)
+
+    def send_requests(self, requests: Sequence[tuple[MsgType, Mapping[str, Any]]]) -> None:
+        """Send several frames without payload in one write (pipelining, docs/PROTOCOL.md §4: the
+        peer answers them in order; read each reply as for one request)."""
+        out = bytearray()
+        for msg_type, header in requests:
+            for piece in self._encoder.frame(Message(msg_type, header, 0), b""):
+                out += piece
+        self._sendall(out)
 
     def send_head(self, msg_type: MsgType, header: Mapping[str, Any], payload_len: int) -> None:
         """Send a frame's prefix and header; the caller then sends exactly payload_len bytes."""
