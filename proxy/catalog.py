@@ -26,9 +26,10 @@ registration tells the proxy exactly which chunks it holds, and
 :meth:`reconcile_server` brings the catalog in line without journaling.
 
 Every ``snapshot_every`` changes the state is written whole (proxy.snapshot).  A small catalog
-(fewer than ``big_from`` chunks) is written inline, as one JSON object (format 1, easy to read);
-a big one in format 2, by a forked child, so its snapshot never holds the lock for more than the
-fork (proxy.journal, "Snapshots in the background").
+(fewer than ``big_from`` chunks) is written as one JSON object (format 1, easy to read); a big one
+in format 2.  From ``fork_from`` chunks on, a forked child writes it, so a snapshot never holds the
+lock (and the change that made it due) for more than the fork (proxy.journal, "Snapshots in the
+background"); a tiny catalog is written inline, where a fork would cost more than the writing.
 
 Sessions are keyed by the SHA-256 of their token.  Their lifetimes are
 proxy.sessions' business: a session's last use is journaled only now and
@@ -58,7 +59,8 @@ from proxy.file_tree import Counted, Files, FileTree, upgrade
 from proxy.journal import Journal
 
 SNAPSHOT_EVERY = 1000
-BIG_FROM = 50_000  # chunks from which snapshots are format 2, written by a forked child
+BIG_FROM = 50_000  # chunks from which snapshots are format 2
+FORK_FROM = 1_000  # chunks from which snapshots are written by a forked child, off the request path
 SNAPSHOT_TIMEOUT = 600.0  # seconds a snapshot child may take before it is killed (and tried again)
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,17 @@ def _empty_meta() -> dict[str, Any]:
 
 class Catalog(FileChanges):
     def __init__(
-        self, folder: Path, *, snapshot_every: int = SNAPSHOT_EVERY, big_from: int = BIG_FROM
+        self,
+        folder: Path,
+        *,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        big_from: int = BIG_FROM,
+        fork_from: int = FORK_FROM,
     ) -> None:
         self.lock = threading.RLock()
         self.snapshot_every = snapshot_every
         self.big_from = big_from
+        self.fork_from = min(fork_from, big_from)  # a format 2 snapshot is always a child's
         self._snapshot_due = snapshot_every
         self._child_done = threading.Event()  # no snapshot child is running
         self._child_done.set()
@@ -164,7 +172,7 @@ class Catalog(FileChanges):
 
     def _snapshot_due_now(self) -> None:
         try:
-            if len(self.chunks) >= self.big_from:
+            if len(self.chunks) >= self.fork_from:
                 pid = self.journal.start_snapshot(self._encode)
                 self._child_done.clear()
                 threading.Thread(

@@ -229,3 +229,25 @@ def test_a_delete_ends_only_the_folder_links_whose_folder_went(tmp_path: Path) -
     cat.delete_file("ana", "docs/x.bin")  # the folder is gone with its last file
     assert ended("dir") == "deleted" and not book.folder_links
     same(cat, Catalog(tmp_path))
+
+
+def test_a_middle_sized_catalog_is_snapshotted_in_format_1_by_a_child_off_the_request_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = Catalog(tmp_path, snapshot_every=6, fork_from=2)  # big_from stays 50 000: format 1
+    real = cat._encode
+
+    def slow(seq: int) -> bytes:  # runs in the child: the change that made it due does not wait
+        time.sleep(0.5)
+        return real(seq)
+
+    monkeypatch.setattr(cat, "_encode", slow)
+    started = time.monotonic()
+    fill(cat)  # the 6th change is due: a child starts
+    assert time.monotonic() - started < 0.4 and cat.journal.pending is not None
+    assert cat.wait_snapshot(timeout=10)
+    assert json.loads((tmp_path / "catalog.json").read_text())["seq"] == cat.journal.seq
+    same(cat, Catalog(tmp_path))
+    tiny = Catalog(tmp_path / "tiny", snapshot_every=6, fork_from=10**6)
+    fill(tiny)  # fewer chunks than fork_from: written inline, done when the change returns
+    assert tiny.journal.pending is None and (tmp_path / "tiny" / "catalog.json").exists()
