@@ -214,28 +214,32 @@ def flush_events(monkeypatch: pytest.MonkeyPatch, fail: bool) -> list[str]:
     return events
 
 
+def download_a_big_group(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> tuple[int, list[str]]:
+    """Download a group big enough to be flushed together (whole, byte for byte); the number of
+    files and what flush_events saw."""
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", FLUSH_FROM + 4, seed=5)
+    events = flush_events(monkeypatch, fail)
+    assert_all_arrived(download_all(ana, sorted(files), tmp_path / "down"), files, tmp_path / "down")
+    return len(files), events
+
+
 def test_a_big_group_is_made_durable_by_two_flushes_data_before_any_name(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ana = new_user(cluster, "ana")
-    files = upload_small(ana, tmp_path / "src", FLUSH_FROM + 4, seed=5)
-    events = flush_events(monkeypatch, fail=False)
-    results = download_all(ana, sorted(files), tmp_path / "down")
-    assert_all_arrived(results, files, tmp_path / "down")
-    assert events == ["flush"] + ["link"] * len(files) + ["flush"]  # no fsync of a file or a folder
+    count, events = download_a_big_group(cluster, tmp_path, monkeypatch, fail=False)
+    assert events == ["flush"] + ["link"] * count + ["flush"]  # no fsync of a file or a folder
 
 
 def test_a_flush_that_fails_falls_back_to_a_fsync_of_each_file_and_folder(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ana = new_user(cluster, "ana")
-    files = upload_small(ana, tmp_path / "src", FLUSH_FROM + 4, seed=6)
-    events = flush_events(monkeypatch, fail=True)
-    results = download_all(ana, sorted(files), tmp_path / "down")
-    assert_all_arrived(results, files, tmp_path / "down")
+    count, events = download_a_big_group(cluster, tmp_path, monkeypatch, fail=True)
     assert events[0] == "flush" and "flush" not in events[1:]  # one try, then the file-by-file way
     fsyncs = [i for i, event in enumerate(events) if event == "fsync"]
     links = [i for i, event in enumerate(events) if event == "link"]
-    assert len(links) == len(files) and len(fsyncs) == len(files) + 1  # each file, then its folder
+    assert len(links) == count and len(fsyncs) == count + 1  # each file, then its folder
     assert all(fsync < link for fsync, link in zip(fsyncs, links, strict=False))  # data before name
     assert fsyncs[-1] > links[-1]

@@ -14,7 +14,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +22,18 @@ import pytest
 
 from client.put_many import GROUP_CHUNK_SIZE, GROUP_CHUNKS, Part, group
 from common.errors import Forbidden, InvalidRequest, Unavailable
-from common.frame_server import FrameServer, serve_in_thread
 from common.limits import MAX_CHUNKS_PER_PUT
 from common.messages import MsgType, put_results
 from common.transport import Connection
 from servers import chunk_store
 from servers.put_many import Room
-from servers.storage_server import StorageService, make_storage_server
+from tests.unit import test_storage_faults as faults
 from tests.unit.test_storage_faults import KEY, Node
 
 Chunks = list[tuple[str, bytes]]
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[[int], Node]]:
-    """Start storage servers on 127.0.0.1 (port 0), each on its own disk store; all stopped after."""
-    started: list[FrameServer] = []
-
-    def _start(server_id: int) -> Node:
-        store = chunk_store.ChunkStore(tmp_path / f"server{server_id}" / "ServerFiles")
-        server = make_storage_server(StorageService(server_id, store, KEY), ("127.0.0.1", 0))
-        started.append(server)
-        serve_in_thread(server, f"storage-{server_id}")
-        return Node(server_id, store, server)
-
-    yield _start
-    for server in started:
-        server.stop()
+start = faults.start  # the same fixture: storage servers on 127.0.0.1 (port 0), all stopped after
 
 
 def chunks(n: int, size: int = 3000) -> Chunks:
