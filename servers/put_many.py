@@ -124,6 +124,7 @@ def put_chunks(service: StorageService, room: Room, req: Request) -> Reply:
     ticket = items[0].ticket
     forward = chain_after(ticket, service.id)  # the same for every chunk (checked at the door)
     room.take(len(items))
+    group: _Group | None = None
     try:
         group = _Group(service, items, forward)
         try:
@@ -134,6 +135,8 @@ def put_chunks(service: StorageService, room: Room, req: Request) -> Reply:
         group.commit()
         down = group.downstream_results()
     finally:
+        if group is not None:
+            group.abort()  # whatever was not committed leaves no temp file (and no open one)
         room.give_back(len(items))
     results: list[dict[str, Any]] = []
     for item, error, below in zip(items, group.errors, down, strict=True):
@@ -186,8 +189,6 @@ class _Group:
                         writer.write(part)
                     except FileClusterError as exc:
                         self.errors[index] = exc
-        while len(self.writers) < len(self.items):  # only if the payload ended early (never, by its size)
-            self._open(len(self.writers))
 
     def _open(self, index: int) -> None:
         item = self.items[index]
@@ -215,14 +216,15 @@ class _Group:
     def commit(self) -> None:
         """The group commit: every verified chunk durable and in place, or its error."""
         live = [i for i, writer in enumerate(self.writers) if writer is not None and self.errors[i] is None]
-        try:
-            committed = self.service.store.commit_all([self.writers[i] for i in live])  # type: ignore[misc]
-        finally:
-            for writer in self.writers:
-                if writer is not None:
-                    writer.abort()
+        committed = self.service.store.commit_all([self.writers[i] for i in live])  # type: ignore[misc]
         for i, error in zip(live, committed, strict=True):
             self.errors[i] = error
+
+    def abort(self) -> None:
+        """Drop every writer's temp file that was not installed (a no-op for those that were)."""
+        for writer in self.writers:
+            if writer is not None:
+                writer.abort()
 
     def downstream_results(self) -> list[list[Any] | FileClusterError]:
         """Per chunk, the receipts of the servers down the chain, or what failed there."""

@@ -272,3 +272,22 @@ def test_the_client_groups_small_chunks_by_chain_within_every_bound() -> None:
         assert len({tuple(s["id"] for s in p.item["servers"]) for p in members}) == 1
     assert {p.owner for p in alone} >= {i for i in range(300) if i % 50 == 7} | {300}
     assert all(p.size > GROUP_CHUNK_SIZE or p.owner == 300 for p in alone)
+
+
+def test_a_sender_that_vanishes_mid_payload_leaves_no_temp_file_anywhere(
+    start: Callable[[int], Node],
+) -> None:
+    head, replica = start(1), start(2)
+    items = chunks(4)
+    payload = b"".join(data for _, data in items)
+    conn = head.connect()
+    conn.send_head(MsgType.PUT_CHUNKS, {"chunks": entries([head, replica], items)}, len(payload))
+    conn.send_piece(payload[: len(items[0][1]) + len(items[1][1]) + 100])  # two chunks and a bit
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(head.temp_files()) < 3:  # the third chunk is begun
+        time.sleep(0.01)
+    conn.close()
+    while time.monotonic() < deadline and (head.server._live or replica.server._live):
+        time.sleep(0.01)  # the head has seen the sender go, and the replica the head cut it short
+    assert head.temp_files() == [] and replica.temp_files() == []
+    assert head.store.count == 0 and replica.store.count == 0
