@@ -328,11 +328,13 @@ class _Sender:
     def _group(self, members: list[Part[_Sending]]) -> None:
         """Store small chunks of one chain with one PUT_CHUNKS; each chunk that was not stored
         on every server of its chain then goes the one-chunk way (_one), which retries."""
+        results: list[list[Any] | FileClusterError]
         try:
-            results: list[list[Any] | FileClusterError] = put_group(self.pool, members)
-        except (FileClusterError, OSError) as exc:
-            error = exc if isinstance(exc, FileClusterError) else None
-            results = [error or InvalidRequest(str(exc))] * len(members)
+            results = put_group(self.pool, members)
+        except FileClusterError as exc:  # the request as a whole: every chunk the one-chunk way
+            results = [exc] * len(members)
+        except OSError as exc:  # a file that cannot be read: _one says which, for its file alone
+            results = [InvalidRequest(f"cannot read a file: {exc.strerror or exc}")] * len(members)
         for part, result in zip(members, results, strict=True):
             if isinstance(result, list):
                 self._stored(part.owner.file, part.item, result)
