@@ -272,6 +272,49 @@ class Results:
     )
     daemon_hwm_kib: dict[str, dict[str, int]] = field(default_factory=dict)
     weed_version: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)  # the probes' figures (probe_machine)
+
+
+# What bounds the big workloads on this machine, measured in the same run and reported beside the
+# figures (not turned into a "best possible": this VM's disk varies too much from one moment to the
+# next, and with the number of writers, for one probe to bound anything).  Each probe runs in a
+# child process, so that its memory does not show in the peak RSS of later clients (see prefault).
+_PROBE = """
+import hashlib, json, os, sys, time
+data = os.urandom(64 << 20)
+out = {}
+for name in ("sha1", "sha256"):
+    best = min(
+        -time.perf_counter() + (getattr(hashlib, name)(data).digest(), time.perf_counter())[1]
+        for _ in range(3)
+    )
+    out[name + "_mib_s"] = 64 / best
+size, path = int(sys.argv[1]), sys.argv[2]
+if size:
+    block = data[: 4 << 20]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    start, left = time.perf_counter(), size
+    while left > 0:
+        left -= os.write(fd, block[: min(left, len(block))])
+    os.fsync(fd)
+    out["disk_seconds"] = time.perf_counter() - start
+    os.close(fd)
+    os.unlink(path)
+print(json.dumps(out))
+"""
+
+
+def probe_machine(folder: Path, size: int) -> dict[str, float]:
+    """One core's SHA-1 and SHA-256 rates (MiB/s, best of 3 over 64 MiB) and, if ``size``, the
+    seconds one new file of ``size`` bytes takes to be written and fsynced in ``folder``."""
+    os.sync()
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(size), str(folder / "disk-probe.bin")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {k: float(v) for k, v in json.loads(done.stdout).items()}
 
 
 def prefault(size: int) -> None:
@@ -383,6 +426,13 @@ def one_round(
     small_sums = make_small_files(small, args.small_count)
     big_fid = ""
     small_fids: list[str] = []
+    probe = probe_machine(data, args.size_mib * MIB)
+    results.machine.setdefault("rounds", []).append(probe)
+    log(
+        f"  this machine now: the disk writes and fsyncs {args.size_mib} MiB in "
+        f"{probe['disk_seconds']:.2f} s; one core hashes {probe['sha1_mib_s']:,.0f} MiB/s (SHA-1), "
+        f"{probe['sha256_mib_s']:,.0f} MiB/s (SHA-256)"
+    )
 
     def record(workload: str, system: str, got: Timed) -> None:
         results.samples[workload][system].append(Sample(got.seconds, got.maxrss_kib))
@@ -535,6 +585,7 @@ def as_json(results: Results, args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        "probes": results.machine.get("rounds", []),  # per round, before its workloads
         "workloads": figures(results, args),
         "daemon_peak_rss_mib": {
             system: {name: kib / 1024 for name, kib in hwm.items()}
@@ -587,6 +638,15 @@ def benchmark(args: argparse.Namespace) -> int:
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}\n"
     )
     print(table(results, args))
+    probes = results.machine.get("rounds", [])
+    if probes:
+        disk = ", ".join(f"{p['disk_seconds']:.2f}" for p in probes)
+        print(
+            f"\nthis machine, per round: {args.size_mib} MiB written and fsynced in {disk} s "
+            f"(at 2 copies an upload writes it twice); one core hashes "
+            f"{statistics.median(p['sha1_mib_s'] for p in probes):,.0f} MiB/s with SHA-1 and "
+            f"{statistics.median(p['sha256_mib_s'] for p in probes):,.0f} MiB/s with SHA-256 (medians)"
+        )
     if args.json:
         args.json.write_text(json.dumps(as_json(results, args), indent=2) + "\n")
         log(f"wrote {args.json}")
