@@ -27,7 +27,7 @@ from common.errors import (
 )
 from common.messages import Message, MsgType
 from common.protocol import encode_message
-from common.transport import RECV_SIZE, Connection
+from common.transport import HEAD_RECV_SIZE, RECV_SIZE, Connection
 
 
 def test_big_sendfile_and_idle_checks_past_fd_1023(tmp_path: Path) -> None:
@@ -359,3 +359,73 @@ def test_payload_into_a_connection_closed_mid_payload_is_a_protocol_error(
     receiver.receive()
     with pytest.raises(RemoteProtocolError, match="closed in the middle"):
         receiver.payload_into(memoryview(bytearray(10)))
+
+
+def test_payload_buffers_are_reused_bounded_and_never_mix_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big payloads are read into kept buffers (no fresh 1 MiB a frame), at most KEPT_BUFFERS are
+    kept, and frames read one after another, on one connection or several, each arrive intact."""
+    from common import transport
+
+    pool = transport._Buffers(2)
+    monkeypatch.setattr(transport, "_BUFFERS", pool)
+    kept: list[bool] = []  # per buffer taken: was it a kept one
+    real_take = pool.take
+
+    def take() -> bytearray:
+        kept.append(bool(pool._free))
+        return real_take()
+
+    monkeypatch.setattr(pool, "take", take)
+    pairs = [socket.socketpair() for _ in range(3)]
+    frames = [[os.urandom(3 * RECV_SIZE // 2 + k) for k in range(4)] for _ in pairs]
+
+    def send(sock: socket.socket, payloads: list[bytes]) -> None:
+        conn = Connection(sock, peer="a")
+        for payload in payloads:
+            conn.send(
+                MsgType.CHUNK_DATA, {"id": hashlib.sha256(payload).hexdigest(), "size": len(payload)}, payload
+            )
+
+    for a, b in pairs:
+        a.settimeout(10)
+        b.settimeout(10)
+    senders = [
+        threading.Thread(target=send, args=(a, f), daemon=True)
+        for (a, _), f in zip(pairs, frames, strict=True)
+    ]
+    for t in senders:
+        t.start()
+    receivers = [Connection(b, peer="b") for _, b in pairs]
+    for turn in range(4):  # all three frames under way at once, so each needs a buffer of its own
+        pieces = []
+        for conn, payloads in zip(receivers, frames, strict=True):
+            assert conn.receive().payload_len == len(payloads[turn])
+            body, first = conn.payload(), b""
+            while len(first) < 2 * HEAD_RECV_SIZE:  # past what came with the header: in a buffer now
+                first += bytes(next(body))
+            pieces.append((body, first))
+        for (body, first), payloads in zip(pieces, frames, strict=True):
+            assert first + b"".join(bytes(piece) for piece in body) == payloads[turn]
+    for t in senders:
+        t.join(10)
+    assert len(kept) <= 12  # a buffer for a frame at most (one whose start came with the last: maybe none)
+    assert kept.count(True) >= 6  # three at once: 2 kept ones a turn at least, after the first
+    assert len(pool._free) <= 2  # no more kept than the bound
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_the_kept_buffers_are_bounded_and_only_of_the_payload_size() -> None:
+    from common import transport
+
+    pool = transport._Buffers(2)
+    taken = [pool.take() for _ in range(3)]
+    assert all(len(buf) == RECV_SIZE for buf in taken)
+    for buf in taken:
+        pool.give_back(buf)
+    pool.give_back(bytearray(10))  # not one of the pool's: never kept
+    assert len(pool._free) == 2
+    again = [pool.take(), pool.take()]
+    assert all(any(buf is old for old in taken) for buf in again)
+    assert all(buf is not again[0] for buf in [pool.take()])  # the pool is empty: a new one
