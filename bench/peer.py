@@ -272,7 +272,7 @@ class Results:
     )
     daemon_hwm_kib: dict[str, dict[str, int]] = field(default_factory=dict)
     weed_version: str = ""
-    machine: dict[str, Any] = field(default_factory=dict)  # the probes' figures (probe_machine)
+    probes: list[dict[str, float]] = field(default_factory=list)  # per round: probe_machine's figures
 
 
 # What bounds the big workloads on this machine, measured in the same run and reported beside the
@@ -284,29 +284,29 @@ import hashlib, json, os, sys, time
 data = os.urandom(64 << 20)
 out = {}
 for name in ("sha1", "sha256"):
-    best = min(
-        -time.perf_counter() + (getattr(hashlib, name)(data).digest(), time.perf_counter())[1]
-        for _ in range(3)
-    )
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        hashlib.new(name, data).digest()
+        best = min(best, time.perf_counter() - start)
     out[name + "_mib_s"] = 64 / best
 size, path = int(sys.argv[1]), sys.argv[2]
-if size:
-    block = data[: 4 << 20]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    start, left = time.perf_counter(), size
-    while left > 0:
-        left -= os.write(fd, block[: min(left, len(block))])
-    os.fsync(fd)
-    out["disk_seconds"] = time.perf_counter() - start
-    os.close(fd)
-    os.unlink(path)
+block = data[: 4 << 20]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+start, left = time.perf_counter(), size
+while left > 0:
+    left -= os.write(fd, block[: min(left, len(block))])
+os.fsync(fd)
+out["disk_seconds"] = time.perf_counter() - start
+os.close(fd)
+os.unlink(path)
 print(json.dumps(out))
 """
 
 
 def probe_machine(folder: Path, size: int) -> dict[str, float]:
-    """One core's SHA-1 and SHA-256 rates (MiB/s, best of 3 over 64 MiB) and, if ``size``, the
-    seconds one new file of ``size`` bytes takes to be written and fsynced in ``folder``."""
+    """One core's SHA-1 and SHA-256 rates (MiB/s, best of 3 over 64 MiB) and the seconds one new
+    file of ``size`` bytes takes to be written and fsynced in ``folder``."""
     os.sync()
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(size), str(folder / "disk-probe.bin")],
@@ -427,7 +427,7 @@ def one_round(
     big_fid = ""
     small_fids: list[str] = []
     probe = probe_machine(data, args.size_mib * MIB)
-    results.machine.setdefault("rounds", []).append(probe)
+    results.probes.append(probe)
     log(
         f"  this machine now: the disk writes and fsyncs {args.size_mib} MiB in "
         f"{probe['disk_seconds']:.2f} s; one core hashes {probe['sha1_mib_s']:,.0f} MiB/s (SHA-1), "
@@ -585,7 +585,7 @@ def as_json(results: Results, args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "probes": results.machine.get("rounds", []),  # per round, before its workloads
+        "probes": results.probes,  # per round, before its workloads
         "workloads": figures(results, args),
         "daemon_peak_rss_mib": {
             system: {name: kib / 1024 for name, kib in hwm.items()}
@@ -638,7 +638,7 @@ def benchmark(args: argparse.Namespace) -> int:
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}\n"
     )
     print(table(results, args))
-    probes = results.machine.get("rounds", [])
+    probes = results.probes
     if probes:
         disk = ", ".join(f"{p['disk_seconds']:.2f}" for p in probes)
         print(
