@@ -127,16 +127,26 @@ def download_many(
             else:
                 futures.append(workers.submit(one, item, info))
         if group:
-            futures.append(grouped.submit(small.download, group))
+            job = grouped.submit(small.download, group)
+            job.add_done_callback(group_ended)
+            futures.append(job)
+
+    def group_ended(job: Future[None]) -> None:
+        """A group that raised (a bug, or memory) never gave back the room of the files it did not
+        finish: wake the feeder, which then stops, so the error surfaces instead of a hang."""
+        if not job.cancelled() and job.exception() is not None:
+            broken.set()
+            room.release(ROOM * BATCH)
 
     pool = ConnectionPool(read_timeout(READ_TIMEOUT))
     small = SmallFiles(out_dir, pool, shared, swept, finished, alone, releases.add)
     stopping = threading.Event()
+    broken = threading.Event()  # a group raised: locate nothing more
     futures: list[Future[None]] = []
     try:
         with pool, ThreadPoolExecutor(THREADS) as workers, ThreadPoolExecutor(GROUPS) as grouped:
             try:
-                _feed(shared, wanted, token, room, outcome, submit)
+                _feed(shared, wanted, token, room, outcome, submit, broken)
                 for future in futures:  # a group may add the files it hands to client.download
                     future.result()
             except BaseException:  # Ctrl-C or SIGTERM: no new downloads, those under way broken off
@@ -158,15 +168,18 @@ def _feed(
     room: threading.Semaphore,
     outcome: Outcome,
     submit: Callable[[list[tuple[Wanted, dict[str, Any]]]], None],
+    broken: threading.Event,
 ) -> None:
     """Locate ``wanted`` BATCH at a time, the files located handed to ``submit`` a batch at a time,
-    each that cannot be located to ``outcome``; waits for room (at most 2 x BATCH located, not
-    finished)."""
+    each that cannot be located to ``outcome``; waits for room (at most ROOM x BATCH located, not
+    finished).  Stops as soon as ``broken`` is set."""
     start = 0
     while start < len(wanted):
         batch = wanted[start : start + BATCH]
         for _ in batch:
             room.acquire()
+        if broken.is_set():
+            return
         try:
             located = _locate(shared, batch, token)
         except FileClusterError as exc:  # the whole request failed: so does each file of it

@@ -9,17 +9,19 @@ import errno
 import hashlib
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from client import batch
 from client.api import Client
 from client.batch import Wanted, download_many
 from client.download import DownloadResult
 from client.partial import PARTIAL_DIR, partial_key
-from client.small_files import FLUSH_FROM
+from client.small_files import FLUSH_FROM, SmallFiles
 from common import atomic
 from common.errors import FileClusterError
 from common.messages import MsgType
@@ -243,3 +245,32 @@ def test_a_flush_that_fails_falls_back_to_a_fsync_of_each_file_and_folder(
     assert len(links) == count and len(fsyncs) == count + 1  # each file, then its folder
     assert all(fsync < link for fsync, link in zip(fsyncs, links, strict=False))  # data before name
     assert fsyncs[-1] > links[-1]
+
+
+def test_a_group_that_raises_ends_the_download_with_its_error_not_a_hang(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder waits for room that finished files give back; a group that raised (a bug, no
+    memory) gives back none of its own, so without a word from it the download would wait forever."""
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", 3 * 4 + 1, seed=5)  # more than ROOM x BATCH files
+    monkeypatch.setattr(batch, "BATCH", 4)
+
+    def broken(self: SmallFiles, files: list[Any], buffer: bytearray) -> None:
+        raise RuntimeError("a bug in the group")
+
+    monkeypatch.setattr(SmallFiles, "_fetch", broken)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            download_all(ana, sorted(files), tmp_path / "down")
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the download hung after a group raised"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
+    assert not [p for p in (tmp_path / "down").rglob("*") if p.is_file() and PARTIAL_DIR not in p.parts]
