@@ -51,7 +51,6 @@ from common.atomic import (
     PRIVATE_FILE,
     fsync_dir,
     make_private_dir,
-    open_private,
     start_writeback,
     tighten,
 )
@@ -75,6 +74,7 @@ _TEMP_PREFIX = uuid.uuid4().hex[:12]  # temp names: this process's random prefix
 _temp_numbers = itertools.count()
 WRITEBACK_STEP = 1024 * 1024  # a writer starts the disk writing every this many bytes (start_writeback)
 VERIFIED_XATTR = "user.filecluster.verified"  # "<unix time> <st_mtime_ns>" of the last full check
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # a temp file, never reused
 
 Verdict = Literal["good", "bad", "missing"]
 Pace = Callable[[int], None]  # called with each piece's length as verify() reads it (the scrubber's throttle)
@@ -233,16 +233,27 @@ class ChunkStore:
             raise _io_error(exc, "read a chunk") from None
         return file, os.fstat(file.fileno()).st_size
 
-    def writer(self, chunk_id: str, size: int) -> ChunkWriter:
-        chunk_id = check_chunk_id(chunk_id)
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes leave the reserve free now (False if the disk cannot say)."""
         try:
-            free = self.free()
-        except OSError as exc:
-            raise _io_error(exc, "check the free space") from None
-        if free - size < self.reserve:
-            raise InsufficientStorage(
-                f"no room for a chunk of {size} bytes: {free} bytes free, {self.reserve} kept in reserve"
-            )
+            return self.free() - size >= self.reserve
+        except OSError:
+            return False
+
+    def writer(self, chunk_id: str, size: int, *, fits: bool = False) -> ChunkWriter:
+        """A writer for one chunk, refused if it would eat into the reserve.  ``fits``: the caller
+        has just checked (:meth:`fits`) that this chunk and the others it writes with it fit, so the
+        free space is not asked again for each chunk of a group."""
+        chunk_id = check_chunk_id(chunk_id)
+        if not fits:
+            try:
+                free = self.free()
+            except OSError as exc:
+                raise _io_error(exc, "check the free space") from None
+            if free - size < self.reserve:
+                raise InsufficientStorage(
+                    f"no room for a chunk of {size} bytes: {free} bytes free, {self.reserve} kept in reserve"
+                )
         return _DiskWriter(self, chunk_id, size)
 
     def delete(self, chunk_ids: Iterable[str], older_than: float | None = None) -> int:
@@ -308,8 +319,7 @@ class ChunkStore:
             try:
                 if not _same_file(path.lstat(), opened):
                     return "good" if path.is_file() else "missing"  # replaced by a fresh commit
-                os.utime(path)
-                _stamp_verified(path)
+                _mark_verified(path)
             except FileNotFoundError:
                 return "missing"
         return "good"
@@ -411,22 +421,23 @@ class ChunkStore:
         self._folders.add(folder)  # known to exist from now on (the store never removes one)
         with self._usage.lock:
             existed = final.exists()
-            os.utime(tmp)  # mtime = when this copy became known good (delete's older_than)
-            _stamp_verified(tmp)
+            _mark_verified(tmp)  # mtime = when this copy became known good (delete's older_than)
             os.replace(tmp, final)
             if not existed:
                 self._usage.count += 1
                 self._usage.bytes += size
 
 
-def _stamp_verified(path: Path) -> None:
-    """Record on the file (an extended attribute) that it is known good now, with its mtime now:
-    a file modified in place afterwards has another mtime, so its stamp no longer counts."""
-    try:
-        info = os.stat(path)
-        os.setxattr(path, VERIFIED_XATTR, f"{time.time():.3f} {info.st_mtime_ns}".encode())
-    except OSError:  # a filesystem without user xattrs: every copy is re-read when it must be vouched for
-        pass
+def _mark_verified(path: Path) -> None:
+    """The file is known good now: its mtime becomes now, and an extended attribute records that
+    time and that mtime.  A file modified in place afterwards has another mtime, so its stamp no
+    longer counts.  The mtime is set explicitly, so no stat is needed to learn it; a filesystem that
+    keeps coarser times than nanoseconds stores another one, and the stamp then never counts (every
+    copy is re-read when it must be vouched for, as without xattrs)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+    with contextlib.suppress(OSError):  # no user xattrs: each copy is re-read when it must be vouched for
+        os.setxattr(path, VERIFIED_XATTR, f"{now / 1e9:.3f} {now}".encode())
 
 
 class _DiskWriter:
@@ -440,9 +451,9 @@ class _DiskWriter:
         self.tmp_path = store.tmp / f"{chunk_id}.{_TEMP_PREFIX}{next(_temp_numbers)}"
         self.installed = False
         try:
-            # unbuffered: every piece goes straight to the kernel (no copy into a buffer, and no
-            # isatty/lseek calls when opening: a small chunk is a handful of system calls in all)
-            self.file: BinaryIO | None = open(self.tmp_path, "wb", buffering=0, opener=open_private)  # 0600
+            # a bare descriptor: every piece goes straight to the kernel, and opening is one system
+            # call (a file object adds a stat and an ioctl: a small chunk is a handful of calls in all)
+            self.fd: int | None = os.open(self.tmp_path, _CREATE, PRIVATE_FILE)
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
 
@@ -451,13 +462,13 @@ class _DiskWriter:
         if self.written > self.size:
             raise CorruptData(f"chunk {self.chunk_id} is longer than the announced {self.size} bytes")
         self.hash.update(data)
-        assert self.file is not None
+        assert self.fd is not None
         try:
             view = memoryview(data)
-            while view:  # a raw write may take only part of it
-                view = view[self.file.write(view) or 0 :]
+            while view:  # a write may take only part of it
+                view = view[os.write(self.fd, view) :]
             if self.written - self.flushed >= WRITEBACK_STEP:
-                start_writeback(self.file.fileno(), self.flushed, self.written - self.flushed)
+                start_writeback(self.fd, self.flushed, self.written - self.flushed)
                 self.flushed = self.written
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
@@ -480,16 +491,16 @@ class _DiskWriter:
 
     def start_sync(self) -> None:
         """Start the temp file's writeback without waiting (sync then has less to wait for)."""
-        if self.file is not None:
-            start_writeback(self.file.fileno(), self.flushed, self.written - self.flushed)
+        if self.fd is not None:
+            start_writeback(self.fd, self.flushed, self.written - self.flushed)
 
     def sync(self) -> None:
         """Make the temp file's bytes durable (fsync) and close it."""
-        assert self.file is not None
+        assert self.fd is not None
         try:
-            os.fsync(self.file.fileno())
-            file, self.file = self.file, None
-            file.close()
+            os.fsync(self.fd)
+            fd, self.fd = self.fd, None
+            os.close(fd)
         except OSError as exc:
             raise _io_error(exc, "store a chunk") from None
 
@@ -505,11 +516,11 @@ class _DiskWriter:
         return final.parent
 
     def abort(self) -> None:
-        """Drop the temp file; never raises (closing may flush buffered bytes onto a full disk)."""
-        file, self.file = self.file, None
-        if file is not None:
+        """Drop the temp file; never raises."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                file.close()  # the descriptor is closed even when the flush fails
+                os.close(fd)
         if self.installed:
             return
         try:

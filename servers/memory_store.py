@@ -67,9 +67,12 @@ class MemoryChunkStore:
             raise NotFound(f"no chunk {chunk_id}") from None
         return io.BytesIO(data), len(data)
 
-    def writer(self, chunk_id: str, size: int) -> ChunkWriter:
+    def fits(self, size: int) -> bool:
+        return self.free() - size >= self.reserve
+
+    def writer(self, chunk_id: str, size: int, *, fits: bool = False) -> ChunkWriter:
         chunk_id = check_chunk_id(chunk_id)
-        if self.free() - size < self.reserve:
+        if not fits and self.free() - size < self.reserve:
             raise InsufficientStorage(f"no room for a chunk of {size} bytes")
         return _MemoryWriter(self, chunk_id, size)
 

@@ -166,6 +166,7 @@ class _Group:
         self.errors: list[FileClusterError | None] = []
         chunks = [{"id": item.id, "size": item.size, "ticket": item.ticket} for item in items]
         total = sum(item.size for item in items)
+        self.fits = service.store.fits(total)  # all of them: no need to ask the disk for each
         self.downstream, self.down_error = service.open_downstream(
             MsgType.PUT_CHUNKS, {"chunks": chunks}, total, forward
         )
@@ -193,7 +194,7 @@ class _Group:
     def _open(self, index: int) -> None:
         item = self.items[index]
         try:
-            self.writers.append(self.service.store.writer(item.id, item.size))
+            self.writers.append(self.service.store.writer(item.id, item.size, fits=self.fits))
             self.errors.append(None)
         except FileClusterError as exc:
             self.writers.append(None)

@@ -10,7 +10,6 @@ chunk storing fine once the fault is gone; a replica that fails leaves the head'
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import errno
 import hashlib
@@ -22,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -39,7 +38,6 @@ from common.frame_server import FrameServer, serve_in_thread
 from common.messages import Message, MsgType
 from common.protocol import FrameDecoder, PayloadData
 from common.transport import RECV_SIZE, Connection
-from servers import chunk_store
 from servers.chunk_store import ChunkStore
 from servers.storage_server import StorageService, make_storage_server
 
@@ -101,44 +99,15 @@ def node(start: Callable[[int], Node]) -> Node:
     return start(1)
 
 
-class FaultyFile:
-    """A chunk's temp file whose writes fail once ``fault.after`` bytes are on disk."""
-
-    def __init__(self, fault: DiskFault, file: IO[Any]) -> None:
-        self.fault = fault
-        self.file = file
-        self.fd = file.fileno()
-        self.written = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        room = self.fault.after - self.written
-        if len(data) > room and self.fault.strikes("write"):
-            self.written += self.file.write(data[: max(room, 0)])  # what fit, then the disk is full
-            raise self.fault.error()
-        n = self.file.write(data)
-        self.written += n
-        return n
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        """Closes the file; at ``close`` the flush of buffered bytes fails, as on a full disk."""
-        self.fault.fds.discard(self.fd)
-        self.file.close()
-        if self.fault.strikes("close"):
-            raise self.fault.error()
-
-
 class DiskFault:
     """Makes the disk under one store fail at ``point`` (open, write, fsync, close or rename) with ``err``.
 
-    Only that store's temp files are touched: ``os.fsync`` and ``os.replace`` are patched for the
-    whole process but pass everything else through, as ``open`` does for reads and for other
-    servers' stores.  ``armed = False`` mends the disk; ``hits`` counts the failures it caused."""
+    It works at the system calls the store makes (``os.open``, ``os.write``, ``os.fsync``,
+    ``os.close``, ``os.replace``), patched for the whole process but passing everything through
+    except what touches this store's temp files: a write fails once ``after`` bytes of the file are
+    on disk (what fits is written first, as on a full disk), and a close fails after closing (as
+    on a filesystem that reports a writeback error then).  ``armed = False`` mends the disk;
+    ``hits`` counts the failures it caused."""
 
     def __init__(
         self, monkeypatch: pytest.MonkeyPatch, root: Path, point: str, err: int, after: int = AFTER
@@ -147,9 +116,12 @@ class DiskFault:
         self.armed = True
         self.hits = 0
         self.temp_paths: list[Path] = []
-        self.fds: set[int] = set()
-        self._open, self._fsync, self._replace = builtins.open, os.fsync, os.replace
-        monkeypatch.setattr(chunk_store, "open", self.open, raising=False)
+        self.written: dict[int, int] = {}  # this store's temp files open for writing: bytes written
+        self._open, self._write, self._close = os.open, os.write, os.close
+        self._fsync, self._replace = os.fsync, os.replace
+        monkeypatch.setattr(os, "open", self.open)
+        monkeypatch.setattr(os, "write", self.write)
+        monkeypatch.setattr(os, "close", self.close)
         monkeypatch.setattr(os, "fsync", self.fsync)
         monkeypatch.setattr(os, "replace", self.replace)
 
@@ -165,18 +137,35 @@ class DiskFault:
     def _ours(self, path: Any) -> bool:
         return Path(path).is_relative_to(self.root)
 
-    def open(self, path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode != "wb" or not self._ours(path):
-            return self._open(path, mode, *args, **kwargs)
+    def open(self, path: Any, flags: int, mode: int = 0o777, *args: Any, **kwargs: Any) -> int:
+        if not (flags & os.O_CREAT) or not self._ours(path):
+            return self._open(path, flags, mode, *args, **kwargs)
         if self.strikes("open"):
             raise self.error()
         self.temp_paths.append(Path(path))
-        file = FaultyFile(self, self._open(path, mode, *args, **kwargs))
-        self.fds.add(file.fd)
-        return file
+        fd = self._open(path, flags, mode, *args, **kwargs)
+        self.written[fd] = 0
+        return fd
+
+    def write(self, fd: int, data: Any) -> int:
+        if fd not in self.written:
+            return self._write(fd, data)
+        room = self.after - self.written[fd]
+        if len(data) > room and self.strikes("write"):
+            self.written[fd] += self._write(fd, data[: max(room, 0)])  # what fit, then the disk is full
+            raise self.error()
+        n = self._write(fd, data)
+        self.written[fd] += n
+        return n
+
+    def close(self, fd: int) -> None:
+        ours = self.written.pop(fd, None) is not None
+        self._close(fd)
+        if ours and self.strikes("close"):
+            raise self.error()
 
     def fsync(self, fd: int) -> None:
-        if fd in self.fds and self.strikes("fsync"):
+        if fd in self.written and self.strikes("fsync"):
             raise self.error()
         self._fsync(fd)
 
