@@ -253,7 +253,7 @@ def test_a_group_that_raises_ends_the_download_with_its_error_not_a_hang(
     """The feeder waits for room that finished files give back; a group that raised (a bug, no
     memory) gives back none of its own, so without a word from it the download would wait forever."""
     ana = new_user(cluster, "ana")
-    files = upload_small(ana, tmp_path / "src", 3 * 4 + 1, seed=5)  # more than ROOM x BATCH files
+    files = upload_small(ana, tmp_path / "src", batch.ROOM * 4 + 1, seed=5)  # more than ROOM x BATCH
     monkeypatch.setattr(batch, "BATCH", 4)
 
     def broken(self: SmallFiles, files: list[Any], buffer: bytearray) -> None:
