@@ -57,8 +57,8 @@ from common.protocol import (
     RefusedFrame,
 )
 
-RECV_SIZE = 1024 * 1024  # payload reads: one buffer, only while a payload is being read...
-FIRST_RECV_SIZE = 64 * 1024  # ...starting this small and doubling while reads fill it
+RECV_SIZE = 1024 * 1024  # payload reads: one buffer while a payload is read (a kept one, _Buffers)...
+FIRST_RECV_SIZE = 64 * 1024  # ...or one this small of its own, for a payload no bigger than this
 HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection holds no big buffer
 DEFAULT_TIMEOUT = 30.0
 # A read may outlast what is left of its frame part's deadline by this much: the socket's timeout is
