@@ -17,17 +17,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client import output
 from client.api import Client, is_link
-from client.batch import Wanted, download_many
-from client.download import DownloadResult
-from client.expiry import parse_expires
 from client.listing import folder_of, under, view
-from client.upload import UploadResult
-from client.upload_batch import SMALL_FILE, BatchItem
 from common.errors import FileClusterError, InvalidRequest, NotFound
+
+if TYPE_CHECKING:  # what one command needs is imported when it runs: the others start sooner
+    from client.batch import Wanted
+    from client.download import DownloadResult
+    from client.upload import UploadResult
 
 PASSWORD_ENV = "FILECLUSTER_PASSWORD"
 DEFAULT_FOLDER = "ClientFiles"
@@ -241,6 +241,8 @@ def upload(
 def _runs(plan: list[_Upload], batch: bool) -> Iterator[tuple[bool, list[_Upload]]]:
     """The plan in order, as runs of small files to upload in batches (when ``batch``), and the
     other files one by one (with their own progress bars)."""
+    from client.upload_batch import SMALL_FILE
+
     run: list[_Upload] = []
     for item in plan:
         if batch and item.size is not None and item.size <= SMALL_FILE:
@@ -258,12 +260,13 @@ def _upload_batched(
     c: Client, out: Sink, run: list[_Upload], overall: output.OverallBar, tally: Tally
 ) -> None:
     """Small files in batches: each reported as it would be alone, in order."""
+    from client.upload_batch import BatchItem
 
     def done(index: int, outcome: UploadResult | FileClusterError) -> None:
         item = run[index]
         overall.start(item.size)
         try:
-            if isinstance(outcome, UploadResult):  # its bar, as a file alone draws it, once stored
+            if not isinstance(outcome, FileClusterError):  # its bar, as a file alone draws it, once stored
                 with out.bars(item.name or item.path.name, overall) as bars:
                     bars("sending", outcome.size, outcome.size)
         finally:
@@ -317,6 +320,8 @@ def share(
     c: Client, out: Sink, name: str, expires: str | None = None, max_downloads: int | None = None
 ) -> int:
     """A new link to a file or folder, printed (the http one when the cluster has a gateway)."""
+    from client.expiry import parse_expires
+
     when = parse_expires(expires) if expires else None
     if max_downloads is not None and max_downloads < 1:
         raise InvalidRequest("--max-downloads must be at least 1")
@@ -456,13 +461,15 @@ def _download_together(
     c: Client, out: Sink, plan: list[_Download], out_dir: Path, tally: Tally, overall: output.OverallBar
 ) -> None:
     """Your own files, many at once (client.batch); each reported in the plan's order at the end."""
+    from client.batch import Wanted, download_many
+
     results: dict[Wanted, DownloadResult | FileClusterError] = {}
     lock = threading.Lock()
 
     def outcome(item: Wanted, result: DownloadResult | FileClusterError) -> None:
         with lock:
             results[item] = result
-            overall.start(result.size if isinstance(result, DownloadResult) else 0)
+            overall.start(0 if isinstance(result, FileClusterError) else result.size)
             overall.finish()
 
     wanted = [Wanted(d.target, d.save_as) for d in plan]

@@ -18,17 +18,13 @@ import builtins
 import contextlib
 import json
 import re
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client import download as downloader
 from client import listing
 from client import session as saved
-from client import upload as uploader
-from client import upload_batch as batcher
 from client.proxy_link import ProxyLink
 from common.config import LINK_SCHEME, client_home, parse_address, proxy_address
 from common.errors import (
@@ -42,6 +38,11 @@ from common.errors import (
 )
 from common.messages import MsgType
 from common.names import check_file_name, check_password_rules, check_user_name
+
+if TYPE_CHECKING:  # each command imports what it uses when it runs: a process starts sooner
+    from client import download as downloader
+    from client import upload as uploader
+    from client import upload_batch as batcher
 
 LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+)/s/(?P<token>[A-Za-z0-9_-]+)/?\Z")
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
@@ -80,6 +81,7 @@ def resolve_http_link(text: str) -> Link | None:
         return None
     url = f"{match['base']}/s/{match['token']}?info"
     import urllib.error  # here, not at start-up: only http links need them (~10 ms of imports)
+    import urllib.parse
     import urllib.request
 
     try:
@@ -204,12 +206,16 @@ class Client:
         """Upload a file as ``name`` (default: its base name; a path makes folders).  An existing
         name gets a new version: the result's ``version`` says which."""
         self._need_session()
+        from client import upload as uploader
+
         return uploader.upload(self.proxy, Path(path), progress, name=name, chunk_size=self.chunk_size())
 
     def upload_many(self, items: Sequence[batcher.BatchItem], done: batcher.Done) -> None:
         """Upload many files in batches (client.upload_batch): ``done(index, outcome)`` hears each
         one's UploadResult, or the error that failed it alone, in order."""
         self._need_session()
+        from client import upload_batch as batcher
+
         batcher.upload_many(self.proxy, items, self.chunk_size(), done)
 
     def chunk_size(self) -> int:
@@ -328,6 +334,8 @@ class Client:
     ) -> downloader.DownloadResult:
         """A link, a bare token, or one of your own files by name (its current version, or
         ``version``) into ``out_dir``, as ``save_as`` (a relative path; default: the base name)."""
+        from client import download as downloader
+
         link = parse_link(target.strip()) or resolve_http_link(target)
         if link is not None and version is not None:
             raise InvalidRequest("a link always gives the current version; name one of your files")
@@ -360,6 +368,8 @@ class Client:
     ) -> downloader.DownloadResult:
         """A link's file, or every file of a folder link into a folder named after it (the
         result then sums them up: its ``sha1`` is empty)."""
+        from client import download as downloader
+
         info = info or proxy.call(MsgType.LOCATE, {"token": token})
         if info.get("kind") != "folder":
             return downloader.download(

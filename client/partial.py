@@ -38,7 +38,6 @@ import os
 import re
 import stat
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -166,7 +165,7 @@ def _private(folder: Path) -> Partial:
     """A partial of this download's own (created exclusively, random name, removed if it fails)."""
     for _ in range(3):
         hidden = partial_dir(folder)
-        path = hidden / f"{uuid.uuid4().hex}.part"
+        path = hidden / f"{os.urandom(16).hex()}.part"
         try:
             fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, cast
@@ -20,7 +19,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as f:

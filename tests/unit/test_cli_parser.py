@@ -71,6 +71,28 @@ def test_aliases(args: list[str], command: str) -> None:
     assert cli.build_parser().parse_args(args).command_name == command
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls"],
+        ["--json", "ls", "-R"],
+        ["-q", "--proxy", "h:1", "download", "-r", "photos", "-o", "out"],
+        ["--proxy", "upload", "upload", "a", "--as", "b"],  # an option's value that is a command's name
+        ["get", "a", "--version", "2"],
+        ["rename", "a", "b"],
+        ["share", "a", "--expires", "1d", "--max-downloads", "3"],
+        ["completion", "bash"],
+    ],
+)
+def test_the_parser_of_the_command_alone_parses_as_the_whole_one(args: list[str]) -> None:
+    """main builds only the named command's parser (a faster start): it must parse the same."""
+    word = cli.command_word(args)
+    narrowed = cli.build_parser(word)
+    assert word in cli.command_names(narrowed)
+    assert len({id(p) for p in cli.command_names(narrowed).values()}) == 1
+    assert vars(narrowed.parse_args(args)) == vars(cli.build_parser().parse_args(args))
+
+
 @pytest.mark.parametrize("args", [["--json", "ls", "-R"], ["ls", "--json", "-R"], ["ls", "-R", "--json"]])
 def test_json_before_or_after_the_command(args: list[str]) -> None:
     parsed = cli.build_parser().parse_args(args)
