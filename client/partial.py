@@ -51,6 +51,7 @@ from common.hashing import READ_SIZE
 PARTIAL_DIR = ".filecluster-partial"
 STALE_PART_SECONDS = 7 * 24 * 3600  # a partial untouched this long is swept (its download is not resumed)
 VERIFY_THREADS = 4
+_UID = os.getuid()  # whose partials are ours: asked once, not with every file
 # 32 hex digits now; 16 for the temp files of versions before resume (still swept)
 _PART_NAME = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?\.part\Z")
 
@@ -96,7 +97,7 @@ def partial_dir(folder: Path) -> Path:
                 raise InvalidRequest(f"cannot write in {folder}: {exc.strerror}") from None
         except OSError as exc:
             raise InvalidRequest(f"cannot write in {folder}: {exc.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != _UID:
         raise InvalidRequest(f"{hidden} is not a folder of yours; move it away and try again")
     if info.st_mode & 0o077:
         with contextlib.suppress(OSError):
@@ -156,7 +157,7 @@ def _take(fd: int, path: Path) -> tuple[str, os.stat_result | None]:
         return "gone", info
     if (named.st_dev, named.st_ino) != (info.st_dev, info.st_ino):
         return "gone", info
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != _UID or info.st_nlink != 1:
         return "odd", info
     return "ours", info
 

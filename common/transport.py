@@ -59,7 +59,10 @@ from common.protocol import (
 
 RECV_SIZE = 1024 * 1024  # payload reads: one buffer while a payload is read (a kept one, _Buffers)...
 FIRST_RECV_SIZE = 64 * 1024  # ...or one this small of its own, for a payload no bigger than this
-HEAD_RECV_SIZE = 64 * 1024  # frame heads: small reads, so an idle connection holds no big buffer
+# frame heads: a read this big takes a head and the small payload after it, or several small frames,
+# in one system call (half the reads of a download of many 64 KiB chunks); what it returns is only
+# what had arrived, so an idle connection holds no big buffer
+HEAD_RECV_SIZE = 128 * 1024
 DEFAULT_TIMEOUT = 30.0
 # A read may outlast what is left of its frame part's deadline by this much: the socket's timeout is
 # set again (a system call) only when it would wait longer than that, not before every read.
