@@ -6,7 +6,9 @@ UPLOAD_PROVE_MANY (every file's proofs, against one challenge), the chunks
 the proxy lacks sent BATCH_STREAMS at a time on connections kept open
 for the whole command (client.pool), and one UPLOAD_COMMIT_MANY, which the
 proxy journals with one fsync.  While one batch is being sent, the next is
-hashed, declared and proven, so the proxy's round trips overlap the chunks'.
+hashed, declared and proven, and the one before is committed (by one thread,
+so batches commit in their order), so the proxy's round trips and its
+journal's fsync overlap the chunks'.
 
 Each file still succeeds or fails on its own: the proxy answers one result per
 file, and a file whose chunks could not be stored is aborted (parked, so a
@@ -93,17 +95,24 @@ def upload_many(proxy: ProxyCaller, items: Sequence[BatchItem], chunk_size: int,
     error that failed that file alone), in order.  Raises only what ends the whole command (Ctrl-C,
     SIGTERM), after parking the uploads in flight."""
     talk = SharedProxy(proxy)
-    with ThreadPoolExecutor(BATCH_STREAMS) as workers, ThreadPoolExecutor(1) as preparer:
+    with (
+        ThreadPoolExecutor(BATCH_STREAMS) as workers,
+        ThreadPoolExecutor(1) as preparer,
+        ThreadPoolExecutor(1) as committer,
+    ):
         sender = _Sender(talk, workers, chunk_size, done)
         ahead: Future[list[_File]] | None = None
+        committing: Future[None] | None = None
         try:
             for batch in _batches(items, chunk_size, sender):
                 previous, ahead = ahead, preparer.submit(sender.prepare, batch)
                 if previous is not None:
-                    sender.finish(previous.result())
+                    committing = sender.finish(previous.result(), committer, committing)
             if ahead is not None:
                 previous, ahead = ahead, None
-                sender.finish(previous.result())
+                committing = sender.finish(previous.result(), committer, committing)
+            if committing is not None:
+                committing.result()
         except BaseException:
             if ahead is not None:
                 with contextlib.suppress(BaseException):
@@ -253,21 +262,38 @@ class _Sender:
                 f.missing = by_index[index]
 
     # -- sending and committing ---------------------------------------------------------------------
-    def finish(self, files: list[_File]) -> None:
-        """Send a prepared batch's chunks, commit it, and report each file (in order)."""
+    def finish(
+        self, files: list[_File], committer: ThreadPoolExecutor, committing: Future[None] | None
+    ) -> Future[None] | None:
+        """Send a prepared batch's chunks, then give its commit to ``committer`` (which commits
+        and reports each file, in order) once the commit before it (``committing``) is over; what
+        the committer is doing now (None if nothing)."""
         try:
             if not self.batched:
                 for f in files:
                     f.file.close()
                     self._say(f.index, self._single(f.path, f.name))
-                return
+                return committing
             self._send(files)
+        except BaseException:
+            self.abort(files)
+            raise
+        finally:
+            for f in files:
+                f.file.close()  # sent: a file retried alone is opened again by its path
+        if committing is not None:
+            committing.result()  # it failed as a whole: so does the command
+        return committer.submit(self._conclude, files)
+
+    def _conclude(self, files: list[_File]) -> None:
+        """Commit a sent batch and report each file (in order); a file whose servers failed it is
+        then uploaded alone."""
+        try:
             self._commit([f for f in files if f.error is None])
             for f in files:
                 if f.error is not None and f.upload_id:
                     self._abort(f)
                 if f.retry:
-                    f.file.close()
                     self._say(f.index, self._single(f.path, f.name))
                 elif f.error is not None:
                     self._say(f.index, f.error)
@@ -279,9 +305,6 @@ class _Sender:
         except BaseException:
             self.abort(files)
             raise
-        finally:
-            for f in files:
-                f.file.close()
         self.flush(max(f.index for f in files) + 1 if files else 0)
 
     def _send(self, files: list[_File]) -> None:

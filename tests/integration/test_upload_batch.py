@@ -5,6 +5,7 @@ passes (proof of ownership, receipts, owners)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,46 @@ def test_a_batch_stores_every_file_and_fails_only_the_bad_ones(
     # names twice, and a file with a folder of its name, go to later batches: each is committed
     again = run(user, [BatchItem(tmp_path / "a.bin", "v"), BatchItem(tmp_path / "b.bin", "v")])
     assert [r.version for r in again if isinstance(r, UploadResult)] == [1, 2]
+
+
+def test_batches_commit_in_their_order_while_the_next_ones_are_sent(
+    cluster: Cluster, user: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch k is committed while batch k+1 is sent and k+2 prepared: one name given to files in
+    several batches gets its versions in the order of the items, and each outcome is reported
+    once, in order."""
+    monkeypatch.setattr(upload_batch, "FIRST_FILES", 2)
+    monkeypatch.setattr(upload_batch, "MAX_FILES_PER_BATCH", 3)
+    commit = upload_batch._Sender._commit
+    calls = []
+
+    def slow_first(self: upload_batch._Sender, files: list[Any]) -> None:
+        calls.append(len(files))
+        if len(calls) == 1:
+            time.sleep(0.5)  # the batches after it are sent meanwhile, and must wait to commit
+        commit(self, files)
+
+    monkeypatch.setattr(upload_batch._Sender, "_commit", slow_first)
+    items, contents = [], []
+    for i in range(14):
+        data = os.urandom(CHUNK // 4 + i)
+        (tmp_path / f"f{i}").write_bytes(data)
+        same = i % 3 == 0  # f0, f3, f6, f9, f12 share one name: five batches, five versions
+        items.append(BatchItem(tmp_path / f"f{i}", "same.bin" if same else f"many/f{i}"))
+        contents.append(data)
+    outcomes = run(user, items)
+    assert all(isinstance(o, UploadResult) for o in outcomes), outcomes
+    assert [o.version for o in outcomes if isinstance(o, UploadResult) and o.name == "same.bin"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    out = tmp_path / "out"
+    user.download("same.bin", out)
+    assert (out / "same.bin").read_bytes() == contents[12]
+    assert len(user.list("many/")) == 14 - 5
 
 
 def begin(c: Client, paths: list[Path]) -> tuple[list[Any], list[dict[str, Any]]]:
