@@ -40,9 +40,10 @@ def check_file_name(name: object, *, new: bool = False) -> str:
         raise InvalidRequest(
             f"invalid file name {name!r}: it may not contain a backslash (folders are separated by '/')"
         )
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+    plain = name.isascii() and name.isprintable()  # the common case, checked at C speed
+    if not plain and any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
-    if new and any(c in BIDI_CONTROLS for c in name):
+    if new and not plain and any(c in BIDI_CONTROLS for c in name):
         raise InvalidRequest(
             f"invalid file name {name!r}: it contains text-direction controls, "
             "which make a name display as something else"
