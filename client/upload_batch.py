@@ -282,7 +282,11 @@ class _Sender:
             for f in files:
                 f.file.close()  # sent: a file retried alone is opened again by its path
         if committing is not None:
-            committing.result()  # it failed as a whole: so does the command
+            try:
+                committing.result()  # it failed as a whole: so does the command
+            except BaseException:
+                self.abort(files)  # sent, never to be committed: parked
+                raise
         return committer.submit(self._conclude, files)
 
     def _conclude(self, files: list[_File]) -> None:
