@@ -337,10 +337,10 @@ def _known(word: str) -> bool:
     return any(word == c.name or word in c.aliases for c in COMMANDS)
 
 
-def _check_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """An unknown command gets a suggestion ("did you mean ...?") and exit status 2."""
+def _check_command(parser: argparse.ArgumentParser, word: str) -> None:
+    """An unknown command (``word``, from command_word) gets a suggestion ("did you mean ...?") and
+    exit status 2."""
     known = command_names(parser)
-    word = command_word(argv)
     if word and word not in known:
         import difflib  # only for a mistyped command
 
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     word = command_word(argv)
     # a known command: only its parser (completion describes them all); else all, to say what is wrong
     parser = build_parser(word if _known(word) and word != "completion" else None)
-    _check_command(parser, argv)
+    _check_command(parser, word)
     args = parser.parse_args(argv)
     name = getattr(args, "command_name", None)
     if name == "completion":
