@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -408,11 +408,19 @@ class Catalog(FileChanges):
         with self.lock:
             return self.chunks.drop_server(chunk_id, server_id)
 
-    def chunk_table(self) -> Iterator[tuple[str, int, list[int], bool]]:
-        """Every chunk: (id, size, the servers listed with a copy, whether a file uses it), read
-        in batches under the lock (proxy.chunk_table), for repair planning outside it."""
-        for chunk_id, size, servers, refs in self.chunks.scan(self.lock):
+    def chunk_table(
+        self, on: Collection[tuple[int, ...]] | None = None
+    ) -> Iterator[tuple[str, int, list[int], bool]]:
+        """Every chunk (``on``: only those a file uses listed on one of these sets of servers): (id,
+        size, the servers listed with a copy, whether a file uses it), read in batches under the
+        lock (proxy.chunk_table), for repair planning outside it."""
+        rows = self.chunks.scan(self.lock) if on is None else self.chunks.referenced_on(on, self.lock)
+        for chunk_id, size, servers, refs in rows:
             yield chunk_id, size, list(servers), refs > 0
+
+    def chunk_census(self) -> dict[tuple[int, ...], int]:
+        """How many chunks files use are listed on each set of servers (proxy.chunk_table)."""
+        return self.chunks.census(self.lock)
 
     def listed_but_absent(self, server_id: int, present: set[str]) -> list[str]:
         """Chunks the catalog places on a server that its inventory does not list."""

@@ -14,7 +14,13 @@ A chunk no version uses (``refs`` 0) stays until the collector drops it (catalog
 A reference to a chunk the table lacks (only a damaged old catalog could have one) adds it with
 no servers, so the chunk is reported lost rather than ignored.
 
-Scans (repair's plan, a server's listed-but-absent copies) copy the keys (8 bytes each) under the
+Repair's plan decides per set of servers, not per chunk: a *census* (:meth:`ChunkTable.census`)
+counts the chunks in use on each set, from the records alone (no key is turned into an id), and
+only the chunks of the sets that need work (a copy short or one too many) are then read one by one
+(:meth:`ChunkTable.referenced_on`).  With every server up, a plan of a million chunks costs the
+census, about 0.1 s of CPU, instead of a second and a half.
+
+Scans (repair's chunks, a server's listed-but-absent copies) copy the keys (8 bytes each) under the
 caller's lock and read the records in batches, each under the lock again: no scan holds the lock
 for long, or copies the whole table.  Between batches a scan lets other threads run
 (``time.sleep(0)`` releases the GIL): a scan of a million chunks takes about a second of CPU, and
@@ -25,13 +31,15 @@ switch interval (5 ms) at each step of its request while the scan runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 from proxy.records import ChunkKey, chunk_hex, chunk_key
 
 BATCH = 1024  # records read per hold of the lock during a scan (then other threads may run)
+CENSUS_BATCH = 65536  # records counted between two chances for other threads to run
 _FIELD = 1 << 32
 _MASK = _FIELD - 1
 
@@ -91,6 +99,38 @@ class ChunkTable:
                 sets = self.server_sets
             for key, record in batch:
                 if record is not None:
+                    yield chunk_hex(key), record >> 64, sets[record & _MASK], record >> 32 & _MASK
+            time.sleep(0)
+
+    def census(self, lock: AbstractContextManager[Any]) -> dict[tuple[int, ...], int]:
+        """How many chunks in use (``refs`` > 0) are listed on each set of servers.  The records are
+        copied under ``lock`` (8 bytes each) and counted outside it, a batch at a time."""
+        with lock:
+            records = list(self.table.values())
+            sets = list(self.server_sets)
+        counts: Counter[int] = Counter()
+        for start in range(0, len(records), CENSUS_BATCH):
+            counts.update(r & _MASK for r in records[start : start + CENSUS_BATCH] if r >> 32 & _MASK)
+            time.sleep(0)
+        return {sets[index]: n for index, n in counts.items()}  # one index per distinct set
+
+    def referenced_on(
+        self, wanted: Collection[tuple[int, ...]], lock: AbstractContextManager[Any]
+    ) -> Iterator[tuple[str, int, tuple[int, ...], int]]:
+        """The chunks in use listed on exactly one of the ``wanted`` sets of servers, as :meth:`scan`
+        gives them (and reads them); nothing at all is read when ``wanted`` is empty."""
+        if not wanted:
+            return
+        with lock:
+            keys = list(self.table)
+            indexes = {i for i, servers in enumerate(self.server_sets) if servers in wanted}
+        for start in range(0, len(keys), BATCH):
+            with lock:
+                get = self.table.get
+                batch = [(k, r) for k in keys[start : start + BATCH] if ((r := get(k, 0)) & _MASK) in indexes]
+                sets = self.server_sets
+            for key, record in batch:
+                if record >> 32 & _MASK:
                     yield chunk_hex(key), record >> 64, sets[record & _MASK], record >> 32 & _MASK
             time.sleep(0)
 

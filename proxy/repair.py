@@ -14,6 +14,11 @@ listed with a copy:
   server restarting or rebooting does not start a storm of copies;
 * dead (down longer than the grace period) or forgotten: its copy does not count.
 
+A round counts the chunks in use per set of servers (a census of the catalog's
+records, proxy.chunk_table) and reads one by one only the chunks of the sets
+that :func:`needs_work`: with every server up, no chunk at all, so an idle
+round over a million chunks costs about 0.1 s of CPU instead of 1.4 s.
+
 A chunk with fewer than ``replicas`` good-plus-pending copies and at least one
 live copy is repaired: the server that placement ranks best among those that
 may take chunks (and hold none) is told to REPLICATE it from a live copy, with
@@ -36,7 +41,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,10 +92,13 @@ def plan(
     replicas: int,
     rank_of: Callable[[str, list[int]], list[int]],
     leased: AbstractSet[str] = frozenset(),
+    census: Mapping[tuple[int, ...], int] | None = None,
 ) -> Plan:
     """What to repair and what to trim.  ``table``: (chunk, size, listed servers, used by a file);
     ``status``: server id -> "good" | "readable" | "pending" (others: their copies do not count);
-    ``rank_of(chunk, servers)``: those servers, placement's best first."""
+    ``rank_of(chunk, servers)``: those servers, placement's best first.  With ``census`` (how many
+    chunks files use are listed on each set of servers), the counts come from it, and ``table``
+    need only hold the chunks of the sets that :func:`needs_work` (the others are only counted)."""
     result = Plan()
     counts = dict.fromkeys(
         ("chunks", "healthy", "under_replicated", "unavailable", "lost", "over_replicated"), 0
@@ -100,34 +108,64 @@ def plan(
     for chunk_id, size, servers, referenced in table:
         if not referenced:
             continue  # the collector's business
-        counts["chunks"] += 1
-        good = [s for s in servers if status.get(s) == "good"]
-        readable = [s for s in servers if status.get(s) == "readable"]
-        pending = [s for s in servers if status.get(s) == "pending"]
+        good, readable, pending = _by_state(servers, status)
+        if census is None:
+            _tally(good, readable, pending, 1, replicas, counts, needed_on)
         live = good + readable
         if not live:
-            counts["unavailable" if pending else "lost"] += 1
             continue
-        if len(good) >= replicas:
-            counts["healthy"] += 1
-        else:
-            counts["under_replicated"] += 1
-            for s in readable:
-                needed_on[s] += 1
-        if len(good) > replicas:
-            counts["over_replicated"] += 1
-            if not pending and chunk_id not in leased:
-                keep = set(rank_of(chunk_id, good)[:replicas])
-                result.trims.extend((chunk_id, s) for s in good if s not in keep)
+        if len(good) > replicas and not pending and chunk_id not in leased:
+            keep = set(rank_of(chunk_id, good)[:replicas])
+            result.trims.extend((chunk_id, s) for s in good if s not in keep)
         copies = len(good) + len(pending)
         if copies < replicas:
             result.repairs.append(
                 Repair(chunk_id, size, tuple(live), frozenset(servers), copies, replicas - copies)
             )
+    for listed, n in (census or {}).items():
+        _tally(*_by_state(listed, status), n, replicas, counts, needed_on)
     result.repairs.sort(key=lambda r: (r.copies, r.chunk_id))
     result.counts = counts
     result.draining_needed = {s: needed_on.get(s, 0) for s in draining}
     return result
+
+
+def needs_work(servers: Sequence[int], status: dict[int, str], replicas: int) -> bool:
+    """Whether a chunk listed on ``servers`` may be repaired or trimmed (see :func:`plan`)."""
+    good, readable, pending = _by_state(servers, status)
+    return bool(good or readable) and (len(good) + len(pending) < replicas or len(good) > replicas)
+
+
+def _by_state(servers: Sequence[int], status: dict[int, str]) -> tuple[list[int], list[int], list[int]]:
+    """The listed servers that are good, readable (draining) and pending, in the listed order."""
+    good = [s for s in servers if status.get(s) == "good"]
+    readable = [s for s in servers if status.get(s) == "readable"]
+    pending = [s for s in servers if status.get(s) == "pending"]
+    return good, readable, pending
+
+
+def _tally(
+    good: list[int],
+    readable: list[int],
+    pending: list[int],
+    n: int,
+    replicas: int,
+    counts: dict[str, int],
+    needed_on: defaultdict[int, int],
+) -> None:
+    """Count ``n`` chunks in use whose copies are on those servers."""
+    counts["chunks"] += n
+    if not good and not readable:
+        counts["unavailable" if pending else "lost"] += n
+        return
+    if len(good) >= replicas:
+        counts["healthy"] += n
+    else:
+        counts["under_replicated"] += n
+        for s in readable:
+            needed_on[s] += n  # a draining server's chunks that have no other home yet
+    if len(good) > replicas:
+        counts["over_replicated"] += n
 
 
 class TokenBucket:
@@ -262,8 +300,11 @@ class Repairer:
     def replan(self) -> Plan:
         """Plan from the catalog and the servers as they are now (memory only, no network)."""
         seq = self.catalog.journal.seq
-        table = self.catalog.chunk_table()
-        current = plan(table, self.server_status(), self.replicas, self._rank_ids, self.leases.leased())
+        status = self.server_status()
+        census = self.catalog.chunk_census()  # one pass over the records: no chunk read one by one
+        work = [servers for servers in census if needs_work(servers, status, self.replicas)]
+        table = self.catalog.chunk_table(on=work)  # only the chunks that may need a copy or lose one
+        current = plan(table, status, self.replicas, self._rank_ids, self.leases.leased(), census)
         self.last_plan, self.planned_at, self.planned_seq = current, time.monotonic(), seq
         return current
 

@@ -6,11 +6,14 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.errors import NotFound
 from proxy.leases import Leases
 from proxy.placement import ServerRef, rank
-from proxy.repair import TokenBucket, plan
+from proxy.chunk_table import ChunkTable
+from proxy.repair import TokenBucket, needs_work, plan
 
 
 def rank_of(chunk_id: str, ids: list[int]) -> list[int]:
@@ -83,6 +86,59 @@ def test_extra_copies_are_trimmed_lowest_ranked_first_unless_leased_or_a_server_
     assert plan([(chunk, 10, [1, 2, 3, 4], True)], GOOD, 2, rank_of, {chunk}).trims == []
     status = {**GOOD, 5: "pending"}
     assert plan([(chunk, 10, [1, 2, 3, 5], True)], status, 2, rank_of).trims == []
+
+
+def census_of(table: list[tuple[str, int, list[int], bool]]) -> dict[tuple[int, ...], int]:
+    census: dict[tuple[int, ...], int] = {}
+    for _, _, servers, referenced in table:
+        if referenced:
+            census[tuple(servers)] = census.get(tuple(servers), 0) + 1
+    return census
+
+
+SERVER_LISTS = st.lists(st.integers(1, 6), max_size=5, unique=True)
+STATES = st.dictionaries(st.integers(1, 7), st.sampled_from(["good", "readable", "pending", "dead"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.tuples(SERVER_LISTS, st.booleans()), max_size=40),
+    status=STATES,
+    replicas=st.integers(1, 3),
+    leased=st.sets(st.integers(0, 39)),
+)
+def test_planning_from_a_census_and_the_chunks_that_need_work_is_planning_from_every_chunk(
+    rows: list[tuple[list[int], bool]], status: dict[int, str], replicas: int, leased: set[int]
+) -> None:
+    """Repair plans from a census (chunks per set of servers) and reads one by one only the chunks
+    of the sets that need work: the plan must be the one a read of every chunk gives."""
+    table = [(cid(n), 10 + n, servers, referenced) for n, (servers, referenced) in enumerate(rows)]
+    held = {cid(n) for n in leased}
+    whole = plan(table, status, replicas, rank_of, held)
+    work = {s for s in census_of(table) if needs_work(s, status, replicas)}
+    some = [row for row in table if row[3] and tuple(row[2]) in work]
+    assert plan(some, status, replicas, rank_of, held, census_of(table)) == whole
+
+
+def test_a_census_counts_chunks_in_use_per_set_of_servers_and_only_wanted_sets_are_read() -> None:
+    table = ChunkTable()
+    for n, servers in enumerate([[1, 2], [1, 2], [2, 3], [3]]):
+        table.add(cid(n), 10, servers)
+        table.ref(bytes.fromhex(cid(n)))
+    table.add(cid(9), 10, [1, 2])  # no file uses it: the collector's business
+    lock = threading.RLock()
+    assert table.census(lock) == {(1, 2): 2, (2, 3): 1, (3,): 1}
+    assert [row[0] for row in table.referenced_on([(3,), (4, 5)], lock)] == [cid(3)]
+    assert sorted(row[0] for row in table.referenced_on([(1, 2)], lock)) == [cid(0), cid(1)]
+    assert list(table.referenced_on([], lock)) == []
+
+
+def test_with_every_copy_in_place_a_round_reads_no_chunk_one_by_one() -> None:
+    assert not needs_work((1, 2), GOOD, 2)
+    assert needs_work((1, 2), {1: "good"}, 2)  # a copy short
+    assert needs_work((1, 2, 3), GOOD, 2)  # one too many
+    assert not needs_work((1, 2), {1: "good", 2: "pending"}, 2)  # within the grace period
+    assert not needs_work((5,), GOOD, 2)  # lost: nothing to copy from
 
 
 def test_a_lease_holds_its_chunks_until_released_or_expired() -> None:
