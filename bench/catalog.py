@@ -16,6 +16,8 @@
    catalog, in the same run.  LIST and commits start ``--settle`` seconds after the servers are
    up, once the proxy's start-up work (each server's inventory checked, a first repair plan) is
    done: they measure the steady state.
+6. **Idle.**  The proxy's CPU time (``/proc/PID/stat``) over ``--idle`` seconds with nothing asked
+   of it (repair rounds every 10 s, heartbeats, sweeps), as a share of one core.
 
 It prints a table and, with ``--json``, writes the figures.  Everything started is stopped, and the
 work folder removed unless ``--keep``.  Run: ``.venv/bin/python bench/catalog.py --files 1000000``.
@@ -118,6 +120,12 @@ def fill(folder: Path, files: int, users: int, out: dict[str, Any]) -> float:
     return filled - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_start(c: Cluster) -> float:
     start = time.perf_counter()
     c.start_proxy()
@@ -133,7 +141,9 @@ def median_of(n: int, action: Any) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def measure(work: Path, files: int, users: int, lists: int, commits: int, settle: float) -> dict[str, Any]:
+def measure(
+    work: Path, files: int, users: int, lists: int, commits: int, settle: float, idle: float
+) -> dict[str, Any]:
     """Fill a catalog of ``files`` files, start a proxy (and 4 servers) on it and measure."""
     root = work / f"files-{files}"
     root.mkdir()
@@ -168,6 +178,11 @@ def measure(work: Path, files: int, users: int, lists: int, commits: int, settle
         )
         log(f"small upload: median {out['commit_s'] * 1000:.1f} ms")
         client.close()
+        assert c.proxy is not None
+        busy = cpu_seconds(c.proxy.pid)
+        time.sleep(idle)
+        out["idle_cpu_share"] = (cpu_seconds(c.proxy.pid) - busy) / idle
+        log(f"proxy CPU while idle: {out['idle_cpu_share']:.1%} of a core over {idle:.0f} s")
     finally:
         memory = process_memory(c.proxy.pid) if c.proxy else {}
         out["rss_bytes"], out["hwm_bytes"] = memory.get("VmRSS", 0), memory.get("VmHWM", 0)
@@ -195,6 +210,7 @@ def table(empty: dict[str, Any], full: dict[str, Any]) -> str:
         row(f"LIST one user's files ({full['listed']:,}), ms", "list_ms", "{:.1f}", "< 100"),
         row("small upload (median), ms", "commit_ms", "{:.1f}", "same"),
         row("small upload (slowest), ms", "commit_max_ms", "{:.1f}"),
+        row("proxy CPU while idle (share of a core)", "idle_cpu_share", "{:.1%}"),
         row("snapshot inline: every change waits, s", "snapshot_inline_s", "{:.2f}"),
         row("snapshot in a child: lock held, ms", "snapshot_lock_ms", "{:.1f}"),
     ]
@@ -211,6 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1000, help="users owning them (default 1000)")
     parser.add_argument("--lists", type=int, default=20, help="listings timed (default 20)")
     parser.add_argument("--commits", type=int, default=50, help="small uploads timed (default 50)")
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds the idle proxy's CPU is measured (default 20)"
+    )
     parser.add_argument(
         "--settle", type=float, default=5.0, help="seconds to wait once the servers are up (default 5)"
     )
@@ -231,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 def benchmark(args: argparse.Namespace) -> int:
     with work_folder(args.workdir, args.keep) as work:
         per_user = args.files // args.users
-        empty = measure(work, per_user, 1, args.lists, args.commits, args.settle)
-        full = measure(work, args.files, args.users, args.lists, args.commits, args.settle)
+        empty = measure(work, per_user, 1, args.lists, args.commits, args.settle, args.idle)
+        full = measure(work, args.files, args.users, args.lists, args.commits, args.settle, args.idle)
     print(f"\nthe catalog at scale: {os.cpu_count()} CPUs, proxy on 127.0.0.1, 4 storage servers\n")
     print(table(empty, full))
     if args.json:
