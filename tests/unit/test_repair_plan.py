@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import NotFound
+from proxy.chunk_table import ChunkTable
 from proxy.leases import Leases
 from proxy.placement import ServerRef, rank
-from proxy.chunk_table import ChunkTable
 from proxy.repair import TokenBucket, needs_work, plan
 
 
