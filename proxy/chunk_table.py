@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -119,32 +119,29 @@ class ChunkTable:
     ) -> Iterator[tuple[str, int, tuple[int, ...], int]]:
         """The chunks in use listed on exactly one of the ``wanted`` sets of servers, as :meth:`scan`
         gives them (and reads them); nothing at all is read when ``wanted`` is empty."""
-        if not wanted:
-            return
-        with lock:
-            keys = list(self.table)
-            indexes = {i for i, servers in enumerate(self.server_sets) if servers in wanted}
-        for start in range(0, len(keys), BATCH):
-            with lock:
-                get = self.table.get
-                batch = [(k, r) for k in keys[start : start + BATCH] if ((r := get(k, 0)) & _MASK) in indexes]
-                sets = self.server_sets
-            for key, record in batch:
-                if record >> 32 & _MASK:
-                    yield chunk_hex(key), record >> 64, sets[record & _MASK], record >> 32 & _MASK
-            time.sleep(0)
+        for key, record in self._listed_on(lambda servers: servers in wanted, lock):
+            if record >> 32 & _MASK:
+                yield chunk_hex(key), record >> 64, self.server_sets[record & _MASK], record >> 32 & _MASK
 
     def on_server(self, server_id: int, lock: AbstractContextManager[Any]) -> Iterator[str]:
         """The chunks listed on ``server_id``, read as :meth:`scan` reads (only the server-set
         field of each record is looked at; only a match is turned into its id)."""
+        for key, _ in self._listed_on(lambda servers: server_id in servers, lock):
+            yield chunk_hex(key)
+
+    def _listed_on(
+        self, match: Callable[[tuple[int, ...]], bool], lock: AbstractContextManager[Any]
+    ) -> Iterator[tuple[ChunkKey, int]]:
+        """``(key, record)`` of the chunks whose set of servers matches ``match``, read in batches under
+        ``lock``; nothing is read if no set matches."""
         with lock:
-            keys = list(self.table)
-            wanted = {i for i, servers in enumerate(self.server_sets) if server_id in servers}
+            wanted = {i for i, servers in enumerate(self.server_sets) if match(servers)}
+            keys = list(self.table) if wanted else []
         for start in range(0, len(keys), BATCH):
             with lock:
                 get = self.table.get
-                batch = [k for k in keys[start : start + BATCH] if (get(k, 0) & _MASK) in wanted]
-            yield from map(chunk_hex, batch)
+                batch = [(k, r) for k in keys[start : start + BATCH] if ((r := get(k, 0)) & _MASK) in wanted]
+            yield from batch
             time.sleep(0)
 
     def unreferenced(self) -> list[str]:
