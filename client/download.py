@@ -35,6 +35,7 @@ when it passes, every connection is broken and the download fails.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from client.partial import (
 from client.pool import READ_TIMEOUT, ConnectionPool, Deadline, ProxyCaller
 from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS, read_timeout
+from common.direct_io import ALIGN, aligned_buffer, reopen_direct, write_direct
 from common.errors import (
     Conflict,
     CorruptData,
@@ -184,9 +186,12 @@ def _download(
         transfer = _Transfer(
             partial.fd, tickets, Trouble(), reports, pool or ConnectionPool(read_timeout(READ_TIMEOUT))
         )
+        if len(chunks) - len(have) > 1 and all(offset % ALIGN == 0 for offset in offsets):
+            transfer.direct = reopen_direct(partial.fd)  # a big file: around the page cache
         try:
             _fetch_all(transfer, chunks, offsets, sha1, progress, deadline, have)
         finally:
+            transfer.close()
             if pool is None:
                 transfer.pool.close()
         os.fsync(partial.fd)
@@ -225,6 +230,24 @@ class _Transfer:
     reports: Reports
     pool: ConnectionPool
     stopped: threading.Event = field(default_factory=threading.Event)  # the deadline passed
+    direct: int | None = None  # the partial opened again with O_DIRECT (common.direct_io), if it can be
+
+    def write(self, data: memoryview, offset: int) -> None:
+        """Write a verified chunk at ``offset``: what can go around the page cache with ``direct``
+        (a buffer of _fetch_in_window's starts on a page), the rest through ``fd``."""
+        direct = self.direct
+        if direct is not None:
+            try:
+                done = write_direct(direct, data, offset)
+                data, offset = data[done:], offset + done
+            except OSError:  # refused (EINVAL on some filesystems), or the disk: the page cache says
+                self.direct = None
+        write_at(self.fd, data, offset)
+
+    def close(self) -> None:
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            os.close(direct)
 
 
 def _fetch_all(
@@ -303,8 +326,8 @@ def _fetch_in_window(
     of the hashing, so memory stays at WINDOW buffers and on a busy machine the hashing keeps its
     share of the CPU; the flusher writes what was hashed to disk meanwhile, so the final fsync has
     little left to do."""
-    futures: dict[int, tuple[Future[memoryview | None], bytearray]] = {}
-    spare: list[bytearray] = []  # buffers whose chunk has been hashed, for the next ones
+    futures: dict[int, tuple[Future[memoryview | None], mmap.mmap]] = {}
+    spare: list[mmap.mmap] = []  # buffers whose chunk has been hashed, for the next ones (page-aligned)
     buffer_size = _buffer_size(max((int(chunk["size"]) for chunk in chunks), default=0))
     upcoming = iter(missing)
     following = next(upcoming, None)
@@ -312,7 +335,7 @@ def _fetch_in_window(
         try:
             for i, chunk in enumerate(chunks):
                 while following is not None and following < i + WINDOW:
-                    buf = spare.pop() if spare else bytearray(buffer_size)
+                    buf = spare.pop() if spare else aligned_buffer(buffer_size)
                     future = workers.submit(
                         _fetch_chunk,
                         transfer,
@@ -372,7 +395,7 @@ def _fetch_chunk(
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
 
     def read(server: dict[str, Any], ticket: dict[str, Any]) -> memoryview | None:
-        held = _fetch_from(transfer.pool, server, ticket, transfer.fd, chunk_id, size, offset, buf)
+        held = _fetch_from(transfer, server, ticket, chunk_id, size, offset, buf)
         on_bytes(size)
         return held
 
@@ -389,10 +412,9 @@ def _fetch_chunk(
 
 
 def _fetch_from(
-    pool: ConnectionPool,
+    transfer: _Transfer,
     server: dict[str, Any],
     ticket: dict[str, Any],
-    fd: int,
     chunk_id: str,
     size: int,
     offset: int,
@@ -401,12 +423,18 @@ def _fetch_from(
     """One copy of a chunk, read into ``buf`` and written at ``offset`` once verified; a chunk
     bigger than ``buf`` is written piece by piece as it arrives, and only counts once verified."""
     read_chunk_into(
-        pool, server, ticket, chunk_id, size, buf, lambda piece, at: write_at(fd, piece, offset + at)
+        transfer.pool,
+        server,
+        ticket,
+        chunk_id,
+        size,
+        buf,
+        lambda piece, at: write_at(transfer.fd, piece, offset + at),
     )
     if size > len(buf):
         return None
     held = buf[:size]
-    write_at(fd, held, offset)
+    transfer.write(held, offset)
     return held
 
 

@@ -54,6 +54,7 @@ from common.atomic import (
     start_writeback,
     tighten,
 )
+from common.direct_io import STAGE, StagePool, Stager, open_direct
 from common.errors import (
     CorruptData,
     FileClusterError,
@@ -75,6 +76,8 @@ _temp_numbers = itertools.count()
 WRITEBACK_STEP = 1024 * 1024  # a writer starts the disk writing every this many bytes (start_writeback)
 VERIFIED_XATTR = "user.filecluster.verified"  # "<unix time> <st_mtime_ns>" of the last full check
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # a temp file, never reused
+DIRECT_FROM = STAGE  # a chunk this big or bigger is written around the page cache (common.direct_io)
+_STAGES = StagePool(8)  # stages for direct writes, for all the stores of this process (8 MiB at most)
 
 Verdict = Literal["good", "bad", "missing"]
 Pace = Callable[[int], None]  # called with each piece's length as verify() reads it (the scrubber's throttle)
@@ -163,6 +166,7 @@ class ChunkStore:
         self._folders: set[str] = set()  # fan-out folders known to exist (_install)
         self.quarantine_dir = self.root / QUARANTINE_DIR
         self.reserve = reserve
+        self.direct = True  # big chunks are written with O_DIRECT, until the filesystem refuses it
         self.lost = LostQueue()
         make_private_dir(self.root)
         make_private_dir(self.tmp)
@@ -450,12 +454,31 @@ class _DiskWriter:
         self.hash = hashlib.sha256()
         self.tmp_path = store.tmp / f"{chunk_id}.{_TEMP_PREFIX}{next(_temp_numbers)}"
         self.installed = False
+        self.stager: Stager | None = None  # a big chunk's direct writes (common.direct_io)
+        self._stage = _STAGES.take() if size >= DIRECT_FROM and store.direct else None
         try:
             # a bare descriptor: every piece goes straight to the kernel, and opening is one system
             # call (a file object adds a stat and an ioctl: a small chunk is a handful of calls in all)
-            self.fd: int | None = os.open(self.tmp_path, _CREATE, PRIVATE_FILE)
+            if self._stage is None:
+                self.fd: int | None = os.open(self.tmp_path, _CREATE, PRIVATE_FILE)
+            else:
+                self.fd, direct = open_direct(self.tmp_path, _CREATE, PRIVATE_FILE)
+                if direct:
+                    self.stager = Stager(self.fd, self._stage, direct=True)
+                else:  # this filesystem takes no O_DIRECT: through the page cache from now on
+                    store.direct = False
+                    self._give_back_stage()
         except OSError as exc:
+            self._give_back_stage()
             raise _io_error(exc, "store a chunk") from None
+
+    def _give_back_stage(self) -> None:
+        if self.stager is not None:
+            self.stager.release()
+            self.stager = None
+        stage, self._stage = self._stage, None
+        if stage is not None:
+            _STAGES.give_back(stage)
 
     def write(self, data: bytes | memoryview) -> None:
         self.written += len(data)
@@ -464,6 +487,13 @@ class _DiskWriter:
         self.hash.update(data)
         assert self.fd is not None
         try:
+            if self.stager is not None:
+                self.stager.write(data)
+                if self.written == self.size:  # the last byte: to the disk, and the stage freed at once
+                    self.stager.finish()
+                    self.stager = None
+                    self._give_back_stage()
+                return
             view = memoryview(data)
             while view:  # a write may take only part of it
                 view = view[os.write(self.fd, view) :]
@@ -517,6 +547,7 @@ class _DiskWriter:
 
     def abort(self) -> None:
         """Drop the temp file; never raises."""
+        self._give_back_stage()
         fd, self.fd = self.fd, None
         if fd is not None:
             with contextlib.suppress(OSError):

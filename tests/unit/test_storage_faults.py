@@ -102,8 +102,8 @@ def node(start: Callable[[int], Node]) -> Node:
 class DiskFault:
     """Makes the disk under one store fail at ``point`` (open, write, fsync, close or rename) with ``err``.
 
-    It works at the system calls the store makes (``os.open``, ``os.write``, ``os.fsync``,
-    ``os.close``, ``os.replace``), patched for the whole process but passing everything through
+    It works at the system calls the store makes (``os.open``, ``os.write``, ``os.pwrite`` (a big
+    chunk's direct writes), ``os.fsync``, ``os.close``, ``os.replace``), patched for the whole process but passing everything through
     except what touches this store's temp files: a write fails once ``after`` bytes of the file are
     on disk (what fits is written first, as on a full disk), and a close fails after closing (as
     on a filesystem that reports a writeback error then).  ``armed = False`` mends the disk;
@@ -117,10 +117,11 @@ class DiskFault:
         self.hits = 0
         self.temp_paths: list[Path] = []
         self.written: dict[int, int] = {}  # this store's temp files open for writing: bytes written
-        self._open, self._write, self._close = os.open, os.write, os.close
+        self._open, self._write, self._pwrite, self._close = os.open, os.write, os.pwrite, os.close
         self._fsync, self._replace = os.fsync, os.replace
         monkeypatch.setattr(os, "open", self.open)
         monkeypatch.setattr(os, "write", self.write)
+        monkeypatch.setattr(os, "pwrite", self.pwrite)
         monkeypatch.setattr(os, "close", self.close)
         monkeypatch.setattr(os, "fsync", self.fsync)
         monkeypatch.setattr(os, "replace", self.replace)
@@ -155,6 +156,15 @@ class DiskFault:
             self.written[fd] += self._write(fd, data[: max(room, 0)])  # what fit, then the disk is full
             raise self.error()
         n = self._write(fd, data)
+        self.written[fd] += n
+        return n
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        if fd not in self.written:
+            return self._pwrite(fd, data, offset)
+        if len(data) > self.after - self.written[fd] and self.strikes("write"):
+            raise self.error()  # a direct write of whole blocks: nothing of it written
+        n = self._pwrite(fd, data, offset)
         self.written[fd] += n
         return n
 
