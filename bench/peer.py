@@ -280,7 +280,7 @@ class Results:
 # next, and with the number of writers, for one probe to bound anything).  Each probe runs in a
 # child process, so that its memory does not show in the peak RSS of later clients (see prefault).
 _PROBE = """
-import hashlib, json, os, sys, time
+import hashlib, json, mmap, os, sys, time
 data = os.urandom(64 << 20)
 out = {}
 for name in ("sha1", "sha256"):
@@ -291,15 +291,25 @@ for name in ("sha1", "sha256"):
         best = min(best, time.perf_counter() - start)
     out[name + "_mib_s"] = 64 / best
 size, path = int(sys.argv[1]), sys.argv[2]
-block = data[: 4 << 20]
-fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-start, left = time.perf_counter(), size
-while left > 0:
-    left -= os.write(fd, block[: min(left, len(block))])
-os.fsync(fd)
-out["disk_seconds"] = time.perf_counter() - start
-os.close(fd)
-os.unlink(path)
+block = mmap.mmap(-1, 4 << 20)  # page-aligned, as O_DIRECT wants
+block.write(data[: 4 << 20])
+for key, extra in (("disk", 0), ("direct", getattr(os, "O_DIRECT", 0))):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | extra, 0o600)
+    except OSError:
+        continue
+    start, cpu, left = time.perf_counter(), os.times(), size
+    try:
+        while left > 0:
+            left -= os.write(fd, memoryview(block)[: min(left, len(block))])
+        os.fsync(fd)
+    except OSError:  # no O_DIRECT here (or an odd size for it): no figure
+        continue
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    out[key + "_seconds"] = time.perf_counter() - start
+    out[key + "_kernel_cpu"] = os.times().system - cpu.system
 print(json.dumps(out))
 """
 
@@ -428,9 +438,12 @@ def one_round(
     small_fids: list[str] = []
     probe = probe_machine(data, args.size_mib * MIB)
     results.probes.append(probe)
+    direct = probe.get("direct_seconds")
     log(
-        f"  this machine now: the disk writes and fsyncs {args.size_mib} MiB in "
-        f"{probe['disk_seconds']:.2f} s; one core hashes {probe['sha1_mib_s']:,.0f} MiB/s (SHA-1), "
+        f"  this machine now: {args.size_mib} MiB written and fsynced in {probe['disk_seconds']:.2f} s "
+        f"through the page cache ({probe['disk_kernel_cpu']:.2f} s of kernel CPU)"
+        + (f", {direct:.2f} s around it (O_DIRECT)" if direct is not None else "")
+        + f"; one core hashes {probe['sha1_mib_s']:,.0f} MiB/s (SHA-1), "
         f"{probe['sha256_mib_s']:,.0f} MiB/s (SHA-256)"
     )
 
@@ -641,9 +654,13 @@ def benchmark(args: argparse.Namespace) -> int:
     probes = results.probes
     if probes:
         disk = ", ".join(f"{p['disk_seconds']:.2f}" for p in probes)
+        kernel = ", ".join(f"{p['disk_kernel_cpu']:.2f}" for p in probes)
+        direct = ", ".join(f"{p['direct_seconds']:.2f}" for p in probes if "direct_seconds" in p)
         print(
-            f"\nthis machine, per round: {args.size_mib} MiB written and fsynced in {disk} s "
-            f"(at 2 copies an upload writes it twice); one core hashes "
+            f"\nthis machine, per round: {args.size_mib} MiB written and fsynced in {disk} s through "
+            f"the page cache (kernel CPU {kernel} s)"
+            + (f" and in {direct} s around it (O_DIRECT)" if direct else "")
+            + "; at 2 copies an upload writes it twice; one core hashes "
             f"{statistics.median(p['sha1_mib_s'] for p in probes):,.0f} MiB/s with SHA-1 and "
             f"{statistics.median(p['sha256_mib_s'] for p in probes):,.0f} MiB/s with SHA-256 (medians)"
         )
