@@ -103,9 +103,10 @@ class DiskFault:
     """Makes the disk under one store fail at ``point`` (open, write, fsync, close or rename) with ``err``.
 
     It works at the system calls the store makes (``os.open``, ``os.write``, ``os.pwrite`` (a big
-    chunk's direct writes), ``os.fsync``, ``os.close``, ``os.replace``), patched for the whole process but passing everything through
-    except what touches this store's temp files: a write fails once ``after`` bytes of the file are
-    on disk (what fits is written first, as on a full disk), and a close fails after closing (as
+    chunk's direct writes), ``os.fsync``, ``os.close``, ``os.replace``), patched for the whole
+    process but passing everything through except what touches this store's temp files: a write
+    fails once ``after`` bytes of the file are on disk (what fits is written first, as on a full
+    disk; a direct write of whole blocks writes nothing), and a close fails after closing (as
     on a filesystem that reports a writeback error then).  ``armed = False`` mends the disk;
     ``hits`` counts the failures it caused."""
 
