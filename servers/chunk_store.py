@@ -491,7 +491,8 @@ class _DiskWriter:
                 self.stager.write(data)
                 if self.written == self.size:  # the last byte: to the disk, and the stage freed at once
                     self.stager.finish()
-                    self.stager = None
+                    if not self.stager.direct:  # the filesystem refused a direct write: no more tries
+                        self.store.direct = False
                     self._give_back_stage()
                 return
             view = memoryview(data)
