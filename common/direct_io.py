@@ -81,20 +81,17 @@ def _buffered(fd: int) -> None:
 
 
 class Stager:
-    """Writes the bytes given to :meth:`write` one after another into ``fd`` from ``offset`` (a
-    multiple of ALIGN) on, a stage at a time; :meth:`finish` writes what is left.  ``direct``: ``fd``
+    """Writes the bytes given to :meth:`write` one after another into ``fd`` from its start, a stage
+    at a time; :meth:`finish` writes what is left.  ``direct``: ``fd``
     was opened with O_DIRECT (else the same writes simply go through the page cache).  The stage is
     the caller's: it gives it back to its pool after :meth:`finish` or on failure."""
 
-    def __init__(self, fd: int, stage: mmap.mmap, *, direct: bool, offset: int = 0) -> None:
-        if offset % ALIGN:
-            raise ValueError(f"a staged write starts at a multiple of {ALIGN}, not at {offset}")
+    def __init__(self, fd: int, stage: mmap.mmap, *, direct: bool) -> None:
         self.fd = fd
         self.direct = direct
-        self._stage = stage
         self._view = memoryview(stage)
         self._filled = 0
-        self._offset = offset  # where the stage's first byte goes
+        self._offset = 0  # where the stage's first byte goes
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
