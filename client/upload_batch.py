@@ -123,13 +123,34 @@ def upload_many(proxy: ProxyCaller, items: Sequence[BatchItem], chunk_size: int,
         sender.flush(len(items))
 
 
+class _Names:
+    """The names of one batch's files, and every folder they are in (so that a check costs the
+    depth of a name, not the size of the batch)."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+
+    def clash(self, name: str) -> bool:
+        """Whether ``name`` cannot join the batch (the same name, or a file and a folder of one
+        name): such a file waits for the next batch, whose commit comes after."""
+        if not name:
+            return False
+        return name in self.files or name in self.folders or any(p in self.files for p in parents(name))
+
+    def add(self, name: str) -> None:
+        if name:
+            self.files.add(name)
+            self.folders.update(parents(name))
+
+
 def _batches(
     items: Sequence[BatchItem], chunk_size: int, sender: _Sender
 ) -> Iterator[list[tuple[int, BatchItem, int]]]:
     """Groups of items, each within the batch bounds by size (files too big go alone, as one)."""
     batch: list[tuple[int, BatchItem, int]] = []
     chunks = size = 0
-    names: set[str] = set()
+    names = _Names()
     most = FIRST_FILES  # a small first batch: its chunks start flowing sooner
     for index, item in enumerate(items):
         try:
@@ -140,7 +161,7 @@ def _batches(
         if count > MAX_CHUNKS_PER_BATCH or length > BATCH_BYTES:
             if batch:
                 yield batch
-                batch, chunks, size, names = [], 0, 0, set()
+                batch, chunks, size, names = [], 0, 0, _Names()
             sender.alone(index, item)
             continue
         try:
@@ -151,10 +172,10 @@ def _batches(
             len(batch) >= most
             or chunks + count > MAX_CHUNKS_PER_BATCH
             or size + length > BATCH_BYTES
-            or names_clash(name, names)
+            or names.clash(name)
         ):
             yield batch
-            batch, chunks, size, names = [], 0, 0, set()
+            batch, chunks, size, names = [], 0, 0, _Names()
             most = MAX_FILES_PER_BATCH
         batch.append((index, item, length))
         names.add(name)
@@ -491,15 +512,3 @@ def _error(result: dict[str, Any]) -> FileClusterError:
     if not isinstance(error, dict):
         return ProtocolError("the proxy's batch reply has a malformed error")
     return error_from_wire(str(error.get("code", "")), str(error.get("message", "")))
-
-
-def names_clash(name: str, others: set[str]) -> bool:
-    """Whether ``name`` cannot join a batch that has ``others`` (the same name, or a file and a
-    folder of one name): such a file waits for the next batch, whose commit comes after."""
-    if not name:
-        return False
-    return (
-        name in others
-        or any(p in others for p in parents(name))
-        or any(o.startswith(name + "/") for o in others)
-    )

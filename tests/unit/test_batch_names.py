@@ -1,0 +1,39 @@
+"""How client.upload_batch splits files into batches by name: a name twice, or a file and a folder of
+one name, never share a batch (each batch commits as one, after the one before)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from client import upload_batch
+from client.upload_batch import BatchItem
+
+
+def batches_of(tmp_path: Path, names: list[str]) -> list[list[str]]:
+    source = tmp_path / "one.bin"
+    source.write_bytes(b"x")
+    items = [BatchItem(source, name) for name in names]
+    sender: Any = None  # only files too big for a batch are handed to it
+    return [[names[i] for i, _, _ in batch] for batch in upload_batch._batches(items, 1 << 20, sender)]
+
+
+def test_names_that_cannot_share_a_batch_start_the_next(tmp_path: Path) -> None:
+    names = ["d/x", "d/y", "d", "e", "e/f/g", "e/f", "h/i", "h/i", "j"]
+    assert batches_of(tmp_path, names) == [
+        ["d/x", "d/y"],  # "d" is a folder of this batch
+        ["d", "e"],  # "e/f/g" is in a folder named like a file of this batch
+        ["e/f/g"],  # "e/f" is a folder of this batch
+        ["e/f", "h/i"],  # the same name twice
+        ["h/i", "j"],
+    ]
+
+
+def test_names_alike_but_not_nested_share_a_batch(tmp_path: Path) -> None:
+    names = ["d/x", "d2", "dx", "d/x2", "x/d", "x/dd", "d.x"]
+    assert batches_of(tmp_path, names) == [names]
+
+
+def test_a_name_that_cannot_be_checked_goes_with_the_others(tmp_path: Path) -> None:
+    """Its upload says what is wrong with it, in its turn."""
+    assert batches_of(tmp_path, ["a", "../bad", "b"]) == [["a", "../bad", "b"]]
