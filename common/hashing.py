@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def manifest_of(file: BinaryIO, chunk_size: int, progress: Callable[[int], None]
     whole = hashlib.sha1()
     chunks: list[ChunkRef] = []
     offset = 0
-    buf = bytearray(min(READ_SIZE, chunk_size))
+    buf = bytearray(min(READ_SIZE, chunk_size, _size_hint(file)))
     view = memoryview(buf)
     while True:
         part = hashlib.sha256()
@@ -69,6 +70,17 @@ def manifest_of(file: BinaryIO, chunk_size: int, progress: Callable[[int], None]
         if got < chunk_size:
             break
     return Manifest(offset, whole.hexdigest(), chunk_size, tuple(chunks))
+
+
+def _size_hint(file: BinaryIO) -> int:
+    """A buffer size for reading ``file``: one more than its size now (a small file is then read in
+    one call, and the next says it ended; zeroing a buffer of READ_SIZE for each of a thousand small
+    files cost a batch upload more than their reading), READ_SIZE if the size cannot be had.  A file
+    that grows meanwhile is still read whole, in more calls."""
+    try:
+        return max(1, os.fstat(file.fileno()).st_size + 1)
+    except (AttributeError, OSError, ValueError):  # not a file with a descriptor (an in-memory one)
+        return READ_SIZE
 
 
 def proof_digest(nonce: str, chunk_id: str, data: bytes | memoryview) -> str:
