@@ -3,10 +3,13 @@ encoder's send-side framing (exactly the declared payload, no new frame while by
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.errors import LocalProtocolError, RemoteProtocolError
 from common.messages import Message, MsgType
@@ -20,6 +23,7 @@ from common.protocol import (
     PayloadData,
     encode,
     encode_message,
+    parse_header,
 )
 
 CASES: list[tuple[MsgType, dict[str, Any], bytes]] = [
@@ -259,3 +263,63 @@ def test_encoder_refuses_a_header_over_its_limit() -> None:
     with pytest.raises(LocalProtocolError, match="exceeds the 100 limit"):
         encoder.head(Message(MsgType.OK, {"x": "y" * 100}))
     assert encoder.owed == 0
+
+
+# JSON texts as a hostile peer may write them: nesting, numbers at and past the limits, strings
+# with escapes of lone surrogates (or of a backslash before "ud800"), pairs, raw non-ASCII
+_scalars = st.one_of(
+    st.sampled_from(
+        [
+            "1",
+            "-9223372036854775807",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "1" * 30,
+            "1.5",
+            "1e308",
+            "1e309",
+            "-1e999",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "true",
+            "null",
+            '"\\ud800"',
+            '"\\uDC00x"',
+            '"\\\\ud800"',
+            '"\\ud83d\\ude00"',
+            '"\\u00e9"',
+            '"é漢"',
+            '""',
+        ]
+    ),
+    st.text(max_size=8).map(lambda s: json.dumps(s, ensure_ascii=False)),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(st.tuples(_scalars.filter(lambda s: s.startswith('"')), inner), max_size=4).map(
+            lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+def _verdict(text: str, *, from_utf8: bool) -> str:
+    try:
+        parse_header(MsgType.OK, text, 0, from_utf8=from_utf8)
+    except RemoteProtocolError as exc:
+        return str(exc)
+    return "ok"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_values, min_size=1, max_size=3))
+def test_the_quick_check_of_decoded_text_refuses_what_the_full_one_refuses(values: list[str]) -> None:
+    """Text decoded from UTF-8 (no lone surrogate of its own) has its strings looked at only if an
+    escape may make one: the verdict is the same as when every value is looked at."""
+    text = "{" + ",".join(f'"k{i}":{v}' for i, v in enumerate(values)) + "}"
+    assert _verdict(text, from_utf8=True) == _verdict(text, from_utf8=False)
