@@ -55,7 +55,7 @@ from common.errors import (
 from common.hashing import Manifest, manifest_of
 from common.limits import MAX_CHUNKS_PER_BATCH, MAX_FILES_PER_BATCH, MIB
 from common.messages import MsgType
-from common.names import check_file_name, parents
+from common.names import NameSet, check_file_name
 
 FIRST_FILES = 32  # files in the first batch (the others take up to MAX_FILES_PER_BATCH)
 BATCH_BYTES = 32 * MIB  # the most file bytes in one batch (its deadline is that of one such file)
@@ -123,34 +123,13 @@ def upload_many(proxy: ProxyCaller, items: Sequence[BatchItem], chunk_size: int,
         sender.flush(len(items))
 
 
-class _Names:
-    """The names of one batch's files, and every folder they are in (so that a check costs the
-    depth of a name, not the size of the batch)."""
-
-    def __init__(self) -> None:
-        self.files: set[str] = set()
-        self.folders: set[str] = set()
-
-    def clash(self, name: str) -> bool:
-        """Whether ``name`` cannot join the batch (the same name, or a file and a folder of one
-        name): such a file waits for the next batch, whose commit comes after."""
-        if not name:
-            return False
-        return name in self.files or name in self.folders or any(p in self.files for p in parents(name))
-
-    def add(self, name: str) -> None:
-        if name:
-            self.files.add(name)
-            self.folders.update(parents(name))
-
-
 def _batches(
     items: Sequence[BatchItem], chunk_size: int, sender: _Sender
 ) -> Iterator[list[tuple[int, BatchItem, int]]]:
     """Groups of items, each within the batch bounds by size (files too big go alone, as one)."""
     batch: list[tuple[int, BatchItem, int]] = []
     chunks = size = 0
-    names = _Names()
+    names = NameSet()
     most = FIRST_FILES  # a small first batch: its chunks start flowing sooner
     for index, item in enumerate(items):
         try:
@@ -161,7 +140,7 @@ def _batches(
         if count > MAX_CHUNKS_PER_BATCH or length > BATCH_BYTES:
             if batch:
                 yield batch
-                batch, chunks, size, names = [], 0, 0, _Names()
+                batch, chunks, size, names = [], 0, 0, NameSet()
             sender.alone(index, item)
             continue
         try:
@@ -172,13 +151,14 @@ def _batches(
             len(batch) >= most
             or chunks + count > MAX_CHUNKS_PER_BATCH
             or size + length > BATCH_BYTES
-            or names.clash(name)
+            or (name != "" and names.conflict(name) is not None)
         ):
             yield batch
-            batch, chunks, size, names = [], 0, 0, _Names()
+            batch, chunks, size, names = [], 0, 0, NameSet()
             most = MAX_FILES_PER_BATCH
         batch.append((index, item, length))
-        names.add(name)
+        if name:
+            names.add(name)
         chunks += count
         size += length
     if batch:

@@ -97,6 +97,29 @@ def parents(name: str) -> list[str]:
     return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
 
 
+class NameSet:
+    """The names of one batch's files and every folder they are in, so that checking a name against
+    the batch costs the depth of the name, not the size of the batch (a batch's names must not
+    repeat, nor make a file and a folder of one name)."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+
+    def conflict(self, name: str) -> str | None:
+        """Why ``name`` cannot join the batch (a one-line reason), or None if it can."""
+        if name in self.files:
+            return f"{name!r} is named twice in one batch; upload it again"
+        if name in self.folders:
+            return f"{name!r} is a folder"
+        clash = next((p for p in parents(name) if p in self.files), None)
+        return None if clash is None else f"{clash!r} is a file"
+
+    def add(self, name: str) -> None:
+        self.files.add(name)
+        self.folders.update(parents(name))
+
+
 def base_name(name: str) -> str:
     """The last segment of a name: ``photos/a.jpg`` -> ``a.jpg``."""
     return name.rsplit(SEPARATOR, 1)[-1]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import Conflict, FileClusterError, NotFound
-from common.names import parents
+from common.names import NameSet
 from proxy.chunk_table import ChunkTable
 from proxy.file_tree import DEFAULT_KEEP_VERSIONS, Files, FileTree
 
@@ -116,18 +116,14 @@ class FileChanges:
         with self.lock:
             outcomes: list[tuple[dict[str, Any], list[str]] | FileClusterError | None] = []
             ops: list[dict[str, Any]] = []
-            taken: dict[str, set[str]] = {}
+            taken: dict[str, NameSet] = {}
             added: Counter[str] = Counter()
             for put in puts:
-                mine = taken.setdefault(put.owner, set())
+                mine = taken.setdefault(put.owner, NameSet())
                 try:
-                    if put.name in mine:
-                        raise Conflict(f"{put.name!r} is named twice in one batch; upload it again")
-                    clash = next((p for p in parents(put.name) if p in mine), None)
-                    if clash is not None:
-                        raise Conflict(f"{clash!r} is a file")
-                    if any(other.startswith(put.name + "/") for other in mine):
-                        raise Conflict(f"{put.name!r} is a folder")
+                    conflict = mine.conflict(put.name)
+                    if conflict is not None:
+                        raise Conflict(conflict)
                     self.check_upload(put.owner, put.name, put.size + added[put.owner], put.quota)
                 except FileClusterError as exc:
                     outcomes.append(exc)

@@ -3,11 +3,14 @@ one name, never share a batch (each batch commits as one, after the one before).
 
 from __future__ import annotations
 
+import itertools
+import random
 from pathlib import Path
 from typing import Any
 
 from client import upload_batch
 from client.upload_batch import BatchItem
+from common.names import NameSet
 
 
 def batches_of(tmp_path: Path, names: list[str]) -> list[list[str]]:
@@ -37,3 +40,37 @@ def test_names_alike_but_not_nested_share_a_batch(tmp_path: Path) -> None:
 def test_a_name_that_cannot_be_checked_goes_with_the_others(tmp_path: Path) -> None:
     """Its upload says what is wrong with it, in its turn."""
     assert batches_of(tmp_path, ["a", "../bad", "b"]) == [["a", "../bad", "b"]]
+
+
+def brute_conflict(names: list[str], name: str) -> bool:
+    """The rule NameSet keeps, checked the slow way: against every name already in the batch."""
+    return any(
+        other == name or other.startswith(name + "/") or name.startswith(other + "/") for other in names
+    )
+
+
+def test_a_name_set_refuses_exactly_what_a_scan_of_the_whole_batch_refuses() -> None:
+    segments = ["a", "b", "ab"]
+    candidates = [
+        "/".join(parts) for depth in (1, 2, 3) for parts in itertools.product(segments, repeat=depth)
+    ]
+    rng = random.Random(7)
+    for _ in range(300):
+        names: list[str] = []
+        batch = NameSet()
+        for name in rng.choices(candidates, k=12):
+            expected = brute_conflict(names, name)
+            assert (batch.conflict(name) is not None) == expected, (names, name)
+            if not expected:
+                batch.add(name)
+                names.append(name)
+
+
+def test_a_name_set_says_why() -> None:
+    batch = NameSet()
+    batch.add("d/x")
+    assert batch.conflict("d/x") == "'d/x' is named twice in one batch; upload it again"
+    assert batch.conflict("d") == "'d' is a folder"
+    assert batch.conflict("d/x/y") == "'d/x' is a file"
+    assert batch.conflict("dx") is None
+    assert batch.conflict("d/y") is None
