@@ -82,9 +82,9 @@ def _buffered(fd: int) -> None:
 
 class Stager:
     """Writes the bytes given to :meth:`write` one after another into ``fd`` from its start, a stage
-    at a time; :meth:`finish` writes what is left.  ``direct``: ``fd``
-    was opened with O_DIRECT (else the same writes simply go through the page cache).  The stage is
-    the caller's: it gives it back to its pool after :meth:`finish` or on failure."""
+    at a time; :meth:`finish` writes what is left.  ``direct``: ``fd`` was opened with O_DIRECT (else
+    the same writes simply go through the page cache).  The stage is the caller's: it gives it back
+    to its pool after :meth:`finish` or on failure."""
 
     def __init__(self, fd: int, stage: mmap.mmap, *, direct: bool) -> None:
         self.fd = fd

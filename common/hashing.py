@@ -78,7 +78,7 @@ def _size_hint(file: BinaryIO) -> int:
     files cost a batch upload more than their reading), READ_SIZE if the size cannot be had.  A file
     that grows meanwhile is still read whole, in more calls."""
     try:
-        return max(1, os.fstat(file.fileno()).st_size + 1)
+        return os.fstat(file.fileno()).st_size + 1
     except (AttributeError, OSError, ValueError):  # not a file with a descriptor (an in-memory one)
         return READ_SIZE
 
