@@ -133,6 +133,7 @@ class Client:
         self.proxy = ProxyLink(*proxy, token=token)
         self.user = user
         self._chunk_size: int | None = None  # the cluster's, once a HELLO said it
+        self.session_elsewhere: str | None = None  # the proxy a saved session is for, if another
 
     @classmethod
     def from_environment(cls, proxy: str | None = None, home: Path | None = None) -> Client:
@@ -142,7 +143,10 @@ class Client:
         session = saved.load(home)
         if session is not None and session.proxy == f"{address[0]}:{address[1]}":
             return cls(address, home, session.token, session.user)
-        return cls(address, home)
+        client = cls(address, home)
+        if session is not None:
+            client.session_elsewhere = session.proxy
+        return client
 
     def close(self) -> None:
         self.proxy.close()
@@ -196,6 +200,11 @@ class Client:
         return self.proxy.call(MsgType.WHOAMI, session=True)
 
     def _need_session(self) -> None:
+        if not self.proxy.token and self.session_elsewhere:  # FILECLUSTER_PROXY / --proxy changed
+            raise AuthError(
+                f"not logged in at {self.proxy.address}; your session is for {self.session_elsewhere} "
+                f"(--proxy or FILECLUSTER_PROXY picks it); or run: filecluster login USER"
+            )
         if not self.proxy.token:
             raise AuthError("not logged in; run: filecluster login USER")
 

@@ -20,7 +20,7 @@ from common.config import (
     proxy_address,
     proxy_port,
 )
-from common.errors import InvalidRequest
+from common.errors import AuthError, InvalidRequest
 from common.names import MAX_PASSWORD, MIN_PASSWORD, check_file_name, check_password_rules
 
 # -- addresses and settings --------------------------------------------------------------------
@@ -190,6 +190,13 @@ def test_session_round_trip_and_resume(tmp_path: Path) -> None:
     assert (same.user, same.proxy.token) == ("ana", "tok")
     other = Client.from_environment("127.0.0.1:9124", home)  # another proxy: not logged in there
     assert (other.user, other.proxy.token) == (None, None)
+    with pytest.raises(AuthError) as refused:  # and told which proxy the session is for
+        other.whoami()
+    assert str(refused.value) == (
+        "not logged in at 127.0.0.1:9124; your session is for 127.0.0.1:9123 "
+        "(--proxy or FILECLUSTER_PROXY picks it); or run: filecluster login USER"
+    )
+    assert "\n" not in str(refused.value)
     saved.clear(home)
     saved.clear(home)  # twice is fine
     assert saved.load(home) is None
