@@ -414,6 +414,8 @@ def download(
     keeping their paths under the folder's base name; ``version``: an older version of one file)."""
     if version is not None and (recursive or len(targets) != 1):
         raise InvalidRequest("--version takes a single file name")
+    if os.path.lexists(out_dir) and not out_dir.is_dir():  # said once, not once for each file
+        raise InvalidRequest(f"cannot save in {out_dir}: it is not a folder")
     tally = Tally(out, 0)
     plan = _download_plan(c, targets, recursive, tally)
     tally.count = len(plan) + len(tally.failed)

@@ -50,6 +50,8 @@ def destination(
         return made[key], segments[-1]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file (or a broken symlink) has the name
+        raise InvalidRequest(f"cannot save in {out_dir}: it is not a folder") from None
     except OSError as exc:
         raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
     if not out_dir.is_dir():

@@ -158,3 +158,17 @@ def test_whoami_shows_usage_and_quota(run: Any, tmp_path: Path) -> None:
     assert usage.startswith("1 file, 2.0 KiB used of ") and usage.endswith("%)")
     account = json.loads(run("whoami", "--json")[1])
     assert account["usage"] == 2048 and account["files"] == 1 and isinstance(account["quota"], int)
+
+
+def test_download_into_a_file_is_one_clear_error(run: Any, tmp_path: Path) -> None:
+    src = tmp_path / "pics"
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (src / "2024").mkdir(parents=True, exist_ok=True)
+        (src / "2024" / name).write_bytes(name.encode())
+    assert run("upload", "-r", str(src))[0] == 0
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_bytes(b"mine")
+    for args in (["download", "-r", "pics"], ["download", "pics/2024/a.jpg"]):
+        code, out, err = run(*args, "-o", str(in_the_way))
+        assert (code, out, err) == (1, "", f"error: cannot save in {in_the_way}: it is not a folder\n")
+    assert in_the_way.read_bytes() == b"mine"

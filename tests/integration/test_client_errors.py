@@ -250,7 +250,7 @@ def test_an_output_folder_that_cannot_be_made(user: Client, tmp_path: Path) -> N
         InvalidRequest, match=re.escape(f"cannot create folder {a_file}/sub: Not a directory")
     ):
         user.download("f.txt", a_file / "sub")
-    with pytest.raises(InvalidRequest, match=re.escape(f"cannot create folder {a_file}: File exists")):
+    with pytest.raises(InvalidRequest, match=re.escape(f"cannot save in {a_file}: it is not a folder")):
         user.download("f.txt", a_file)
     assert a_file.read_bytes() == b"not a folder"
 
