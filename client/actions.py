@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from client import output
 from client.api import Client, is_link
+from client.destination import check_out_dir
 from client.listing import folder_of, under, view
 from common.errors import FileClusterError, InvalidRequest, NotFound
 
@@ -414,8 +415,7 @@ def download(
     keeping their paths under the folder's base name; ``version``: an older version of one file)."""
     if version is not None and (recursive or len(targets) != 1):
         raise InvalidRequest("--version takes a single file name")
-    if os.path.lexists(out_dir) and not out_dir.is_dir():  # said once, not once for each file
-        raise InvalidRequest(f"cannot save in {out_dir}: it is not a folder")
+    check_out_dir(out_dir)  # said once for the command, not once for each file
     tally = Tally(out, 0)
     plan = _download_plan(c, targets, recursive, tally)
     tally.count = len(plan) + len(tally.failed)

@@ -51,15 +51,25 @@ def destination(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a file (or a broken symlink) has the name
-        raise InvalidRequest(f"cannot save in {out_dir}: it is not a folder") from None
+        raise not_a_folder(out_dir) from None
     except OSError as exc:
         raise InvalidRequest(f"cannot create folder {out_dir}: {exc.strerror}") from None
     if not out_dir.is_dir():
-        raise InvalidRequest(f"{out_dir} is not a folder")
+        raise not_a_folder(out_dir)
     folder = make_folders(out_dir, segments[:-1])
     if made is not None:
         made[key] = folder
     return folder, segments[-1]
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder whose name something else has (a file, a broken symlink)."""
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise not_a_folder(out_dir)
+
+
+def not_a_folder(out_dir: Path) -> InvalidRequest:
+    return InvalidRequest(f"cannot save in {out_dir}: it is not a folder")
 
 
 def make_folders(out_dir: Path, segments: list[str]) -> Path:
