@@ -68,6 +68,7 @@ def info_json(info: dict[str, Any], proxy: str, token: str) -> dict[str, Any]:
     fields: dict[str, Any] = {"token": token, "proxy": proxy, "kind": info.get("kind", "file")}
     fields["name"] = info.get("name")
     if fields["kind"] == "folder":
+        fields["path"] = info.get("path") or ""
         fields["files"] = [
             {k: f.get(k) for k in ("name", "size", "sha1", "uploaded")} for f in info.get("files", [])
         ]
@@ -119,19 +120,25 @@ def view_page(info: dict[str, Any], token: str, path: str | None = None) -> str:
 
 
 def folder_page(info: dict[str, Any], token: str) -> str:
-    """The listing of a folder link: each file linked to ``/s/TOKEN/<its relative path>``."""
+    """The listing of a folder link (or of a folder in it, ``path``): each file linked to
+    ``/s/TOKEN/<its path in the link>``, named from the listed folder."""
     name = base_name(str(info.get("name", "")))
+    path = str(info.get("path") or "")
+    skip = len(path) + 1 if path else 0
     rows = []
     for entry in info.get("files", []):
         rel = str(entry.get("name", ""))
         href = html.escape(file_href(token, rel), quote=True)
         size = int(entry.get("size", 0))
         rows.append(
-            f'<tr><td><a href="{href}">{html.escape(rel)}</a></td>'
+            f'<tr><td><a href="{href}">{html.escape(rel[skip:])}</a></td>'
             f"<td>{html.escape(human_size(size))}</td></tr>"
         )
     table = "".join(rows) or '<tr><td colspan="2">(empty folder)</td></tr>'
-    body = f"<h1>{html.escape(name)}/</h1>\n<table><tr><th>Name</th><th>Size</th></tr>{table}</table>" + (
-        f"\n<table>{_expiry(info)}</table>" if _expiry(info) else ""
+    up = f'<p><a href="{html.escape(file_href(token), quote=True)}">&uarr; the whole shared folder</a></p>\n'
+    body = (
+        f"<h1>{html.escape(name)}/</h1>\n{up if path else ''}"
+        f"<table><tr><th>Name</th><th>Size</th></tr>{table}</table>"
+        + (f"\n<table>{_expiry(info)}</table>" if _expiry(info) else "")
     )
     return _page(f"{name}/", body)

@@ -1,8 +1,9 @@
 """What the gateway answers to a request head: a pure decision, the proxy asked through a caller.
 
 Paths: ``/s/TOKEN`` (a file, or a folder link's listing page), ``/s/TOKEN/PATH`` (a file in a
-folder link, PATH percent-encoded UTF-8), each with ``?info`` (JSON) or ``?view`` (an HTML page);
-anything else is 404 without asking the proxy.  Methods: GET and HEAD (else 405).
+folder link, or the listing of a folder in it; PATH percent-encoded UTF-8), each with ``?info``
+(JSON) or ``?view`` (an HTML page); anything else is 404 without asking the proxy.  Methods: GET
+and HEAD (else 405).
 
 A GET of a file asks the proxy twice: LINK_OPEN without ``range`` (the file's size, free, to
 resolve Range and If-Range), then LINK_OPEN with the ``range`` about to be sent, which reserves it
@@ -70,8 +71,8 @@ def error_response(status: int, message: str, extra: list[tuple[str, str]] | Non
 
 def refusal(exc: FileClusterError) -> Response:
     """The HTTP answer to the proxy's refusal (or absence)."""
-    if isinstance(exc, NotFound):
-        return error_response(404, "no such link")
+    if isinstance(exc, NotFound):  # an unknown token, or a path its folder link does not hold
+        return error_response(404, exc.message)
     if isinstance(exc, Gone):
         return error_response(410, exc.message)
     if isinstance(exc, Throttled):
@@ -94,7 +95,7 @@ def rel_path(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
     try:
-        text = urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+        text = urllib.parse.unquote_to_bytes(raw.removesuffix("/")).decode("utf-8")
     except UnicodeDecodeError:
         raise NotFound("no such file") from None
     parts = text.split("/")
@@ -151,8 +152,6 @@ class Routes:
             body = (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode()
             return Response(200, [("Content-Type", "application/json; charset=utf-8")], body)
         if info.get("kind") == "folder":
-            if path is not None:
-                return error_response(404, "no such file in this link")
             return _page(pages.folder_page(info, token))
         if "view" in query:
             return _page(pages.view_page(info, token, path))

@@ -92,6 +92,7 @@ class Target:
     owner: str
     name: str  # the file's full name (or the folder's)
     size: int  # the file's (0 for a folder listing)
+    listing: str | None = None  # a folder to list: its path in the link ("" the link's own folder)
 
 
 class LinkHandlers:
@@ -240,12 +241,14 @@ class LinkHandlers:
             if not self.catalog.tree.is_folder(owner, name):
                 raise Gone("this link's folder was deleted")
             if path is None:
-                return Target(token, link, owner, name, 0)
+                return Target(token, link, owner, name, 0, listing="")
             full = f"{name}{SEPARATOR}{check_file_name(path)}"
             entry = self.catalog.file(owner, full)
-            if entry is None:
-                raise NotFound(f"this folder has no file {path!r}")
-            return Target(token, link, owner, full, entry["size"])
+            if entry is not None:
+                return Target(token, link, owner, full, entry["size"])
+            if self.catalog.tree.is_folder(owner, full):
+                return Target(token, link, owner, full, 0, listing=path)
+            raise NotFound(f"this link's folder has no file or folder {path!r}")
         if path is not None:
             raise InvalidRequest("this link is for a file, not a folder")
         entry = self.catalog.file(owner, name)
@@ -255,7 +258,9 @@ class LinkHandlers:
         return Target(token, link, owner, name, entry["size"])
 
     def _folder(self, t: Target) -> dict[str, Any]:
-        start = len(t.name) + 1
+        """A folder's listing: every file under it, named by its path in the link (what LOCATE and
+        LINK_OPEN take as ``path``); ``path`` is the listed folder's own ("" the link's)."""
+        start = len(t.link["name"]) + 1
         files = [
             {"name": f["name"][start:], "size": f["size"], "sha1": f["sha1"], "uploaded": f["uploaded"]}
             for f in self.catalog.list_files(t.owner, t.name + SEPARATOR)
@@ -263,6 +268,7 @@ class LinkHandlers:
         return {
             "kind": "folder",
             "name": t.name.rsplit(SEPARATOR, 1)[-1],
+            "path": t.listing or "",
             "files": files,
             "link": links.describe(t.link, 0),
         }
@@ -290,7 +296,7 @@ class LinkHandlers:
         address = client_key(req.peer[0])
         with self.catalog.lock:
             t = self._target(h["token"], h.get("path"), address)
-            if t.link.get("kind") == "folder" and h.get("path") is None:
+            if t.listing is not None:
                 return Reply(self._folder(t))
             self._reserve(t, t.size)
             _, lease = self._open_file(t, f"address:{address}")
@@ -317,7 +323,7 @@ class LinkHandlers:
         span = _range(h.get("range"))
         with self.catalog.lock:
             t = self._target(h["token"], h.get("path"), None if check else client_key(client))
-            if t.link.get("kind") == "folder" and h.get("path") is None:
+            if t.listing is not None:
                 return Reply(self._folder(t))
             if check:
                 return Reply({"kind": "file", "grant": None, "link": links.describe(t.link, t.size)})

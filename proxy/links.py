@@ -65,7 +65,7 @@ def state(link: dict[str, Any], size: int, now: float) -> str:
 _WHY = {
     "expired": "this link has expired",
     "revoked": "this link was revoked by its owner",
-    "deleted": "this link's file was deleted",
+    "deleted": "this link's {kind} was deleted",
     "exhausted": "this link's download limit was reached",
 }
 
@@ -74,7 +74,7 @@ def check_serves(link: dict[str, Any], size: int, now: float) -> None:
     """Raise Gone unless the link is active."""
     current = state(link, size, now)
     if current != "active":
-        raise Gone(_WHY[current])
+        raise Gone(_WHY[current].format(kind=link.get("kind", "file")))
 
 
 RESUME_SLACK = 16 * 1024 * 1024  # bytes a resumed range may go over a link's budget, in all

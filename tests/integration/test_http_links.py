@@ -277,13 +277,32 @@ def test_a_folder_link_lists_and_serves_its_files(cluster: Cluster, owner: Clien
         assert (response.status, body) == (200, files[rel])
     response, body = fetch(cluster, f"/s/{token}/a.txt")
     assert (response.status, body) == (200, files["a.txt"])
-    assert fetch(cluster, f"/s/{token}/nope.txt")[0].status == 404
+    response, body = fetch(cluster, f"/s/{token}/nope.txt")
+    assert response.status == 404 and b"no file or folder 'nope.txt'" in body  # the link itself is fine
+    response, body = fetch(cluster, "/s/" + "x" * 43)
+    assert response.status == 404 and b"unknown link" in body
     doc = json.loads(fetch(cluster, f"/s/{token}?info")[1])
     assert doc["kind"] == "folder" and sorted(f["name"] for f in doc["files"]) == sorted(files)
+    # a folder in the link lists its own files, each still served by its path in the link
+    for sub in ("sub", "sub/"):
+        response, body = fetch(cluster, f"/s/{token}/{sub}")
+        page = body.decode()
+        assert response.status == 200 and "<h1>sub/</h1>" in page and "a.txt" not in page
+        assert html.escape("<b> & é.bin") in page and html.escape("sub/<b>") not in page
+        hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]+)"', page)]
+        assert f"/s/{token}" in hrefs  # back to the whole folder
+        (deep,) = [h for h in hrefs if h != f"/s/{token}"]
+        assert fetch(cluster, deep)[1] == files["sub/<b> & é.bin"]
+    doc = json.loads(fetch(cluster, f"/s/{token}/sub?info")[1])
+    assert doc["path"] == "sub" and [f["name"] for f in doc["files"]] == ["sub/<b> & é.bin"]
     # the library downloads the folder through its http link
     got = cluster.client().download(f"{cluster.gateway_url}/s/{token}", cluster.root / f"out{top}")
     assert got.size == sum(map(len, files.values()))
     assert all((got.path / rel).read_bytes() == data for rel, data in files.items())
+    # once the folder is deleted, its link says so (a folder, not a file)
+    owner.delete(top, recursive=True)
+    response, body = fetch(cluster, f"/s/{token}")
+    assert response.status == 410 and b"folder was deleted" in body
 
 
 def test_revoking_stops_a_stream_in_progress(cluster: Cluster, owner: Client) -> None:
