@@ -23,7 +23,7 @@ from client import output
 from client.api import Client, is_link
 from client.destination import check_out_dir
 from client.listing import folder_of, under, view
-from common.errors import FileClusterError, InvalidRequest, NotFound
+from common.errors import Conflict, FileClusterError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:  # what one command needs is imported when it runs: the others start sooner
     from client.batch import Wanted
@@ -313,8 +313,7 @@ def list_files(c: Client, out: Sink, prefix: str = "", recursive: bool = False, 
 
 
 def _is_folder(c: Client, name: str) -> bool:
-    base = folder_of(name)
-    return bool(base) and any(f["name"] != base for f in under(c.list(base + "/"), base))
+    return c.is_folder(folder_of(name))
 
 
 def share(
@@ -484,12 +483,16 @@ def _download_together(
             _downloaded(out, tally, result, item.save_as)
 
 
-def _folder_hint(c: Client, name: str, exc: FileClusterError, command: str) -> FileClusterError:
-    """A "no such file" for a folder's name becomes a hint to use ``command``."""
-    if isinstance(exc, NotFound) and not is_link(name):
+def _folder_hint(
+    c: Client, name: str, exc: FileClusterError, command: str, what: str = "for all of it"
+) -> FileClusterError:
+    """A "no such file" (or a "that is a folder") for a folder's name becomes a hint to use
+    ``command``."""
+    if isinstance(exc, (NotFound, Conflict)) and not is_link(name):
         try:
             if _is_folder(c, name):
-                return InvalidRequest(f"{folder_of(name)!r} is a folder; for all of it: {command} {name}")
+                hint = f"{what}: filecluster {command} {name}"
+                return InvalidRequest(f"{folder_of(name)!r} is a folder; {hint}")
         except FileClusterError:
             pass
     return exc
@@ -529,15 +532,24 @@ def move(c: Client, out: Sink, old: str, new: str) -> int:
     return 0
 
 
+_PER_FILE = "versions are kept for each of its files"
+
+
 def versions(c: Client, out: Sink, name: str) -> int:
-    kept = c.versions(name)
+    try:
+        kept = c.versions(name)
+    except FileClusterError as exc:
+        raise _folder_hint(c, name, exc, "list", _PER_FILE) from None
     out.say(output.versions_table(kept))
     out.emit({"name": name, "versions": [output.version_json(v) for v in kept]})
     return 0
 
 
 def restore(c: Client, out: Sink, name: str, version: int) -> int:
-    item = c.restore(name, version)
+    try:
+        item = c.restore(name, version)
+    except FileClusterError as exc:
+        raise _folder_hint(c, name, exc, "list", _PER_FILE) from None
     out.say(f"restored {name} version {version}: it is now version {item.get('version', '?')}")
     out.emit({"file": output.file_json(item), "restored": version})
     return 0

@@ -259,6 +259,14 @@ class Client:
         self._need_session()
         return listing.fetch_all(lambda header: self.proxy.call(MsgType.LIST, header, session=True), prefix)
 
+    def is_folder(self, name: str) -> bool:
+        """Whether ``name`` is one of your folders (one file under it is enough: a LIST of one)."""
+        name = _folder(name)
+        if not name or not self.proxy.token:
+            return False
+        reply = self.proxy.call(MsgType.LIST, {"prefix": name + "/", "limit": 1}, session=True)
+        return bool(reply.get("files"))
+
     def share(
         self, name: str, expires: float | None = None, max_downloads: int | None = None
     ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from client import actions
 from client.actions import Sink
 from client.api import Client
-from common.errors import FileClusterError
+from common.errors import FileClusterError, InvalidRequest
 
 PACKAGE_VERSION = "0.1.0"  # pyproject's; used when the package is run from a source tree
 
@@ -353,6 +353,29 @@ def _check_command(parser: argparse.ArgumentParser, word: str) -> None:
         parser.error(f"unknown command '{word}'{hint}")
 
 
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the values of a command's options, said before anything is asked of the
+    cluster (a usage error: exit status 2), or None."""
+    name = getattr(args, "command_name", None)
+    if name == "upload" and args.as_name is not None and len(args.paths) != 1:
+        return "--as names a single PATH"
+    if name in ("download", "restore") and args.version is not None and args.version < 1:
+        return f"--version {args.version}: versions are numbered from 1 (see: filecluster versions NAME)"
+    if name == "download" and args.version is not None and (args.recursive or len(args.targets) != 1):
+        return "--version takes a single file name"
+    if name == "share":
+        if args.max_downloads is not None and args.max_downloads < 1:
+            return f"--max-downloads {args.max_downloads}: it must be at least 1"
+        if args.expires is not None:
+            from client.expiry import parse_expires
+
+            try:
+                parse_expires(args.expires)
+            except InvalidRequest as exc:
+                return str(exc)
+    return None
+
+
 class Terminated(BaseException):
     """SIGTERM: unwind (an upload aborts, a download removes its temp file), then exit 143.
     Not a KeyboardInterrupt, so the menu's Ctrl-C handling cannot swallow it."""
@@ -371,15 +394,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a known command: only its parser (completion describes them all); else all, to say what is wrong
     parser = build_parser(word if _known(word) and word != "completion" else None)
     _check_command(parser, word)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     name = getattr(args, "command_name", None)
+    command = command_names(parser).get(word, parser) if name else parser  # says its own usage
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if name == "completion":
         from client import completion
 
         print(completion.script(parser, args.shell), end="")
         return 0
-    if name == "upload" and args.as_name is not None and len(args.paths) != 1:
-        parser.error("--as names a single PATH")
+    problem = usage_problem(args)
+    if problem:
+        command.error(problem)
     out = Sink(json_mode=args.json, progress=not args.quiet)
     try:
         _interrupt_on_sigterm()

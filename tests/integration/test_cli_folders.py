@@ -172,3 +172,24 @@ def test_download_into_a_file_is_one_clear_error(run: Any, tmp_path: Path) -> No
         code, out, err = run(*args, "-o", str(in_the_way))
         assert (code, out, err) == (1, "", f"error: cannot save in {in_the_way}: it is not a folder\n")
     assert in_the_way.read_bytes() == b"mine"
+
+
+def test_a_folder_named_where_a_file_is_wanted_gets_the_command_for_it(run: Any, tmp_path: Path) -> None:
+    run("upload", "-r", str(tree(tmp_path / "pics", PICS)))
+    for args, hint in [
+        (["rm", "pics"], "for all of it: filecluster delete -r pics"),
+        (
+            ["download", "pics/2024", "-o", str(tmp_path / "out")],
+            "for all of it: filecluster download -r pics/2024",
+        ),
+        (["versions", "pics"], "versions are kept for each of its files: filecluster list pics"),
+        (
+            ["restore", "pics/old", "--version", "1"],
+            "versions are kept for each of its files: filecluster list pics/old",
+        ),
+    ]:
+        code, out, err = run(*args)
+        assert (code, out) == (1, "") and err == f"error: '{args[1]}' is a folder; {hint}\n", args
+    code, _, err = run("versions", "pics/nope")
+    assert code == 1 and err == "error: you have no file named 'pics/nope'\n"
+    assert run("ls", "pics", "-R")[1].count(".jpg") == len(PICS)  # nothing was deleted

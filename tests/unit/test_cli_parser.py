@@ -131,11 +131,25 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["restore", "a"],
         ["download", "a", "--version", "two"],
         ["completion", "fish"],
+        ["ls", "--bogus"],
+        ["list", "a", "b"],
+        ["share", "x", "--expires", "tomorrow"],
+        ["share", "x", "--expires", "2001-01-01"],
+        ["share", "x", "--max-downloads", "0"],
+        ["download", "a", "b", "--version", "2"],
+        ["download", "-r", "a", "--version", "2"],
+        ["download", "a", "--version", "0"],
+        ["restore", "a", "--version", "-1"],
     ],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    """Refused before any connection (none is made here), with the command's own usage."""
     code, out, err = run(capsys, *args)
     assert code == 2 and out == "" and "usage:" in err
+    if args[0] != "completion":
+        name = {"ls": "list"}.get(args[0], args[0])
+        assert err.splitlines()[0].startswith(f"usage: filecluster {name} ")
+        assert err.splitlines()[-1].startswith(f"filecluster {name}: error: ")
 
 
 def words_of(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
