@@ -345,12 +345,15 @@ def status_table(status: dict[str, Any]) -> str:
         s for s in servers if s.get("up") and s.get("state", "up") == "up" and isinstance(s.get("free"), int)
     ]
     if taking:  # where new chunks can go
-        free = sum(int(s["free"]) for s in taking)
+        free, disks = free_space(taking)
         copies = max(1, int(status["replicas"]))
+        where = f"{plural(len(taking), 'server')} taking new chunks"
+        if disks < len(taking):  # servers sharing a disk share its free space: counted once
+            where = f"{plural(disks, 'disk')} shared by {where}"
         lines.append(
             _listed(
                 [
-                    f"free: {human_size(free)} on {plural(len(taking), 'server')} taking new chunks",
+                    f"free: {human_size(free)} on {where}",
                     f"room for about {human_size(free // copies)} of files",
                 ]
             )
@@ -359,6 +362,17 @@ def status_table(status: dict[str, Any]) -> str:
     if isinstance(health, dict):
         lines += _health_lines(health, any(s.get("state") == "down" for s in servers))
     return "\n".join(lines)
+
+
+def free_space(servers: list[dict[str, Any]]) -> tuple[int, int]:
+    """The free bytes of ``servers`` and how many disks hold them: servers that report the same
+    ``disk`` (one filesystem) count its free space once (the least any of them reports); a server
+    that names no disk counts as a disk of its own."""
+    by_disk: dict[object, int] = {}
+    for s in servers:
+        key = s.get("disk") or ("server", s.get("id"))
+        by_disk[key] = min(int(s["free"]), by_disk.get(key, int(s["free"])))
+    return sum(by_disk.values()), len(by_disk)
 
 
 def status_json(status: dict[str, Any]) -> dict[str, Any]:

@@ -232,7 +232,7 @@ SPECS: dict[MsgType, MessageSpec] = {
             "chunks": int,
             "inventory_sha256": str,  # of the payload: the MAC covers the header, this the payload
         },
-        optional={**_SIGNED, "cluster_id": str, "free": int},
+        optional={**_SIGNED, "cluster_id": str, "free": int, "disk": str},
         payload=True,
     ),
     MsgType.HEARTBEAT: MessageSpec(

@@ -75,7 +75,14 @@ class Membership:
         orphans = self._reconcile(ref, present)
         self.catalog.remember_server(h["id"], h["host"], h["port"])
         self.registry.register(
-            h["id"], h["host"], h["port"], h["capacity"], h["used"], h["chunks"], free=h.get("free")
+            h["id"],
+            h["host"],
+            h["port"],
+            h["capacity"],
+            h["used"],
+            h["chunks"],
+            free=h.get("free"),
+            disk=_disk(h.get("disk")),
         )
         if h.get("cluster_id"):  # a server that lost its cluster id keeps what it holds
             self.collector.note_inventory(h["id"], self._candidates(h["id"], orphans))
@@ -179,3 +186,8 @@ def _read_inventory(req: Request) -> set[str]:
     if digest.hexdigest() != h["inventory_sha256"]:  # the MAC covers the header, this the payload
         raise AuthError(f"{req.type.name} inventory does not match its signed digest")
     return present
+
+
+def _disk(value: str | None) -> str | None:
+    """A server's disk id as it says it (an opaque string), if it is short enough to keep."""
+    return value if value and len(value) <= 64 else None

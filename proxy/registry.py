@@ -35,6 +35,7 @@ class ServerState:
     down: bool = False
     registered: bool = True  # False: known from an earlier run, not yet registered in this one
     free: int | None = None  # disk bytes the server can still take (None: it did not say)
+    disk: str | None = None  # its filesystem's opaque id: servers that share one share its free space
     quarantined: int = 0
     scrub: dict[str, Any] | None = None
     draining: bool = False
@@ -78,6 +79,7 @@ class Registry:
         used: int,
         chunks: int,
         free: int | None = None,
+        disk: str | None = None,
     ) -> None:
         with self._lock:
             self._servers[server_id] = ServerState(
@@ -89,6 +91,7 @@ class Registry:
                 chunks,
                 time.monotonic(),
                 free=free,
+                disk=disk,
                 draining=server_id in self._draining,
             )
 

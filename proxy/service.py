@@ -351,6 +351,7 @@ class ProxyService:
                     "used": live["used"] if live else s.used,
                     "capacity": s.capacity,
                     "free": live.get("free", s.free) if live else s.free,
+                    "disk": s.disk,
                     "last_seen": round(now - s.last_seen, 1) if s.registered else None,
                     "quarantined": live.get("quarantined", s.quarantined) if live else s.quarantined,
                     "scrub": s.scrub,

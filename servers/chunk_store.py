@@ -38,6 +38,7 @@ import itertools
 import logging
 import math
 import os
+import socket
 import stat
 import threading
 import time
@@ -155,6 +156,17 @@ class _Usage:
             self.bytes += size
 
 
+def disk_id(path: Path) -> str:
+    """A short opaque id of the filesystem under ``path`` on this machine (the machine's id, or its
+    host name, and the device number, hashed: it tells nothing about either)."""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    seed = f"{machine or socket.gethostname()}:{os.stat(path).st_dev}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
 class ChunkStore:
     """Chunks on disk under ``root`` (a server's ``ServerFiles`` folder)."""
 
@@ -206,6 +218,11 @@ class ChunkStore:
     def available(self) -> int:
         """Bytes chunks may still take: free disk space less the reserve (never negative)."""
         return max(self.free() - self.reserve, 0)
+
+    def disk(self) -> str:
+        """Which filesystem holds the chunks, as an opaque id: equal for servers whose folders are
+        on one filesystem of one machine, so `status` counts its free space once."""
+        return disk_id(self.root)
 
     def quarantined_count(self) -> int:
         return self._quarantined

@@ -169,6 +169,7 @@ class Membership:
             "capacity": self._capacity(),
             "used": self.store.used,
             "free": self.store.available(),
+            "disk": self.store.disk(),
             "cluster_id": self._cluster_id(),
             **inventory,
         }

@@ -45,6 +45,9 @@ class MemoryChunkStore:
     def available(self) -> int:
         return max(self.free() - self.reserve, 0)
 
+    def disk(self) -> str:
+        return f"memory-{id(self):x}"  # each store its own "disk"
+
     def quarantined_count(self) -> int:
         return len(self.quarantined)
 

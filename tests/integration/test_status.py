@@ -20,6 +20,9 @@ def test_status_exits_1_while_a_server_is_down(fresh_cluster: Cluster) -> None:
     figures = json.loads(c.cli("status", "--json", home=home).stdout)
     assert sorted(s["id"] for s in figures["servers"]) == [1, 2, 3, 4]
     assert all(s["up"] for s in figures["servers"])
+    # the 4 servers keep their chunks on one filesystem (this test's folder): its free space once
+    assert len({s["disk"] for s in figures["servers"]}) == 1 and figures["servers"][0]["disk"]
+    assert "on 1 disk shared by 4 servers taking new chunks" in healthy.stdout
 
     c.kill_server(3)
     down = c.cli("status", home=home)  # the proxy pings every server it believes up, so at once

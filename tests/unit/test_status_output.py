@@ -216,3 +216,14 @@ def test_status_command_exit_codes(
     assert code == 1 and "2 LOST" in out and err == ""  # the table says what is wrong
     code, out, err = run_status(monkeypatch, capsys, OLD_STATUS, "--json")
     assert code == 1 and json.loads(out) == OLD_STATUS and err == ""
+
+
+def test_servers_on_one_disk_count_its_free_space_once() -> None:
+    """run_cluster.sh puts 4 servers on one disk: free is that disk's, not 4 times it."""
+    shared = [server(i, disk="d0", free=(90 - i) * GiB) for i in (1, 2, 3)]
+    table = output.status_table(full_status(*shared, server(4, disk="d1", free=10 * GiB), server(5)))
+    assert "free: 187.0 GiB on 3 disks shared by 5 servers taking new chunks," in table  # 87 + 10 + 90
+    assert "room for about 93.5 GiB of files" in table
+    alone = output.status_table(full_status(server(1, disk="a"), server(2, disk="b")))
+    assert "free: 180.0 GiB on 2 servers taking new chunks," in alone and "disk" not in alone  # as before
+    assert output.free_space([server(1, disk="x"), server(2, disk="x")]) == (90 * GiB, 1)
