@@ -420,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except EOFError:  # Ctrl-D (or no more input) where a question was asked: a password
+        print("\ncancelled: no answer (end of input)", file=sys.stderr)
+        return 1
     except Terminated:
         print("terminated", file=sys.stderr)
         return 143

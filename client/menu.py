@@ -277,10 +277,7 @@ def run_menu(client: Client) -> int:
             ACTIONS[int(choice) - 1][1](client)
         except FileClusterError as exc:
             OUT.error(str(exc))
-        except EOFError:
-            print()
-            return 0
-        except KeyboardInterrupt:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at an action's question: back here
             print("\ncancelled", file=sys.stderr)
 
 

@@ -98,6 +98,21 @@ def test_two_different_passwords_register_nobody(cluster: Cluster) -> None:
     assert "wrong user name or password" in one_line_error(wrong)
 
 
+def test_ctrl_d_at_a_password_prompt_is_one_line(cluster: Cluster) -> None:
+    user, home = f"term{next(_n)}", cluster.new_home()
+    for args, prompts in (["register", user], 1), (["register", user], 2), (["login", user], 1):
+        with Session(cluster, *args, home=home, tty=True) as asked:
+            for i in range(prompts):
+                asked.expect("password: " if i == 0 else "password again: ")
+                asked.type(PASSWORD + "\n" if i < prompts - 1 else "\x04")  # Ctrl-D at the last
+            rc, stdout, shown = asked.finish()
+        assert (rc, stdout) == (1, ""), args
+        assert shown.splitlines()[-1] == "cancelled: no answer (end of input)" and "Traceback" not in shown
+    assert "wrong user name or password" in one_line_error(
+        run(cluster, "login", user, home=home, FILECLUSTER_PASSWORD=PASSWORD)
+    )  # nobody was registered
+
+
 def test_no_terminal_and_no_password_variable(cluster: Cluster) -> None:
     result = run(cluster, "login", "someone", home=cluster.new_home())
     assert one_line_error(result) == "error: no password: set FILECLUSTER_PASSWORD or run on a terminal"

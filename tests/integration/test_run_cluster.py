@@ -228,7 +228,13 @@ def test_ctrl_c_in_the_menu_cancels_the_upload_and_never_reaches_the_daemons(
         assert "small.txt" in listed and "error" not in listed
         assert recorded(data) == daemons and daemons_of(data) == set(daemons.values())
 
-        term.type("\x04")  # Ctrl-D: leave the menu
+        choose(term, choices, "register")
+        term.expect("user name: ")
+        term.type("\x04")  # Ctrl-D at an action's question cancels it: the menu and the cluster go on
+        assert CANCELLED in wait_menu(term) and "Traceback" not in term.screen
+        assert all(process_alive(pid) for pid in daemons.values())
+
+        term.type("\x04")  # Ctrl-D at the menu's prompt: leave the menu
         rc, shown = term.finish()
     assert rc == 0
     for name in SIX:
