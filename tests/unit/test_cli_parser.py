@@ -208,3 +208,24 @@ def test_the_zsh_completion_names_everything(capsys: pytest.CaptureFixture[str])
 
 def test_zsh_help_text_is_escaped() -> None:
     assert completion._zsh_text("a [b]: it's") == "a \\[b\\]\\: it'\\''s"
+
+
+def test_ctrl_c_while_the_command_loads_says_interrupted(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `filecluster` script starts at client.__main__.main: a Ctrl-C that lands while client.cli
+    and what it needs are still being imported is one word and status 130, not a traceback."""
+    import importlib.abc
+    import sys
+
+    from client import __main__ as entry
+
+    class CtrlC(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "client.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "client.cli")
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert entry.main() == 130
+    assert capsys.readouterr() == ("", "interrupted\n")
