@@ -116,6 +116,19 @@ port_of() {  # the port daemon $1 listens on, as its start recorded it
   else echo "?"; fi
 }
 
+told_proxy_port() {  # the proxy port the running servers and gateway were started with, if any
+  local name pid cmd
+  for name in $(names); do
+    [ "$name" != proxy ] || continue
+    pid="$(running_pid "$name")" || continue
+    cmd="$(command_of "$pid") "
+    case "$cmd" in
+      *" --proxy "*) cmd="${cmd#* --proxy }"; cmd="${cmd%% *}"; echo "${cmd##*:}"; return 0 ;;
+    esac
+  done
+  return 1
+}
+
 logged_since() {  # file lines-before text: has the file gained a line with text?
   awk -v n="$2" -v text="$3" 'NR > n && index($0, text) { found = 1 } END { exit !found }' "$1"
 }
@@ -210,13 +223,18 @@ start() {
     echo "cluster already up: proxy at $HOST:$(port_of proxy), data in $DATA"
     return 0
   fi
+  local proxy_at="$PORT" told
+  if [[ " ${wanted[*]} " == *" proxy "* ]] && [ "$PORT" = 0 ] && told="$(told_proxy_port)"; then
+    proxy_at="$told"  # a proxy that died comes back where the servers and the gateway look for it
+  fi
   # shellcheck disable=SC2046
   can_listen $(for name in "${wanted[@]}"; do
     if [ "$name" = gateway ]; then echo "$HTTP_PORT"
-    elif [ "$name" = proxy ] || [ "$PORT" = 0 ]; then echo "$PORT"; else echo "$((PORT + ${name#server}))"; fi
+    elif [ "$name" = proxy ]; then echo "$proxy_at"
+    elif [ "$PORT" = 0 ]; then echo 0; else echo "$((PORT + ${name#server}))"; fi
   done | sort -u) || exit 1
   if [[ " ${wanted[*]} " == *" proxy "* ]]; then
-    spawn proxy "$BIN/filecluster-proxy" --host "$BIND" --port "$PORT" --advertise "$HOST" --replicas "$REPLICAS"
+    spawn proxy "$BIN/filecluster-proxy" --host "$BIND" --port "$proxy_at" --advertise "$HOST" --replicas "$REPLICAS"
     wait_ready proxy || { stop_started; exit 1; }
   fi
   local proxy_port

@@ -291,6 +291,29 @@ def test_concurrent_starts_leave_one_cluster_that_stop_stops(data: Path) -> None
     assert run(data, "stop").stdout == "nothing was running\n"
 
 
+def test_a_proxy_that_died_comes_back_where_its_servers_look_for_it(data: Path) -> None:
+    """With ports the OS picks, `start` after the proxy died gives it the port the running servers
+    and gateway were told, so the cluster works again (and sessions stay valid)."""
+    assert run(data, "start").returncode == 0
+    daemons, old = recorded(data), port(data, "proxy")
+    assert cli(data, "register", "keeper").returncode == 0
+    os.kill(daemons["proxy"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process_alive(daemons["proxy"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = run(data, "start")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"proxy started (pid {recorded(data)['proxy']}, port {old})" in again.stdout
+    assert {k: v for k, v in recorded(data).items() if k != "proxy"} == {
+        k: v for k, v in daemons.items() if k != "proxy"
+    }
+    deadline = time.monotonic() + 30
+    while (status := cli(data, "status")).returncode != 0:  # the servers register again
+        assert time.monotonic() < deadline, status.stdout + status.stderr
+        time.sleep(0.5)
+    assert "4 of 4 storage servers up" in status.stdout
+
+
 def test_a_plain_stop_stops_a_cluster_started_with_more_servers(data: Path) -> None:
     assert run(data, "start", FILECLUSTER_SERVERS="6").returncode == 0
     assert len(daemons_of(data)) == 8
