@@ -19,6 +19,8 @@ from client import actions
 from client.actions import Sink
 from client.api import Client
 from common.errors import FileClusterError, InvalidRequest
+from common.limits import MAX_DOWNLOADS
+from common.protocol import MAX_INT
 
 PACKAGE_VERSION = "0.1.0"  # pyproject's; used when the package is run from a source tree
 
@@ -359,13 +361,13 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     name = getattr(args, "command_name", None)
     if name == "upload" and args.as_name is not None and len(args.paths) != 1:
         return "--as names a single PATH"
-    if name in ("download", "restore") and args.version is not None and args.version < 1:
+    if name in ("download", "restore") and args.version is not None and not 1 <= args.version <= MAX_INT:
         return f"--version {args.version}: versions are numbered from 1 (see: filecluster versions NAME)"
     if name == "download" and args.version is not None and (args.recursive or len(args.targets) != 1):
         return "--version takes a single file name"
     if name == "share":
-        if args.max_downloads is not None and args.max_downloads < 1:
-            return f"--max-downloads {args.max_downloads}: it must be at least 1"
+        if args.max_downloads is not None and not 1 <= args.max_downloads <= MAX_DOWNLOADS:
+            return f"--max-downloads {args.max_downloads}: it must be 1 to {MAX_DOWNLOADS:,}"
         if args.expires is not None:
             from client.expiry import parse_expires
 

@@ -7,8 +7,9 @@ import time
 from datetime import datetime
 
 from common.errors import InvalidRequest
+from common.limits import MAX_LINK_LIFETIME
 
-_DURATION = re.compile(r"(\d{1,6})([mhd])\Z")
+_DURATION = re.compile(r"(\d{1,12})([mhd])\Z")
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
@@ -22,7 +23,7 @@ def parse_expires(text: str, now: float | None = None) -> float:
         seconds = int(match[1]) * _UNITS[match[2]]
         if seconds <= 0:
             raise InvalidRequest(f"--expires {text}: the link would expire at once")
-        return now + seconds
+        return _within_limit(text, now + seconds, now)
     try:
         if "T" in text or " " in text:
             when = datetime.fromisoformat(text).timestamp()
@@ -35,4 +36,10 @@ def parse_expires(text: str, now: float | None = None) -> float:
         ) from None
     if when <= now:
         raise InvalidRequest(f"--expires {text}: that is in the past")
+    return _within_limit(text, when, now)
+
+
+def _within_limit(text: str, when: float, now: float) -> float:
+    if when >= now + MAX_LINK_LIFETIME:
+        raise InvalidRequest(f"--expires {text}: a link can last at most 100 years")
     return when

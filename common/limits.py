@@ -28,6 +28,10 @@ PROXY_MAX_HEADER: Final = 8 * MIB
 # stops adding files once it describes MAX_LOCATE_MANY_CHUNKS chunks (~400 bytes each; always one
 # file at least); RELEASE_MANY ends at most MAX_LOCATE_MANY leases
 MAX_LOCATE_MANY: Final = 128
+# SHARE: a link's download limit is 1..MAX_DOWNLOADS whole downloads
+MAX_DOWNLOADS: Final = 1_000_000
+# SHARE: a link expires at most this many seconds from now (100 years)
+MAX_LINK_LIFETIME: Final = 100 * 365 * 86400
 MAX_LOCATE_MANY_CHUNKS: Final = 4096
 # storage server ids: 1..MAX_SERVER_ID
 MAX_SERVER_ID: Final = 1_000_000

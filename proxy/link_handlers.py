@@ -26,6 +26,7 @@ from typing import Any
 from common.admission import client_key
 from common.errors import Gone, InvalidRequest, NotFound
 from common.frame_server import Handler, Reply, Request
+from common.limits import MAX_DOWNLOADS, MAX_LINK_LIFETIME
 from common.messages import MsgType
 from common.names import SEPARATOR, check_file_name
 from proxy import links
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 GRANTS = 20_000  # downloads through gateways in progress at once; past it the oldest grant goes
 GRANT_TTL = 24 * 3600.0  # seconds a grant may wait for its LINK_CLOSE
 MAX_LINKS = 10_000  # links one user may hold (tombstones included)
-MAX_DOWNLOADS = 1_000_000
 MAX_URL = 256
 URL_RE = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?\Z")
 TOKEN_IN_LINK = re.compile(r"\A[a-z+]+://[^/]+/s/(?P<token>[A-Za-z0-9_-]+)/?\Z")
@@ -147,8 +147,8 @@ class LinkHandlers:
         owner = principal(req)
         name = check_file_name(h["name"])
         expires, limit = h.get("expires"), h.get("max_downloads")
-        if expires is not None and not time.time() < expires < time.time() + 100 * 365 * 86400:
-            raise InvalidRequest("the expiry must be a time in the future")
+        if expires is not None and not time.time() < expires < time.time() + MAX_LINK_LIFETIME:
+            raise InvalidRequest("the expiry must be a time in the future, within 100 years")
         if limit is not None and not 1 <= limit <= MAX_DOWNLOADS:
             raise InvalidRequest(f"the download limit must be 1..{MAX_DOWNLOADS}")
         token = new_token()

@@ -136,6 +136,13 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["share", "x", "--expires", "tomorrow"],
         ["share", "x", "--expires", "2001-01-01"],
         ["share", "x", "--max-downloads", "0"],
+        ["share", "x", "--max-downloads", "1000001"],
+        ["share", "x", "--max-downloads", "99999999999999999999999"],
+        ["download", "a", "--version", "99999999999999999999999"],
+        ["restore", "a", "--version", "9223372036854775808"],
+        ["share", "x", "--expires", "99999999d"],
+        ["share", "x", "--expires", "9999-12-31"],
+        ["share", "x", "--expires", "0m"],
         ["download", "a", "b", "--version", "2"],
         ["download", "-r", "a", "--version", "2"],
         ["download", "a", "--version", "0"],
@@ -229,3 +236,21 @@ def test_ctrl_c_while_the_command_loads_says_interrupted(
     monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
     assert entry.main() == 130
     assert capsys.readouterr() == ("", "interrupted\n")
+
+
+def test_expiry_words() -> None:
+    from client.expiry import parse_expires
+    from common.errors import InvalidRequest
+
+    now = 1_800_000_000.0
+    assert parse_expires("30m", now) == now + 1800 and parse_expires("7d", now) == now + 7 * 86400
+    assert parse_expires("36499d", now) == now + 36499 * 86400
+    for text, why in [
+        ("36500d", "at most 100 years"),
+        ("99999999d", "at most 100 years"),
+        ("2001-01-01", "past"),
+    ]:
+        with pytest.raises(InvalidRequest, match=why):
+            parse_expires(text, now)
+    with pytest.raises(InvalidRequest, match="use 30m, 24h, 7d"):
+        parse_expires("tomorrow", now)
