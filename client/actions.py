@@ -334,7 +334,7 @@ def share(
         limits.append(f"at most {output.plural(reply['max_downloads'], 'download')}")
     if limits:
         out.note("(" + ", ".join(limits) + ")")
-    out.emit({"name": name, **reply})
+    out.emit(output.link_json({"name": name, **reply}))
     return 0
 
 
@@ -342,7 +342,7 @@ def links(c: Client, out: Sink) -> int:
     """Your links, newest first, with their state."""
     rows = c.links()
     out.say(output.links_table(rows) if rows else "you have no links (make one with: filecluster share NAME)")
-    out.emit({"links": rows})
+    out.emit({"links": [output.link_json(row) for row in rows]})
     return 0
 
 

@@ -375,6 +375,14 @@ def free_space(servers: list[dict[str, Any]]) -> tuple[int, int]:
     return sum(by_disk.values()), len(by_disk)
 
 
+def link_json(link: dict[str, Any]) -> dict[str, Any]:
+    """A link (SHARE's reply, a LINKS row) for --json: its times in ISO 8601 UTC, like every time."""
+    return {
+        **link,
+        **{key: iso_time(link[key]) for key in ("created", "expires") if isinstance(link.get(key), (int, float))},
+    }
+
+
 def status_json(status: dict[str, Any]) -> dict[str, Any]:
     """What ``status --json`` prints: the proxy's reply as it came (it is plain JSON already)."""
     return status

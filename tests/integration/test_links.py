@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,6 +214,12 @@ def test_share_links_unshare_commands(
     assert "0/2" in table and "active" in table
     listed = json.loads(run("--json", "links")[1])["links"]
     assert listed[0]["token"] == shared["token"] and len(listed) == 2
+    iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")  # times in --json are ISO 8601 UTC
+    assert shared["expires"] is None and all(iso.match(link["created"]) for link in listed)
+    assert iso.match(listed[1]["expires"]) and listed[0]["expires"] is None
+    limited = json.loads(run("--json", "share", "n.txt", "--expires", "2099-12-31")[1])
+    assert re.match(r"2099-12-3\dT", limited["expires"])
+    assert run("unshare", limited["token"])[0] == 0
     code, out, _ = run("unshare", shared["link"])
     assert code == 0 and out == "revoked 1 link (the link)\n"
     assert json.loads(run("--json", "unshare", "n.txt")[1]) == {"target": "n.txt", "revoked": 1}
