@@ -377,10 +377,8 @@ def free_space(servers: list[dict[str, Any]]) -> tuple[int, int]:
 
 def link_json(link: dict[str, Any]) -> dict[str, Any]:
     """A link (SHARE's reply, a LINKS row) for --json: its times in ISO 8601 UTC, like every time."""
-    return {
-        **link,
-        **{key: iso_time(link[key]) for key in ("created", "expires") if isinstance(link.get(key), (int, float))},
-    }
+    times = {key: link[key] for key in ("created", "expires") if isinstance(link.get(key), (int, float))}
+    return {**link, **{key: iso_time(when) for key, when in times.items()}}
 
 
 def status_json(status: dict[str, Any]) -> dict[str, Any]:
