@@ -44,11 +44,12 @@ if TYPE_CHECKING:  # each command imports what it uses when it runs: a process s
     from client import upload as uploader
     from client import upload_batch as batcher
 
-LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+)/s/(?P<token>[A-Za-z0-9_-]+)/?\Z")
+# a link's tail: /s/TOKEN, then in a folder link the path of a file or folder in it (percent-encoded),
+# then the gateway's ?view or ?info (what a browser's address bar shows: the same link)
+_LINK_TAIL = r"/s/(?P<token>[A-Za-z0-9_-]+)(?:/(?P<path>[^?#\s]*))?(?:\?(?:view|info))?\Z"
+LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+){_LINK_TAIL}")
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
-HTTP_LINK_RE = re.compile(
-    r"(?P<base>https?://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?)/s/(?P<token>[A-Za-z0-9_-]+)/?\Z"
-)
+HTTP_LINK_RE = re.compile(rf"(?P<base>https?://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?){_LINK_TAIL}")
 GATEWAY_TIMEOUT = 10.0  # seconds to wait for a gateway's ?info
 
 
@@ -57,6 +58,20 @@ class Link:
     host: str
     port: int
     token: str
+    path: str | None = None  # a file or folder in a folder link
+
+
+def link_path(raw: str | None) -> str | None:
+    """The path in a link (``/s/TOKEN/PATH``: percent-encoded UTF-8; a trailing ``/`` is ignored)."""
+    if not raw or not raw.strip("/"):
+        return None
+    import urllib.parse
+
+    try:
+        text = urllib.parse.unquote_to_bytes(raw.rstrip("/")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the path in this link is not UTF-8") from None
+    return check_file_name(text)
 
 
 def parse_link(text: str) -> Link | None:
@@ -65,7 +80,7 @@ def parse_link(text: str) -> Link | None:
     if not match:
         return None
     host, port = parse_address(match["addr"])
-    return Link(host, port, match["token"])
+    return Link(host, port, match["token"], link_path(match["path"]))
 
 
 def is_link(text: str) -> bool:
@@ -89,21 +104,23 @@ def resolve_http_link(text: str) -> Link | None:
             info = json.loads(reply.read(1 << 20))
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise NotFound("unknown link (it may have been deleted)") from None
+            raise NotFound(_http_reason(exc, "unknown link (it may have been deleted)")) from None
         if exc.code == 410:
             raise Gone(_http_reason(exc, "this link no longer serves")) from None
         if exc.code == 429:
             raise Throttled(_http_reason(exc, "too many tries from your address; wait")) from None
         raise Unavailable(f"the link's gateway answered {exc.code}") from None
     except (OSError, ValueError) as exc:
-        raise Unavailable(f"cannot reach the link's gateway {match['base']}: {exc}") from None
+        why = getattr(exc, "reason", None) or exc  # urlopen's URLError: the reason, not its repr
+        why = getattr(why, "strerror", None) or why
+        raise Unavailable(f"cannot reach the link's gateway {match['base']}: {why}") from None
     proxy = info.get("proxy") if isinstance(info, dict) else None
     if not isinstance(proxy, str):
         raise Unavailable("the link's gateway did not say which proxy serves it")
     host, port = parse_address(proxy)
     if host in ("", "0.0.0.0", "::"):
         host = urllib.parse.urlsplit(match["base"]).hostname or host
-    return Link(host, port, match["token"])
+    return Link(host, port, match["token"], link_path(match["path"]))
 
 
 if TYPE_CHECKING:
@@ -321,10 +338,11 @@ class Client:
             header = {"name": check_file_name(target), "version": version}
             return self.proxy.call(MsgType.LOCATE, header, session=True)
         if link is not None:
+            header = _by_token(link.token, link.path)
             if (link.host, link.port) == (self.proxy.host, self.proxy.port):
-                return self.proxy.call(MsgType.LOCATE, {"token": link.token})
+                return self.proxy.call(MsgType.LOCATE, header)
             with ProxyLink(link.host, link.port) as other:
-                return other.call(MsgType.LOCATE, {"token": link.token})
+                return other.call(MsgType.LOCATE, header)
         if target.startswith(f"{LINK_SCHEME}:"):
             raise InvalidRequest(f"not a valid link: {target}")
         if self.proxy.token:
@@ -359,9 +377,9 @@ class Client:
         if link is not None:
             same = (link.host, link.port) == (self.proxy.host, self.proxy.port)
             if same:
-                return self._download_link(self.proxy, link.token, out_dir, progress, save_as)
+                return self._download_link(self.proxy, link.token, out_dir, progress, save_as, path=link.path)
             with ProxyLink(link.host, link.port) as other:  # its lease and reports go to that proxy
-                return self._download_link(other, link.token, out_dir, progress, save_as)
+                return self._download_link(other, link.token, out_dir, progress, save_as, path=link.path)
         info = self.locate(target, version)
         if info.get("kind") == "folder" and TOKEN_RE.match(target.strip()):
             return self._download_link(self.proxy, target.strip(), out_dir, progress, save_as, info)
@@ -382,22 +400,27 @@ class Client:
         progress: downloader.Progress | None,
         save_as: str | None,
         info: dict[str, Any] | None = None,
+        *,
+        path: str | None = None,
     ) -> downloader.DownloadResult:
-        """A link's file, or every file of a folder link into a folder named after it (the
-        result then sums them up: its ``sha1`` is empty)."""
+        """A link's file, or every file of a folder link (or of the folder ``path`` in it) into a
+        folder named after it (the result then sums them up: its ``sha1`` is empty); ``path``: a
+        file or folder in a folder link."""
         from client import download as downloader
 
-        info = info or proxy.call(MsgType.LOCATE, {"token": token})
+        header = _by_token(token, path)
+        info = info or proxy.call(MsgType.LOCATE, header)
         if info.get("kind") != "folder":
             return downloader.download(
                 info,
                 out_dir,
                 progress,
-                relocate=lambda: proxy.call(MsgType.LOCATE, {"token": token}),
+                relocate=lambda: proxy.call(MsgType.LOCATE, header),
                 proxy=proxy,
                 save_as=save_as,
             )
         folder = save_as or str(info["name"])
+        skip = len(path) + 1 if path else 0  # the files are named by their path in the link
         total = 0
         for item in info["files"]:
             by_path = {"token": token, "path": item["name"]}
@@ -408,10 +431,15 @@ class Client:
                 progress,
                 relocate=lambda by_path=by_path: proxy.call(MsgType.LOCATE, by_path),  # type: ignore[misc]
                 proxy=proxy,
-                save_as=f"{folder}/{item['name']}",
+                save_as=f"{folder}/{item['name'][skip:]}",
             )
             total += r.size
         return downloader.DownloadResult(folder, out_dir / folder, total, "", True)
+
+
+def _by_token(token: str, path: str | None) -> dict[str, Any]:
+    """LOCATE's header for a link: its token, and the path of a file or folder in a folder link."""
+    return {"token": token} if path is None else {"token": token, "path": path}
 
 
 def _folder(name: str) -> str:

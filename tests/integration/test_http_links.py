@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
-from common.errors import Gone
+from common.errors import Gone, NotFound
 from common.messages import MsgType
 from tests.cluster import CHUNK, Cluster, loopback_source, process_memory, reset_peak_memory
 from tests.conftest import PASSWORD, new_user
@@ -299,6 +299,16 @@ def test_a_folder_link_lists_and_serves_its_files(cluster: Cluster, owner: Clien
     got = cluster.client().download(f"{cluster.gateway_url}/s/{token}", cluster.root / f"out{top}")
     assert got.size == sum(map(len, files.values()))
     assert all((got.path / rel).read_bytes() == data for rel, data in files.items())
+    # and a folder in it, or one of its files, by the links the gateway's pages show
+    base = f"{cluster.gateway_url}/s/{token}"
+    got = cluster.client().download(f"{base}/sub/", cluster.root / f"sub{top}")
+    assert got.path == cluster.root / f"sub{top}" / "sub" and got.size == len(files["sub/<b> & é.bin"])
+    assert (got.path / "<b> & é.bin").read_bytes() == files["sub/<b> & é.bin"]
+    for link in (f"{base}/a.txt?view", f"filecluster://{cluster.proxy_addr}/s/{token}/a.txt"):
+        got = cluster.client().download(link, cluster.root / f"one{next(_n)}")
+        assert got.path.name == "a.txt" and got.path.read_bytes() == files["a.txt"]
+    with pytest.raises(NotFound, match="no file or folder 'nope'"):
+        cluster.client().download(f"{base}/nope", cluster.root / "never")
     # once the folder is deleted, its link says so (a folder, not a file)
     owner.delete(top, recursive=True)
     response, body = fetch(cluster, f"/s/{token}")
