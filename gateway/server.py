@@ -2,7 +2,8 @@
 
 One request per connection: the head is read through the pure parser (gateway.http) within a
 deadline for the whole head, answered (gateway.routes), and the connection closed
-(``Connection: close``).  Connections are admitted by common.admission (a cap per client address,
+(``Connection: close``).  A body's first chunk is read and verified before the head is sent, so a
+file none of whose copies can be read is a 503, not a 200 that stops.  Connections are admitted by common.admission (a cap per client address,
 counted by client_key, and a cap overall; no reserve: no HTTP client ever authenticates), and a
 refused one is closed at once, unanswered.  A file's body streams from gateway.stream; when the
 response ends, however it ends (done, the client gone, a chunk with no good copy, the link
@@ -14,21 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import socket
 import socketserver
 import struct
 import termios
 import time
+from collections.abc import Generator, Iterator
 from typing import Final
 
 from common.admission import Admission, DoorServer, client_key
-from common.errors import FileClusterError
+from common.errors import FileClusterError, Gone, NotFound
 from common.messages import MsgType
 from common.ratelog import RateLimitedLog
 from gateway.http import BodyCounter, HttpError, RequestHead, RequestParser, render_head
 from gateway.proxy_calls import ProxyCalls
-from gateway.routes import COMMON_HEADERS, Response, Routes, error_response
+from gateway.routes import COMMON_HEADERS, Response, Routes, error_response, refusal
 from gateway.stream import CHECK_INTERVAL, ChunkBuffers, LinkWatch, file_pieces
 
 log = logging.getLogger(__name__)
@@ -91,32 +94,46 @@ class _HttpHandler(socketserver.BaseRequestHandler):
 
     def _send_response(self, sock: socket.socket, response: Response, client: str) -> None:
         stream = response.stream
-        headers = [*response.headers, ("Content-Length", str(response.length)), *COMMON_HEADERS]
-        sock.settimeout(SEND_TIMEOUT)
+        source: Generator[memoryview, None, None] | None = None  # the file's verified bytes
+        body: Iterator[memoryview] | None = None
         sent = 0
         try:
+            if stream is not None and not response.head_only and response.length > 0:
+                server = self.server
+                watch = LinkWatch(server.proxy, stream.open_header, server.check_interval)
+                source = file_pieces(
+                    stream.info, stream.start, stream.end, server.proxy, server.buffers, watch.check
+                )
+                try:  # the first chunk is read before the head: none readable is a 503, not a 200 cut short
+                    first = next(source, None)
+                    body = itertools.chain([] if first is None else [first], source)
+                except FileClusterError as exc:
+                    server.warn("cannot serve a download for %s: %s", client, exc)
+                    response = unreadable(exc)
+            headers = [*response.headers, ("Content-Length", str(response.length)), *COMMON_HEADERS]
+            sock.settimeout(SEND_TIMEOUT)
             sock.sendall(render_head(response.status, headers))
             if response.head_only:
                 return
-            if stream is None:
+            if body is None:
                 sock.sendall(response.body)
                 return
-            sent = self._stream(sock, response, client)
+            sent = self._stream(sock, response, body, client)
         except OSError as exc:
             log.debug("%s went away: %s", client, exc)
         finally:
+            if source is not None:
+                source.close()
             if stream is not None and stream.grant is not None:
                 self._link_close(stream.grant, sent)
         _finish(sock)
 
-    def _stream(self, sock: socket.socket, response: Response, client: str) -> int:
+    def _stream(
+        self, sock: socket.socket, response: Response, pieces: Iterator[memoryview], client: str
+    ) -> int:
         """Send the body; the bytes sent.  A failure closes the connection short of its length."""
-        stream = response.stream
-        assert stream is not None
         server = self.server
         counter = BodyCounter(response.length)
-        watch = LinkWatch(server.proxy, stream.open_header, server.check_interval)
-        pieces = file_pieces(stream.info, stream.start, stream.end, server.proxy, server.buffers, watch.check)
         sent = 0
         try:
             for piece in pieces:
@@ -132,8 +149,6 @@ class _HttpHandler(socketserver.BaseRequestHandler):
         except FileClusterError as exc:
             server.warn("stopping a download for %s after %d bytes: %s", client, sent, exc)
             _abort(sock)
-        finally:
-            pieces.close()
         return sent
 
     def _link_close(self, grant: str, sent: int) -> None:
@@ -141,6 +156,19 @@ class _HttpHandler(socketserver.BaseRequestHandler):
             self.server.proxy.call(MsgType.LINK_CLOSE, {"grant": grant, "sent": sent})
         except (FileClusterError, OSError) as exc:
             self.server.warn("cannot tell the proxy a download ended (%d bytes): %s", sent, exc)
+
+
+def unreadable(exc: FileClusterError) -> Response:
+    """The answer to a download whose first bytes cannot be had: the link ended meanwhile (its
+    404/410), or no copy of the first chunk could be read (503: try again once repair or the
+    servers are back)."""
+    if isinstance(exc, (Gone, NotFound)):
+        return refusal(exc)
+    return error_response(
+        503,
+        "this file cannot be read from the storage servers right now; try again later",
+        [("Retry-After", "30")],
+    )
 
 
 def _finish(sock: socket.socket) -> None:

@@ -346,6 +346,25 @@ def test_a_chunk_with_no_good_copy_ends_the_response_before_its_bytes(gw: Setup)
     )
 
 
+def test_a_first_chunk_with_no_good_copy_is_a_503_before_any_header(gw: Setup) -> None:
+    """Nothing of the span can be read (its servers down, its copies rotten): the client is told so
+    (503, Retry-After), not sent a 200 and its headers for a body that then stops."""
+    data = gw.data["rotTOKEN"]
+    second = hashlib.sha256(data[CHUNK : 2 * CHUNK]).hexdigest()
+    for copy in [p for p in gw.cluster.chunk_files() if p.name == second]:
+        copy.write_bytes(bytes(copy.stat().st_size))  # zeros: wrong, whatever was done to it before
+    closes = len(gw.fake.requests(MsgType.LINK_CLOSE))
+    conn = gw.conn()
+    conn.request("GET", "/s/rotTOKEN", headers={"Range": f"bytes={CHUNK}-"})  # starts in that chunk
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 503 and response.getheader("Retry-After") == "30"
+    assert body.startswith(b"503 Service Unavailable: this file cannot be read from the storage servers")
+    gw.cluster.wait_for(lambda: len(gw.fake.requests(MsgType.LINK_CLOSE)) > closes, "LINK_CLOSE")
+    assert gw.fake.requests(MsgType.LINK_CLOSE)[-1]["sent"] == 0  # the reserved bytes go back
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_saves_under_the_links_name(gw: Setup, tmp_path: Path) -> None:
     result = subprocess.run(
