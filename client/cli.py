@@ -18,6 +18,7 @@ from typing import Any
 from client import actions
 from client.actions import Sink
 from client.api import Client
+from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest
 from common.limits import MAX_DOWNLOADS
 from common.protocol import MAX_INT
@@ -359,6 +360,11 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the values of a command's options, said before anything is asked of the
     cluster (a usage error: exit status 2), or None."""
     name = getattr(args, "command_name", None)
+    if getattr(args, "proxy", None):
+        try:
+            parse_address(args.proxy)
+        except InvalidRequest as exc:
+            return f"--proxy: {exc}"
     if name == "upload" and args.as_name is not None and len(args.paths) != 1:
         return "--as names a single PATH"
     if name in ("download", "restore") and args.version is not None and not 1 <= args.version <= MAX_INT:

@@ -132,6 +132,8 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["download", "a", "--version", "two"],
         ["completion", "fish"],
         ["ls", "--bogus"],
+        ["ls", "--proxy", "127.0.0.1:99999"],
+        ["whoami", "--proxy", "host:port"],
         ["list", "a", "b"],
         ["share", "x", "--expires", "tomorrow"],
         ["share", "x", "--expires", "2001-01-01"],
