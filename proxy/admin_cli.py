@@ -145,8 +145,7 @@ def admin_call(address: tuple[str, int], key: ClusterKey, header: dict[str, Any]
     return key.verify_reply(signed, reply)
 
 
-def run(args: argparse.Namespace) -> int:
-    header = admin_header(args)  # a bad id is refused before the secret is even read
+def run(args: argparse.Namespace, header: dict[str, Any]) -> int:
     address = proxy_address(args.proxy)
     path = secret_path(args.secret_file)
     if not path.exists():  # (load_cluster_key's advice to write a new one suits a daemon, not us)
@@ -169,9 +168,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        status = run(args)
+        header = admin_header(args)  # a bad id or size is a usage error, before the secret is read
+    except InvalidRequest as exc:
+        actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        actions.choices[args.action].error(str(exc))  # the action's own usage, exit status 2
+    try:
+        status = run(args, header)
         sys.stdout.flush()  # a reader that has gone away shows up here, not at exit
         return status
     except FileClusterError as exc:

@@ -183,13 +183,30 @@ def test_an_exposed_or_malformed_secret_is_one_line(
     assert "64 hexadecimal" in one_line_error(admin(capsys, "--secret-file", str(garbage), "repair"))
 
 
-@pytest.mark.parametrize("bad", ["x", "-1", "3.5", "", "1" * 12, "٣"])
-def test_a_bad_server_id_is_one_line_before_anything_else(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        *((["drain", "--", bad], "drain: error: a storage server id is a number") for bad in
+          ["x", "-1", "3.5", "", "1" * 12, "٣"]),
+        (["quota", "ana", "abc"], "quota: error: invalid size 'abc'"),
+        (["quota", "no/such", "5G"], "quota: error: a user name is"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_a_usage_error_before_anything_else(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    why: str,
 ) -> None:
+    """Exit status 2 and the action's own usage, as its --help says, before the secret is read."""
     monkeypatch.setenv("FILECLUSTER_SECRET_FILE", str(tmp_path / "missing.secret"))
-    err = one_line_error(admin(capsys, "drain", "--", bad))
-    assert "a storage server id is a number" in err
+    with pytest.raises(SystemExit) as exited:
+        admin_cli.main(args)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == ""
+    assert err.startswith(f"usage: filecluster-admin {args[0]} ")
+    assert err.splitlines()[-1].startswith(f"filecluster-admin {why}")
 
 
 def test_an_unreachable_proxy_is_one_line(
