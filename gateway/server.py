@@ -1,14 +1,15 @@
 """The gateway's threaded HTTP server (the socketserver shape, like common.frame_server).
 
 One request per connection: the head is read through the pure parser (gateway.http) within a
-deadline for the whole head, answered (gateway.routes), and the connection closed
-(``Connection: close``).  A body's first chunk is read and verified before the head is sent, so a
-file none of whose copies can be read is a 503, not a 200 that stops.  Connections are admitted by common.admission (a cap per client address,
-counted by client_key, and a cap overall; no reserve: no HTTP client ever authenticates), and a
-refused one is closed at once, unanswered.  A file's body streams from gateway.stream; when the
-response ends, however it ends (done, the client gone, a chunk with no good copy, the link
-revoked), LINK_CLOSE tells the proxy how many body bytes were sent.  An unexpected failure is
-logged, answered 500 with no detail if no byte was sent yet, and contained to its connection.
+deadline for the whole head, answered (gateway.routes), and the connection closed (``Connection:
+close``).  A body's first chunk is read and verified before the head is sent, so a file none of
+whose copies can be read is a 503, not a 200 that stops.  Connections are admitted by
+common.admission (a cap per client address, counted by client_key, and a cap overall; no reserve: no
+HTTP client ever authenticates), and a refused one is closed at once, unanswered.  A file's body
+streams from gateway.stream; when the response ends, however it ends (done, the client gone, a chunk
+with no good copy, the link revoked), LINK_CLOSE tells the proxy how many body bytes were sent.  An
+unexpected failure is logged, answered 500 with no detail if no byte was sent yet, and contained to
+its connection.
 """
 
 from __future__ import annotations
