@@ -226,8 +226,14 @@ def test_a_reader_that_goes_away_is_not_reported(cluster: Cluster, home: Path, b
 def test_bad_proxy_settings_are_one_line(
     cluster: Cluster, home: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
+    """A bad --proxy is a usage error (exit 2: the command's usage, then why); a bad setting in the
+    environment is one line (exit 1)."""
     result = run(cluster, *args, "whoami", home=home, **env)
-    assert one_line_error(result).startswith(f"error: {message}")
+    if args:
+        assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+        assert result.stderr.splitlines()[-1] == f"filecluster whoami: error: --proxy: {message}"
+    else:
+        assert one_line_error(result).startswith(f"error: {message}")
 
 
 def test_the_proxy_flag_beats_the_environment(cluster: Cluster, home: Path) -> None:
