@@ -225,8 +225,12 @@ class LinkThrottle:
 
 
 def new_token() -> str:
-    """A random bearer token (256 bits), for sessions, share links and uploads."""
-    return secrets.token_urlsafe(32)
+    """A random bearer token (256 bits), for sessions, share links and uploads.  Never one that
+    starts with "-": a bare token is typed on command lines (`filecluster unshare TOKEN`), where it
+    would be taken for an option (a redraw costs 0.02 of a bit)."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def token_hash(token: str) -> str:

@@ -219,7 +219,7 @@ def test_share_links_unshare_commands(
     assert iso.match(listed[1]["expires"]) and listed[0]["expires"] is None
     limited = json.loads(run("--json", "share", "n.txt", "--expires", "2099-12-31")[1])
     assert re.match(r"2099-12-3\dT", limited["expires"])
-    assert run("unshare", limited["token"])[0] == 0
+    assert run("unshare", limited["token"])[0] == 0  # a bare token never starts with "-" (an option)
     code, out, _ = run("unshare", shared["link"])
     assert code == 0 and out == "revoked 1 link (the link)\n"
     assert json.loads(run("--json", "unshare", "n.txt")[1]) == {"target": "n.txt", "revoked": 1}
