@@ -186,10 +186,12 @@ def test_the_password_check_refuses_unknown_users_after_the_same_work() -> None:
 
 def test_tokens_never_start_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bare token on a command line (`filecluster unshare TOKEN`) must not read as an option."""
+    import secrets
+
     from proxy import auth
 
     drawn = iter(["-starts-like-an-option", "-again", "fine_token"])
-    monkeypatch.setattr(auth.secrets, "token_urlsafe", lambda n: next(drawn))
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
     assert auth.new_token() == "fine_token"
     monkeypatch.undo()
     assert all(len(t) == 43 and not t.startswith("-") for t in (auth.new_token() for _ in range(2000)))
