@@ -312,10 +312,6 @@ def list_files(c: Client, out: Sink, prefix: str = "", recursive: bool = False, 
     return 0
 
 
-def _is_folder(c: Client, name: str) -> bool:
-    return c.is_folder(folder_of(name))
-
-
 def share(
     c: Client, out: Sink, name: str, expires: str | None = None, max_downloads: int | None = None
 ) -> int:
@@ -490,7 +486,7 @@ def _folder_hint(
     ``command``."""
     if isinstance(exc, (NotFound, Conflict)) and not is_link(name):
         try:
-            if _is_folder(c, name):
+            if c.is_folder(folder_of(name)):
                 hint = f"{what}: filecluster {command} {name}"
                 return InvalidRequest(f"{folder_of(name)!r} is a folder; {hint}")
         except FileClusterError:
