@@ -318,9 +318,7 @@ def share(
     """A new link to a file or folder, printed (the http one when the cluster has a gateway)."""
     from client.expiry import parse_expires
 
-    when = parse_expires(expires) if expires else None
-    if max_downloads is not None and max_downloads < 1:
-        raise InvalidRequest("--max-downloads must be at least 1")
+    when = parse_expires(expires) if expires else None  # its bounds: cli.usage_problem, then the proxy's
     reply = c.share(name, expires=when, max_downloads=max_downloads)
     out.say(str(reply["link"]))
     limits = []
@@ -407,9 +405,8 @@ def download(
     out_dir: Path = Path(DEFAULT_FOLDER),
 ) -> int:
     """Download links, tokens or your files by name into ``out_dir`` (``recursive``: whole folders,
-    keeping their paths under the folder's base name; ``version``: an older version of one file)."""
-    if version is not None and (recursive or len(targets) != 1):
-        raise InvalidRequest("--version takes a single file name")
+    keeping their paths under the folder's base name; ``version``: an older version of one file,
+    which the command line checks it is given for one name alone, cli.usage_problem)."""
     check_out_dir(out_dir)  # said once for the command, not once for each file
     tally = Tally(out, 0)
     plan = _download_plan(c, targets, recursive, tally)
