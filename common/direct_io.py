@@ -25,6 +25,7 @@ import fcntl
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 from typing import Final
 
 ALIGN: Final = 4096  # offsets, lengths and buffers of direct writes are multiples of this
@@ -168,3 +169,37 @@ def write_direct(fd: int, data: memoryview, offset: int) -> int:
             return done + n
         done += n
     return done
+
+
+def reopen_direct_read(fd: int) -> int | None:
+    """A second descriptor on the file open as ``fd``, for reading around the page cache; None where
+    that cannot be had (no O_DIRECT, or a filesystem that refuses it)."""
+    if not _DIRECT:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | _DIRECT | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def read_direct(fd: int, offset: int, count: int, stage: mmap.mmap) -> Iterator[memoryview]:
+    """The ``count`` bytes of the file at ``offset``, read with ``fd`` (opened with O_DIRECT) into
+    ``stage`` (STAGE bytes, page-aligned) a stage at a time: each view is valid until the next is
+    asked for.  Fewer bytes in all if the file ends first.  Raises OSError (EINVAL where the
+    filesystem refuses a direct read: nothing has been yielded then)."""
+    view = memoryview(stage)
+    try:
+        end = offset + count
+        pos = offset - offset % ALIGN  # direct reads start on a block
+        while pos < end:
+            n = os.preadv(fd, [view[: min(STAGE, _round_up(end - pos))]], pos)
+            if n <= 0:
+                return
+            lo, hi = max(offset - pos, 0), min(n, end - pos)
+            if hi > lo:
+                yield view[lo:hi]
+            pos += n
+            if n % ALIGN:  # the file's end
+                return
+    finally:
+        view.release()

@@ -43,6 +43,7 @@ from common.admission import Admission, DoorServer, Slot
 from common.budget import ConnectionGate, HeaderBudget
 from common.cluster_auth import ClusterKey
 from common.deadlines import FrameDeadlines
+from common.direct_io import StagePool
 from common.errors import (
     Busy,
     FileClusterError,
@@ -85,11 +86,13 @@ class Request:
 
 @dataclass(frozen=True)
 class FileBody:
-    """A reply payload sent straight from an open file (sendfile); the server closes it after."""
+    """A reply payload sent straight from an open file (sendfile); the server closes it after.
+    ``stages``: read what is not in the page cache around it, into these (Connection.send_file)."""
 
     file: BinaryIO
     offset: int
     count: int
+    stages: StagePool | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         if isinstance(body, FileBody):
             with body.file:
                 conn.send_head(reply.type, reply.header, body.count)
-                conn.send_file(body.file, body.offset, body.count)
+                conn.send_file(body.file, body.offset, body.count, body.stages)
         else:
             conn.send(reply.type, reply.header, body)
 

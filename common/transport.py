@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from common.deadlines import IDLE, FrameDeadlines, FrameTimer
+from common.direct_io import StagePool, read_direct, reopen_direct_read
 from common.errors import (
     Busy,
     ConnectionLost,
@@ -217,13 +218,18 @@ class Connection:
         self._encoder.payload(len(data))
         self._sendall(data)
 
-    def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+    def send_file(self, file: BinaryIO, offset: int, count: int, stages: StagePool | None = None) -> None:
         """Send ``count`` bytes of ``file`` from ``offset`` as payload (zero-copy where possible).
 
         A file with a descriptor is read at explicit offsets and its position never moves, so
         threads may share it; a file without one (an in-memory twin) is read by seeking.  If the
         file turns out shorter than ``count``, the frame cannot be finished: the connection is
         closed (so the peer never waits for the rest) and :class:`SourceShrank` is raised.
+
+        ``stages``: the file is read around the page cache (O_DIRECT) into a stage from this pool,
+        where the filesystem allows, rather than into new page-cache pages (see
+        :func:`_send_around_cache`).  Without a free stage, or where direct reads are refused, it
+        is sent as usual.
         """
         self._encoder.payload(count)  # refused before a byte goes out if the frame has no room
         self._restore_send_timeout()
@@ -233,6 +239,8 @@ class Connection:
             fd = -1
         sent = 0
         use_sendfile = fd >= 0
+        if stages is not None and fd >= 0 and count:
+            sent = self._send_around_cache(fd, offset, count, stages)
         try:
             while sent < count:
                 want = min(count - sent, 1 << 30)
@@ -263,6 +271,36 @@ class Connection:
         if sent != count:
             self.close()  # the frame cannot be finished: the peer must not wait for the rest
             raise SourceShrank(f"file shrank while sending ({sent} of {count} bytes)")
+
+    def _send_around_cache(self, fd: int, offset: int, count: int, stages: StagePool) -> int:
+        """Send what a direct read of the file gets; how many bytes that was (0 if no stage was free
+        or the filesystem refused the first read: the caller sends the rest as usual).
+
+        Why: a page the kernel takes for the page cache may be memory it has not touched for a while,
+        and on a virtual machine whose host reclaims free guest memory (free page reporting) the
+        first touch of each such page is a fault on the host, which costs more than the copy.  A
+        file written around the cache (a big chunk, servers.chunk_store) is read faster into a stage
+        that stays in use: on this VM, 1 GiB of such chunks in 0.7 s instead of 2.6 s.  A direct
+        read sees what is in the page cache too (the kernel writes dirty pages back first)."""
+        direct = reopen_direct_read(fd)
+        if direct is None:
+            return 0
+        stage = stages.take()
+        if stage is None:
+            os.close(direct)
+            return 0
+        sent = 0
+        try:
+            for piece in read_direct(direct, offset, count, stage):
+                self.sock.sendall(piece)
+                sent += len(piece)
+        except OSError as exc:
+            if sent or exc.errno != errno.EINVAL:
+                raise self._broken(exc) from None
+        finally:
+            os.close(direct)
+            stages.give_back(stage)
+        return sent
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         self._restore_send_timeout()

@@ -79,6 +79,7 @@ VERIFIED_XATTR = "user.filecluster.verified"  # "<unix time> <st_mtime_ns>" of t
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # a temp file, never reused
 DIRECT_FROM = STAGE  # a chunk this big or bigger is written around the page cache (common.direct_io)
 _STAGES = StagePool(8)  # stages for direct writes, for all the stores of this process (8 MiB at most)
+READ_STAGES = StagePool(8)  # and for reads around the page cache (common.transport.send_file): 8 MiB
 
 Verdict = Literal["good", "bad", "missing"]
 Pace = Callable[[int], None]  # called with each piece's length as verify() reads it (the scrubber's throttle)

@@ -52,7 +52,7 @@ from common.limits import (
 )
 from common.messages import Auth, MsgType
 from common.transport import Connection
-from servers.chunk_store import ChunkStore
+from servers.chunk_store import DIRECT_FROM, READ_STAGES, ChunkStore
 from servers.downstream import DownstreamPool
 from servers.memory_store import MemoryChunkStore
 from servers.put_many import Room, check_tickets, parse_items, put_chunks, replication_failed
@@ -228,7 +228,8 @@ class StorageService:
     def get_chunk(self, req: Request) -> Reply:
         chunk_id = check_chunk_id(req.header["id"])
         file, size = self.store.open(chunk_id)
-        return Reply({"id": chunk_id, "size": size}, MsgType.CHUNK_DATA, FileBody(file, 0, size))
+        body = FileBody(file, 0, size, READ_STAGES if size >= DIRECT_FROM else None)
+        return Reply({"id": chunk_id, "size": size}, MsgType.CHUNK_DATA, body)
 
     def has_chunks(self, req: Request) -> Reply:
         ids = check_ids(req.header["ids"])

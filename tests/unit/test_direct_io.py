@@ -17,9 +17,13 @@ import pytest
 import common.direct_io as direct_io
 import servers.chunk_store as chunk_store
 from client.download import _Transfer
+from common.cluster_auth import ClusterKey
 from common.direct_io import ALIGN, STAGE, StagePool, Stager, aligned_buffer, open_direct, reopen_direct
 from common.errors import CorruptData
+from common.frame_server import FileBody, Request
+from common.messages import MsgType
 from servers.chunk_store import DIRECT_FROM, ChunkStore
+from servers.storage_server import StorageService
 
 SIZES = [1, ALIGN - 1, ALIGN, ALIGN + 1, STAGE - 1, STAGE, STAGE + 1, 3 * STAGE + 123]
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -110,6 +114,22 @@ def put(store: ChunkStore, data: bytes, piece: int = 100_000) -> str:
             writer.write(data[at : at + piece])
         writer.commit()
     return chunk_id
+
+
+@pytest.mark.parametrize("size", [DIRECT_FROM - 1, DIRECT_FROM, 3 * STAGE + 5])
+def test_a_chunk_written_around_the_page_cache_is_read_around_it(tmp_path: Path, size: int) -> None:
+    """GET_CHUNK of a big chunk (written with O_DIRECT) reads it with O_DIRECT too (into a stage
+    of READ_STAGES, common.transport): no page-cache pages for it.  A small one is sent as before."""
+    store = ChunkStore(tmp_path / "ServerFiles")
+    data = random.Random(size).randbytes(size)
+    chunk_id = put(store, data)
+    reply = StorageService(1, store, ClusterKey(b"k" * 32)).get_chunk(
+        Request(MsgType.GET_CHUNK, {"id": chunk_id})
+    )
+    body = reply.payload
+    assert isinstance(body, FileBody) and body.count == size
+    body.file.close()
+    assert (body.stages is chunk_store.READ_STAGES) == (size >= DIRECT_FROM)
 
 
 @pytest.mark.parametrize("size", [DIRECT_FROM - 1, DIRECT_FROM, DIRECT_FROM + 1, 4 * STAGE + 4097])
