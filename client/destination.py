@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import InvalidRequest
+from common.hashing import READ_SIZE
 from common.names import MAX_NAME_BYTES, check_file_name
 
 MAX_SAVE_AS_BYTES = 1024
@@ -102,13 +104,31 @@ def make_folders(out_dir: Path, segments: list[str]) -> Path:
     return folder
 
 
-def link_into_place(tmp: Path, out_dir: Path, name: str) -> Path:
-    """Give the verified partial file its name without ever replacing an existing file."""
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(READ_SIZE):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def holds(path: Path, size: int, sha1: str) -> bool:
+    """Whether ``path`` is a file with this content already (its size, then its SHA-1)."""
+    return path.is_file() and path.stat().st_size == size and file_sha1(path) == sha1
+
+
+def link_into_place(tmp: Path, out_dir: Path, name: str, same: tuple[int, str] | None = None) -> Path:
+    """Give the verified partial file its name without ever replacing an existing file.
+
+    ``same``: the file's (size, SHA-1).  A name taken meanwhile by a file with that content (the
+    same download, run twice at once into one folder) is where the file is: no ``name (1).ext``."""
     for candidate in candidates(out_dir, name):
         try:
             os.link(tmp, candidate)
             return candidate
         except FileExistsError:
+            if same is not None and holds(candidate, *same):
+                return candidate
             continue
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):

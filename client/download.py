@@ -47,7 +47,7 @@ from typing import Any
 
 from client import watchdog
 from client.chunk_sources import Reports, Tickets, Trouble, from_a_good_copy, read_chunk_into
-from client.destination import candidates, destination, link_into_place
+from client.destination import candidates, destination, file_sha1, holds, link_into_place
 from client.flusher import Flusher
 from client.partial import (
     PARTIAL_DIR,
@@ -95,14 +95,6 @@ class DownloadResult:
     sha1: str
     fetched: bool  # False when an identical file was already there
     resumed: int = 0  # bytes found already verified in the partial file of an interrupted download
-
-
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        while block := f.read(READ_SIZE):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(
@@ -170,7 +162,7 @@ def _download(
         for candidate in candidates(folder, file_name):
             if not candidate.exists() and not candidate.is_symlink():
                 break
-            if candidate.is_file() and candidate.stat().st_size == size and file_sha1(candidate) == sha1:
+            if holds(candidate, size, sha1):
                 return DownloadResult(name, candidate, size, sha1, fetched=False)
     except OSError as exc:
         raise InvalidRequest(f"cannot look in {folder}: {exc.strerror or exc}") from None
@@ -195,7 +187,7 @@ def _download(
             if pool is None:
                 transfer.pool.close()
         os.fsync(partial.fd)
-        final = link_into_place(partial.path, folder, file_name)
+        final = link_into_place(partial.path, folder, file_name, (size, sha1))
         keep = False  # linked into place: the partial's name goes (the file keeps the other)
     except (CorruptData, Conflict):  # the whole file is wrong, or changed: its chunks help nobody
         keep = False

@@ -261,7 +261,7 @@ class SmallFiles:
             try:
                 if id(f) not in together:
                     os.fsync(f.partial.fd)
-                final = link_into_place(f.partial.path, f.folder, f.file_name)
+                final = link_into_place(f.partial.path, f.folder, f.file_name, (f.size, f.sha1))
             except (FileClusterError, OSError):
                 self._hand_over(f)  # its verified bytes stay in the partial: client.download keeps them
                 continue
