@@ -117,6 +117,13 @@ def holds(path: Path, size: int, sha1: str) -> bool:
     return path.is_file() and path.stat().st_size == size and file_sha1(path) == sha1
 
 
+def _holds_or_unknown(path: Path, same: tuple[int, str]) -> bool:
+    try:
+        return holds(path, *same)
+    except OSError:  # cannot be read: not known to be the file, so it is left alone
+        return False
+
+
 def link_into_place(tmp: Path, out_dir: Path, name: str, same: tuple[int, str] | None = None) -> Path:
     """Give the verified partial file its name without ever replacing an existing file.
 
@@ -127,7 +134,7 @@ def link_into_place(tmp: Path, out_dir: Path, name: str, same: tuple[int, str] |
             os.link(tmp, candidate)
             return candidate
         except FileExistsError:
-            if same is not None and holds(candidate, *same):
+            if same is not None and _holds_or_unknown(candidate, same):
                 return candidate
             continue
         except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from client import destination
 from client import download as downloader
 from client import session as saved
 from client import upload as uploader
@@ -283,7 +284,7 @@ def test_an_unreadable_file_of_the_same_name_and_size(
     def failing_disk(path: Any, *args: Any, **kwargs: Any) -> Any:
         raise oserror(errno.EIO)
 
-    monkeypatch.setattr(downloader, "open", failing_disk, raising=False)
+    monkeypatch.setattr(destination, "open", failing_disk, raising=False)
     with pytest.raises(InvalidRequest, match=re.escape(f"cannot look in {out}: Input/output error")):
         user.download("f.txt", out)
     assert sorted(p.name for p in out.iterdir()) == ["f.txt"]

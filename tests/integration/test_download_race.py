@@ -9,13 +9,17 @@ makes the download pick ``name (1).ext``: nothing is ever replaced.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import client.download as download_module
 import client.small_files as small_files_module
+from client import destination
 from client.destination import link_into_place
 from client.download import DownloadResult
 from common.errors import FileClusterError
@@ -49,21 +53,27 @@ def taken_just_before_the_link(
     return taken
 
 
-@pytest.mark.parametrize("identical", [True, False], ids=["same file", "another file"])
+@pytest.mark.parametrize("case", ["same file", "another file", "unreadable"])
 def test_a_big_download_finding_its_name_just_taken(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identical: bool
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     ana = new_user(cluster, "ana")
     data = bytes(range(256)) * (3 * CHUNK // 256 + 7)  # several chunks
     src = tmp_path / "big.bin"
     src.write_bytes(data)
     ana.upload(src)
-    other = data if identical else data[::-1]  # same size either way
+    other = data[::-1] if case == "another file" else data  # same size either way
     taken = taken_just_before_the_link(monkeypatch, download_module, {"big.bin": other})
     out = tmp_path / "out"
+    if case == "unreadable":  # the name's file cannot be read: not known to be ours, so kept
+
+        def failing_disk(path: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(destination, "open", failing_disk, raising=False)
     result = ana.download("big.bin", out)
     assert taken == ["big.bin"]
-    expected = ["big.bin"] if identical else ["big (1).bin", "big.bin"]
+    expected = ["big.bin"] if case == "same file" else ["big (1).bin", "big.bin"]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == expected
     assert result.path.read_bytes() == data
     assert (out / "big.bin").read_bytes() == other  # never replaced
