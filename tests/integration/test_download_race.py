@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,6 @@ from common.errors import FileClusterError
 from tests.cluster import CHUNK, Cluster
 from tests.conftest import new_user
 from tests.integration.test_small_files import download_all, upload_small
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "cluster").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def taken_just_before_the_link(
@@ -55,9 +45,9 @@ def taken_just_before_the_link(
 
 @pytest.mark.parametrize("case", ["same file", "another file", "unreadable"])
 def test_a_big_download_finding_its_name_just_taken(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+    fresh_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    ana = new_user(cluster, "ana")
+    ana = new_user(fresh_cluster, "ana")
     data = bytes(range(256)) * (3 * CHUNK // 256 + 7)  # several chunks
     src = tmp_path / "big.bin"
     src.write_bytes(data)
@@ -81,9 +71,9 @@ def test_a_big_download_finding_its_name_just_taken(
 
 
 def test_small_files_finding_their_names_just_taken(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ana = new_user(cluster, "ana")
+    ana = new_user(fresh_cluster, "ana")
     files = upload_small(ana, tmp_path / "src", 20, seed=5)
     names = sorted(files)
     same, different = names[3], names[7]
