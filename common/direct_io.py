@@ -143,13 +143,14 @@ def aligned_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, max(size, 1))
 
 
-def reopen_direct(fd: int) -> int | None:
-    """A second descriptor on the file open as ``fd``, for writing around the page cache (through
-    /proc/self/fd, so it is the same file whatever its name is now); None where that cannot be had."""
+def reopen_direct(fd: int, access: int = os.O_WRONLY) -> int | None:
+    """A second descriptor on the file open as ``fd``, for writing (or, with ``access``
+    ``os.O_RDONLY``, reading) around the page cache (through /proc/self/fd, so it is the same file
+    whatever its name is now); None where that cannot be had."""
     if not _DIRECT:
         return None
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | _DIRECT | getattr(os, "O_CLOEXEC", 0))
+        return os.open(f"/proc/self/fd/{fd}", access | _DIRECT | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
 
@@ -169,17 +170,6 @@ def write_direct(fd: int, data: memoryview, offset: int) -> int:
             return done + n
         done += n
     return done
-
-
-def reopen_direct_read(fd: int) -> int | None:
-    """A second descriptor on the file open as ``fd``, for reading around the page cache; None where
-    that cannot be had (no O_DIRECT, or a filesystem that refuses it)."""
-    if not _DIRECT:
-        return None
-    try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | _DIRECT | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
 
 
 def read_direct(fd: int, offset: int, count: int, stage: mmap.mmap) -> Iterator[memoryview]:

@@ -87,7 +87,7 @@ class Request:
 @dataclass(frozen=True)
 class FileBody:
     """A reply payload sent straight from an open file (sendfile); the server closes it after.
-    ``stages``: read what is not in the page cache around it, into these (Connection.send_file)."""
+    ``stages``: read the file around the page cache, into a stage of these (Connection.send_file)."""
 
     file: BinaryIO
     offset: int

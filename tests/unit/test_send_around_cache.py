@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.direct_io import ALIGN, STAGE, StagePool, read_direct, reopen_direct_read
+from common.direct_io import ALIGN, STAGE, StagePool, read_direct, reopen_direct
 from common.errors import SourceShrank
 from common.messages import MsgType
 from common.transport import Connection
@@ -81,7 +81,7 @@ def evicted(path: Path, data: bytes) -> Path:
     finally:
         os.close(fd)
     with open(path, "rb") as f:
-        direct = reopen_direct_read(f.fileno())
+        direct = reopen_direct(f.fileno(), os.O_RDONLY)
         if direct is None:
             pytest.skip("this filesystem takes no O_DIRECT")
         os.close(direct)
@@ -200,7 +200,7 @@ def test_read_direct_gives_the_bytes_at_any_offset(tmp_path: Path, size: int) ->
     path = evicted(tmp_path / "f", data)
     stage = mmap.mmap(-1, STAGE)
     with open(path, "rb") as f:
-        fd = reopen_direct_read(f.fileno())
+        fd = reopen_direct(f.fileno(), os.O_RDONLY)
         assert fd is not None
         try:
             for offset in sorted({0, 1, ALIGN + 1, size // 2, size - 1}):
