@@ -188,6 +188,6 @@ def _read_inventory(req: Request) -> set[str]:
     return present
 
 
-def _disk(value: str | None) -> str | None:
-    """A server's disk id as it says it (an opaque string), if it is short enough to keep."""
-    return value if value and len(value) <= 64 else None
+def _disk(value: object) -> str | None:
+    """A server's disk id as it says it (an opaque string), if it is a short enough string to keep."""
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None

@@ -178,3 +178,23 @@ def test_an_inventory_the_proxy_does_not_know_leads_to_registering_again(
     m.request_inventory()
     wait_for(lambda: len(proxy.of(MsgType.SERVER_REGISTER)) == 2, "a second registration")
     assert len(proxy.of(MsgType.INVENTORY)) == 1
+
+
+@pytest.mark.parametrize(
+    ("said", "kept"),
+    [
+        ("ab" * 8, "ab" * 8),
+        ("x" * 64, "x" * 64),
+        ("", None),
+        ("x" * 65, None),
+        (["a", "b"], None),
+        (12345, None),
+        ({"id": "x"}, None),
+        (None, None),
+    ],
+)
+def test_a_disk_id_is_kept_only_as_a_short_string(said: object, kept: str | None) -> None:
+    """STATUS shows every user the disk ids servers report: only an opaque short string is kept."""
+    from proxy.membership import _disk
+
+    assert _disk(said) == kept
