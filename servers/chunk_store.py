@@ -4,6 +4,9 @@ A chunk is stored under its SHA-256, ``ServerFiles/ab/abcdef...``.  Writing
 goes through a :class:`ChunkWriter`: bytes are hashed as they are written to
 a temp file in the same filesystem; ``commit`` refuses a size or hash
 mismatch, fsyncs the file, renames it into place and fsyncs the directory.
+A group of chunks (PUT_CHUNKS, :meth:`ChunkStore.commit_all`) is made durable
+with two flushes of the filesystem instead (syncfs: the data, then the names)
+when it has FLUSH_FROM chunks or more, and chunk by chunk if a flush fails.
 A temp file that was never committed is removed, so a reader never sees a
 half-written chunk.  :class:`servers.memory_store.MemoryChunkStore` is the in-memory twin for
 tests.
@@ -50,6 +53,7 @@ from typing import BinaryIO, Literal, Protocol
 from common.atomic import (
     PRIVATE_DIR,
     PRIVATE_FILE,
+    FilesystemFlush,
     fsync_dir,
     make_private_dir,
     start_writeback,
@@ -80,6 +84,9 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # 
 DIRECT_FROM = STAGE  # a chunk this big or bigger is written around the page cache (common.direct_io)
 _STAGES = StagePool(8)  # stages for direct writes, for all the stores of this process (8 MiB at most)
 READ_STAGES = StagePool(8)  # and for reads around the page cache (common.transport.send_file): 8 MiB
+# a group of this many chunks or more is made durable by two filesystem flushes (syncfs) instead of
+# a fsync per chunk and per fan-out folder (measured, 64 chunks of 64 KiB: half the CPU and the wait)
+FLUSH_FROM = 8
 
 Verdict = Literal["good", "bad", "missing"]
 Pace = Callable[[int], None]  # called with each piece's length as verify() reads it (the scrubber's throttle)
@@ -384,12 +391,31 @@ class ChunkStore:
         log.warning("quarantined chunk %s (%s) as %s", chunk_id, reason, target.name)
         return True
 
-    def commit_all(self, writers: Sequence[ChunkWriter]) -> list[FileClusterError | None]:
+    def group_flush(self, count: int) -> FilesystemFlush | None:
+        """The filesystem flush for a group of ``count`` chunks about to be written, to hand to
+        :meth:`commit_all`; None where a fsync each is better (fewer than FLUSH_FROM chunks) or
+        syncfs cannot be trusted (common.atomic.FilesystemFlush).  Open it *before* the group's
+        first byte is written: it then reports any writeback error of theirs.  The caller closes it."""
+        if count < FLUSH_FROM:
+            return None
+        flush = FilesystemFlush(self.tmp)
+        if not flush.works:
+            flush.close()
+            return None
+        return flush
+
+    def commit_all(
+        self, writers: Sequence[ChunkWriter], flush: FilesystemFlush | None = None
+    ) -> list[FileClusterError | None]:
         """Commit many written chunks as one group (PUT_CHUNKS): what ``commit`` does for each, with
-        the disk's work shared.  Every writer's writeback is started before the first fsync waits,
-        and each fan-out folder is fsynced once, after every rename into it.  Returns, per writer,
-        None (its chunk is durable in place) or the error that refused it; each succeeds or fails
-        on its own, and nothing is installed that was not verified and fsynced first."""
+        the disk's work shared.  With ``flush`` (:meth:`group_flush`, opened before the chunks were
+        written), one flush of the filesystem makes every verified chunk durable, they are renamed
+        into place, and a second flush makes the names durable.  Without it, or if the first flush
+        fails, every writer's writeback is started before the first fsync waits, each chunk is
+        fsynced, and each fan-out folder is fsynced once, after every rename into it (also if the
+        second flush fails).  Returns, per writer, None (its chunk is durable in place) or the error
+        that refused it; each succeeds or fails on its own, and nothing is installed that was not
+        verified and made durable first."""
         errors: list[FileClusterError | None] = [None] * len(writers)
         disk = [w for w in writers if isinstance(w, _DiskWriter)]
         if len(disk) != len(writers):
@@ -409,9 +435,15 @@ class ChunkStore:
 
         try:
             live = step(range(len(disk)), _DiskWriter.check)
-            live = step(live, _DiskWriter.start_sync)
-            live = step(live, _DiskWriter.sync)
+            flushed = flush is not None and len(live) >= FLUSH_FROM and _flushed(flush)
+            if flushed:
+                live = step(live, _DiskWriter.close)
+            else:
+                live = step(live, _DiskWriter.start_sync)
+                live = step(live, _DiskWriter.sync)
             step(live, lambda writer: writer.install(sync_folder=False))
+            if flushed and _flushed(flush):
+                return errors  # the renames are durable too
             for folder, members in folders.items():
                 try:
                     fsync_dir(folder)
@@ -448,6 +480,19 @@ class ChunkStore:
             if not existed:
                 self._usage.count += 1
                 self._usage.bytes += size
+
+
+def _flushed(flush: FilesystemFlush | None) -> bool:
+    """Whether ``flush`` made everything written so far durable: False if the flush failed (each
+    file or folder is then fsynced, and says which of them failed)."""
+    if flush is None:
+        return False
+    try:
+        flush.flush()
+    except OSError as exc:
+        log.warning("a filesystem flush failed (%s): fsyncing file by file", exc.strerror or exc)
+        return False
+    return True
 
 
 def _mark_verified(path: Path) -> None:
@@ -542,6 +587,12 @@ class _DiskWriter:
         """Start the temp file's writeback without waiting (sync then has less to wait for)."""
         if self.fd is not None:
             start_writeback(self.fd, self.flushed, self.written - self.flushed)
+
+    def close(self) -> None:
+        """Close the temp file, whose bytes a filesystem flush made durable (commit_all)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
 
     def sync(self) -> None:
         """Make the temp file's bytes durable (fsync) and close it."""

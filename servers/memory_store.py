@@ -79,7 +79,13 @@ class MemoryChunkStore:
             raise InsufficientStorage(f"no room for a chunk of {size} bytes")
         return _MemoryWriter(self, chunk_id, size)
 
-    def commit_all(self, writers: Sequence[ChunkWriter]) -> list[FileClusterError | None]:
+    def group_flush(self, count: int) -> None:
+        """ChunkStore.group_flush's: nothing to flush in memory."""
+        return None
+
+    def commit_all(
+        self, writers: Sequence[ChunkWriter], flush: object = None
+    ) -> list[FileClusterError | None]:
         """ChunkStore.commit_all's contract: each writer committed on its own, its error or None."""
         errors: list[FileClusterError | None] = []
         for writer in writers:

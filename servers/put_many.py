@@ -15,8 +15,12 @@ most one chunk's worth in all, the server's max chunk size):
   piece, as PUT_CHUNK does; each chunk's bytes go to their own verifying
   writer (servers.chunk_store).
 - **The group commit** (``commit_all``): every chunk is checked against its
-  SHA-256, the writeback of all is started, each is fsynced, renamed into
-  place, and each fan-out folder is fsynced once, all before the reply.
+  SHA-256; from FLUSH_FROM chunks (8) one flush of the filesystem (syncfs,
+  opened before the first byte so that it reports any writeback error of
+  theirs) makes all of them durable, they are renamed into place, and a
+  second flush makes the names durable.  A smaller group, or one whose flush
+  fails, has the writeback of all started, each fsynced, renamed into place,
+  and each fan-out folder fsynced once.  All before the reply.
 - **The reply** is ``{results: [...]}``, one per chunk in order: ``{receipts:
   [[server id, receipt]...]}`` when every server of the chain holds it
   (verified, on disk), else ``{code, message, server?, cause?}``, the error
@@ -24,10 +28,10 @@ most one chunk's worth in all, the server's max chunk size):
   down the chain that failed).  Each chunk succeeds or fails on its own.
 
 Bounds: a request's chunks are bounded in number, header bytes and payload
-bytes; its temp files are open at once, so the server holds at most
-OPEN_FOR_GROUPS of them for all PUT_CHUNKS together, and a request that finds
-no room within ROOM_WAIT seconds is answered ``unavailable`` (its sender can
-fall back to PUT_CHUNK).
+bytes; it holds one more descriptor (its flush) while it runs; its temp files
+are open at once, so the server holds at most OPEN_FOR_GROUPS of them for all
+PUT_CHUNKS together, and a request that finds no room within ROOM_WAIT seconds
+is answered ``unavailable`` (its sender can fall back to PUT_CHUNK).
 """
 
 from __future__ import annotations
@@ -170,6 +174,7 @@ class _Group:
         self.downstream, self.down_error = service.open_downstream(
             MsgType.PUT_CHUNKS, {"chunks": chunks}, total, forward
         )
+        self.flush = service.store.group_flush(len(items))  # opened before their first byte is written
 
     def receive(self, body: Iterable[bytes | memoryview]) -> None:
         """Split the payload into its chunks' writers, forwarding every piece as it comes."""
@@ -217,7 +222,8 @@ class _Group:
     def commit(self) -> None:
         """The group commit: every verified chunk durable and in place, or its error."""
         live = [i for i, writer in enumerate(self.writers) if writer is not None and self.errors[i] is None]
-        committed = self.service.store.commit_all([self.writers[i] for i in live])  # type: ignore[misc]
+        writers = [self.writers[i] for i in live]
+        committed = self.service.store.commit_all(writers, self.flush)  # type: ignore[arg-type]
         for i, error in zip(live, committed, strict=True):
             self.errors[i] = error
 
@@ -226,6 +232,9 @@ class _Group:
         for writer in self.writers:
             if writer is not None:
                 writer.abort()
+        if self.flush is not None:
+            self.flush.close()
+            self.flush = None
 
     def downstream_results(self) -> list[list[Any] | FileClusterError]:
         """Per chunk, the receipts of the servers down the chain, or what failed there."""

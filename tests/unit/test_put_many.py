@@ -9,6 +9,9 @@ after an error; the number of temp files held open bounded.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import io
 import os
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from client.put_many import GROUP_CHUNK_SIZE, GROUP_CHUNKS, Part, group
+from common import atomic
 from common.errors import Forbidden, InvalidRequest, Unavailable
 from common.limits import MAX_CHUNKS_PER_PUT
 from common.messages import MsgType, put_results
@@ -226,6 +230,88 @@ def test_the_group_fsyncs_every_chunk_before_renaming_any_and_each_folder_after(
         assert events.index(("rename", str(root / cid[:2] / cid))) < events.index(("fsync", folder))
     assert kinds[-1] == "fsync"
     assert all(store.has(cid) for cid, _ in items) and list(store.tmp.iterdir()) == []
+
+
+def record_disk_events(monkeypatch: pytest.MonkeyPatch, fail_flush: bool = False) -> list[tuple[str, str]]:
+    """Record each filesystem flush, fsync and rename (the flushes made to fail if ``fail_flush``)."""
+    events: list[tuple[str, str]] = []
+    real_flush, real_fsync, real_replace = atomic._SYNCFS, os.fsync, os.replace
+    if real_flush is None:
+        pytest.skip("no trusted syncfs here (Linux 5.8 or later): every group is fsynced chunk by chunk")
+
+    def syncfs(fd: int) -> int:
+        events.append(("flush", ""))
+        if fail_flush:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return real_flush(fd)
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("rename", str(dst)))
+
+    monkeypatch.setattr(atomic, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_a_big_group_is_made_durable_by_two_flushes_data_before_any_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = chunk_store.ChunkStore(tmp_path / "ServerFiles")
+    items = chunks(chunk_store.FLUSH_FROM + 2)
+    assert store.group_flush(chunk_store.FLUSH_FROM - 1) is None  # too few: a fsync each
+    events = record_disk_events(monkeypatch)
+    flush = store.group_flush(len(items))  # opened before the first byte is written
+    assert flush is not None
+    try:
+        writers = []
+        for cid, data in items:
+            writer = store.writer(cid, len(data))
+            writer.write(data)
+            writers.append(writer)
+        assert store.commit_all(writers, flush) == [None] * len(items)
+    finally:
+        flush.close()
+    made = ("fsync", str(store.root))  # a fan-out folder made for the first time: the root fsynced
+    kinds = [kind for kind, path in events if (kind, path) != made]
+    assert kinds == ["flush"] + ["rename"] * len(items) + ["flush"]  # no fsync of a chunk or a folder
+    assert all(store.has(cid) for cid, _ in items) and list(store.tmp.iterdir()) == []
+
+
+def test_a_flush_that_fails_falls_back_to_fsyncs_and_a_disk_fault_still_fails_its_chunk_alone(
+    start: Callable[[int], Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head, replica = start(1), start(2)
+    items = chunks(chunk_store.FLUSH_FROM + 2)
+    victim = items[3][0]
+    events = record_disk_events(monkeypatch, fail_flush=True)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if victim in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # over record_disk_events' own
+    with head.connect() as conn:
+        results = put(conn, [head, replica], items)
+    flushes = [kind for kind, _ in events].count("flush")
+    assert flushes == 2  # one try on each server, then chunk by chunk
+    assert [isinstance(r, list) for r in results] == [i != 3 for i in range(len(items))]
+    assert not isinstance(results[3], list) and results[3].code == "io_error"
+    assert not head.store.has(victim) and head.temp_files() == [] and replica.temp_files() == []
+    assert head.store.count == len(items) - 1
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.add(os.readlink(f"/proc/self/fd/{fd}"))
+    assert not held & {str(head.store.tmp), str(replica.store.tmp)}  # each flush's descriptor closed
 
 
 def test_room_bounds_the_temp_files_held_open_and_a_request_that_finds_none_is_unavailable(
