@@ -183,11 +183,17 @@ class UploadHandlers:
     ) -> dict[str, set[int]]:
         """Which of the holders' copies are known good: each server confirms the copy's size and a
         verification within ``verify_age`` (or re-reads it now, quarantining a bad one).  Dedup
-        builds only on these; a copy found bad or missing is forgotten, and repair replaces it."""
+        builds only on these; a copy found bad or missing is forgotten, and repair replaces it.
+        A holder counted down since ``holders`` was made (it did not answer the proof request just
+        now: StorageClient's on_unreachable) is not asked again: its copies count as not verified
+        (dedup builds on the other holders' copies; a chunk none of them vouches for is sent
+        again), so nobody waits on that server twice."""
+        up = self.registry.live_ids()
         by_server: defaultdict[ServerRef, list[str]] = defaultdict(list)
         for chunk_id, servers in holders.items():
             for server in servers:
-                by_server[server].append(chunk_id)
+                if server.id in up:
+                    by_server[server].append(chunk_id)
         if not by_server:
             return {}
 

@@ -261,6 +261,31 @@ def test_a_hung_server_does_not_slow_a_transfer_or_anyone_else(tmp_path: Path) -
         c.stop()
 
 
+def test_a_hung_holder_is_waited_on_once_when_an_upload_reuses_stored_chunks(tmp_path: Path) -> None:
+    """Uploading content the cluster holds asks the holders for proofs, then to vouch for their
+    copies.  A holder that does not answer the proof request (SIGSTOP) is counted down at once and
+    not asked again: the upload costs one proof timeout (PROVE_TIMEOUT, 2 s), not that plus the
+    vouching timeout (DEDUP_VERIFY_TIMEOUT, 10 s).  Dedup builds on the other holders' copies."""
+    c = Cluster(tmp_path / "cluster", server_args=NO_SCRUB).start()
+    try:
+        ana = new_user(c, "ana")
+        data = random.Random(11).randbytes(16 * CHUNK)
+        (tmp_path / "a.bin").write_bytes(data)
+        ana.upload(tmp_path / "a.bin")
+        hung = c.servers[1]
+        hung.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            ana.upload(tmp_path / "a.bin", name="copy.bin")
+            took = time.monotonic() - started
+            assert took < 7, f"{took:.1f} s: the hung holder was waited on more than once"
+        finally:
+            hung.send_signal(signal.SIGCONT)
+        assert ana.download("copy.bin", tmp_path / "d").path.read_bytes() == data
+    finally:
+        c.stop()
+
+
 @pytest.mark.parametrize("replicas", [2])
 def test_chaos_every_acknowledged_file_survives(tmp_path: Path, replicas: int) -> None:
     """Clients upload and download while servers are killed -9 and restarted and chunk files rot."""
