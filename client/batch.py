@@ -1,5 +1,6 @@
 """Many downloads at once in one process: located BATCH at a time (LOCATE_MANY), fetched by THREADS
-threads over persistent connections (one pool: each thread keeps its own connection to each server),
+threads over persistent connections (one pool: each thread keeps its own connection to each server;
+one :class:`client.chunk_sources.Trouble`: a server that failed any download is tried last by all),
 their leases ended BATCH at a time (RELEASE_MANY).
 
 Small files (client.small_files.is_small: one chunk of at most 256 KiB) go to GROUPS threads a
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from client import download as downloader
+from client.chunk_sources import Trouble
 from client.partial import PARTIAL_DIR, remove_if_empty
 from client.pool import READ_TIMEOUT, ConnectionPool, ProxyCaller, SharedProxy
 from client.small_files import SmallFiles, is_small
@@ -103,6 +105,7 @@ def download_many(
                 pool=pool,
                 release=releases.add,
                 swept=swept,
+                trouble=trouble,
             )
         except FileClusterError as exc:
             result = exc
@@ -142,7 +145,8 @@ def download_many(
             room.release(ROOM * BATCH)
 
     pool = ConnectionPool(read_timeout(READ_TIMEOUT))
-    small = SmallFiles(out_dir, pool, shared, swept, finished, alone, releases.add)
+    trouble = Trouble()  # a server that failed one download is tried last by every other one
+    small = SmallFiles(out_dir, pool, shared, swept, finished, alone, releases.add, trouble)
     stopping = threading.Event()
     broken = threading.Event()  # a group raised: locate nothing more
     futures: list[Future[None]] = []

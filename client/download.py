@@ -108,6 +108,7 @@ def download(
     pool: ConnectionPool | None = None,
     release: Callable[[str], None] | None = None,
     swept: set[Path] | None = None,
+    trouble: Trouble | None = None,
 ) -> DownloadResult:
     """Fetch the file described by a LOCATE reply into ``out_dir`` (as ``save_as``, a path relative
     to it; default: the base name of the file's name).
@@ -124,12 +125,14 @@ def download(
     Many downloads at once (client.batch) share one ``pool`` of connections (each thread its own)
     and hand their lease to ``release`` instead of sending RELEASE, so that one RELEASE_MANY ends
     many leases; with ``swept``, the folders whose stale partials were already swept in this
-    batch, each destination folder is swept once, not once per file."""
+    batch, each destination folder is swept once, not once per file; and with ``trouble``, the
+    servers that failed any of them are tried last by all (a hung server costs each thread of the
+    batch one timeout, not one per file)."""
     tickets = Tickets(info, relocate, proxy, release)
     reports = Reports()
     interrupted = True
     try:
-        result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool, swept)
+        result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool, swept, trouble)
         interrupted = False
         return result
     except Exception:
@@ -150,6 +153,7 @@ def _download(
     save_as: str | None,
     pool: ConnectionPool | None = None,
     swept: set[Path] | None = None,
+    trouble: Trouble | None = None,
 ) -> DownloadResult:
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
@@ -176,7 +180,11 @@ def _download(
         have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
         resumed = sum(int(chunks[i]["size"]) for i in have)
         transfer = _Transfer(
-            partial.fd, tickets, Trouble(), reports, pool or ConnectionPool(read_timeout(READ_TIMEOUT))
+            partial.fd,
+            tickets,
+            trouble or Trouble(),
+            reports,
+            pool or ConnectionPool(read_timeout(READ_TIMEOUT)),
         )
         if len(chunks) - len(have) > 1 and all(offset % ALIGN == 0 for offset in offsets):
             transfer.direct = reopen_direct(partial.fd)  # a big file: around the page cache

@@ -127,6 +127,7 @@ class SmallFiles:
         finished: Outcome,
         alone: Callable[[Wanted, dict[str, Any]], None],
         release: Callable[[str], None],
+        trouble: Trouble | None = None,
     ) -> None:
         self._out_dir = out_dir
         self._pool = pool
@@ -135,7 +136,7 @@ class SmallFiles:
         self._finished = finished
         self._alone = alone
         self._release = release
-        self._trouble = Trouble()  # for the whole run: a server that failed one group is tried last
+        self._trouble = trouble or Trouble()  # for the whole run: a server that failed once is tried last
         self._turns = itertools.count()  # spreads the reads over the copies (next() is atomic)
 
     def download(self, group: list[tuple[Wanted, dict[str, Any]]]) -> None:

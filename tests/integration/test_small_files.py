@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import random
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from client import batch
 from client.api import Client
 from client.batch import Wanted, download_many
+from client.chunk_sources import Trouble
 from client.download import DownloadResult
 from client.partial import PARTIAL_DIR, partial_key
 from client.small_files import FLUSH_FROM, SmallFiles
@@ -116,6 +118,33 @@ def test_a_server_down_costs_the_group_no_file(cluster: Cluster, tmp_path: Path)
     cluster.kill_server(2)
     results = download_all(ana, sorted(files), tmp_path / "down")
     assert_all_arrived(results, files, tmp_path / "down")
+
+
+def test_a_hung_server_costs_a_download_of_many_files_a_timeout_per_thread_not_per_file(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP: connections to the server open, then nothing answers.  The groups that asked it
+    time out and hand its files to client.download, which must not wait on it again for each
+    file: one Trouble for the whole run, so every thread tries it last once any has timed out."""
+    monkeypatch.setenv("FILECLUSTER_READ_TIMEOUT", "1")
+    ana = new_user(cluster, "ana")
+    files = upload_small(ana, tmp_path / "src", 96, seed=9)
+    hung = cluster.servers[1]
+    timeouts: list[tuple[str, int]] = []
+    real_failed = Trouble.failed
+
+    def failed(self: Trouble, server: dict[str, Any]) -> None:
+        timeouts.append((str(server["host"]), int(server["port"])))
+        real_failed(self, server)
+
+    monkeypatch.setattr(Trouble, "failed", failed)
+    hung.send_signal(signal.SIGSTOP)
+    try:
+        results = download_all(ana, sorted(files), tmp_path / "down")
+    finally:
+        hung.send_signal(signal.SIGCONT)
+    assert_all_arrived(results, files, tmp_path / "down")
+    assert 1 <= len(timeouts) <= batch.GROUPS + batch.THREADS, timeouts  # at most once per thread
 
 
 def test_what_is_not_the_plain_case_ends_as_it_would_alone(cluster: Cluster, tmp_path: Path) -> None:
