@@ -6,7 +6,8 @@ GET tickets of the LINK_OPEN reply, through client.chunk_sources.read_chunk_into
 reader),
 its SHA-256 checked, and only then is its part of the span handed out, in pieces.  A copy that is
 unreachable, missing or corrupt is skipped for the next (a bad one is reported, REPORT_BAD, so
-repair replaces it); expired tickets are renewed once through the lease (client.chunk_sources.Tickets).
+repair replaces it; a server that timed out or refused is tried last for the rest of the stream);
+expired tickets are renewed once through the lease (client.chunk_sources.Tickets).
 If no copy is good the stream raises and the server closes the connection: the client sees a
 short body, never a wrong byte.
 
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from client.chunk_sources import Tickets, from_a_good_copy, read_chunk_into
+from client.chunk_sources import Tickets, Trouble, from_a_good_copy, read_chunk_into
 from client.pool import READ_TIMEOUT, ConnectionPool
 from common.config import read_timeout
 from common.errors import FileClusterError, Gone, NotFound, Unavailable
@@ -104,12 +105,13 @@ def file_pieces(
     each piece is valid until the next is asked for.  Close the iterator when done with it."""
     chunks: list[dict[str, Any]] = info["chunks"]
     tickets = Tickets(info, None, proxy)
+    trouble = Trouble()  # a server that timed out or refused is tried last for the rest of the stream
     with ConnectionPool(read_timeout(READ_TIMEOUT)) as pool:
         for index, lo, hi in chunk_spans(chunks, start, end):
             check()
             buffers.acquire()
             try:
-                data = verified_chunk(pool, tickets, proxy, index, chunks[index])
+                data = verified_chunk(pool, tickets, proxy, index, chunks[index], trouble)
                 view = memoryview(data)
                 for at in range(lo, hi, PIECE):
                     yield view[at : min(hi, at + PIECE)]
@@ -120,11 +122,18 @@ def file_pieces(
 
 
 def verified_chunk(
-    pool: ConnectionPool, tickets: Tickets, proxy: ProxyCalls, index: int, chunk: dict[str, Any]
+    pool: ConnectionPool,
+    tickets: Tickets,
+    proxy: ProxyCalls,
+    index: int,
+    chunk: dict[str, Any],
+    trouble: Trouble | None = None,
 ) -> bytearray:
     """Chunk ``index`` whole, from the first copy whose SHA-256 matches (the download's routing,
-    client.chunk_sources.from_a_good_copy); Unavailable if none does.  Each copy is received
-    straight into the one buffer (client.chunk_sources.read_chunk_into)."""
+    client.chunk_sources.from_a_good_copy: copies spread by ``index``, the servers in ``trouble``
+    last, so a hung server costs a stream one timeout, not one per chunk); Unavailable if none
+    does.  Each copy is received straight into the one buffer (client.chunk_sources.read_chunk_into)."""
+    trouble = trouble or Trouble()
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
     data = bytearray(size)
     with memoryview(data) as view:
@@ -136,11 +145,10 @@ def verified_chunk(
             tickets,
             index,
             chunk_id,
-            lambda sources: (
-                sources[index % len(sources) :] + sources[: index % len(sources)] if sources else []
-            ),
+            lambda sources: trouble.order(index, sources),
             read,
             lambda server, ticket, problem: report_bad(proxy, chunk_id, server, ticket, problem),
+            trouble.failed,
         )
     return data
 

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        env=cluster.env,
+        env={**cluster.env, "FILECLUSTER_READ_TIMEOUT": "1"},
         cwd=root,
         preexec_fn=die_with_parent,
     )
@@ -344,6 +345,22 @@ def test_a_chunk_with_no_good_copy_ends_the_response_before_its_bytes(gw: Setup)
     gw.cluster.wait_for(
         lambda: any(c["sent"] == len(got) for c in gw.fake.requests(MsgType.LINK_CLOSE)), "LINK_CLOSE"
     )
+
+
+def test_a_hung_server_costs_a_download_one_timeout_not_one_per_chunk(gw: Setup) -> None:
+    """SIGSTOP: connections to the server open, then nothing answers (the gateway's read timeout
+    is 1 s here).  Half of bigTOKEN's 32 chunks list that server first; once it has timed out,
+    the stream reads the other copy first for the rest."""
+    hung = gw.cluster.servers[1]
+    hung.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response, body = gw.get("/s/bigTOKEN")
+        took = time.monotonic() - started
+    finally:
+        hung.send_signal(signal.SIGCONT)
+    assert response.status == 200 and body == gw.data["bigTOKEN"]
+    assert took < 5, f"{took:.1f} s: the hung server was waited on for more than one chunk"
 
 
 def test_a_first_chunk_with_no_good_copy_is_a_503_before_any_header(gw: Setup) -> None:
