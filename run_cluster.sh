@@ -326,9 +326,11 @@ leave_menu() {  # the interactive mode's end, however it comes: stop what this i
   [ "${#STARTED[@]}" -eq 0 ] || { lock; stop_started; }
 }
 
-status() {
-  local name pid up=0 down=0
-  for name in $( (names; recorded) | sort -u | sort -t r -k 3 -n); do
+status() {  # the daemons this data folder records; with none, or FILECLUSTER_SERVERS set, those it would run
+  local name pid up=0 down=0 which
+  which="$(recorded)"
+  if [ -z "$which" ] || [ -n "${FILECLUSTER_SERVERS:-}" ]; then which="$( (names; recorded) | sort -u)"; fi
+  for name in $(echo "$which" | sort -u | sort -t r -k 3 -n); do
     if pid="$(running_pid "$name")"; then echo "$name: running (pid $pid, port $(port_of "$name"))"; up=$((up + 1))
     else echo "$name: stopped"; down=$((down + 1)); fi
   done

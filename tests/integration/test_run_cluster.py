@@ -323,6 +323,18 @@ def test_a_plain_stop_stops_a_cluster_started_with_more_servers(data: Path) -> N
     assert daemons_of(data) == set()
 
 
+def test_status_lists_the_daemons_the_data_folder_runs_whatever_the_server_count_says_now(
+    data: Path,
+) -> None:
+    assert run(data, "start", FILECLUSTER_SERVERS="1").returncode == 0
+    daemons = recorded(data)
+    status = run(data, "status")  # FILECLUSTER_SERVERS is 4 again: servers 2-4 are none of this folder's
+    assert status.returncode == 0, status.stdout
+    assert sorted(line.split(":")[0] for line in status.stdout.splitlines()) == sorted(daemons)
+    assert len(daemons) == 3  # proxy, server1, gateway
+    assert run(data, "stop").returncode == 0
+
+
 def test_restart_with_a_host_name_in_links_and_server_addresses(data: Path, tmp_path: Path) -> None:
     assert run(data, "start").returncode == 0
     before = recorded(data)
