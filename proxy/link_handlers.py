@@ -225,9 +225,10 @@ class LinkHandlers:
         return Reply({"revoked": len(tokens)})
 
     # -- opening a link ----------------------------------------------------------------------
-    def _target(self, token: str, path: str | None, address: str | None) -> Target:
+    def _target(self, token: str, path: str | None, address: str | None, *, reserved: bool = False) -> Target:
         """What ``token`` (and ``path``, in a folder link) opens, if the link still serves; with an
-        ``address``, unknown tokens count against it."""
+        ``address``, unknown tokens count against it.  ``reserved``: a check for a download under
+        way (links.check_serves)."""
         if address is not None:
             self.throttle.attempt(address)
         link = self.catalog.share(token)
@@ -254,7 +255,7 @@ class LinkHandlers:
         entry = self.catalog.file(owner, name)
         if entry is None:
             raise Gone("this link's file was deleted")
-        links.check_serves(link, entry["size"], time.time())
+        links.check_serves(link, entry["size"], time.time(), reserved=reserved)
         return Target(token, link, owner, name, entry["size"])
 
     def _folder(self, t: Target) -> dict[str, Any]:
@@ -322,7 +323,7 @@ class LinkHandlers:
             raise InvalidRequest("client must be an address")
         span = _range(h.get("range"))
         with self.catalog.lock:
-            t = self._target(h["token"], h.get("path"), None if check else client_key(client))
+            t = self._target(h["token"], h.get("path"), None if check else client_key(client), reserved=check)
             if t.listing is not None:
                 return Reply(self._folder(t))
             if check:

@@ -70,10 +70,13 @@ _WHY = {
 }
 
 
-def check_serves(link: dict[str, Any], size: int, now: float) -> None:
-    """Raise Gone unless the link is active."""
+def check_serves(link: dict[str, Any], size: int, now: float, *, reserved: bool = False) -> None:
+    """Raise Gone unless the link is active.  ``reserved``: asked for a download under way, whose
+    bytes were reserved when it opened, so the budget it used up itself does not end it (a link of
+    one download is exhausted by that download's own reservation); expiry, revocation and deletion
+    still do."""
     current = state(link, size, now)
-    if current != "active":
+    if current != "active" and not (reserved and current == "exhausted"):
         raise Gone(_WHY[current].format(kind=link.get("kind", "file")))
 
 

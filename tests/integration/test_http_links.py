@@ -345,6 +345,36 @@ def test_revoking_stops_a_stream_in_progress(cluster: Cluster, owner: Client) ->
     assert received < size and ended < 5.0, (received, ended)
 
 
+def test_the_last_download_a_link_allows_is_served_whole_however_long_it_takes(
+    cluster: Cluster, owner: Client
+) -> None:
+    """The gateway re-checks the link every 2 s while it streams.  That download's own reservation
+    uses up a link of one download: the check must not take that for the link being exhausted."""
+    name = f"slow{next(_n)}.bin"
+    size = 128 * CHUNK  # 8 MiB: more than the sockets' buffers hold
+    data = upload(owner, name, size)
+    token = owner.share(name, max_downloads=1)["token"]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.bind((loopback_source(), 0))
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", cluster.gateway_port))
+    with sock:
+        sock.sendall(f"GET /s/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(1024)
+        assert got.startswith(b"HTTP/1.1 200 ")
+        body = bytearray(got.split(b"\r\n\r\n", 1)[1])
+        time.sleep(2.5)  # a slow reader: the stream outlives a check
+        while len(body) < size and (piece := sock.recv(256 * 1024)):
+            body += piece
+    assert bytes(body) == data
+    assert state_of(owner, token)["state"] == "exhausted"
+    response, _ = fetch(cluster, f"/s/{token}")
+    assert response.status == 410  # and no more
+
+
 def test_guessing_from_one_address_never_slows_another(cluster: Cluster, owner: Client) -> None:
     name = f"t{next(_n)}.txt"
     data = upload(owner, name, 100)
