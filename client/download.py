@@ -399,16 +399,36 @@ def _fetch_chunk(
         on_bytes(size)
         return held
 
-    return from_a_good_copy(
-        transfer.tickets,
-        index,
-        chunk_id,
-        lambda sources: transfer.trouble.order(index, sources),
-        read,
-        lambda server, ticket, problem: transfer.reports.add(chunk_id, server, ticket, problem),
-        failed=transfer.trouble.failed,
-        stopped=transfer.stopped,
-    )
+    try:
+        return from_a_good_copy(
+            transfer.tickets,
+            index,
+            chunk_id,
+            lambda sources: transfer.trouble.order(index, sources),
+            read,
+            lambda server, ticket, problem: transfer.reports.add(chunk_id, server, ticket, problem),
+            failed=transfer.trouble.failed,
+            stopped=transfer.stopped,
+        )
+    except _LocalWriteFailed as exc:  # the local disk's error again: _download says it as such
+        raise exc.error from None
+
+
+class _LocalWriteFailed(Exception):
+    """A write to the partial failed (a full disk, an I/O error).  Neither an OSError nor a
+    FileClusterError, so from_a_good_copy does not take it for the copy's fault: no other copy
+    is tried, no server is blamed, and the download ends saying what is wrong with the disk."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _to_partial(write: Callable[[memoryview, int], None], data: memoryview, offset: int) -> None:
+    try:
+        write(data, offset)
+    except OSError as exc:
+        raise _LocalWriteFailed(exc) from exc
 
 
 def _fetch_from(
@@ -429,12 +449,12 @@ def _fetch_from(
         chunk_id,
         size,
         buf,
-        lambda piece, at: write_at(transfer.fd, piece, offset + at),
+        lambda piece, at: _to_partial(lambda d, o: write_at(transfer.fd, d, o), piece, offset + at),
     )
     if size > len(buf):
         return None
     held = buf[:size]
-    transfer.write(held, offset)
+    _to_partial(transfer.write, held, offset)
     return held
 
 

@@ -21,6 +21,7 @@ from client import download as downloader
 from client import session as saved
 from client import upload as uploader
 from client.api import Client
+from client.chunk_sources import Trouble
 from client.proxy_link import ProxyLink
 from common.errors import (
     AuthError,
@@ -272,6 +273,24 @@ def test_a_full_disk_when_the_download_starts(
     with pytest.raises(InvalidRequest, match=re.escape(f"cannot write in {out}: No space left on device")):
         user.download("f.txt", out)
     assert nothing_in(out)
+
+
+def test_a_disk_that_fills_during_the_download_is_said_to_be_full_and_no_server_is_blamed(
+    two_chunks: tuple[Client, bytes, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, _, _ = two_chunks
+    out = tmp_path / "out"
+    blamed: list[Any] = []
+    monkeypatch.setattr(Trouble, "failed", lambda self, server: blamed.append(server))
+
+    def full(*args: Any, **kwargs: Any) -> int:
+        raise oserror(errno.ENOSPC)
+
+    monkeypatch.setattr(os, "pwrite", full)  # the partial is open: its chunks cannot be written
+    monkeypatch.setattr(downloader, "write_direct", full)
+    with pytest.raises(InvalidRequest, match=re.escape(f"cannot write in {out}: No space left on device")):
+        user.download("two.bin", out)
+    assert blamed == [] and only_a_partial_in(out)  # kept: the download goes on once there is room
 
 
 def test_an_unreadable_file_of_the_same_name_and_size(
