@@ -134,7 +134,8 @@ class Tally:
 
     def fail(self, what: str, exc: FileClusterError, key: str = "path") -> None:
         message = str(exc)
-        self.out.error(message if what in message else f"{what}: {message}")
+        shown = what if what.isprintable() else repr(what)  # a local name with a newline: still one line
+        self.out.error(message if what in message else f"{shown}: {message}")
         self.failed.append({key: what, "error": message})
 
     def finish(self, verb: str) -> int:

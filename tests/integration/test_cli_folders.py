@@ -193,3 +193,11 @@ def test_a_folder_named_where_a_file_is_wanted_gets_the_command_for_it(run: Any,
     code, _, err = run("versions", "pics/nope")
     assert code == 1 and err == "error: you have no file named 'pics/nope'\n"
     assert run("ls", "pics", "-R")[1].count(".jpg") == len(PICS)  # nothing was deleted
+
+
+def test_a_file_whose_local_name_has_a_newline_fails_in_one_line(run: Any, tmp_path: Path) -> None:
+    mix = tree(tmp_path / "mix", {"good.txt": b"fine", "bad\nname": b"refused"})
+    code, out, err = run("upload", "-r", str(mix))
+    assert code == 1 and "good.txt" in out
+    (line,) = err.splitlines()  # the raw name would break the error over two lines
+    assert line.startswith("error: ") and "control characters" in line and "\\n" in line
