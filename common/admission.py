@@ -22,8 +22,14 @@ cannot shut out logged-in users, the storage servers or the proxy's own calls:
   it has just sent).  That is enough for REGISTER, LOGIN and a HELLO before a session request
   (an upload), a LOCATE by link, a few chunks, or one of the proxy's own calls; a client whose
   request authenticates stays, trusted;
-- past ``max_connections`` in all, or past ``per_address`` from its address, a newcomer is
-  closed at once, unanswered.
+- past ``max_connections`` in all, a newcomer takes the place of a connection on probation from
+  the address that holds the most of them (its oldest), if that address holds at least two more
+  than the newcomer's; that connection is shut down at once (its client sees it closed, as at
+  its head deadline).  So the reserve is shared out fairly among the addresses that want it: an
+  attacker who keeps it busy with connections that reconnect as soon as they are closed holds a
+  slot in it for each address it has, and a user's newcomer displaces one of its many;
+- otherwise, past ``max_connections`` in all, or past ``per_address`` from its address, a newcomer
+  is closed at once, unanswered.
 
 Trusted connections count against their address's cap like any other.  This module only counts;
 common.frame_server applies the verdicts to sockets.
@@ -31,6 +37,7 @@ common.frame_server applies the verdicts to sockets.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -66,6 +73,8 @@ class Slot:
     probation: bool = False  # in the reserve, and not trusted (yet)
     trusted: bool = False
     anonymous: int = 0  # requests that did not authenticate, while on probation
+    displaced: Slot | None = None  # the connection on probation this one took the place of
+    evicted: bool = False  # displaced by a newcomer: already uncounted, its socket to be shut down
 
 
 class Admission:
@@ -85,6 +94,7 @@ class Admission:
         self._open = 0
         self._ordinary = 0  # anonymous connections outside the reserve
         self._by_address: dict[str, int] = {}
+        self._on_probation: dict[str, list[Slot]] = {}  # by address, oldest first
 
     @property
     def open(self) -> int:
@@ -97,14 +107,47 @@ class Admission:
             held = self._by_address.get(address, 0)
             if held >= self.per_address:
                 raise Busy(f"{address} already has {held} connections open, the most one address may")
+            displaced = None
             if self._open >= self.max_connections:
-                raise Busy(f"all {self.max_connections} connections are in use")
+                displaced = self._displaceable(address)
+                if displaced is None:
+                    raise Busy(f"all {self.max_connections} connections are in use")
+                displaced.evicted = True
+                self._uncount(displaced)
             slot = Slot(address, probation=self._ordinary >= self.max_connections - self.reserved)
+            slot.displaced = displaced
             self._open += 1
-            self._by_address[address] = held + 1
-            if not slot.probation:
+            self._by_address[address] = self._by_address.get(address, 0) + 1
+            if slot.probation:
+                self._on_probation.setdefault(address, []).append(slot)
+            else:
                 self._ordinary += 1
             return slot
+
+    def _displaceable(self, address: str) -> Slot | None:
+        """The oldest connection on probation of the address holding the most, if it holds at
+        least two more than ``address`` does (so displacing it makes the reserve fairer)."""
+        mine = len(self._on_probation.get(address, ()))
+        most = max(self._on_probation.values(), key=len, default=[])
+        return most[0] if len(most) >= mine + 2 else None
+
+    def _uncount(self, slot: Slot) -> None:
+        self._open -= 1
+        left = self._by_address[slot.address] - 1
+        if left:
+            self._by_address[slot.address] = left
+        else:
+            del self._by_address[slot.address]
+        if slot.probation:
+            self._leave_probation(slot)
+        elif not slot.trusted:
+            self._ordinary -= 1
+
+    def _leave_probation(self, slot: Slot) -> None:
+        held = self._on_probation[slot.address]
+        held.remove(slot)
+        if not held:
+            del self._on_probation[slot.address]
 
     def admit_request(self, slot: Slot, authenticated: bool) -> bool:
         """Count a request that passed the door or not; False if the connection may not make it
@@ -113,7 +156,11 @@ class Admission:
             if slot.trusted:
                 return True
             if authenticated:
-                if not slot.probation:
+                if slot.evicted:  # displaced meanwhile: its socket is being shut down
+                    return False
+                if slot.probation:
+                    self._leave_probation(slot)
+                else:
                     self._ordinary -= 1
                 slot.trusted, slot.probation = True, False
                 return True
@@ -125,14 +172,8 @@ class Admission:
 
     def release(self, slot: Slot) -> None:
         with self._lock:
-            self._open -= 1
-            left = self._by_address[slot.address] - 1
-            if left:
-                self._by_address[slot.address] = left
-            else:
-                del self._by_address[slot.address]
-            if not slot.trusted and not slot.probation:
-                self._ordinary -= 1
+            if not slot.evicted:  # a displaced one was uncounted when it was displaced
+                self._uncount(slot)
 
 
 class AdmissionDoor:
@@ -161,6 +202,11 @@ class AdmissionDoor:
             return False
         with self._slots_lock:
             self._slots[request] = slot
+            displaced = [sock for sock, held in self._slots.items() if held is slot.displaced]
+        slot.displaced = None
+        for sock in displaced:  # its thread sees the connection end, and releases nothing more
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         return True
 
     def shutdown_request(self, request: Any) -> None:

@@ -74,3 +74,26 @@ def test_refusals_are_logged_at_most_burst_times_per_interval(caplog: pytest.Log
         "997 more warnings like 'refusing %d' were not logged (at most 3 every 10 s)",
         "refusing 1000",
     ]
+
+
+def test_a_full_reserve_is_shared_out_fairly_among_addresses() -> None:
+    """Every slot taken, the reserve by connections that reconnect as soon as they are closed: a
+    newcomer displaces the oldest of the address holding the most, until each holds as many."""
+    gate = admission()  # 6 connections, 2 of them the reserve
+    for i in (1, 1, 2, 2):  # the ordinary slots
+        gate.admit(f"10.0.0.{i}")
+    flood = [gate.admit("10.0.0.3"), gate.admit("10.0.0.3")]
+    assert all(s.probation for s in flood) and gate.open == 6
+    user = gate.admit("10.0.0.4")
+    assert user.probation and user.displaced is flood[0] and flood[0].evicted
+    assert gate.open == 6  # the displaced one no longer counts
+    assert not gate.admit_request(flood[0], authenticated=True)  # too late: it is being shut down
+    gate.release(flood[0])  # its thread ends: nothing is counted twice
+    assert gate.open == 6
+    for address in ("10.0.0.3", "10.0.0.5"):  # one each now: nobody displaces anybody
+        with pytest.raises(Busy, match="all 6 connections are in use"):
+            gate.admit(address)
+    assert gate.admit_request(user, authenticated=True)  # the user logs in: trusted, and stays
+    gate.release(flood[1])
+    assert gate.admit("10.0.0.3").displaced is None  # a free slot: nobody is displaced
+    assert gate.open == 6

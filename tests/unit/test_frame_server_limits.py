@@ -212,6 +212,30 @@ def test_the_reserve_serves_newcomers_briefly_and_keeps_those_that_authenticate(
         srv.stop()
 
 
+def test_a_reserve_held_by_one_address_makes_room_for_a_user_from_another() -> None:
+    """The ordinary slots held, the reserve by connections of one address that would reconnect
+    as soon as they were closed: a user from another address still gets in and logs in."""
+    srv = start(max_connections=4, reserved=2, head_deadline=5, idle_timeout=30)
+    try:
+        squatters = [raw(srv, "127.0.0.3"), raw(srv, "127.0.0.3")]  # every ordinary slot, idle
+        time.sleep(0.1)
+        flood = [raw(srv, "127.0.0.5"), raw(srv, "127.0.0.5")]  # the reserve, on probation
+        time.sleep(0.1)
+        with connect(srv, "127.0.0.2") as user:  # displaces the oldest of the flood
+            assert user.request(MsgType.WHOAMI, {"session": "good"}) == {"user": "ana"}
+            flood[0].settimeout(5)
+            started = time.monotonic()
+            assert flood[0].recv(1) == b""  # shut down at once, not at its head deadline
+            assert time.monotonic() - started < 2
+            with raw(srv, "127.0.0.5") as again:  # its address holds no more than the user's now
+                again.settimeout(5)
+                assert again.recv(1) == b""  # refused
+        for sock in squatters + flood:
+            sock.close()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize(
     ("msg_type", "header"),
     [(MsgType.HELLO, {}), (MsgType.WHOAMI, {"session": "bad"})],
