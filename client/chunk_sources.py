@@ -191,6 +191,8 @@ def from_a_good_copy(
                 expired = True
                 errors.append(f"server {server.get('id', '?')}: {exc}")
             except (FileClusterError, OSError) as exc:
+                if stopped is not None and stopped.is_set():  # broken off by us, not the copy's fault
+                    raise Unavailable("the download was stopped") from None
                 errors.append(f"server {server.get('id', '?')}: {exc}")
                 problem = copy_problem(exc)
                 if problem is not None:

@@ -229,7 +229,7 @@ class _Transfer:
     trouble: Trouble
     reports: Reports
     pool: ConnectionPool
-    stopped: threading.Event = field(default_factory=threading.Event)  # the deadline passed
+    stopped: threading.Event = field(default_factory=threading.Event)  # the deadline passed, or broken off
     direct: int | None = None  # the partial opened again with O_DIRECT (common.direct_io), if it can be
 
     def write(self, data: memoryview, offset: int) -> None:
@@ -357,6 +357,7 @@ def _fetch_in_window(
         except BaseException as exc:  # a failed chunk, the deadline, Ctrl-C or SIGTERM: break all
             for future, _ in futures.values():
                 future.cancel()
+            transfer.stopped.set()  # the reads broken off now are nobody's fault: no copy is blamed
             transfer.pool.abort()
             if isinstance(exc, FutureTimeout):
                 raise deadline.missed() from None
