@@ -196,19 +196,7 @@ def test_the_group_fsyncs_every_chunk_before_renaming_any_and_each_folder_after(
 ) -> None:
     store = chunk_store.ChunkStore(tmp_path / "ServerFiles")
     items = chunks(8)
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-
-    def replace(src: Any, dst: Any) -> None:
-        real_replace(src, dst)
-        events.append(("rename", str(dst)))
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_fsyncs_and_renames(monkeypatch)
     writers = []
     for cid, data in items:
         writer = store.writer(cid, len(data))
@@ -232,19 +220,10 @@ def test_the_group_fsyncs_every_chunk_before_renaming_any_and_each_folder_after(
     assert all(store.has(cid) for cid, _ in items) and list(store.tmp.iterdir()) == []
 
 
-def record_disk_events(monkeypatch: pytest.MonkeyPatch, fail_flush: bool = False) -> list[tuple[str, str]]:
-    """Record each filesystem flush, fsync and rename (the flushes made to fail if ``fail_flush``)."""
+def record_fsyncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record each fsync (with the path it was of) and each rename (with its destination)."""
     events: list[tuple[str, str]] = []
-    real_flush, real_fsync, real_replace = atomic._SYNCFS, os.fsync, os.replace
-    if real_flush is None:
-        pytest.skip("no trusted syncfs here (Linux 5.8 or later): every group is fsynced chunk by chunk")
-
-    def syncfs(fd: int) -> int:
-        events.append(("flush", ""))
-        if fail_flush:
-            ctypes.set_errno(errno.EIO)
-            return -1
-        return real_flush(fd)
+    real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
@@ -254,9 +233,26 @@ def record_disk_events(monkeypatch: pytest.MonkeyPatch, fail_flush: bool = False
         real_replace(src, dst)
         events.append(("rename", str(dst)))
 
-    monkeypatch.setattr(atomic, "_SYNCFS", syncfs)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def record_disk_events(monkeypatch: pytest.MonkeyPatch, fail_flush: bool = False) -> list[tuple[str, str]]:
+    """Record each filesystem flush, fsync and rename (the flushes made to fail if ``fail_flush``)."""
+    real_flush = atomic._SYNCFS
+    if real_flush is None:
+        pytest.skip("no trusted syncfs here (Linux 5.8 or later): every group is fsynced chunk by chunk")
+    events = record_fsyncs_and_renames(monkeypatch)
+
+    def syncfs(fd: int) -> int:
+        events.append(("flush", ""))
+        if fail_flush:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return real_flush(fd)
+
+    monkeypatch.setattr(atomic, "_SYNCFS", syncfs)
     return events
 
 
