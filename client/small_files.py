@@ -270,11 +270,8 @@ class SmallFiles:
             f.partial.close(keep=False, tidy=False)
             placed.append((f, final))
         folders = {f.folder for f, _ in placed if id(f) not in together}
-        if flush is not None and together:
-            try:
-                flush.flush()  # the links
-            except OSError:
-                folders |= {f.folder for f, _ in placed}
+        if flush is not None and together and not flush.try_flush():  # the links
+            folders |= {f.folder for f, _ in placed}
         failed: dict[Path, str] = {}
         for folder in folders:
             try:
@@ -299,12 +296,7 @@ class SmallFiles:
             if f.folder not in covered:
                 covered[f.folder] = flush.covers(f.folder)
         together = {id(f) for f in files if covered[f.folder]}
-        if together:
-            try:
-                flush.flush()
-            except OSError:
-                return set()
-        return together
+        return together if together and flush.try_flush() else set()
 
     def _failed(self, server: dict[str, Any], ticket: dict[str, Any], f: _File, exc: BaseException) -> None:
         """A copy that could not be read: reported if it is bad, its server tried last if it is

@@ -159,6 +159,15 @@ class FilesystemFlush:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
 
+    def try_flush(self) -> bool:
+        """:meth:`flush`, saying whether it made everything durable: False if there is no flush
+        here or it failed (the caller then fsyncs file by file, which says what failed)."""
+        try:
+            self.flush()
+        except OSError:
+            return False
+        return True
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:

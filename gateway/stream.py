@@ -127,13 +127,12 @@ def verified_chunk(
     proxy: ProxyCalls,
     index: int,
     chunk: dict[str, Any],
-    trouble: Trouble | None = None,
+    trouble: Trouble,
 ) -> bytearray:
     """Chunk ``index`` whole, from the first copy whose SHA-256 matches (the download's routing,
     client.chunk_sources.from_a_good_copy: copies spread by ``index``, the servers in ``trouble``
     last, so a hung server costs a stream one timeout, not one per chunk); Unavailable if none
     does.  Each copy is received straight into the one buffer (client.chunk_sources.read_chunk_into)."""
-    trouble = trouble or Trouble()
     chunk_id, size = str(chunk["id"]), int(chunk["size"])
     data = bytearray(size)
     with memoryview(data) as view:

@@ -435,14 +435,14 @@ class ChunkStore:
 
         try:
             live = step(range(len(disk)), _DiskWriter.check)
-            flushed = flush is not None and len(live) >= FLUSH_FROM and _flushed(flush)
+            flushed = flush is not None and flush.try_flush()
             if flushed:
                 live = step(live, _DiskWriter.close)
             else:
                 live = step(live, _DiskWriter.start_sync)
                 live = step(live, _DiskWriter.sync)
             step(live, lambda writer: writer.install(sync_folder=False))
-            if flushed and _flushed(flush):
+            if flush is not None and flushed and flush.try_flush():
                 return errors  # the renames are durable too
             for folder, members in folders.items():
                 try:
@@ -480,19 +480,6 @@ class ChunkStore:
             if not existed:
                 self._usage.count += 1
                 self._usage.bytes += size
-
-
-def _flushed(flush: FilesystemFlush | None) -> bool:
-    """Whether ``flush`` made everything written so far durable: False if the flush failed (each
-    file or folder is then fsynced, and says which of them failed)."""
-    if flush is None:
-        return False
-    try:
-        flush.flush()
-    except OSError as exc:
-        log.warning("a filesystem flush failed (%s): fsyncing file by file", exc.strerror or exc)
-        return False
-    return True
 
 
 def _mark_verified(path: Path) -> None:
