@@ -22,6 +22,7 @@ from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest
 from common.limits import MAX_DOWNLOADS
 from common.protocol import MAX_INT
+from common.usage import OneLineParser
 
 PACKAGE_VERSION = "0.1.0"  # pyproject's; used when the package is run from a source tree
 
@@ -288,7 +289,7 @@ def _arguments(name: str, p: argparse.ArgumentParser) -> None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; ``only``: a command's name or alias, whose parser is then the only
     one built (what parsing its arguments needs: a command starts ~7 ms sooner)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="filecluster",
         description="A small self-hosted file cluster. With no command, opens the menu.",
         epilog="Run 'filecluster COMMAND --help' for a command's options and examples.\n"
@@ -368,7 +369,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     if name == "upload" and args.as_name is not None and len(args.paths) != 1:
         return "--as names a single PATH"
     if name in ("download", "restore") and args.version is not None and not 1 <= args.version <= MAX_INT:
-        return f"--version {args.version}: versions are numbered from 1 (see: filecluster versions NAME)"
+        why = "versions are numbered from 1" if args.version < 1 else "no file has that many versions"
+        return f"--version {args.version}: {why} (see: filecluster versions NAME)"
     if name == "download" and args.version is not None and (args.recursive or len(args.targets) != 1):
         return "--version takes a single file name"
     if name == "share":

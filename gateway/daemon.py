@@ -31,6 +31,7 @@ from common.daemon import (
     wait_for_signal,
 )
 from common.errors import InvalidRequest
+from common.usage import OneLineParser
 from gateway.proxy_calls import HELLO_INTERVAL, Heartbeat, ProxyCalls
 from gateway.server import (
     CHUNK_BUFFERS,
@@ -63,7 +64,7 @@ def url_host(host: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="filecluster-gateway",
         description="Serve a filecluster's share links over HTTP: GET /s/TOKEN streams the file, "
         "?view shows a page, ?info the metadata as JSON.",

@@ -31,6 +31,7 @@ from common.messages import MsgType
 from common.names import check_user_name
 from common.sizes import parse_size
 from common.transport import Connection
+from common.usage import OneLineParser
 
 PROG = "filecluster-admin"
 TIMEOUT = 30.0  # status pings every server (1 s each, in parallel); the other actions are quick
@@ -64,7 +65,7 @@ unavailable; 2 a usage error."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,

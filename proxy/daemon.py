@@ -33,6 +33,7 @@ from common.errors import InvalidRequest
 from common.frame_server import FrameServer, serve_in_thread
 from common.limits import PROXY_MAX_HEADER
 from common.protocol import DEFAULT_MAX_PAYLOAD
+from common.usage import OneLineParser
 from proxy.catalog import Catalog
 from proxy.collector import Collector
 from proxy.file_tree import DEFAULT_KEEP_VERSIONS
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="filecluster-proxy", description="Run the filecluster proxy.")
+    parser = OneLineParser(prog="filecluster-proxy", description="Run the filecluster proxy.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_daemon("proxy", lambda: run(args))

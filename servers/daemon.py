@@ -33,6 +33,7 @@ from common.daemon import (
 )
 from common.frame_server import serve_in_thread
 from common.limits import MAX_SERVER_ID
+from common.usage import OneLineParser
 from servers.chunk_store import ChunkStore
 from servers.membership import Membership
 from servers.scrubber import DEFAULT_RATE_CAP, MIB, Scrubber
@@ -147,9 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="filecluster-server", description="Run a filecluster storage server."
-    )
+    parser = OneLineParser(prog="filecluster-server", description="Run a filecluster storage server.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_daemon(f"storage server {args.id}", lambda: run(args))

@@ -160,8 +160,13 @@ def test_an_upload_of_several_paths_reports_each(cluster: Cluster, home: Path, t
 
 def test_usage_errors_exit_2(cluster: Cluster) -> None:
     result = cluster.cli("upload")
-    assert result.returncode == 2 and "usage:" in result.stderr
-    assert cluster.cli("frobnicate").returncode == 2
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        "filecluster upload: error: the following arguments are required: PATH"
+        " (see: filecluster upload --help)\n"
+    )
+    wrong = cluster.cli("frobnicate")
+    assert wrong.returncode == 2 and len(wrong.stderr.splitlines()) == 1
 
 
 def test_proxy_down_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:

@@ -205,8 +205,8 @@ def test_a_bad_value_is_a_usage_error_before_anything_else(
         admin_cli.main(args)
     out, err = capsys.readouterr()
     assert exited.value.code == 2 and out == ""
-    assert err.startswith(f"usage: filecluster-admin {args[0]} ")
-    assert err.splitlines()[-1].startswith(f"filecluster-admin {why}")
+    assert len(err.splitlines()) == 1 and err.startswith(f"filecluster-admin {why}")
+    assert "(see: filecluster-admin" in err  # where to read more
 
 
 def test_an_unreachable_proxy_is_one_line(
@@ -272,4 +272,4 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
             admin_cli.main(wrong)
         assert exit_.value.code == 2
         err = capsys.readouterr().err
-        assert err.startswith("usage: filecluster-admin") and ": error: " in err
+        assert err.startswith("filecluster-admin") and ": error: " in err and len(err.splitlines()) == 1
