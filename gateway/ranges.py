@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 _SPEC = re.compile(r"\s*bytes\s*=\s*(.*?)\s*", re.IGNORECASE)
-_ONE = re.compile(r"([0-9]{1,19})?-([0-9]{1,19})?")
+_ONE = re.compile(r"([0-9]+)?-([0-9]+)?")
+_HUGE = 10**19  # past any file: a longer number means "to the end" (or, as a start, past it)
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,24 @@ def plan(size: int, range_header: str | None, if_range: str | None, etag: str, m
     if if_range is not None and not if_range_matches(if_range, etag, modified):
         return whole
     if one[1] is None:  # the last N bytes
-        suffix = int(one[2])
+        suffix = _number(one[2])
         if suffix == 0 or size == 0:
             return Plan(416, 0, 0)
         return Plan(206, max(0, size - suffix), size)
-    start = int(one[1])
-    last = size - 1 if one[2] is None else int(one[2])
+    start = _number(one[1])
+    last = size - 1 if one[2] is None else _number(one[2])
     if one[2] is not None and last < start:
         return whole  # "bytes=9-5" is invalid: ignored
     if start >= size:
         return Plan(416, 0, 0)
     return Plan(206, start, min(last, size - 1) + 1)
+
+
+def _number(digits: str) -> int:
+    """A position of the header; any number of digits is valid (RFC 9110 14.1.1), and one with more
+    than 19 is past the end of any file (no int of thousands of digits is made)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else _HUGE
 
 
 def if_range_matches(value: str, etag: str, modified: float) -> bool:

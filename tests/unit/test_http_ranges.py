@@ -28,6 +28,11 @@ def ask(range_header: str | None, if_range: str | None = None, size: int = SIZE)
         ("bytes=-5000", Plan(206, 0, 1000)),  # a suffix longer than the file
         ("bytes=500-5000", Plan(206, 500, 1000)),  # an end past the file's
         ("BYTES = 1-2", Plan(206, 1, 3)),
+        ("bytes=0-" + "9" * 20, Plan(206, 0, 1000)),  # any number of digits: an end past any file's
+        ("bytes=10-" + "9" * 5000, Plan(206, 10, 1000)),  # (longer than int() would take)
+        ("bytes=-" + "9" * 25, Plan(206, 0, 1000)),  # a suffix longer than any file
+        ("bytes=" + "9" * 20 + "-", Plan(416, 0, 0)),  # a start past any file
+        ("bytes=" + "0" * 30 + "5-9", Plan(206, 5, 10)),  # leading zeros are still that number
         ("bytes=1000-", Plan(416, 0, 0)),  # unsatisfiable
         ("bytes=2000-3000", Plan(416, 0, 0)),
         ("bytes=-0", Plan(416, 0, 0)),
