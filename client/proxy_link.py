@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import source_address
+from common.errors import PeerClosed, PeerReset
 from common.messages import MsgType
 from common.transport import Connection
 
@@ -18,6 +19,7 @@ class ProxyLink:
         self.token = token
         self.timeout = timeout
         self._conn: Connection | None = None
+        self._answered = False  # whether the proxy has answered a request on this connection
 
     @property
     def address(self) -> str:
@@ -29,7 +31,19 @@ class ProxyLink:
         header = dict(header or {})
         if session:
             header["session"] = self.token or ""
-        return self._connection().request(msg_type, header)
+        conn = self._connection()
+        fresh = not self._answered
+        try:
+            reply = conn.request(msg_type, header)
+        except (PeerClosed, PeerReset):
+            if fresh:  # closed at the door, unanswered (common.admission), or the proxy just went down
+                raise PeerClosed(
+                    f"the proxy at {self.address} closed the connection without answering: it may be "
+                    "serving too many connections (from this address, or in all), or stopping; try again"
+                ) from None
+            raise
+        self._answered = True
+        return reply
 
     def _connection(self) -> Connection:
         if self._conn is not None and self._conn.is_dropped():
@@ -38,6 +52,7 @@ class ProxyLink:
             self._conn = Connection.connect(
                 self.host, self.port, timeout=self.timeout, what="proxy", source_address=source_address()
             )
+            self._answered = False
         return self._conn
 
     def close(self) -> None:

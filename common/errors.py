@@ -118,6 +118,10 @@ class PeerClosed(ConnectionLost):
     """The peer closed the connection between frames."""
 
 
+class PeerReset(ConnectionLost):
+    """The peer reset the connection (it closed it with our bytes unread, or crashed)."""
+
+
 class TooSlow(ConnectionLost):
     """The peer did not send a whole frame within its deadline, so the receiver closed the connection."""
 

@@ -37,6 +37,7 @@ from common.errors import (
     FileClusterError,
     LocalProtocolError,
     PeerClosed,
+    PeerReset,
     RemoteProtocolError,
     SourceShrank,
     TooSlow,
@@ -535,6 +536,8 @@ class Connection:
         self.close()
         if isinstance(exc, socket.timeout):
             return ConnectionLost(f"{self.peer} did not answer in time")
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            return PeerReset(f"connection to {self.peer} failed ({_reason(exc)})")
         return ConnectionLost(f"connection to {self.peer} failed ({_reason(exc)})")
 
 
