@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import source_address
-from common.errors import PeerClosed, PeerReset
+from common.errors import NotAFrame, PeerClosed, PeerReset
 from common.messages import MsgType
 from common.transport import Connection
 
@@ -42,6 +42,11 @@ class ProxyLink:
                     "serving too many connections (from this address, or in all), or stopping; try again"
                 ) from None
             raise
+        except NotAFrame as exc:  # not a filecluster daemon at all: a link gateway's port, say
+            raise NotAFrame(
+                f"{self.address} is not a filecluster proxy ({exc}); --proxy and FILECLUSTER_PROXY "
+                "take the proxy's HOST:PORT, not a link gateway's"
+            ) from None
         self._answered = True
         return reply
 

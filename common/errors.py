@@ -50,6 +50,10 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
 
+class NotAFrame(RemoteProtocolError):
+    """What the peer sent does not even start like a filecluster frame (another protocol's port)."""
+
+
 class InvalidRequest(FileClusterError):
     """A well-formed request with a bad value (a bad name, a bad size...)."""
 

@@ -57,7 +57,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from common.errors import LocalProtocolError, RemoteProtocolError
+from common.errors import LocalProtocolError, NotAFrame, RemoteProtocolError
 from common.messages import SPECS, Message, MsgType
 
 MAGIC: Final = b"FC"
@@ -191,7 +191,9 @@ def parse_prefix(
 ) -> tuple[MsgType, int, int]:
     magic, version, raw_type, header_len, payload_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
-        raise RemoteProtocolError("not a filecluster frame (bad magic)")
+        if bytes(prefix[:5]) == b"HTTP/":  # e.g. a link gateway's port given for the proxy's
+            raise NotAFrame("not a filecluster frame: the peer answered in HTTP")
+        raise NotAFrame("not a filecluster frame (bad magic)")
     if version != VERSION:
         raise RemoteProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
     try:

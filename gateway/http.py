@@ -34,6 +34,7 @@ MAX_HEAD: Final = 16 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
+_NOT_IN_A_REQUEST_LINE = re.compile(rb"[^\x20-\x7e\r\n]")  # control bytes, and none past ASCII
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
@@ -125,6 +126,9 @@ class RequestParser:
         while self._head is None:
             end = self._buffer.find(b"\n", self._scanned)
             if end < 0:
+                if self._request_line is None and _NOT_IN_A_REQUEST_LINE.search(self._buffer, self._scanned):
+                    # not HTTP (a filecluster frame, TLS...): say so now, not at the head deadline
+                    raise HttpError(400, "not an HTTP request")
                 self._scanned = len(self._buffer)
                 self._check_size(len(self._buffer))
                 return

@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 
-from common.errors import Gone, NotFound, Throttled
+from client.proxy_link import ProxyLink
+from common.errors import Gone, NotAFrame, NotFound, Throttled
 from common.frame_server import FrameServer, Reply, Request, serve_in_thread
 from common.messages import MsgType
+from common.protocol import encode
 from tests.cluster import CHUNK, Cluster, die_with_parent, loopback_source, process_memory, reset_peak_memory
 from tests.conftest import new_user
 
@@ -286,6 +288,16 @@ def test_oversized_and_malformed_heads(gw: Setup) -> None:
     assert raw(gw, big).startswith(b"HTTP/1.1 431 ")
     assert raw(gw, b"GET /s/x HTTP/1.1\r\n" + b"A: b\r\n" * 70 + b"\r\n").startswith(b"HTTP/1.1 431 ")
     assert raw(gw, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_filecluster_client_at_the_gateway_port_hears_it_is_not_a_proxy(gw: Setup) -> None:
+    """--proxy given the gateway's port: the gateway answers 400 at once (not 408 at its head
+    deadline), and the client says which port it was given and what --proxy takes."""
+    assert raw(gw, encode(MsgType.REGISTER, {"user": "ana", "password": "x"})).startswith(b"HTTP/1.1 400 ")
+    with ProxyLink("127.0.0.1", gw.port) as link, pytest.raises(NotAFrame) as wrong:
+        link.call(MsgType.WHOAMI, session=True)
+    text = str(wrong.value)
+    assert f"127.0.0.1:{gw.port} is not a filecluster proxy" in text and "answered in HTTP" in text
 
 
 def test_a_slow_head_is_cut_off(gw: Setup) -> None:

@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.messages import MsgType
+from common.protocol import encode
 from gateway.http import (
     MAX_HEAD,
     MAX_HEADER_LINE,
@@ -76,6 +78,19 @@ def test_bare_newlines_leading_blank_lines_and_absolute_form() -> None:
 )
 def test_malformed_heads(data: bytes, status: int) -> None:
     assert status_of(data) == status
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(MsgType.REGISTER, {"user": "ana", "password": "secret"}),  # filecluster's own protocol
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+        b"GET /s/\x00",  # a control byte before the request line ends
+    ],
+)
+def test_what_cannot_be_an_http_request_is_refused_before_its_line_ends(data: bytes) -> None:
+    """400 at once, so a client of another protocol hears back now, not at the head deadline."""
+    assert b"\n" not in data[:12] and status_of(data[:12]) == 400
 
 
 def test_limits() -> None:
