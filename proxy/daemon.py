@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         grace=args.repair_grace,
         low_water=args.low_water,
         draining=catalog.draining_servers(),
+        rejoin=args.heartbeat + 1,  # a running server registers again at its next heartbeat
     )
     uploads = Uploads(resume_grace=args.resume_grace)
     leases = Leases(ttl=2 * args.ticket_ttl)

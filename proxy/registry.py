@@ -54,9 +54,12 @@ class Registry:
         grace: float = DEFAULT_GRACE,
         low_water: int = DEFAULT_LOW_WATER,
         draining: set[int] | None = None,
+        rejoin: float = 0.0,
     ) -> None:
         """``known``: servers from an earlier run, listed as down until they register again (their
-        grace period runs from now); ``draining``: the journaled decommissioning flags."""
+        grace period runs from now); ``draining``: the journaled decommissioning flags; ``rejoin``:
+        how long after this start the known servers are waited for (:meth:`wait_for_rejoin`): their
+        heartbeat interval and a margin, the time a running server takes to register again."""
         self.dead_after = dead_after
         self.grace = grace
         self.low_water = low_water
@@ -69,6 +72,19 @@ class Registry:
         for state in self._servers.values():
             state.draining = state.id in self._draining
         self._lock = threading.Lock()
+        self._joined = threading.Condition(self._lock)
+        self._rejoin_by = now + rejoin
+
+    def wait_for_rejoin(self) -> None:
+        """Return once every server known from the earlier run has registered again, or ``rejoin``
+        seconds after the start: what a listing or a status waits for just after the proxy
+        restarted, so that it shows the files and servers as they are, not "down" because their
+        next heartbeat has not come yet.  Later, or once all are back, it returns at once."""
+        with self._joined:
+            while time.monotonic() < self._rejoin_by and any(
+                not state.registered for state in self._servers.values()
+            ):
+                self._joined.wait(max(0.0, self._rejoin_by - time.monotonic()))
 
     def register(
         self,
@@ -94,6 +110,7 @@ class Registry:
                 disk=disk,
                 draining=server_id in self._draining,
             )
+            self._joined.notify_all()
 
     def heartbeat(
         self,

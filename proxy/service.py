@@ -214,6 +214,7 @@ class ProxyService:
             raise InvalidRequest(f"a LIST limit must be 1 to {LIST_PAGE_MAX}")
         after = check_prefix(h.get("after") or "")
         files, more = self.catalog.list_page(owner, check_prefix(h.get("prefix") or ""), after, limit)
+        self.registry.wait_for_rejoin()  # just after a restart: the servers' states as they are
         status = self.repairer.server_status()
         for item in files:
             entry = self.catalog.file(owner, item["name"])
@@ -323,6 +324,7 @@ class ProxyService:
     def status_figures(self) -> dict[str, Any]:
         """Every known server, its state and figures (those up are asked for fresh ones right
         now, in parallel), and the chunks' health as of the last repair round."""
+        self.registry.wait_for_rejoin()
         states = self.registry.all()
         with ThreadPoolExecutor(max(1, min(16, len(states)))) as pool:
             fresh = list(

@@ -11,7 +11,9 @@ lost queue only once the proxy answered OK).  Every ``inventory_interval``
 seconds (``--inventory-interval``, default 120), and when the scrubber ends a
 pass, it sends INVENTORY (a block report: the registration's payload) on the
 same connection; ``not_found`` means register again.  When the proxy cannot
-be reached it keeps trying, quietly, until it can.
+be reached it keeps trying, quietly, every RETRY seconds (or its interval, if shorter), so that
+a restarted proxy hears from every server within about one interval of its start (the proxy's
+listings wait that long for them: proxy.registry.Registry.wait_for_rejoin).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from common.transport import Connection
 from servers.storage_server import Store
 
 log = logging.getLogger(__name__)
+
+RETRY = 0.5  # seconds between attempts to reach a proxy that could not be reached
 
 
 class Membership:
@@ -137,6 +141,7 @@ class Membership:
                     complained = True
                 self.registered.clear()
                 self._drop()
+                wait = min(self.interval, RETRY)  # one connection attempt: a restarting proxy's
             self._wake.wait(wait)
             self._wake.clear()
 

@@ -48,6 +48,26 @@ def test_proxy_killed_keeps_catalog_sessions_and_links(fresh_cluster: Cluster, t
         c.client().register(str(ana.user), PASSWORD)
 
 
+def test_just_after_a_proxy_restart_files_and_servers_show_as_they_are(tmp_path: Path) -> None:
+    """The servers register again at their next heartbeat (here up to 1 s away); a listing or a
+    status asked meanwhile waits for them (a heartbeat and a second at most), rather than calling
+    every file unavailable and every server down."""
+    c = Cluster(tmp_path / "cluster", servers=2, heartbeat=1.0).start()
+    try:
+        ana = new_user(c, "ana")
+        ana.upload(write(tmp_path / "a.bin", os.urandom(2 * CHUNK)))
+        c.kill_proxy(signal.SIGKILL)
+        c.start_proxy()  # ready to serve; the servers do not know yet
+        again = Client.from_environment(c.proxy_addr, ana.home)
+        assert [(f["name"], f["state"]) for f in again.list()] == [("a.bin", "ok")]
+        c.kill_proxy(signal.SIGTERM)
+        c.start_proxy()
+        status = Client.from_environment(c.proxy_addr, ana.home).status()
+        assert [s["state"] for s in status["servers"]] == ["up", "up"]
+    finally:
+        c.stop()
+
+
 def data_placed_on(server_id: int, n_chunks: int) -> bytes:
     """Random bytes of which at least one chunk is placed on ``server_id`` while all 4 servers are up."""
     servers = [ServerRef(i, "127.0.0.1", 0) for i in (1, 2, 3, 4)]
