@@ -23,6 +23,7 @@ from client.actions import Sink
 from client.api import Client, is_link
 from client.listing import folder_of, under
 from common.errors import FileClusterError, InvalidRequest
+from common.limits import MAX_DOWNLOADS
 
 OUT = Sink()
 
@@ -167,7 +168,17 @@ def _list(c: Client) -> None:
 
 def _share(c: Client) -> None:
     for name in _pick(c, "file to share (number or name): ", many=False):
-        actions.share(c, OUT, name)
+        expires = _ask("expires (30m, 24h, 7d, a date like 2026-12-31; empty: never): ") or None
+        limit = _ask("at most how many downloads (empty: no limit): ")
+        actions.share(c, OUT, name, expires, download_limit(limit) if limit else None)
+
+
+def download_limit(text: str) -> int:
+    """A share's download limit as typed: a whole number from 1 to MAX_DOWNLOADS."""
+    if text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= MAX_DOWNLOADS:
+        return int(text)
+    shown = text if len(text) <= 20 else text[:20] + "…"
+    raise InvalidRequest(f"at most how many downloads: a number from 1 to {MAX_DOWNLOADS:,}, not {shown!r}")
 
 
 def _links(c: Client) -> None:

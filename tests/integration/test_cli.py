@@ -180,7 +180,7 @@ def test_proxy_down_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
 def test_menu_drives_the_same_actions(cluster: Cluster, home: Path, tmp_path: Path) -> None:
     src = tmp_path / "menu file.txt"
     src.write_text("from the menu")
-    script = f"3\n{src}\n4\n5\nmenu file.txt\n42\n0\n"
+    script = f"3\n{src}\n4\n5\nmenu file.txt\n\n\n42\n0\n"  # share: no expiry, no limit
     result = cluster.cli("menu", home=home, stdin=script)
     assert result.returncode == 0, result.stderr
     assert "uploaded menu file.txt" in result.stdout

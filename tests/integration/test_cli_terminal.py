@@ -231,7 +231,10 @@ def test_bad_proxy_settings_are_one_line(
     result = run(cluster, *args, "whoami", home=home, **env)
     if args:
         assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
-        assert result.stderr.splitlines()[-1] == f"filecluster whoami: error: --proxy: {message}"
+        assert (
+            result.stderr
+            == f"filecluster whoami: error: --proxy: {message} (see: filecluster whoami --help)\n"
+        )
     else:
         assert one_line_error(result).startswith(f"error: {message}")
 

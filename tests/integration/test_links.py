@@ -203,10 +203,12 @@ def test_share_links_unshare_commands(
     code, out, err = run("share", "n.txt", "--expires", "1h", "--max-downloads", "2")
     assert code == 0 and out.startswith("filecluster://") and out.count("\n") == 1  # the link alone
     assert "at most 2 downloads" in err
-    code, _, err = run("share", "n.txt", "--expires", "2001-01-01")  # a usage error: the usage, then why
+    code, _, err = run("share", "n.txt", "--expires", "2001-01-01")  # a usage error: one line
     assert (
         code == 2
-        and err.splitlines()[-1] == "filecluster share: error: --expires 2001-01-01: that is in the past"
+        and err
+        == "filecluster share: error: --expires 2001-01-01: that is in the past"
+        " (see: filecluster share --help)\n"
     )
     gateway(cluster, MsgType.GATEWAY_HELLO, {"url": "http://127.0.0.1:9080"})
     shared = json.loads(run("--json", "share", "n.txt")[1])

@@ -60,7 +60,7 @@ def test_every_action_of_the_menu(cluster: Cluster, tmp_path: Path) -> None:
         "9",  # who am I
         "3", str(src),  # upload
         "4",  # list my files
-        "5", "1",  # share: the first file of the list
+        "5", "1", "", "",  # share: the first file of the list, no expiry, no download limit
         "0",
     ]  # fmt: skip
     rc, stdout, stderr = run_menu(cluster, home, first)
@@ -77,8 +77,11 @@ def test_every_action_of_the_menu(cluster: Cluster, tmp_path: Path) -> None:
     assert [row[:2] for row in mine[1:]] == [["menu doc.txt", "20 B"], ["1 file, 20 B in all"]]
     numbered, asked_line = r[4].rstrip("\n").split("\n")
     assert numbered == "1. menu doc.txt  20 B"
-    asked, _, link = asked_line.partition(": ")
-    assert asked == "file to share (number or name)"
+    asked, link = asked_line.rsplit(": ", 1)
+    assert asked == (
+        "file to share (number or name): expires (30m, 24h, 7d, a date like 2026-12-31; empty: never): "
+        "at most how many downloads (empty: no limit)"
+    )
     assert link.startswith(f"filecluster://{cluster.proxy_addr}/s/")
     assert r[5] == ""  # quit: nothing more
 

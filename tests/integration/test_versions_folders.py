@@ -158,7 +158,8 @@ def test_an_upload_over_quota_is_refused_before_any_byte(
     assert ana.upload(big).sent == big.stat().st_size
     unknown = admin(vcluster, "quota", "nobody-here", "1G")
     assert unknown.returncode == 1 and "no user 'nobody-here'" in unknown.stderr
-    bad = admin(vcluster, "quota", user, "lots")  # a usage error: the usage, then why
-    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].endswith(
-        "error: invalid size 'lots': expected e.g. 500M, 10G, 1T or unlimited"
+    bad = admin(vcluster, "quota", user, "lots")  # a usage error: one line, why and where to read more
+    assert bad.returncode == 2 and bad.stderr == (
+        "filecluster-admin quota: error: invalid size 'lots': expected e.g. 500M, 10G, 1T or unlimited"
+        " (see: filecluster-admin quota --help)\n"
     )
