@@ -310,13 +310,42 @@ for key, extra in (("disk", 0), ("direct", getattr(os, "O_DIRECT", 0))):
         os.unlink(path)
     out[key + "_seconds"] = time.perf_counter() - start
     out[key + "_kernel_cpu"] = os.times().system - cpu.system
+# a download's disk work alone: read a file that is not in the page cache and write it to a new
+# one, both around the cache (O_DIRECT), 4 MiB at a time, then fsync
+direct = getattr(os, "O_DIRECT", 0)
+src, dst, fds = path + ".src", path + ".dst", []
+try:
+    if direct and "direct_seconds" in out:
+        fds.append(os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL | direct, 0o600))
+        left = size
+        while left > 0:
+            left -= os.write(fds[-1], memoryview(block)[: min(left, len(block))])
+        os.fsync(fds[-1])
+        start = time.perf_counter()
+        reader = os.open(src, os.O_RDONLY | direct)
+        fds.append(reader)
+        fds.append(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | direct, 0o600))
+        while (n := os.readv(reader, [block])) > 0:
+            os.write(fds[-1], memoryview(block)[:n])
+        os.fsync(fds[-1])
+        out["copy_direct_seconds"] = time.perf_counter() - start
+except OSError:
+    pass
+finally:
+    for fd in fds:
+        os.close(fd)
+    for name in (src, dst):
+        if os.path.exists(name):
+            os.unlink(name)
 print(json.dumps(out))
 """
 
 
 def probe_machine(folder: Path, size: int) -> dict[str, float]:
-    """One core's SHA-1 and SHA-256 rates (MiB/s, best of 3 over 64 MiB) and the seconds one new
-    file of ``size`` bytes takes to be written and fsynced in ``folder``."""
+    """One core's SHA-1 and SHA-256 rates (MiB/s, best of 3 over 64 MiB), the seconds one new
+    file of ``size`` bytes takes to be written and fsynced in ``folder`` (through the page cache,
+    and around it), and the seconds a file of ``size`` bytes takes to be copied around the page
+    cache (``copy_direct_seconds``: the disk work of a download)."""
     os.sync()
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(size), str(folder / "disk-probe.bin")],
@@ -584,6 +613,37 @@ def table(results: Results, args: argparse.Namespace) -> str:
     )
 
 
+def floors(results: Results, args: argparse.Namespace) -> str:
+    """Per round, what the goal asks of a big transfer (SeaweedFS's time / the goal) beside what this
+    machine needs for it with nothing else running: the disk's part (2 copies written around the
+    page cache for an upload; a copy around it for a download) and the hashing's (an upload hashes
+    every byte with SHA-1 and SHA-256 on the client and SHA-256 on each server; a download SHA-256
+    and SHA-1), spread over every core.  A goal below either floor cannot be met here."""
+    size = float(args.size_mib)  # MiB
+    cpus = os.cpu_count() or 1
+    lines = ["\nbig files, per round: what the goal asks / what this machine needs at least (s)"]
+    for workload, disk_key, disk_times, passes in (
+        ("big_upload", "direct_seconds", 2, (1, 3)),  # (SHA-1 passes, SHA-256 passes)
+        ("big_download", "copy_direct_seconds", 1, (1, 1)),
+    ):
+        asks = [s.seconds / GOALS[workload] for s in results.samples[workload][SW]]
+        disk = [p[disk_key] * disk_times for p in results.probes if disk_key in p]
+        hashing = [
+            size * (passes[0] / p["sha1_mib_s"] + passes[1] / p["sha256_mib_s"]) / cpus
+            for p in results.probes
+        ]
+        ours = [s.seconds for s in results.samples[workload][FC]]
+        lines.append(
+            f"  {workload.replace('_', ' ')}: goal ≤ {_seconds(asks)}; disk alone {_seconds(disk)}; "
+            f"hashing on {cpus} cores {_seconds(hashing)}; filecluster took {_seconds(ours)}"
+        )
+    return "\n".join(lines)
+
+
+def _seconds(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values) if values else "n/a"
+
+
 def as_json(results: Results, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "size_mib": args.size_mib,
@@ -664,6 +724,7 @@ def benchmark(args: argparse.Namespace) -> int:
             f"{statistics.median(p['sha1_mib_s'] for p in probes):,.0f} MiB/s with SHA-1 and "
             f"{statistics.median(p['sha256_mib_s'] for p in probes):,.0f} MiB/s with SHA-256 (medians)"
         )
+        print(floors(results, args))
     if args.json:
         args.json.write_text(json.dumps(as_json(results, args), indent=2) + "\n")
         log(f"wrote {args.json}")
