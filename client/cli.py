@@ -139,7 +139,7 @@ COMMANDS = [
     Command(
         "links",
         lambda c, out, a: actions.links(c, out),
-        "list your links: file, link, created, expires, downloads, state",
+        "list your links: file, created, expires, downloads, state, link",
         "  filecluster links\n  filecluster links --json      # the links whole",
     ),
     Command(

@@ -193,28 +193,29 @@ def _downloads(link: dict[str, Any]) -> str:
 
 
 def links_table(rows: list[dict[str, Any]], width: int = 80) -> str:
-    """The LINKS table: name, link, created, expires, downloads (``3/10``), state.  Links are shown
-    whole, to be copied (to open, or to ``unshare``); the name is shortened so a row fits ``width``
-    columns where the link leaves room."""
+    """The LINKS table: name, created, expires, downloads (``3/10``), state, link.  Links are shown
+    whole, to be copied (to open, or to ``unshare``), and last: where a row is wider than the
+    terminal, only the link wraps and the other columns stay aligned.  The name is shortened so a
+    row fits ``width`` columns where the link leaves room."""
     table = []
     for r in rows:
         expires = r.get("expires")
         table.append(
             [
                 r["name"] + ("/" if r.get("kind") == "folder" else ""),
-                r["link"],
                 time.strftime("%Y-%m-%d", time.localtime(r["created"])),
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(expires)) if expires else "never",
                 _downloads(r),
                 r["state"],
+                r["link"],
             ]
         )
     fixed = 10 + 16 + 9 + 9 + 5 * 2  # created, expires, downloads, state, and the gaps
-    link_w = max((display_width(t[1]) for t in table), default=4)
+    link_w = max((display_width(t[-1]) for t in table), default=4)
     name_w = max(12, width - fixed - link_w)
     for t in table:
         t[0] = shorten(t[0], name_w)
-    headers = ["name", "link", "created", "expires", "downloads", "state"]
+    headers = ["name", "created", "expires", "downloads", "state", "link"]
     from tabulate import tabulate
 
     return str(tabulate(table, headers=headers, tablefmt="plain", disable_numparse=True))

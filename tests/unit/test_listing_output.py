@@ -211,3 +211,22 @@ def test_tab_completes_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert found == ["~/pics/", "~/pictures.txt"]
     assert menu.complete_path(str(tmp_path / "pics") + "/", 0) is None
     assert menu.complete_path(os.path.join(str(tmp_path), "pictures"), 0) == str(tmp_path / "pictures.txt")
+
+
+def test_the_links_table_shows_each_link_whole_and_last() -> None:
+    """A link is copied whole from the table; it comes last, so a row wider than the terminal
+    wraps only the link, and a long name gives way to it."""
+    link = "http://files.example:9080/s/" + "T" * 43
+    rows = [
+        {"name": "n" * 60 + ".txt", "link": link, "created": 0, "expires": None, "downloads": 1,
+         "max_downloads": 3, "state": "active"},
+        {"name": "pics", "kind": "folder", "link": link[:-1] + "U", "created": 0, "expires": 86400,
+         "downloads": 0, "state": "revoked"},
+    ]  # fmt: skip
+    lines = output.links_table(rows).splitlines()
+    assert lines[0].split() == ["name", "created", "expires", "downloads", "state", "link"]
+    first, second = lines[1:]
+    assert first.endswith(link) and second.endswith(link[:-1] + "U")
+    assert first.index(link) == second.index(link[:-1] + "U")  # the columns before it stay aligned
+    assert "n" * 60 not in first and "…" in first and "1/3" in first and "active" in first
+    assert second.startswith("pics/ ") and "revoked" in second
