@@ -324,9 +324,10 @@ class Client:
         self._need_session()
         return self.proxy.call(MsgType.STATUS, session=True)
 
-    def locate(self, target: str, version: int | None = None) -> dict[str, Any]:
+    def locate(self, target: str, version: int | None = None, *, peek: bool = False) -> dict[str, Any]:
         """What LINK_OR_NAME refers to: a link, a bare link token, or one of your own files (its
-        current version, or ``version``)."""
+        current version, or ``version``).  ``peek``: a link's file is only described (no tickets),
+        which costs the link no download (see download)."""
         target = target.strip()
         if not target:
             raise InvalidRequest("name a file or paste a link")
@@ -338,7 +339,7 @@ class Client:
             header = {"name": check_file_name(target), "version": version}
             return self.proxy.call(MsgType.LOCATE, header, session=True)
         if link is not None:
-            header = _by_token(link.token, link.path)
+            header = _by_token(link.token, link.path, peek)
             if (link.host, link.port) == (self.proxy.host, self.proxy.port):
                 return self.proxy.call(MsgType.LOCATE, header)
             with ProxyLink(link.host, link.port) as other:
@@ -354,7 +355,7 @@ class Client:
         elif not TOKEN_RE.match(target):
             raise AuthError(f"{target!r} is not a link; to download your own files by name, log in")
         try:
-            return self.proxy.call(MsgType.LOCATE, {"token": target})
+            return self.proxy.call(MsgType.LOCATE, _by_token(target, None, peek))
         except NotFound:
             raise NotFound(f"no file or link {target!r}") from None
 
@@ -380,8 +381,8 @@ class Client:
                 return self._download_link(self.proxy, link.token, out_dir, progress, save_as, path=link.path)
             with ProxyLink(link.host, link.port) as other:  # its lease and reports go to that proxy
                 return self._download_link(other, link.token, out_dir, progress, save_as, path=link.path)
-        info = self.locate(target, version)
-        if info.get("kind") == "folder" and TOKEN_RE.match(target.strip()):
+        info = self.locate(target, version, peek=True)
+        if info.get("kind") in ("folder", "file") and TOKEN_RE.match(target.strip()):  # a bare token
             return self._download_link(self.proxy, target.strip(), out_dir, progress, save_as, info)
         return downloader.download(
             info,
@@ -405,11 +406,12 @@ class Client:
     ) -> downloader.DownloadResult:
         """A link's file, or every file of a folder link (or of the folder ``path`` in it) into a
         folder named after it (the result then sums them up: its ``sha1`` is empty); ``path``: a
-        file or folder in a folder link."""
+        file or folder in a folder link.  Each file is peeked at first, and located (a download
+        of the link's budget) only if some of it must be fetched (client.download)."""
         from client import download as downloader
 
         header = _by_token(token, path)
-        info = info or proxy.call(MsgType.LOCATE, header)
+        info = info or proxy.call(MsgType.LOCATE, {**header, "peek": True})
         if info.get("kind") != "folder":
             return downloader.download(
                 info,
@@ -418,28 +420,32 @@ class Client:
                 relocate=lambda: proxy.call(MsgType.LOCATE, header),
                 proxy=proxy,
                 save_as=save_as,
+                link=True,
             )
         folder = save_as or str(info["name"])
         skip = len(path) + 1 if path else 0  # the files are named by their path in the link
         total = 0
         for item in info["files"]:
             by_path = {"token": token, "path": item["name"]}
-            located = proxy.call(MsgType.LOCATE, by_path)
+            peeked = proxy.call(MsgType.LOCATE, {**by_path, "peek": True})
             r = downloader.download(
-                located,
+                peeked,
                 out_dir,
                 progress,
                 relocate=lambda by_path=by_path: proxy.call(MsgType.LOCATE, by_path),  # type: ignore[misc]
                 proxy=proxy,
                 save_as=f"{folder}/{item['name'][skip:]}",
+                link=True,
             )
             total += r.size
         return downloader.DownloadResult(folder, out_dir / folder, total, "", True)
 
 
-def _by_token(token: str, path: str | None) -> dict[str, Any]:
-    """LOCATE's header for a link: its token, and the path of a file or folder in a folder link."""
-    return {"token": token} if path is None else {"token": token, "path": path}
+def _by_token(token: str, path: str | None, peek: bool = False) -> dict[str, Any]:
+    """LOCATE's header for a link: its token, the path of a file or folder in a folder link, and
+    whether only to peek (describe a file, reserve nothing)."""
+    header: dict[str, Any] = {"token": token} if path is None else {"token": token, "path": path}
+    return {**header, "peek": True} if peek else header
 
 
 def _folder(name: str) -> str:

@@ -9,6 +9,7 @@ straight into a buffer and checks its SHA-256 against its id before the caller m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,8 +48,12 @@ class Tickets:
         self._lock = threading.Lock()
 
     def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
-        """(the tickets' expiry, [(server, ticket header)]) for chunk ``index``."""
+        """(the tickets' expiry, [(server, ticket header)]) for chunk ``index``.  A link's file
+        described by a peek (no tickets yet) is located now, when a chunk must be fetched: by the
+        lease an interrupted download of it kept, if that still holds, else by ``relocate``."""
         with self._lock:
+            if _peeked(self._info):
+                self._info = self._locate_first()
             info = self._info
         common = info.get("ticket") or {}
         servers = info["chunks"][index]["servers"]
@@ -68,6 +73,34 @@ class Tickets:
                 raise Conflict("the file changed during the download; nothing was saved, try again")
             self._info = fresh
         return True
+
+    def resume_with(self, lease: str) -> None:
+        """Locate a peeked file by ``lease`` (an interrupted download's), if it still holds."""
+        with self._lock:
+            if _peeked(self._info):
+                self._info = {**self._info, "lease": lease}
+
+    def lease(self) -> str | None:
+        """The lease the tickets are under, once located."""
+        with self._lock:
+            return None if _peeked(self._info) else self._lease()
+
+    def _locate_first(self) -> dict[str, Any]:
+        ids = [c["id"] for c in self._info["chunks"]]
+        lease = self._lease()
+        if lease is not None and self._proxy is not None:
+            with contextlib.suppress(NotFound):  # it ended: a fresh LOCATE, which the link counts
+                fresh = self._proxy.call(MsgType.LOCATE, {"lease": lease})
+                if [c["id"] for c in fresh["chunks"]] == ids:
+                    return fresh
+                with contextlib.suppress(FileClusterError, OSError):  # another file's: let it go
+                    self._proxy.call(MsgType.RELEASE, {"lease": lease})
+        if self._relocate is None:
+            raise Unavailable("the file cannot be located")
+        fresh = self._relocate()
+        if [c["id"] for c in fresh["chunks"]] != ids:
+            raise Conflict("the file changed during the download; nothing was saved, try again")
+        return fresh
 
     def _locate_again(self) -> dict[str, Any] | None:
         lease = self._lease()
@@ -102,6 +135,12 @@ class Tickets:
             self._on_release(lease)
         elif lease is not None:
             self.tell(MsgType.RELEASE, {"lease": lease})
+
+
+def _peeked(info: dict[str, Any]) -> bool:
+    """Whether ``info`` is a link's peek (LOCATE ``{token, peek}``): chunks without servers."""
+    chunks = info.get("chunks") or []
+    return bool(chunks) and "servers" not in chunks[0]
 
 
 class Trouble:

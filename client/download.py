@@ -109,6 +109,7 @@ def download(
     release: Callable[[str], None] | None = None,
     swept: set[Path] | None = None,
     trouble: Trouble | None = None,
+    link: bool = False,
 ) -> DownloadResult:
     """Fetch the file described by a LOCATE reply into ``out_dir`` (as ``save_as``, a path relative
     to it; default: the base name of the file's name).
@@ -127,12 +128,31 @@ def download(
     many leases; with ``swept``, the folders whose stale partials were already swept in this
     batch, each destination folder is swept once, not once per file; and with ``trouble``, the
     servers that failed any of them are tried last by all (a hung server costs each thread of the
-    batch one timeout, not one per file)."""
+    batch one timeout, not one per file).
+
+    ``link``: ``info`` is a link's peek (LOCATE ``{token, peek}``: no tickets), and ``relocate``
+    the LOCATE that reserves a download of the link's budget; it is made only if a chunk must be
+    fetched (a file already here, or whole in its partial, costs the link nothing).  An
+    interrupted download keeps its lease (on the partial, as an extended attribute) instead of
+    releasing it, and the next attempt fetches the rest under that lease while it holds, so a
+    resumed download of a link counts once."""
     tickets = Tickets(info, relocate, proxy, release)
     reports = Reports()
     interrupted = True
+    kept: list[str] = []  # the lease, if an interrupted link download kept it for the next attempt
     try:
-        result = _download(info, Path(out_dir), progress, tickets, reports, save_as, pool, swept, trouble)
+        result = _download(
+            info,
+            Path(out_dir),
+            progress,
+            tickets,
+            reports,
+            save_as,
+            pool,
+            swept,
+            trouble,
+            kept if link else None,
+        )
         interrupted = False
         return result
     except Exception:
@@ -141,7 +161,8 @@ def download(
     finally:
         if not interrupted:  # Ctrl-C or SIGTERM: end now, with no more than a RELEASE
             reports.send(tickets)
-        tickets.release()
+        if not kept:
+            tickets.release()
 
 
 def _download(
@@ -154,6 +175,7 @@ def _download(
     pool: ConnectionPool | None = None,
     swept: set[Path] | None = None,
     trouble: Trouble | None = None,
+    kept: list[str] | None = None,
 ) -> DownloadResult:
     name = check_file_name(info["name"])
     size, sha1 = int(info["size"]), str(info["sha1"])
@@ -175,6 +197,10 @@ def _download(
     deadline = Deadline.start(f"the download of {name}", "what arrived is kept for the next try", size)
     partial = open_partial(folder, partial_key(sha1, size, file_name))
     keep = partial.resumable  # interrupted, failed: the next download of this file goes on from it
+    if kept is not None and partial.existing:
+        saved = _saved_lease(partial.fd)
+        if saved:
+            tickets.resume_with(saved)
     try:
         os.ftruncate(partial.fd, size)
         have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
@@ -203,9 +229,34 @@ def _download(
     except OSError as exc:  # the local disk (full, failing): the partial keeps what it has
         raise InvalidRequest(f"cannot write in {folder}: {exc.strerror or exc}") from None
     finally:
+        if keep and kept is not None:
+            lease = tickets.lease()
+            if lease is not None and _save_lease(partial.fd, lease):
+                kept.append(lease)
         partial.close(keep=keep, tidy=swept is None)  # a batch tidies its folders at its end
     fsync_dir(folder)
     return DownloadResult(name, final, size, sha1, fetched=True, resumed=resumed)
+
+
+_LEASE_XATTR = "user.filecluster.lease"  # on a link download's partial: the lease it was fetched under
+
+
+def _save_lease(fd: int, lease: str) -> bool:
+    """Keep ``lease`` with the partial, where the filesystem has user extended attributes."""
+    try:
+        os.setxattr(fd, _LEASE_XATTR, lease.encode("ascii"))
+    except (OSError, AttributeError, UnicodeEncodeError):  # no xattrs here: the next attempt pays
+        return False
+    return True
+
+
+def _saved_lease(fd: int) -> str | None:
+    try:
+        raw = os.getxattr(fd, _LEASE_XATTR)
+    except (OSError, AttributeError):
+        return None
+    text = raw.decode("ascii", "replace")
+    return text if 0 < len(text) <= 64 and text.isprintable() else None
 
 
 def _offsets(chunks: list[dict[str, Any]], size: int) -> list[int]:

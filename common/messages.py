@@ -192,7 +192,15 @@ SPECS: dict[MsgType, MessageSpec] = {
     # path: a file inside a folder link (relative to the folder)
     MsgType.LOCATE: MessageSpec(
         auth=Auth.SESSION_IF_GIVEN,
-        optional={**_SESSION, "name": str, "token": str, "lease": str, "version": int, "path": str},
+        optional={
+            **_SESSION,
+            "name": str,
+            "token": str,
+            "lease": str,
+            "version": int,
+            "path": str,
+            "peek": bool,
+        },
     ),
     # many files at once: `names` (your own, with a session) or `paths` in the folder link `token`
     MsgType.LOCATE_MANY: MessageSpec(
@@ -205,7 +213,7 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.LINK_OPEN: MessageSpec(
         auth=Auth.CLUSTER,
         required={"token": str, "client": str},
-        optional={**_SIGNED, "range": list, "path": str, "check": bool},
+        optional={**_SIGNED, "range": list, "path": str, "check": bool, "describe": bool},
     ),
     MsgType.LINK_CLOSE: MessageSpec(
         auth=Auth.CLUSTER, required={"grant": str, "sent": int}, optional=_SIGNED

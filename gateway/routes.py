@@ -124,7 +124,8 @@ class Routes:
         if path is not None:
             open_header["path"] = path
         try:
-            info = self.proxy.call(MsgType.LINK_OPEN, dict(open_header))
+            first = {**open_header, "describe": True} if "info" in query else open_header
+            info = self.proxy.call(MsgType.LINK_OPEN, dict(first))
             self._close(info)
             response = self._answer(head, info, token, path, query, open_header)
         except FileClusterError as exc:

@@ -40,6 +40,7 @@ class Lease:
     who: str  # whom the tickets are for (user:NAME or link)
     expires: float
     holder: str = ""  # whose budget it counts against (a user, or a link reader's address)
+    token: str | None = None  # the link it was granted through (its renewals check it still serves)
 
 
 class Leases:
@@ -59,8 +60,9 @@ class Leases:
         chunks: list[list[Any]],
         who: str,
         holder: str = "",
+        token: str | None = None,
     ) -> Lease:
-        lease = Lease(new_token(), owner, name, info, chunks, who, time.monotonic() + self.ttl, holder)
+        lease = Lease(new_token(), owner, name, info, chunks, who, time.monotonic() + self.ttl, holder, token)
         with self._lock:
             self._purge()
             mine = self._held.setdefault(holder, OrderedDict())

@@ -285,20 +285,33 @@ class LinkHandlers:
         entry = self.catalog.file(t.owner, t.name)
         assert entry is not None
         info = {**self.catalog.describe(t.owner, t.name), "name": t.name.rsplit(SEPARATOR, 1)[-1]}
-        lease = self.leases.grant(t.owner, t.name, info, entry["chunks"], "link", holder)
+        lease = self.leases.grant(t.owner, t.name, info, entry["chunks"], "link", holder, t.token)
         return info, lease
 
     def locate(self, req: Request) -> Reply:
         """LOCATE {token[, path]} (binary): a file link reserves a whole download (no refund), a
-        folder link without a path answers its listing."""
+        folder link without a path answers its listing.  With ``peek``, a file link answers what
+        the file is (its description and chunk list, no servers, tickets or lease) and reserves
+        nothing: a client that already holds the file, or all of it in a partial, costs the link
+        no download."""
         h = req.header
         if h.get("version") is not None:
             raise InvalidRequest("a link always serves the current version")
         address = client_key(req.peer[0])
+        peek = bool(h.get("peek"))
         with self.catalog.lock:
-            t = self._target(h["token"], h.get("path"), address)
+            # a peek at a link whose budget is spent still answers: an interrupted download of it
+            # goes on under its lease (LOCATE {lease}); expiry, revocation and deletion end it
+            t = self._target(h["token"], h.get("path"), address, reserved=peek)
             if t.listing is not None:
                 return Reply(self._folder(t))
+            if peek:
+                entry = self.catalog.file(t.owner, t.name)
+                assert entry is not None
+                info = {**self.catalog.describe(t.owner, t.name), "name": t.name.rsplit(SEPARATOR, 1)[-1]}
+                chunks = [{"id": c, "size": size} for c, size in entry["chunks"]]
+                described = links.describe(t.link, t.size)
+                return Reply({**info, "chunks": chunks, "kind": "file", "link": described})
             self._reserve(t, t.size)
             _, lease = self._open_file(t, f"address:{address}")
             described = links.describe(self.catalog.share(t.token) or t.link, t.size)
@@ -315,15 +328,20 @@ class LinkHandlers:
 
     def link_open(self, req: Request) -> Reply:
         """A gateway opens a link for its client; ``range`` reserves that many bytes and grants a
-        lease; ``check`` only says whether the link still serves (no throttle, no budget)."""
+        lease; ``check`` only says whether the link still serves (no throttle, no budget);
+        ``describe`` (without a range: ``?info``) answers for a link whose budget is spent too, as
+        a peek does, so that a client can learn the proxy behind it and resume under its lease."""
         h = req.header
         check = bool(h.get("check"))
+        describe = bool(h.get("describe")) and h.get("range") is None
         client = h["client"]
         if len(client) > 64:
             raise InvalidRequest("client must be an address")
         span = _range(h.get("range"))
         with self.catalog.lock:
-            t = self._target(h["token"], h.get("path"), None if check else client_key(client), reserved=check)
+            t = self._target(
+                h["token"], h.get("path"), None if check else client_key(client), reserved=check or describe
+            )
             if t.listing is not None:
                 return Reply(self._folder(t))
             if check:
@@ -340,6 +358,22 @@ class LinkHandlers:
             grant = self.grants.add(t.token, end - start, lease.id)
             described = links.describe(self.catalog.share(t.token) or t.link, t.size)
         return Reply({**self.located(lease), "kind": "file", "grant": grant, "link": described})
+
+    def check_lease(self, lease: Lease) -> None:
+        """A lease granted through a link is renewed only while the link still serves (revoked,
+        expired or deleted: Gone, and the lease ends); its own download's budget does not end it."""
+        if lease.token is None:
+            return
+        with self.catalog.lock:
+            link = self.catalog.share(lease.token)
+            entry = self.catalog.file(lease.owner, lease.name)
+            try:
+                if link is None or entry is None:
+                    raise Gone("this link no longer serves its file")
+                links.check_serves(link, entry["size"], time.time(), reserved=True)
+            except Gone:
+                self.leases.release(lease.id)
+                raise
 
     def link_close(self, req: Request) -> Reply:
         """A gateway's transfer ended after ``sent`` bytes: the unsent rest goes back to the link."""

@@ -81,6 +81,7 @@ def check_serves(link: dict[str, Any], size: int, now: float, *, reserved: bool 
 
 
 RESUME_SLACK = 16 * 1024 * 1024  # bytes a resumed range may go over a link's budget, in all
+PROBE_SLACK = 1024 * 1024  # bytes any request may go over it, in all (probes: a download manager's)
 
 
 def fits(link: dict[str, Any], size: int, nbytes: int, start: int = 0) -> bool:
@@ -89,13 +90,17 @@ def fits(link: dict[str, Any], size: int, nbytes: int, start: int = 0) -> bool:
     A range that starts past byte 0 (a resume: ``curl -C -``, a browser) may go over the budget by
     up to min(start, RESUME_SLACK) bytes: what an interrupted transfer counted as sent includes what
     sat in the kernels' buffers when it broke, which the client never got.  So a link of one
-    download can be resumed, and the most it can leak is 16 MiB more than its budget."""
+    download can be resumed.  Any range may go over by up to PROBE_SLACK bytes in all: a download
+    manager or a browser that first asks for a byte or a few KiB (``Range: bytes=0-0``) must not
+    leave a link of one download unable to serve that download; that slack is at most 1/64 of the
+    file (at least a byte), so a small file's link is not worth many more downloads.  The most a
+    link can leak is 16 MiB more than its budget."""
     limit: int | None = link.get("max_downloads")
     if limit is None:
         return True
     if size <= 0:
         return int(link.get("opens", 0)) + 1 <= limit
-    slack = min(start, RESUME_SLACK) if start > 0 else 0
+    slack = max(min(start, RESUME_SLACK), min(PROBE_SLACK, max(1, size // 64)))
     return int(link.get("served", 0)) + nbytes <= limit * size + slack
 
 

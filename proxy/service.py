@@ -246,6 +246,7 @@ class ProxyService:
             self.link_throttle.attempt(address)  # an unknown lease counts like an unknown link
             lease = self.leases.renew(h["lease"])
             self.link_throttle.found(address)
+            self.links.check_lease(lease)  # a link's lease: only while the link still serves
             return Reply(self._located(lease))
         if h.get("token"):
             return self.links.locate(req)

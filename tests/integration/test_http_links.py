@@ -234,6 +234,23 @@ def test_expiry_and_download_limits(cluster: Cluster, owner: Client) -> None:
     assert response.status == 410 and b"expired" in body
 
 
+def test_a_probe_first_leaves_a_link_of_one_download_its_download(cluster: Cluster, owner: Client) -> None:
+    """A browser or a download manager that asks for a byte first (``Range: bytes=0-0``) still gets
+    the whole file after it; the link is then used up, and ``?info`` still describes it."""
+    name = f"probe{next(_n)}.bin"
+    data = upload(owner, name)
+    once = owner.share(name, max_downloads=1)
+    probe, first = fetch(cluster, path_of(once["link"]), {"Range": "bytes=0-0"})
+    assert (probe.status, first) == (206, data[:1])
+    assert state_of(owner, once["token"])["state"] == "active"
+    response, body = fetch(cluster, path_of(once["link"]))
+    assert (response.status, body) == (200, data)
+    assert fetch(cluster, path_of(once["link"]))[0].status == 410
+    assert state_of(owner, once["token"])["state"] == "exhausted"
+    response, body = fetch(cluster, path_of(once["link"]) + "?info")
+    assert response.status == 200 and json.loads(body)["downloads"] == 1
+
+
 def test_revocation_and_deletion_answer_410_on_both_protocols(cluster: Cluster, owner: Client) -> None:
     name = f"rev{next(_n)}.bin"
     upload(owner, name, 1000)

@@ -137,6 +137,73 @@ def test_an_interrupted_download_shows_nothing_and_keeps_its_partial_for_the_nex
     assert [p.name for p in out_dir.iterdir()] == ["big.bin"]  # the partial was used up
 
 
+def link_downloads(c: Cluster, home: Path, link: str) -> tuple[int, str]:
+    """The owner's view of ``link``: downloads counted, and its state."""
+    result = c.cli("--json", "links", home=home)
+    assert result.returncode == 0, result.stderr
+    (row,) = [r for r in json.loads(result.stdout)["links"] if r["link"] == link]
+    return row["downloads"], row["state"]
+
+
+def interrupted_link_download(c: Cluster, link: str, out_dir: Path) -> None:
+    """Start downloading ``link`` while the servers are stopped; Ctrl-C it once it is fetching."""
+    with c.servers_stopped():
+        proc = c.cli_process("download", link, "-o", str(out_dir), home=c.new_home())
+        try:
+            c.wait_until_transferring(proc, "the download to connect to a storage server")
+            _, err, _ = interrupt(proc, signal.SIGINT)
+        finally:
+            end(proc)
+    assert proc.returncode == 130 and err == "interrupted\n"
+    assert len(parts(out_dir)) == 1
+
+
+@pytest.mark.parametrize("how", ["filecluster://", "http://"])
+def test_a_link_download_counts_once_resumed_or_already_there(
+    patient_cluster: Cluster, tmp_path: Path, how: str
+) -> None:
+    """A link of one download: an interrupted download of it goes on under the lease it kept (on
+    its partial), not as a second download; the file already there costs nothing; and a link the
+    owner revoked meanwhile is not resumed."""
+    c = patient_cluster
+    if how == "http://":
+        c.start_gateway()
+    c.env["FILECLUSTER_READ_TIMEOUT"] = "60"  # the client waits on the stopped servers until signalled
+    home = registered_home(c, "ana")
+    data = os.urandom(64 * CHUNK)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    assert c.cli("upload", str(src), home=home).returncode == 0
+    shared = c.cli("share", "big.bin", "--max-downloads", "1", home=home)
+    link = shared.stdout.strip()
+    assert shared.returncode == 0 and link.startswith(how), shared.stderr
+    out_dir = tmp_path / "out"
+    interrupted_link_download(c, link, out_dir)
+    assert link_downloads(c, home, link) == (1, "exhausted")  # reserved when it began
+    anyone = c.new_home()
+    again = c.cli("download", link, "-o", str(out_dir), home=anyone)
+    assert again.returncode == 0 and again.stdout.startswith("saved "), again.stderr
+    assert (out_dir / "big.bin").read_bytes() == data
+    there = c.cli("download", link, "-o", str(out_dir), home=anyone)
+    assert there.returncode == 0 and there.stdout.startswith("already there"), there.stderr
+    assert link_downloads(c, home, link) == (1, "exhausted")
+    elsewhere = c.cli("download", link, "-o", str(tmp_path / "elsewhere"), home=anyone)
+    assert elsewhere.returncode == 1 and "download limit was reached" in elsewhere.stderr
+
+    several = c.cli("share", "big.bin", "--max-downloads", "3", home=home).stdout.strip()
+    for _ in range(3):
+        assert c.cli("download", several, "-o", str(tmp_path / "mine"), home=anyone).returncode == 0
+    assert link_downloads(c, home, several) == (1, "active")
+
+    revoked = c.cli("share", "big.bin", home=home).stdout.strip()
+    later = tmp_path / "later"
+    interrupted_link_download(c, revoked, later)
+    assert c.cli("unshare", revoked, home=home).returncode == 0
+    refused = c.cli("download", revoked, "-o", str(later), home=anyone)
+    assert refused.returncode == 1 and "revoked" in refused.stderr
+    assert not (later / "big.bin").exists()
+
+
 def interrupted_while_queuing(silent: socket.socket) -> type[ThreadPoolExecutor]:
     """An executor for the transfers in which Ctrl-C lands while they are being queued: as the
     second is submitted, once the first has connected to ``silent`` (a server that never answers)."""

@@ -18,11 +18,26 @@ def test_states_and_budget() -> None:
     link = {"owner": "a", "name": "f", "created": 0.0, "expires": 100.0, "max_downloads": 2}
     assert links.state(link, 10, 50.0) == "active" and links.state(link, 10, 100.0) == "expired"
     link["served"] = 15
-    assert links.downloads(link, 10) == 1 and links.fits(link, 10, 5) and not links.fits(link, 10, 6)
+    assert links.downloads(link, 10) == 1 and links.fits(link, 10, 5)
+    assert links.fits(link, 10, 6) and not links.fits(link, 10, 7)  # a byte of slack (1/64, at least 1)
     link["served"] = 20
     assert links.state(link, 10, 50.0) == "exhausted"
     empty = {"owner": "a", "name": "e", "created": 0.0, "max_downloads": 1, "opens": 1}
     assert links.downloads(empty, 0) == 1 and not links.fits(empty, 0, 0)
+
+
+def test_a_probe_does_not_cost_a_link_of_one_download_its_download() -> None:
+    """A browser or a download manager may ask for a byte (or a few KiB) first: the whole file must
+    still come after it; the slack is 1/64 of the file, at most 1 MiB, so the budget barely grows."""
+    mib, gib = 1 << 20, 1 << 30
+    for size in (100, mib, gib):
+        link = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 1, "served": 1}  # bytes=0-0
+        assert links.state(link, size, 1.0) == "active" and links.fits(link, size, size)
+    link = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 1, "served": 2 * mib}
+    assert not links.fits(link, gib, gib)  # 2 MiB already served: past the slack of a GiB's link
+    assert links.fits(link, gib, gib - mib)
+    small = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 1, "served": 2}
+    assert not links.fits(small, 100, 100)  # 1/64 of 100 bytes is 1 byte
 
 
 def test_tombstones_are_pruned_by_age_and_by_count() -> None:
