@@ -103,17 +103,24 @@ def test_an_interrupted_upload_is_aborted_at_the_proxy_and_stores_nothing(
     assert "uploaded big.bin" in c.cli("upload", str(src), home=home).stdout  # and nothing is stuck
 
 
-@pytest.mark.parametrize(("sig", "status", "message"), SIGNALS)
-def test_an_interrupted_download_shows_nothing_and_keeps_its_partial_for_the_next(
-    patient_cluster: Cluster, tmp_path: Path, sig: int, status: int, message: str
-) -> None:
-    c = patient_cluster
-    c.env["FILECLUSTER_READ_TIMEOUT"] = "60"  # the client waits on the stopped servers until signalled
+def ana_with_a_big_file(c: Cluster, tmp_path: Path) -> tuple[Path, bytes]:
+    """ana's home, once she uploaded big.bin (64 chunks; returned); downloads then wait on stopped
+    servers until they are signalled."""
+    c.env["FILECLUSTER_READ_TIMEOUT"] = "60"
     home = registered_home(c, "ana")
     data = os.urandom(64 * CHUNK)
     src = tmp_path / "big.bin"
     src.write_bytes(data)
     assert c.cli("upload", str(src), home=home).returncode == 0
+    return home, data
+
+
+@pytest.mark.parametrize(("sig", "status", "message"), SIGNALS)
+def test_an_interrupted_download_shows_nothing_and_keeps_its_partial_for_the_next(
+    patient_cluster: Cluster, tmp_path: Path, sig: int, status: int, message: str
+) -> None:
+    c = patient_cluster
+    home, data = ana_with_a_big_file(c, tmp_path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with c.servers_stopped():
@@ -168,12 +175,7 @@ def test_a_link_download_counts_once_resumed_or_already_there(
     c = patient_cluster
     if how == "http://":
         c.start_gateway()
-    c.env["FILECLUSTER_READ_TIMEOUT"] = "60"  # the client waits on the stopped servers until signalled
-    home = registered_home(c, "ana")
-    data = os.urandom(64 * CHUNK)
-    src = tmp_path / "big.bin"
-    src.write_bytes(data)
-    assert c.cli("upload", str(src), home=home).returncode == 0
+    home, data = ana_with_a_big_file(c, tmp_path)
     shared = c.cli("share", "big.bin", "--max-downloads", "1", home=home)
     link = shared.stdout.strip()
     assert shared.returncode == 0 and link.startswith(how), shared.stderr
