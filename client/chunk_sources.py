@@ -69,9 +69,7 @@ class Tickets:
             fresh = self._locate_again()
             if fresh is None:
                 return False
-            if [c["id"] for c in fresh["chunks"]] != [c["id"] for c in self._info["chunks"]]:
-                raise Conflict("the file changed during the download; nothing was saved, try again")
-            self._info = fresh
+            self._info = _same_file(fresh, self._info)
         return True
 
     def resume_with(self, lease: str) -> None:
@@ -86,21 +84,17 @@ class Tickets:
             return None if _peeked(self._info) else self._lease()
 
     def _locate_first(self) -> dict[str, Any]:
-        ids = [c["id"] for c in self._info["chunks"]]
         lease = self._lease()
-        if lease is not None and self._proxy is not None:
+        if lease is not None and self._proxy is not None:  # an interrupted download's, if it holds
             with contextlib.suppress(NotFound):  # it ended: a fresh LOCATE, which the link counts
                 fresh = self._proxy.call(MsgType.LOCATE, {"lease": lease})
-                if [c["id"] for c in fresh["chunks"]] == ids:
-                    return fresh
+                with contextlib.suppress(Conflict):
+                    return _same_file(fresh, self._info)
                 with contextlib.suppress(FileClusterError, OSError):  # another file's: let it go
                     self._proxy.call(MsgType.RELEASE, {"lease": lease})
         if self._relocate is None:
             raise Unavailable("the file cannot be located")
-        fresh = self._relocate()
-        if [c["id"] for c in fresh["chunks"]] != ids:
-            raise Conflict("the file changed during the download; nothing was saved, try again")
-        return fresh
+        return _same_file(self._relocate(), self._info)
 
     def _locate_again(self) -> dict[str, Any] | None:
         lease = self._lease()
@@ -135,6 +129,13 @@ class Tickets:
             self._on_release(lease)
         elif lease is not None:
             self.tell(MsgType.RELEASE, {"lease": lease})
+
+
+def _same_file(fresh: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
+    """``fresh`` (a LOCATE reply), if it describes the chunks ``known`` does; else Conflict."""
+    if [c["id"] for c in fresh["chunks"]] != [c["id"] for c in known["chunks"]]:
+        raise Conflict("the file changed during the download; nothing was saved, try again")
+    return fresh
 
 
 def _peeked(info: dict[str, Any]) -> bool:

@@ -332,24 +332,30 @@ def test_a_folder_link_lists_and_serves_its_files(cluster: Cluster, owner: Clien
     assert response.status == 410 and b"folder was deleted" in body
 
 
-def test_revoking_stops_a_stream_in_progress(cluster: Cluster, owner: Client) -> None:
-    name = f"big{next(_n)}.bin"
-    size = 128 * CHUNK  # 8 MiB: more than the sockets' buffers hold
-    upload(owner, name, size)
-    token = owner.share(name)["token"]
+def slow_stream(cluster: Cluster, token: str) -> tuple[socket.socket, bytes]:
+    """A GET of link ``token`` from a reader with a small receive buffer: the socket, once the
+    response head (200) arrived, and the body bytes that came with it."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     sock.bind((loopback_source(), 0))
     sock.settimeout(10)
     sock.connect(("127.0.0.1", cluster.gateway_port))
-    received = 0
+    sock.sendall(f"GET /s/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1024)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    return sock, head.split(b"\r\n\r\n", 1)[1]
+
+
+def test_revoking_stops_a_stream_in_progress(cluster: Cluster, owner: Client) -> None:
+    name = f"big{next(_n)}.bin"
+    size = 128 * CHUNK  # 8 MiB: more than the sockets' buffers hold
+    upload(owner, name, size)
+    token = owner.share(name)["token"]
+    sock, first = slow_stream(cluster, token)
+    received = len(first)
     with sock:
-        sock.sendall(f"GET /s/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1024)
-        assert head.startswith(b"HTTP/1.1 200 ")
-        received = len(head.split(b"\r\n\r\n", 1)[1])
         owner.unshare(token)
         revoked = time.monotonic()
         try:
@@ -371,18 +377,9 @@ def test_the_last_download_a_link_allows_is_served_whole_however_long_it_takes(
     size = 128 * CHUNK  # 8 MiB: more than the sockets' buffers hold
     data = upload(owner, name, size)
     token = owner.share(name, max_downloads=1)["token"]
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    sock.bind((loopback_source(), 0))
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", cluster.gateway_port))
+    sock, first = slow_stream(cluster, token)
     with sock:
-        sock.sendall(f"GET /s/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += sock.recv(1024)
-        assert got.startswith(b"HTTP/1.1 200 ")
-        body = bytearray(got.split(b"\r\n\r\n", 1)[1])
+        body = bytearray(first)
         time.sleep(2.5)  # a slow reader: the stream outlives a check
         while len(body) < size and (piece := sock.recv(256 * 1024)):
             body += piece
