@@ -343,11 +343,12 @@ def links(c: Client, out: Sink) -> int:
 
 def unshare(c: Client, out: Sink, target: str) -> int:
     """Revoke a link (its URL or token), or every link of a file or folder."""
-    revoked = c.unshare(target)
-    shown = target if not is_link(target) else "the link"
-    out.say(
-        f"revoked {output.plural(revoked, 'link')} ({shown})" if revoked else "that link had already ended"
-    )
+    reply = c.revoke(target)
+    revoked = int(reply["revoked"])
+    if reply["by"] == "name":  # every live link of a file or folder (none: an error, NotFound)
+        out.say(f"revoked {output.plural(revoked, 'link')} of {target.strip()}")
+    else:  # the link is never shown: it is long, and a secret
+        out.say("revoked the link" if revoked else "that link had already ended")
     out.emit({"target": target, "revoked": revoked})
     return 0
 

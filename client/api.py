@@ -45,11 +45,13 @@ if TYPE_CHECKING:  # each command imports what it uses when it runs: a process s
     from client import upload_batch as batcher
 
 # a link's tail: /s/TOKEN, then in a folder link the path of a file or folder in it (percent-encoded),
-# then the gateway's ?view or ?info (what a browser's address bar shows: the same link)
-_LINK_TAIL = r"/s/(?P<token>[A-Za-z0-9_-]+)(?:/(?P<path>[^?#\s]*))?(?:\?(?:view|info))?\Z"
+# then the gateway's ?view or ?info (what a browser's address bar shows: the same link), and a
+# #fragment, which a browser never sends, so it is no part of the link
+_LINK_TAIL = r"/s/(?P<token>[A-Za-z0-9_-]+)(?:/(?P<path>[^?#\s]*))?(?:\?(?:view|info))?(?:#\S*)?\Z"
 LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+){_LINK_TAIL}")
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
 HTTP_LINK_RE = re.compile(rf"(?P<base>https?://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?){_LINK_TAIL}")
+URL_RE = re.compile(rf"(?:https?://|{LINK_SCHEME}:)", re.IGNORECASE)  # never a file name ('//')
 GATEWAY_TIMEOUT = 10.0  # seconds to wait for a gateway's ?info
 
 
@@ -81,6 +83,11 @@ def parse_link(text: str) -> Link | None:
         return None
     host, port = parse_address(match["addr"])
     return Link(host, port, match["token"], link_path(match["path"]))
+
+
+def not_a_link(text: str) -> InvalidRequest:
+    """The error for a URL that is no share link (mistyped, cut short, another site's)."""
+    return InvalidRequest(f"not a share link: {text.strip()} (a share link looks like http://HOST:PORT/s/TOKEN)")
 
 
 def is_link(text: str) -> bool:
@@ -305,10 +312,19 @@ class Client:
 
     def unshare(self, target: str) -> int:
         """Revoke a link (its URL or token), or every link of a name; how many were revoked."""
+        return int(self.revoke(target)["revoked"])
+
+    def revoke(self, target: str) -> dict[str, Any]:
+        """As :meth:`unshare`, with what the proxy took ``target`` for: ``revoked`` (how many) and
+        ``by`` ("link": a link or its token; "name": every live link of that file or folder)."""
         self._need_session()
         if not target.strip():
             raise InvalidRequest("name a link, a token or a file")
-        return int(self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)["revoked"])
+        if URL_RE.match(target.strip()) and not is_link(target):
+            raise not_a_link(target)
+        reply = self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)
+        by = reply.get("by", "link" if is_link(target) else "name")  # a proxy from before "by"
+        return {"revoked": int(reply["revoked"]), "by": by}
 
     def delete(self, name: str, recursive: bool = False) -> int:
         """Delete a file (every version); ``recursive``: also everything in the folder ``name``.
@@ -344,8 +360,8 @@ class Client:
                 return self.proxy.call(MsgType.LOCATE, header)
             with ProxyLink(link.host, link.port) as other:
                 return other.call(MsgType.LOCATE, header)
-        if target.startswith(f"{LINK_SCHEME}:"):
-            raise InvalidRequest(f"not a valid link: {target}")
+        if URL_RE.match(target):
+            raise not_a_link(target)
         if self.proxy.token:
             try:
                 return self.proxy.call(MsgType.LOCATE, {"name": check_file_name(target)}, session=True)

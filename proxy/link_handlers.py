@@ -42,7 +42,9 @@ GRANT_TTL = 24 * 3600.0  # seconds a grant may wait for its LINK_CLOSE
 MAX_LINKS = 10_000  # links one user may hold (tombstones included)
 MAX_URL = 256
 URL_RE = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?\Z")
-TOKEN_IN_LINK = re.compile(r"\A[a-z+]+://[^/]+/s/(?P<token>[A-Za-z0-9_-]+)/?\Z")
+# a link as UNSHARE takes it: /s/TOKEN, as a browser's address bar may show it (?view, ?info, #...)
+TOKEN_IN_LINK = re.compile(r"\A[a-z+]+://[^/]+/s/(?P<token>[A-Za-z0-9_-]+)/?(?:\?(?:view|info))?(?:#\S*)?\Z")
+ANY_URL = re.compile(r"\A[a-z+]+://", re.IGNORECASE)
 
 Located = Callable[[Lease], dict[str, Any]]
 
@@ -212,17 +214,20 @@ class LinkHandlers:
         token = match["token"] if match else target
         with self.catalog.lock:
             link = self.catalog.share(token)
+            by = "link"
             if link is not None and link["owner"] == owner:
                 tokens = [] if link.get("ended") else [token]
             elif match:
                 raise NotFound("you have no such link")
+            elif ANY_URL.match(target):
+                raise InvalidRequest(f"not a share link: {target[:200]} (one looks like http://HOST:PORT/s/TOKEN)")
             else:
-                name = check_file_name(target)
+                name, by = check_file_name(target), "name"
                 tokens = self.catalog.tree.book.live(owner, name)
                 if not tokens:
                     raise NotFound(f"no live link of yours names {name!r}")
             self.catalog.end_links(owner, tokens)
-        return Reply({"revoked": len(tokens)})
+        return Reply({"revoked": len(tokens), "by": by})
 
     # -- opening a link ----------------------------------------------------------------------
     def _target(self, token: str, path: str | None, address: str | None, *, reserved: bool = False) -> Target:

@@ -125,7 +125,10 @@ def test_download_never_overwrites_a_different_file(cluster: Cluster, home: Path
         (["delete", "a//b.txt"], "empty folder name"),
         (["download", "nope.txt"], "you have no file named 'nope.txt'"),
         (["download", "filecluster://{proxy}/s/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"], "unknown link"),
-        (["download", "filecluster://nonsense"], "not a valid link"),
+        (["download", "filecluster://nonsense"], "not a share link: filecluster://nonsense"),
+        (["download", "http://{proxy}/x/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"], "not a share link: http://"),
+        (["download", "HTTPS://example.invalid/s/"], "not a share link: HTTPS://example.invalid/s/ ("),
+        (["unshare", "http://{proxy}/"], "not a share link: http://"),
     ],
 )
 def test_user_mistakes_get_one_clear_line(

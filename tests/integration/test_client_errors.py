@@ -102,7 +102,7 @@ def test_bare_tokens_names_and_garbage(
     with pytest.raises(InvalidRequest, match=re.escape("name a file or paste a link")):
         anonymous.locate("  ")
     for garbage in ("filecluster:/x", "filecluster://host/s/" + token, f"filecluster://h:1/s/{token}?x"):
-        with pytest.raises(InvalidRequest, match=re.escape("not a valid link")):
+        with pytest.raises(InvalidRequest, match=re.escape("not a share link")):
             other_user.locate(garbage)
 
 

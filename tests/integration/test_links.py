@@ -225,7 +225,15 @@ def test_share_links_unshare_commands(
     limited = json.loads(run("--json", "share", "n.txt", "--expires", "2099-12-31")[1])
     assert re.match(r"2099-12-3\dT", limited["expires"])
     assert run("unshare", limited["token"])[0] == 0  # a bare token never starts with "-" (an option)
+    for mistyped in (shared["link"].replace("/s/", "/x/"), "http://127.0.0.1:9080/", "https://h/s/"):
+        code, _, err = run("unshare", mistyped)  # a URL that is no link: never taken for a name
+        assert code == 1 and err.startswith(f"error: not a share link: {mistyped} (") and err.count("\n") == 1
+    code, out, _ = run("unshare", shared["link"] + "?view#top")  # as a browser's address bar shows it
+    assert code == 0 and out == "revoked the link\n"  # never echoed: a link is a secret
     code, out, _ = run("unshare", shared["link"])
-    assert code == 0 and out == "revoked 1 link (the link)\n"
+    assert code == 0 and out == "that link had already ended\n"
+    code, out, _ = run("unshare", "n.txt")
+    assert code == 0 and out == "revoked 1 link of n.txt\n"
+    assert run("share", "n.txt")[0] == 0
     assert json.loads(run("--json", "unshare", "n.txt")[1]) == {"target": "n.txt", "revoked": 1}
     assert {link["state"] for link in json.loads(run("--json", "links")[1])["links"]} == {"revoked"}

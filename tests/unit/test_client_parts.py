@@ -10,7 +10,7 @@ import pytest
 
 from client import output
 from client import session as saved
-from client.api import Client, parse_link
+from client.api import Client, is_link, parse_link
 from client.listing import view
 from common.config import (
     DEFAULT_PROXY_PORT,
@@ -160,6 +160,10 @@ def test_share_links_are_parsed() -> None:
     assert link is not None and (link.host, link.port, link.token) == ("files.lan", 9000, TOKEN)
     v6 = parse_link(f"filecluster://[::1]:9000/s/{TOKEN}")
     assert v6 is not None and (v6.host, v6.port) == ("::1", 9000)
+    # a #fragment is never part of a link (a browser does not send it): pasted with one, it still works
+    framed = parse_link(f"filecluster://files.lan:9000/s/{TOKEN}/sub/a%20b.txt#page=2")
+    assert framed is not None and (framed.token, framed.path) == (TOKEN, "sub/a b.txt")
+    assert is_link(f"http://files.lan:9000/s/{TOKEN}?view#top") and not is_link(f"http://files.lan/x/{TOKEN}")
 
 
 @pytest.mark.parametrize(
