@@ -87,7 +87,9 @@ def parse_link(text: str) -> Link | None:
 
 def not_a_link(text: str) -> InvalidRequest:
     """The error for a URL that is no share link (mistyped, cut short, another site's)."""
-    return InvalidRequest(f"not a share link: {text.strip()} (a share link looks like http://HOST:PORT/s/TOKEN)")
+    return InvalidRequest(
+        f"not a share link: {text.strip()} (a share link looks like http://HOST:PORT/s/TOKEN)"
+    )
 
 
 def is_link(text: str) -> bool:

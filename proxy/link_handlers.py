@@ -220,7 +220,9 @@ class LinkHandlers:
             elif match:
                 raise NotFound("you have no such link")
             elif ANY_URL.match(target):
-                raise InvalidRequest(f"not a share link: {target[:200]} (one looks like http://HOST:PORT/s/TOKEN)")
+                raise InvalidRequest(
+                    f"not a share link: {target[:200]} (one looks like http://HOST:PORT/s/TOKEN)"
+                )
             else:
                 name, by = check_file_name(target), "name"
                 tokens = self.catalog.tree.book.live(owner, name)
