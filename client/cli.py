@@ -361,7 +361,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the values of a command's options, said before anything is asked of the
     cluster (a usage error: exit status 2), or None."""
     name = getattr(args, "command_name", None)
-    if getattr(args, "proxy", None):
+    if getattr(args, "proxy", None) is not None:
         try:
             parse_address(args.proxy)
         except InvalidRequest as exc:

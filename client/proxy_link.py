@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import source_address
-from common.errors import NotAFrame, PeerClosed, PeerReset
+from common.errors import NOT_TAKEN, NotAFrame, PeerClosed, PeerReset, RemoteProtocolError
 from common.messages import MsgType
 from common.transport import Connection
 
@@ -46,6 +46,13 @@ class ProxyLink:
             raise NotAFrame(
                 f"{self.address} is not a filecluster proxy ({exc}); --proxy and FILECLUSTER_PROXY "
                 "take the proxy's HOST:PORT, not a link gateway's"
+            ) from None
+        except RemoteProtocolError as exc:  # a filecluster daemon that is not the proxy: a storage server
+            if NOT_TAKEN not in exc.message:
+                raise
+            raise RemoteProtocolError(
+                f"{self.address} is not the filecluster proxy ({exc.message}); --proxy and "
+                "FILECLUSTER_PROXY take the proxy's HOST:PORT"
             ) from None
         self._answered = True
         return reply

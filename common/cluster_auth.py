@@ -86,9 +86,12 @@ def same_mac(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
+STORAGE_AUDIENCE = "server:"
+
+
 def server_audience(server_id: int) -> str:
     """Whom a cluster message to storage server ``server_id`` is for (bound into its MAC)."""
-    return f"server:{server_id}"
+    return f"{STORAGE_AUDIENCE}{server_id}"
 
 
 class ReplayGuard:

@@ -35,14 +35,21 @@ def _is_number(text: str) -> bool:
     return re.fullmatch(r"[0-9]{1,5}", text) is not None
 
 
+_NOT_IN_A_HOST = re.compile(r"[\s/?#@\\]")  # a path, a query, a user, a space: a URL or a typo
+
+
 def parse_address(text: str, default_port: int = DEFAULT_PROXY_PORT) -> tuple[str, int]:
     """``HOST:PORT`` (or ``HOST``, or ``[v6]:PORT``) into a pair; a clear error otherwise."""
     text = text.strip()
+    if not text:
+        raise InvalidRequest("invalid address '': nothing given; expected HOST:PORT")
+    if "://" in text:  # http://…, filecluster://…: the proxy speaks its own protocol, not a URL's
+        raise InvalidRequest(f"invalid address {text!r}: expected HOST:PORT, not a URL")
     host, sep, port_text = text.rpartition(":")
     if not sep:
         host, port_text = text, str(default_port)
     host = host.strip("[]")
-    if not host or not _is_number(port_text) or not 0 < int(port_text) < 65536:
+    if not host or _NOT_IN_A_HOST.search(host) or not _is_number(port_text) or not 0 < int(port_text) < 65536:
         raise InvalidRequest(f"invalid address {text!r}: expected HOST:PORT")
     return host, int(port_text)
 
@@ -66,9 +73,9 @@ def source_address() -> str | None:
 
 def proxy_address(override: str | None = None) -> tuple[str, int]:
     """``--proxy``, else FILECLUSTER_PROXY, else FILECLUSTER_HOST (127.0.0.1) at FILECLUSTER_PORT (9000)."""
-    return parse_address(
-        override or os.environ.get("FILECLUSTER_PROXY") or f"{cluster_host()}:{proxy_port()}"
-    )
+    if override is not None:  # given, even empty: never silently another
+        return parse_address(override)
+    return parse_address(os.environ.get("FILECLUSTER_PROXY") or f"{cluster_host()}:{proxy_port()}")
 
 
 def _seconds_setting(name: str, default: float) -> float:

@@ -50,6 +50,9 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
 
+NOT_TAKEN = "is not a request this server takes"  # a daemon asked what another kind of daemon answers
+
+
 class NotAFrame(RemoteProtocolError):
     """What the peer sent does not even start like a filecluster frame (another protocol's port)."""
 

@@ -41,10 +41,11 @@ from typing import Any, BinaryIO
 
 from common.admission import Admission, DoorServer, Slot
 from common.budget import ConnectionGate, HeaderBudget
-from common.cluster_auth import ClusterKey
+from common.cluster_auth import STORAGE_AUDIENCE, ClusterKey
 from common.deadlines import FrameDeadlines
 from common.direct_io import StagePool
 from common.errors import (
+    NOT_TAKEN,
     Busy,
     FileClusterError,
     InternalError,
@@ -131,7 +132,8 @@ def authorize(
     which returns the principal (a session's user, a ticket's holder)."""
     handler = handlers.get(request.type)
     if handler is None:
-        raise ProtocolError(f"{request.type.name} is not a request this server takes")
+        kind = " (this is a filecluster storage server)" if audience.startswith(STORAGE_AUDIENCE) else ""
+        raise ProtocolError(f"{request.type.name} {NOT_TAKEN}{kind}")
     need = SPECS[request.type].auth
     if need is Auth.CLUSTER:
         if cluster is None:

@@ -180,6 +180,23 @@ def test_proxy_down_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
     assert one_line_error(result).startswith(f"error: cannot reach the proxy at 127.0.0.1:{port}")
 
 
+def test_proxy_addresses_that_are_no_proxy(cluster: Cluster, home: Path) -> None:
+    """--proxy given a URL, nothing, or a storage server's port: one line that says what it takes."""
+    for given, said, code in (
+        (f"http://{cluster.proxy_addr}", "--proxy: invalid address", 2),  # never taken for host "http"
+        (f"filecluster://{cluster.proxy_addr}", "expected HOST:PORT, not a URL", 2),
+        ("", "--proxy: invalid address '': nothing given; expected HOST:PORT", 2),  # not FILECLUSTER_PROXY
+        ("files lan:9000", "--proxy: invalid address", 2),
+        (f"127.0.0.1:{cluster.server_ports[1]}", "is not the filecluster proxy (LOGIN is not a request", 1),
+    ):
+        result = cluster.cli("--proxy", given, "login", "ana", home=home, password=PASSWORD)
+        assert said in one_line_error(result, code), (given, result.stderr)
+    assert (
+        "this is a filecluster storage server" in result.stderr
+        and "take the proxy's HOST:PORT" in result.stderr
+    )
+
+
 def test_menu_drives_the_same_actions(cluster: Cluster, home: Path, tmp_path: Path) -> None:
     src = tmp_path / "menu file.txt"
     src.write_text("from the menu")

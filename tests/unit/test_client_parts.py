@@ -58,6 +58,10 @@ def test_a_bare_host_gets_the_callers_default_port() -> None:
         "host:-1",
         "host: 90",
         "host:9o00",
+        "http://host:9000",  # a URL: never host "http://host"
+        "filecluster://host:9000",
+        "host/files:9000",
+        "me@host:9000",
         "host:²",  # a digit to str.isdigit, not to int()
         "host:٣",  # an Arabic-Indic three: not a port anyone types on purpose
         pytest.param("host:" + "9" * 5000, id="host:5000-nines"),  # more digits than int() converts
