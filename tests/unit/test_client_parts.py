@@ -143,8 +143,9 @@ def test_every_text_direction_control_is_refused_in_new_names(control: str) -> N
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("\u00a0", "cannot be empty"),  # a no-break space is white space
-        ("\u2028", "cannot be empty"),
+        ("\u00a0", "it is blank"),  # a no-break space is white space
+        ("\u2028", "it is blank"),
+        (" ", "invalid file name ' ': it is blank"),
         ("\u0301\u0301", "no visible character"),  # combining accents on nothing
         ("\u200d\ufeff\u2060", "no visible character"),  # joiners and zero-width no-breaks
     ],
