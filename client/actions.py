@@ -230,7 +230,7 @@ def upload(
                 with out.bars(item.name or item.path.name, overall) as bars:
                     r = c.upload(item.path, bars, name=item.name)
             except FileClusterError as exc:
-                if alone:
+                if alone and not out.json:  # in JSON mode the document still says what failed
                     raise
                 tally.fail(str(item.path), exc)
                 continue
@@ -429,7 +429,7 @@ def download(
                     r = c.download(item.target, out_dir, bars, version=version, save_as=item.save_as)
             except FileClusterError as exc:
                 exc = _folder_hint(c, item.target, exc, "download -r")
-                if alone:
+                if alone and not out.json:  # in JSON mode the document still says what failed
                     raise exc from None
                 tally.fail(item.target, exc, "target")
                 continue
@@ -505,7 +505,7 @@ def delete(c: Client, out: Sink, names: Sequence[str], recursive: bool = False) 
             n = c.delete(target, recursive=recursive)
         except FileClusterError as exc:
             exc = _folder_hint(c, name, exc, "delete -r") if not recursive else exc
-            if len(names) == 1:
+            if len(names) == 1 and not out.json:  # in JSON mode the document still says what failed
                 raise exc from None
             tally.fail(name, exc, "name")
             continue

@@ -426,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(status)
     except FileClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if out.json:  # a script reading stdout gets a document too
+            out.emit({"error": str(exc)})
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

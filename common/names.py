@@ -35,7 +35,9 @@ def check_file_name(name: object, *, new: bool = False) -> str:
         raise InvalidRequest("a file name must be text")
     name = unicodedata.normalize("NFC", name)
     if not name.strip():
-        raise InvalidRequest(f"invalid file name {name!r}: it is blank" if name else "a file name cannot be empty")
+        raise InvalidRequest(
+            f"invalid file name {name!r}: it is blank" if name else "a file name cannot be empty"
+        )
     if "\\" in name:
         raise InvalidRequest(
             f"invalid file name {name!r}: it may not contain a backslash (folders are separated by '/')"

@@ -75,8 +75,24 @@ def test_json_on_every_command(run: Cli, tmp_path: Path) -> None:
     assert code == 0 and set(json.loads(out)) == set(status)
     assert run.json("logout") == {"logged_out": True}
     assert run.json("logout") == {"logged_out": False}
-    code, out, err = run("--json", "whoami")
-    assert (code, out) == (1, "") and err == "error: not logged in; run: filecluster login USER\n"
+    code, out, err = run("--json", "whoami")  # a failure: still one document on stdout
+    assert err == "error: not logged in; run: filecluster login USER\n"
+    assert code == 1 and json.loads(out) == {"error": "not logged in; run: filecluster login USER"}
+
+
+def test_json_says_what_failed_for_a_single_file_too(run: Cli, tmp_path: Path) -> None:
+    """One target that fails gives the document several would: the error in ``failed``."""
+    run("register", f"jsonfail{next(_n)}")
+    missing = str(tmp_path / "missing.txt")
+    for args, key, target in (
+        (["upload", missing], "path", missing),
+        (["download", "nope.txt", "-o", str(tmp_path)], "target", "nope.txt"),
+        (["delete", "nope.txt"], "name", "nope.txt"),
+    ):
+        code, out, err = run("--json", *args)
+        document = json.loads(out)
+        assert code == 1 and err.count("\n") == 1 and err.startswith("error: "), (args, err)
+        assert document["failed"] == [{key: target, "error": err[len("error: ") : -1]}]
 
 
 def test_several_downloads_in_one_command(run: Cli, tmp_path: Path) -> None:
