@@ -202,7 +202,20 @@ def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tal
         except OSError:
             size = None
         plan.append(_Upload(path, as_name, size))
-    return plan
+    return _once_each(plan)
+
+
+def _once_each(plan: list[_Upload]) -> list[_Upload]:
+    """The plan with a file named twice under the same name (``upload a.txt ./a.txt``) once: a
+    second upload of it would only make a second, identical version."""
+    seen: set[tuple[str, str]] = set()
+    kept: list[_Upload] = []
+    for item in plan:
+        key = (os.path.realpath(item.path), item.name or item.path.name)
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept
 
 
 def upload_line(r: UploadResult) -> str:

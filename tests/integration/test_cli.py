@@ -159,6 +159,10 @@ def test_an_upload_of_several_paths_reports_each(cluster: Cluster, home: Path, t
     assert result.returncode == 1
     assert result.stdout.startswith("uploaded good.txt")
     assert "missing.txt" in one_line_error(result)
+    twice = cluster.cli("upload", str(good), f"{tmp_path}/./good.txt", str(good), home=home)
+    assert twice.returncode == 0 and twice.stdout.startswith("updated good.txt (version 2)")  # once
+    listed = json.loads(cluster.cli("--json", "versions", "good.txt", home=home).stdout)
+    assert [v["version"] for v in listed["versions"]] == [2, 1]
 
 
 def test_usage_errors_exit_2(cluster: Cluster) -> None:
