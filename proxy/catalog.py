@@ -98,6 +98,11 @@ class Catalog(FileChanges):
         self._user_sessions: defaultdict[str, set[str]] = defaultdict(set)  # derived: user -> hashes
         for token_hash, session in self.meta["sessions"].items():
             self._user_sessions[session["user"]].add(token_hash)
+        # derived: a user name in lower case -> the account's name as registered (the first, if an
+        # old catalog has names that differ only in case: each still logs in by its exact name)
+        self._folded: dict[str, str] = {}
+        for name in self.meta["users"]:
+            self._folded.setdefault(name.lower(), name)
         for entry in entries:
             self._apply(entry)
         if not self.meta["cluster_id"]:
@@ -243,6 +248,7 @@ class Catalog(FileChanges):
 
     def _apply_user_add(self, e: dict[str, Any]) -> None:
         self.meta["users"][e["user"]] = {"salt": e["salt"], "hash": e["hash"], "created": e["created"]}
+        self._folded.setdefault(e["user"].lower(), e["user"])
 
     def _apply_session_add(self, e: dict[str, Any]) -> None:
         self.meta["sessions"][e["token_hash"]] = {"user": e["user"], "created": e["created"]}
@@ -442,6 +448,11 @@ class Catalog(FileChanges):
     def user(self, user: str) -> dict[str, Any] | None:
         record: dict[str, Any] | None = self.meta["users"].get(user)
         return record
+
+    def account_name(self, user: str) -> str | None:
+        """The account ``user`` names, whatever the case it is typed in: its exact name if there is
+        one, else the one that differs only in case; None if there is none."""
+        return user if user in self.meta["users"] else self._folded.get(user.lower())
 
     def session_user(self, token_hash: str) -> str | None:
         session = self.meta["sessions"].get(token_hash)

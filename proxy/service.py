@@ -170,7 +170,7 @@ class ProxyService:
         password = check_password_rules(h["password"], new=True)
         salt, hashed = hash_password(password)
         with self.catalog.lock:
-            if self.catalog.user(user) is not None:
+            if self.catalog.account_name(user) is not None:  # "Ana" is taken once "ana" is
                 raise AlreadyExists(f"the user name {user!r} is taken")
             self.catalog.add_user(user, salt, hashed)
         log.info("new user %s", user)
@@ -183,6 +183,7 @@ class ProxyService:
         user = check_user_name(h["user"])
         password = check_password_rules(h["password"], new=False)
         address = client_key(req.peer[0])
+        user = self.catalog.account_name(user) or user  # "ANA" logs in as ana (one throttle for both)
         self.throttle.attempt(address, user)
         if not self.passwords.matches(password, self.catalog.user(user)):
             raise AuthError("wrong user name or password")

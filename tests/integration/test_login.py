@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from client.proxy_link import ProxyLink
-from common.errors import AuthError, Throttled
+from common.errors import AlreadyExists, AuthError, Throttled
 from common.messages import MsgType
 from proxy.auth import LoginThrottle
 from tests.cluster import Cluster, loopback_source
@@ -103,3 +103,19 @@ def test_parallel_guesses_share_the_same_five(cluster: Cluster) -> None:
     finally:
         for link in links:
             link.close()
+
+
+def test_user_names_are_one_account_whatever_their_case(cluster: Cluster) -> None:
+    """ "Ana" cannot be registered once "ana" is (no look-alike account), and "ANA" logs in as ana,
+    counted by the same throttle as ana: typing the case differently gives no fresh attempts."""
+    user = victim(cluster)
+    with cluster.link() as link:
+        for other in (user.upper(), user.capitalize()):
+            with pytest.raises(AlreadyExists, match=f"the user name '{other}' is taken"):
+                link.call(MsgType.REGISTER, {"user": other, "password": PASSWORD})
+        assert login(link, user.upper(), PASSWORD) == user  # the account's own name, as registered
+        for typed in [user.upper(), user.capitalize(), user] * FREE:
+            with pytest.raises((AuthError, Throttled)):
+                login(link, typed, WRONG)
+        with pytest.raises(Throttled, match=throttled(user)):
+            login(link, user.swapcase(), PASSWORD)
