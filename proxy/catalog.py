@@ -344,10 +344,14 @@ class Catalog(FileChanges):
         op.update(created=time.time(), kind=kind, expires=expires, max_downloads=max_downloads)
         self._change(op)
 
-    def use_link(self, token: str, nbytes: int, opens: int = 0) -> None:
-        """Journal bytes reserved by a download of a link (negative: refunded) and downloads begun."""
+    def use_link(self, token: str, nbytes: int, opens: int = 0, size: int | None = None) -> None:
+        """Journal bytes reserved by a download of a link (negative: refunded) and downloads begun;
+        ``size``: of the file a file link's reservation is for (proxy.links.served)."""
         if nbytes or opens:
-            self._change({"op": "link_use", "token": token, "bytes": nbytes, "opens": opens})
+            op: dict[str, Any] = {"op": "link_use", "token": token, "bytes": nbytes, "opens": opens}
+            if size is not None:
+                op["size"] = size
+            self._change(op)
 
     def end_links(self, owner: str, tokens: list[str], why: str = "revoked") -> None:
         """Revoke links (they stay as tombstones, answering Gone)."""

@@ -286,7 +286,8 @@ class LinkHandlers:
         ``start``: where the range begins (a resume gets a little slack, proxy.links.fits)."""
         if not links.fits(t.link, t.size, nbytes, start):
             raise Gone("this link's download limit was reached")
-        self.catalog.use_link(t.token, nbytes, opens=1)
+        size = None if t.link.get("kind") == "folder" else t.size  # a file link counts in its file's size
+        self.catalog.use_link(t.token, nbytes, opens=1, size=size)
 
     def _open_file(self, t: Target, holder: str) -> tuple[dict[str, Any], Lease]:
         entry = self.catalog.file(t.owner, t.name)

@@ -14,7 +14,9 @@ about to send (LINK_OPEN with a range; a binary LOCATE reserves the whole file):
 is journaled into ``served`` before the reply, so two concurrent downloads cannot both pass a
 limit, and a crash never gives bytes back.  LINK_CLOSE refunds what was not sent.  A grant that
 is never closed (the gateway died) is not refunded: it stays counted as served (conservative).
-``downloads`` = ``served // size`` (for an empty file: ``opens``).
+``downloads`` = ``served // size`` (for an empty file: ``opens``).  A file link also records the
+``size`` its ``served`` bytes counted (with each reservation): when its file is updated to one of
+another size, each download of the old one counts as one of the new (:func:`served`).
 
 Ended links stay as tombstones, so they answer Gone (410) rather than NotFound (404), for
 :data:`TOMBSTONE_DAYS` days and at most :data:`TOMBSTONES_PER_USER` per user (the oldest go
@@ -45,7 +47,27 @@ def downloads(link: dict[str, Any], size: int) -> int:
     """Whole downloads served: bytes served // size (an empty file: downloads started)."""
     if size <= 0:
         return int(link.get("opens", 0))
-    return int(link.get("served", 0)) // size
+    return served(link, size) // size
+
+
+def served(link: dict[str, Any], size: int) -> int:
+    """The bytes a file link has served, counted in downloads of its file as it is now (``size``).
+
+    ``served`` counts bytes of the file the link served then (``size`` in the link, recorded with
+    each reservation): once the link's name holds another version of another size, each download
+    of the old one (begun past the probe slack) counts as one whole download of the new one, so a
+    link of 3 downloads has as many left after its file is updated, whatever the new size."""
+    total = int(link.get("served", 0))
+    counted = link.get("size")
+    if counted is None or counted == size or counted <= 0 or size <= 0 or link.get("kind") == "folder":
+        return total
+    whole, rest = divmod(total, counted)
+    return (whole + (1 if rest > probe_slack(counted) else 0)) * size
+
+
+def probe_slack(size: int) -> int:
+    """Bytes any request may take past a link's budget, in all (see fits)."""
+    return min(PROBE_SLACK, max(1, size // 64))
 
 
 def state(link: dict[str, Any], size: int, now: float) -> str:
@@ -100,8 +122,8 @@ def fits(link: dict[str, Any], size: int, nbytes: int, start: int = 0) -> bool:
         return True
     if size <= 0:
         return int(link.get("opens", 0)) + 1 <= limit
-    slack = max(min(start, RESUME_SLACK), min(PROBE_SLACK, max(1, size // 64)))
-    return int(link.get("served", 0)) + nbytes <= limit * size + slack
+    slack = max(min(start, RESUME_SLACK), probe_slack(size))
+    return served(link, size) + nbytes <= limit * size + slack
 
 
 def describe(link: dict[str, Any], size: int) -> dict[str, Any]:
@@ -166,6 +188,9 @@ class LinkBook:
         """``link_use``: bytes reserved (or, negative, refunded) and downloads started."""
         link = self.shares.get(e["token"])
         if link is not None:
+            size = e.get("size")
+            if size is not None:  # a reservation: served is counted in this size from now on
+                link["served"], link["size"] = served(link, size), size
             link["served"] = max(0, int(link.get("served", 0)) + e.get("bytes", 0))
             link["opens"] = max(0, int(link.get("opens", 0)) + e.get("opens", 0))
 

@@ -71,6 +71,20 @@ def by_token(c: Client) -> dict[str, dict[str, Any]]:
     return {link["token"]: link for link in c.links()}
 
 
+def test_an_updated_file_keeps_its_links_count(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
+    """The link follows its name to the new version; the downloads it counted stay as many."""
+    upload(ana, tmp_path, "grow.bin", 3 * CHUNK)
+    token = ana.share("grow.bin", max_downloads=3)["token"]
+    assert locate(cluster, token)["link"]["downloads"] == 1  # a LOCATE by token: one whole download, counted
+    for size in (100, 5 * CHUNK):
+        upload(ana, tmp_path, "grow.bin", size)
+        assert by_token(ana)[token]["downloads"] == 1 and by_token(ana)[token]["state"] == "active"
+    located = [locate(cluster, token) for _ in range(2)]
+    assert [len(x["chunks"]) for x in located] == [5, 5] and by_token(ana)[token]["state"] == "exhausted"
+    with pytest.raises(Gone, match="download limit"):
+        locate(cluster, token)
+
+
 def test_several_links_per_file_each_with_its_own_limit(
     cluster: Cluster, ana: Client, tmp_path: Path
 ) -> None:

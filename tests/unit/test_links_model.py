@@ -40,6 +40,28 @@ def test_a_probe_does_not_cost_a_link_of_one_download_its_download() -> None:
     assert not links.fits(small, 100, 100)  # 1/64 of 100 bytes is 1 byte
 
 
+def test_a_link_keeps_its_count_when_its_file_is_updated_to_another_size() -> None:
+    """A link of 3 downloads, 1 used on a 1 MB file: after the file is updated to 1,200 bytes (or
+    to 5 MB) it has 1 used and 2 left, not 833 used (or 0.2); replayed from the journal alike."""
+    book = LinkBook({})
+    book.add({"token": "t", "owner": "a", "name": "f", "created": 0.0, "kind": "file", "max_downloads": 3})
+    link = book.shares["t"]
+    book.use({"token": "t", "bytes": 1_000_000, "opens": 1, "size": 1_000_000})
+    book.use({"token": "t", "bytes": 7, "opens": 1, "size": 1_000_000})  # a probe of the old file
+    for size in (1_200, 5_000_000):
+        assert links.downloads(link, size) == 1 and links.state(link, size, 1.0) == "active"
+        assert links.fits(link, size, 2 * size) and not links.fits(link, size, 3 * size)
+    book.use({"token": "t", "bytes": 1_200, "opens": 1, "size": 1_200})  # a download of the new file
+    assert (link["served"], link["size"]) == (2 * 1_200, 1_200) and links.downloads(link, 1_200) == 2
+    assert links.fits(link, 1_200, 1_200 + 18) and not links.fits(link, 1_200, 1_200 + 19)  # 1/64 slack
+    book.use({"token": "t", "bytes": -600})  # a refund (LINK_CLOSE) carries no size: counted as it is
+    assert link["served"] == 1_800 and links.downloads(link, 1_200) == 1
+    half = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 2, "served": 600, "size": 1_200}
+    assert links.downloads(half, 100) == 1  # half a download of the old file begun: one of the new
+    folder = {"owner": "a", "name": "d", "created": 0.0, "kind": "folder", "served": 50, "size": 10}
+    assert links.served(folder, 20) == 50  # a folder link's bytes are of many files: never converted
+
+
 def test_tombstones_are_pruned_by_age_and_by_count() -> None:
     book = LinkBook({})
     for i in range(TOMBSTONES_PER_USER + 5):
