@@ -58,8 +58,8 @@ def served(link: dict[str, Any], size: int) -> int:
     of the old one (begun past the probe slack) counts as one whole download of the new one, so a
     link of 3 downloads has as many left after its file is updated, whatever the new size."""
     total = int(link.get("served", 0))
-    counted = link.get("size")
-    if counted is None or counted == size or counted <= 0 or size <= 0 or link.get("kind") == "folder":
+    counted = int(link.get("size") or 0)  # 0: none recorded (a link from before sizes were)
+    if counted in (0, size) or size <= 0 or link.get("kind") == "folder":
         return total
     whole, rest = divmod(total, counted)
     return (whole + (1 if rest > probe_slack(counted) else 0)) * size
