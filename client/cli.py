@@ -337,6 +337,31 @@ def command_word(argv: Sequence[str]) -> str:
     return ""
 
 
+GLUED = ("--expires", "--as")  # options whose value may start with "-": "--expires -5d", "--as -draft.txt"
+
+
+def glued(argv: list[str]) -> list[str]:
+    """``argv`` with ``--expires -5d`` as ``--expires=-5d``: argparse would take a value that starts
+    with "-" for an option and say "expected one argument", not what is wrong with the value."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            out += [word, *words]
+            break
+        if word in GLUED:
+            value = next(words, None)
+            if value is not None and value.startswith("-") and value != "--" and not value.startswith("--"):
+                out.append(f"{word}={value}")
+                continue
+            out.append(word)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(word)
+    return out
+
+
 def _known(word: str) -> bool:
     return any(word == c.name or word in c.aliases for c in COMMANDS)
 
@@ -399,7 +424,7 @@ def _interrupt_on_sigterm() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = glued(list(sys.argv[1:] if argv is None else argv))
     word = command_word(argv)
     # a known command: only its parser (completion describes them all); else all, to say what is wrong
     parser = build_parser(word if _known(word) and word != "completion" else None)

@@ -150,6 +150,9 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["download", "-r", "a", "--version", "2"],
         ["download", "a", "--version", "0"],
         ["restore", "a", "--version", "-1"],
+        ["share", "x", "--expires", "-5d"],  # what is wrong with the value, not "expected one argument"
+        ["ls", "--proxy", ""],
+        ["ls", "--proxy", "http://127.0.0.1:9000"],
     ],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
@@ -256,3 +259,11 @@ def test_expiry_words() -> None:
             parse_expires(text, now)
     with pytest.raises(InvalidRequest, match="use 30m, 24h, 7d"):
         parse_expires("tomorrow", now)
+
+
+def test_a_value_that_starts_with_a_dash_is_the_options_value() -> None:
+    assert cli.glued(["share", "x", "--expires", "-5d"]) == ["share", "x", "--expires=-5d"]
+    assert cli.glued(["upload", "a", "--as", "-draft.txt"]) == ["upload", "a", "--as=-draft.txt"]
+    assert cli.glued(["share", "x", "--expires", "--json"]) == ["share", "x", "--expires", "--json"]
+    assert cli.glued(["upload", "--", "--as", "-x"]) == ["upload", "--", "--as", "-x"]  # files, after --
+    assert cli.glued(["share", "x", "--expires"]) == ["share", "x", "--expires"]
