@@ -216,7 +216,8 @@ class LinkHandlers:
             link = self.catalog.share(token)
             by = "link"
             if link is not None and link["owner"] == owner:
-                tokens = [] if link.get("ended") else [token]
+                expired = link.get("expires") is not None and link["expires"] <= time.time()
+                tokens = [] if link.get("ended") or expired else [token]  # an expired link stays expired
             elif match:
                 raise NotFound("you have no such link")
             elif ANY_URL.match(target):

@@ -146,6 +146,8 @@ def test_expiry_revocation_deletion_and_moves(cluster: Cluster, ana: Client, tmp
     time.sleep(max(0.0, 1.05 - (time.time() - ana.links()[-1]["created"])))
     with pytest.raises(Gone, match="expired"):
         locate(cluster, short)
+    assert ana.unshare(short) == 0  # it had ended already: it stays expired, not revoked
+    assert by_token(ana)[short]["state"] == "expired"
     ana.delete("moved/e.bin")
     with pytest.raises(Gone, match="deleted"):
         gateway(cluster, MsgType.LINK_OPEN, {"token": by_name["token"], "client": "10.2.2.2"})
