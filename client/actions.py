@@ -23,6 +23,7 @@ from client import output
 from client.api import Client, is_link
 from client.destination import check_out_dir
 from client.listing import folder_of, under, view
+from client.partial import PARTIAL_DIR
 from common.errors import Conflict, FileClusterError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:  # what one command needs is imported when it runs: the others start sooner
@@ -101,6 +102,7 @@ def register(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
 
 def login(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
     c.login(user, read_password(interactive=interactive))
+    user = c.user or user  # the account's name as registered ("ANA" logs in as ana)
     out.say(f"logged in as {user}")
     out.emit({"user": user})
     return 0
@@ -169,7 +171,7 @@ def _walk(folder: Path, base: str, tally: Tally) -> Iterator[_Upload]:
         tally.fail(str(exc.filename or folder), InvalidRequest(f"cannot read {exc.filename}: {exc.strerror}"))
 
     for top, dirs, files in os.walk(folder, onerror=unreadable):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != PARTIAL_DIR)  # a download's unfinished files: not yours
         rel = Path(top).relative_to(folder).parts
         for name in sorted(files):
             path = Path(top) / name
@@ -186,11 +188,15 @@ def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tal
         path = Path(raw)
         if path.is_dir():
             if not recursive:
-                tally.fail(raw, InvalidRequest(f"{raw} is a folder; to upload all of it: upload -r {raw}"))
+                tally.fail(
+                    raw, InvalidRequest(f"{raw} is a folder; to upload all of it: upload -r {_quoted(raw)}")
+                )
                 continue
             base = as_name or Path(os.path.abspath(path)).name
             if not base:
-                tally.fail(raw, InvalidRequest(f"name the folder in the cluster: upload -r {raw} --as NAME"))
+                tally.fail(
+                    raw, InvalidRequest(f"name the folder in the cluster: upload -r {_quoted(raw)} --as NAME")
+                )
                 continue
             found = list(_walk(path, folder_of(base), tally))
             if not found:
@@ -491,6 +497,13 @@ def _download_together(
             _downloaded(out, tally, result, item.save_as)
 
 
+def _quoted(word: str) -> str:
+    """``word`` as a shell takes it back in a command to copy ("my pics" -> 'my pics')."""
+    import shlex
+
+    return shlex.quote(word)
+
+
 def _folder_hint(
     c: Client, name: str, exc: FileClusterError, command: str, what: str = "for all of it"
 ) -> FileClusterError:
@@ -499,7 +512,7 @@ def _folder_hint(
     if isinstance(exc, (NotFound, Conflict)) and not is_link(name):
         try:
             if c.is_folder(folder_of(name)):
-                hint = f"{what}: filecluster {command} {name}"
+                hint = f"{what}: filecluster {command} {_quoted(name)}"
                 return InvalidRequest(f"{folder_of(name)!r} is a folder; {hint}")
         except FileClusterError:
             pass

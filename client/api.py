@@ -345,8 +345,9 @@ class Client:
     def locate(self, target: str, version: int | None = None, *, peek: bool = False) -> dict[str, Any]:
         """What LINK_OR_NAME refers to: a link, a bare link token, or one of your own files (its
         current version, or ``version``).  ``peek``: a link's file is only described (no tickets),
-        which costs the link no download (see download)."""
-        target = target.strip()
+        which costs the link no download (see download).  A link or a token may come with white
+        space around it (pasted); a name is taken exactly as given ("a.txt " is not "a.txt")."""
+        name, target = target, target.strip()
         if not target:
             raise InvalidRequest("name a file or paste a link")
         link = parse_link(target)
@@ -354,7 +355,7 @@ class Client:
             if link is not None:
                 raise InvalidRequest("a link always gives the current version; name one of your files")
             self._need_session()
-            header = {"name": check_file_name(target), "version": version}
+            header = {"name": check_file_name(name), "version": version}
             return self.proxy.call(MsgType.LOCATE, header, session=True)
         if link is not None:
             header = _by_token(link.token, link.path, peek)
@@ -366,7 +367,7 @@ class Client:
             raise not_a_link(target)
         if self.proxy.token:
             try:
-                return self.proxy.call(MsgType.LOCATE, {"name": check_file_name(target)}, session=True)
+                return self.proxy.call(MsgType.LOCATE, {"name": check_file_name(name)}, session=True)
             except (NotFound, InvalidRequest):
                 if not TOKEN_RE.match(target):
                     raise

@@ -150,6 +150,8 @@ def test_account_mistakes(cluster: Cluster, home: Path) -> None:
     assert "at least 8 characters" in one_line_error(short)
     bad_name = cluster.cli("register", "../root", home=cluster.new_home(), password=PASSWORD)
     assert "user name" in one_line_error(bad_name)
+    shouted = cluster.cli("login", user.upper(), home=cluster.new_home(), password=PASSWORD)
+    assert shouted.returncode == 0 and shouted.stdout == f"logged in as {user}\n"  # the account's name
 
 
 def test_an_upload_of_several_paths_reports_each(cluster: Cluster, home: Path, tmp_path: Path) -> None:

@@ -193,6 +193,26 @@ def test_a_folder_named_where_a_file_is_wanted_gets_the_command_for_it(run: Any,
     code, _, err = run("versions", "pics/nope")
     assert code == 1 and err == "error: you have no file named 'pics/nope'\n"
     assert run("ls", "pics", "-R")[1].count(".jpg") == len(PICS)  # nothing was deleted
+    run("upload", "-r", str(tree(tmp_path / "my pics", PICS)))
+    code, _, err = run("rm", "my pics")  # the command to copy names the folder as a shell takes it
+    assert (
+        code == 1 and err == "error: 'my pics' is a folder; for all of it: filecluster delete -r 'my pics'\n"
+    )
+
+
+def test_names_are_exact_and_partials_are_never_uploaded(run: Any, tmp_path: Path) -> None:
+    """A name with a space at either end is refused (it would look like another); a name is never
+    trimmed into another file's; a download's unfinished files are not uploaded with its folder."""
+    src = tree(tmp_path / "src", {"a.txt": b"mine"})
+    assert run("upload", str(src / "a.txt"))[0] == 0
+    code, _, err = run("upload", str(src / "a.txt"), "--as", "a.txt ")
+    assert code == 1 and "may not start or end with a space" in err and err.count("\n") == 1
+    code, _, err = run("download", "a.txt ", "-o", str(tmp_path / "out"))
+    assert code == 1 and err == "error: you have no file named 'a.txt '\n"
+    (src / ".filecluster-partial").mkdir()
+    (src / ".filecluster-partial" / "x.part").write_bytes(b"\0" * 100)
+    code, out, _ = run("upload", "-r", str(src), "--as", "backup")
+    assert code == 0 and "partial" not in out and out.startswith("uploaded backup/a.txt")
 
 
 def test_a_file_whose_local_name_has_a_newline_fails_in_one_line(run: Any, tmp_path: Path) -> None:

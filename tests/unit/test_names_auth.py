@@ -48,7 +48,14 @@ def test_bad_file_names(name: str, why: str) -> None:
         check_file_name(name, new=True)
 
 
-@pytest.mark.parametrize("name", ["exe\u202etxt.doc", "\u200b\u200b"])
+@pytest.mark.parametrize("name", ["a.txt ", " a.txt", "pics /a.txt", "pics/ a.txt", "a.txt\u00a0"])
+def test_a_new_name_may_not_start_or_end_with_a_space(name: str) -> None:
+    """ "a.txt " would be a second file that looks like "a.txt" in every listing."""
+    with pytest.raises(InvalidRequest, match="may not start or end with a space"):
+        check_file_name(name, new=True)
+
+
+@pytest.mark.parametrize("name", ["exe\u202etxt.doc", "\u200b\u200b", " spaced / names "])
 def test_misleading_names_already_stored_can_still_be_named(name: str) -> None:
     assert check_file_name(name) == name  # to delete or share what an older version accepted
 
@@ -60,7 +67,7 @@ def test_names_are_nfc() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["photos/2024/a.jpg", "a/b", " spaced / names ", ".hidden/.x", "/".join(["x" * 255] * 4)],
+    ["photos/2024/a.jpg", "a/b", "spaced out/my names.txt", ".hidden/.x", "/".join(["x" * 255] * 4)],
 )
 def test_good_path_names(name: str) -> None:
     assert check_file_name(name, new=True) == name
