@@ -34,6 +34,7 @@ when it passes, every connection is broken and the download fails.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -62,10 +63,14 @@ from common.atomic import fsync_dir
 from common.config import PARALLEL_TRANSFERS, read_timeout
 from common.direct_io import ALIGN, aligned_buffer, reopen_direct, write_direct
 from common.errors import (
+    AuthError,
     Conflict,
     CorruptData,
     FileClusterError,
+    Forbidden,
+    Gone,
     InvalidRequest,
+    NotFound,
     ProtocolError,
 )
 from common.hashing import READ_SIZE
@@ -201,6 +206,8 @@ def _download(
         saved = _saved_lease(partial.fd)
         if saved:
             tickets.resume_with(saved)
+    have: set[int] = set()
+    transfer: _Transfer | None = None
     try:
         os.ftruncate(partial.fd, size)
         have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
@@ -226,8 +233,15 @@ def _download(
     except (CorruptData, Conflict):  # the whole file is wrong, or changed: its chunks help nobody
         keep = False
         raise
+    except (Gone, NotFound, Forbidden, AuthError):  # refused: a link used up or ended, a file deleted
+        if not have and (transfer is None or not transfer.written):
+            keep = False  # before a byte came: nothing to resume, only the file's size held for days
+        raise
     except OSError as exc:  # the local disk (full, failing): the partial keeps what it has
-        raise InvalidRequest(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        where = ""
+        if keep and exc.errno in (errno.ENOSPC, errno.EDQUOT) and transfer is not None and transfer.written:
+            where = f" (what arrived is kept in {partial.path.parent} for the next try; delete it for room)"
+        raise InvalidRequest(f"cannot write in {folder}: {exc.strerror or exc}{where}") from None
     finally:
         if keep and kept is not None:
             lease = tickets.lease()
@@ -282,6 +296,7 @@ class _Transfer:
     pool: ConnectionPool
     stopped: threading.Event = field(default_factory=threading.Event)  # the deadline passed, or broken off
     direct: int | None = None  # the partial opened again with O_DIRECT (common.direct_io), if it can be
+    written: bool = False  # a verified chunk was written into the partial
 
     def write(self, data: memoryview, offset: int) -> None:
         """Write a verified chunk at ``offset``: what can go around the page cache with ``direct``
@@ -294,6 +309,7 @@ class _Transfer:
             except OSError:  # refused (EINVAL on some filesystems), or the disk: the page cache says
                 self.direct = None
         write_at(self.fd, data, offset)
+        self.written = True
 
     def close(self) -> None:
         direct, self.direct = self.direct, None

@@ -293,6 +293,35 @@ def test_a_disk_that_fills_during_the_download_is_said_to_be_full_and_no_server_
     assert blamed == [] and only_a_partial_in(out)  # kept: the download goes on once there is room
 
 
+def test_a_disk_that_fills_after_a_chunk_says_where_the_kept_part_is(
+    two_chunks: tuple[Client, bytes, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partial keeps the chunk that arrived (the next try goes on from it), and the error says
+    where it is: it holds disk space the user may want back."""
+    user, _, _ = two_chunks
+    out = tmp_path / "out"
+    real_pwrite, real_direct, writes = os.pwrite, downloader.write_direct, []
+
+    def filling(real: Any) -> Any:
+        def write(*args: Any, **kwargs: Any) -> int:
+            if sum(writes) >= CHUNK:  # the first chunk is written whole, then the disk is full
+                raise oserror(errno.ENOSPC)
+            done = int(real(*args, **kwargs))
+            writes.append(done)
+            return done
+
+        return write
+
+    monkeypatch.setattr(os, "pwrite", filling(real_pwrite))
+    monkeypatch.setattr(downloader, "write_direct", filling(real_direct))
+    kept = out / downloader.PARTIAL_DIR
+    with pytest.raises(
+        InvalidRequest, match=re.escape(f"No space left on device (what arrived is kept in {kept}")
+    ):
+        user.download("two.bin", out)
+    assert only_a_partial_in(out)
+
+
 def test_an_unreadable_file_of_the_same_name_and_size(
     user: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -85,6 +85,18 @@ def test_an_updated_file_keeps_its_links_count(cluster: Cluster, ana: Client, tm
         locate(cluster, token)
 
 
+def test_a_refused_link_download_leaves_nothing_behind(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
+    """Its limit reached, a link's download fails before a byte comes: no partial file is kept (it
+    would hold the file's whole size for days, for nothing to resume)."""
+    upload(ana, tmp_path, "once.bin", 3 * CHUNK)
+    token = ana.share("once.bin", max_downloads=1)["token"]
+    locate(cluster, token)  # its one download
+    out = tmp_path / "out"
+    with cluster.client() as anyone, pytest.raises(Gone, match="download limit"):
+        anyone.download(token, out)
+    assert [p.relative_to(out) for p in out.rglob("*")] == []
+
+
 def test_several_links_per_file_each_with_its_own_limit(
     cluster: Cluster, ana: Client, tmp_path: Path
 ) -> None:
