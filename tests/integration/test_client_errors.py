@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -300,21 +301,18 @@ def test_a_disk_that_fills_after_a_chunk_says_where_the_kept_part_is(
     where it is: it holds disk space the user may want back."""
     user, _, _ = two_chunks
     out = tmp_path / "out"
-    real_pwrite, real_direct = os.pwrite, getattr(downloader, "write_direct")  # noqa: B009 (not exported)
+    real_write = downloader._Transfer.write
     writes: list[int] = []
+    lock = threading.Lock()
 
-    def filling(real: Any) -> Any:
-        def write(*args: Any, **kwargs: Any) -> int:
-            if sum(writes) >= CHUNK:  # the first chunk is written whole, then the disk is full
+    def filling(self: Any, data: memoryview, offset: int) -> None:
+        with lock:  # the chunks are written from several threads: the first one whole, then no room
+            if writes:
                 raise oserror(errno.ENOSPC)
-            done = int(real(*args, **kwargs))
-            writes.append(done)
-            return done
+            writes.append(len(data))
+        real_write(self, data, offset)
 
-        return write
-
-    monkeypatch.setattr(os, "pwrite", filling(real_pwrite))
-    monkeypatch.setattr(downloader, "write_direct", filling(real_direct))
+    monkeypatch.setattr(downloader._Transfer, "write", filling)
     kept = out / downloader.PARTIAL_DIR
     with pytest.raises(
         InvalidRequest, match=re.escape(f"No space left on device (what arrived is kept in {kept}")
