@@ -216,8 +216,8 @@ class LinkHandlers:
             link = self.catalog.share(token)
             by = "link"
             if link is not None and link["owner"] == owner:
-                expired = link.get("expires") is not None and link["expires"] <= time.time()
-                tokens = [] if link.get("ended") or expired else [token]  # an expired link stays expired
+                over = links.state(link, 0, time.time()) in links.OVER  # an expired link stays expired
+                tokens = [] if over else [token]
             elif match:
                 raise NotFound("you have no such link")
             elif ANY_URL.match(target):
@@ -287,8 +287,7 @@ class LinkHandlers:
         ``start``: where the range begins (a resume gets a little slack, proxy.links.fits)."""
         if not links.fits(t.link, t.size, nbytes, start):
             raise Gone("this link's download limit was reached")
-        size = None if t.link.get("kind") == "folder" else t.size  # a file link counts in its file's size
-        self.catalog.use_link(t.token, nbytes, opens=1, size=size)
+        self.catalog.use_link(t.token, nbytes, opens=1, size=t.size)
 
     def _open_file(self, t: Target, holder: str) -> tuple[dict[str, Any], Lease]:
         entry = self.catalog.file(t.owner, t.name)

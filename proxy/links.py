@@ -41,6 +41,7 @@ TOMBSTONE_DAYS = 30
 TOMBSTONE_SECONDS = TOMBSTONE_DAYS * 86400.0
 TOMBSTONES_PER_USER = 1000
 STATES = ("active", "expired", "revoked", "exhausted", "deleted")
+OVER = ("expired", "revoked", "deleted")  # the states a link never leaves (exhausted may: a new size)
 
 
 def downloads(link: dict[str, Any], size: int) -> int:
