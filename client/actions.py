@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,13 +215,17 @@ def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tal
 def _once_each(plan: list[_Upload]) -> list[_Upload]:
     """The plan with a file named twice under the same name (``upload a.txt ./a.txt``) once: a
     second upload of it would only make a second, identical version."""
+    names = Counter(item.name or item.path.name for item in plan)
     seen: set[tuple[str, str]] = set()
     kept: list[_Upload] = []
     for item in plan:
-        key = (os.path.realpath(item.path), item.name or item.path.name)
-        if key not in seen:
+        name = item.name or item.path.name
+        if names[name] > 1:  # only a name given twice can be the same file twice (realpath: 4 stats)
+            key = (os.path.realpath(item.path), name)
+            if key in seen:
+                continue
             seen.add(key)
-            kept.append(item)
+        kept.append(item)
     return kept
 
 

@@ -5,10 +5,14 @@ BATCH_BYTES bytes) is one UPLOAD_BEGIN_MANY (every file's manifest), one
 UPLOAD_PROVE_MANY (every file's proofs, against one challenge), the chunks
 the proxy lacks sent BATCH_STREAMS at a time on connections kept open
 for the whole command (client.pool), and one UPLOAD_COMMIT_MANY, which the
-proxy journals with one fsync.  While one batch is being sent, the next is
-hashed, declared and proven, and the one before is committed (by one thread,
-so batches commit in their order), so the proxy's round trips and its
-journal's fsync overlap the chunks'.
+proxy journals with one fsync.  The batches go through a pipeline of one
+thread a stage, so each stage takes them in their order: while one batch is
+being sent, the next two are hashed (one thread) and declared and proven
+(another, so the proxy's round trips overlap the hashing), and the one
+before is committed (so batches commit in their order).  The first batch is
+small and each next one may be twice as big: chunks start flowing at once,
+and the hashing of a batch takes about as long as the sending of the one
+before.  At most three batches' files are open at once (768).
 
 Each file still succeeds or fails on its own: the proxy answers one result per
 file, and a file whose chunks could not be stored is aborted (parked, so a
@@ -21,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -57,9 +61,10 @@ from common.limits import MAX_CHUNKS_PER_BATCH, MAX_FILES_PER_BATCH, MIB
 from common.messages import MsgType
 from common.names import NameSet, check_file_name
 
-FIRST_FILES = 32  # files in the first batch (the others take up to MAX_FILES_PER_BATCH)
+FIRST_FILES = 32  # files in the first batch; each next one may take twice as many, to MAX_FILES_PER_BATCH
 BATCH_BYTES = 32 * MIB  # the most file bytes in one batch (its deadline is that of one such file)
 SMALL_FILE = 8 * MIB  # what a caller should batch; bigger files stream better alone
+AHEAD = 2  # batches hashed and declared ahead of the one being sent
 BATCH_STREAMS = 16  # chunks in flight at once: small PUTs wait mostly on the servers' fsyncs
 
 Outcome = UploadResult | FileClusterError
@@ -97,26 +102,27 @@ def upload_many(proxy: ProxyCaller, items: Sequence[BatchItem], chunk_size: int,
     talk = SharedProxy(proxy)
     with (
         ThreadPoolExecutor(BATCH_STREAMS) as workers,
-        ThreadPoolExecutor(1) as preparer,
+        ThreadPoolExecutor(1) as hasher,
+        ThreadPoolExecutor(1) as declarer,
         ThreadPoolExecutor(1) as committer,
     ):
         sender = _Sender(talk, workers, chunk_size, done)
-        ahead: Future[list[_File]] | None = None
+        ahead: deque[Future[list[_File]]] = deque()  # batches being hashed and declared, in order
         committing: Future[None] | None = None
         try:
             for batch in _batches(items, chunk_size, sender):
-                previous, ahead = ahead, preparer.submit(sender.prepare, batch)
-                if previous is not None:
-                    committing = sender.finish(previous.result(), committer, committing)
-            if ahead is not None:
-                previous, ahead = ahead, None
-                committing = sender.finish(previous.result(), committer, committing)
+                opened = hasher.submit(sender.open_all, batch)
+                ahead.append(declarer.submit(sender.declare, opened))
+                if len(ahead) > AHEAD:
+                    committing = sender.finish(ahead.popleft().result(), committer, committing)
+            while ahead:
+                committing = sender.finish(ahead.popleft().result(), committer, committing)
             if committing is not None:
                 committing.result()
         except BaseException:
-            if ahead is not None:
+            for prepared in ahead:
                 with contextlib.suppress(BaseException):
-                    sender.abort(ahead.result())
+                    sender.abort(prepared.result())
             raise
         finally:
             sender.pool.close()
@@ -130,7 +136,7 @@ def _batches(
     batch: list[tuple[int, BatchItem, int]] = []
     chunks = size = 0
     names = NameSet()
-    most = FIRST_FILES  # a small first batch: its chunks start flowing sooner
+    most = FIRST_FILES  # small first batches: their chunks flow while the bigger ones are hashed
     for index, item in enumerate(items):
         try:
             length = item.path.stat().st_size
@@ -155,7 +161,7 @@ def _batches(
         ):
             yield batch
             batch, chunks, size, names = [], 0, 0, NameSet()
-            most = MAX_FILES_PER_BATCH
+            most = min(2 * most, MAX_FILES_PER_BATCH)
         batch.append((index, item, length))
         if name:
             names.add(name)
@@ -199,7 +205,8 @@ class _Sender:
             return exc
 
     # -- before sending: hash, declare, prove (the next batch, while this one is sent) --------------
-    def prepare(self, batch: list[tuple[int, BatchItem, int]]) -> list[_File]:
+    def open_all(self, batch: list[tuple[int, BatchItem, int]]) -> list[_File]:
+        """Open and hash a batch's files (a file that cannot be is reported, and left out)."""
         files: list[_File] = []
         try:
             for index, item, _ in batch:
@@ -207,6 +214,16 @@ class _Sender:
                     files.append(_open(index, item, self.chunk_size))
                 except FileClusterError as exc:
                     self._say(index, exc)
+        except BaseException:
+            for f in files:
+                f.file.close()
+            raise
+        return files
+
+    def declare(self, opened: Future[list[_File]]) -> list[_File]:
+        """Declare a hashed batch to the proxy and prove it (UPLOAD_BEGIN_MANY, UPLOAD_PROVE_MANY)."""
+        files = opened.result()
+        try:
             if files and self.batched:
                 self._begin(files)
                 self._prove([f for f in files if f.error is None])

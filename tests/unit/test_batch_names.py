@@ -74,3 +74,14 @@ def test_a_name_set_says_why() -> None:
     assert batch.conflict("d/x/y") == "'d/x' is a file"
     assert batch.conflict("dx") is None
     assert batch.conflict("d/y") is None
+
+
+def test_batches_start_small_and_double(tmp_path: Path) -> None:
+    """The first batch is sent while the next, bigger, one is hashed; each may hold twice the one
+    before, up to the most a batch may hold."""
+    names = [f"f{i}" for i in range(upload_batch.FIRST_FILES * 15 + 3)]
+    sizes = [len(batch) for batch in batches_of(tmp_path, names)]
+    first, most = upload_batch.FIRST_FILES, upload_batch.MAX_FILES_PER_BATCH
+    grown = [min(first << k, most) for k in range(len(sizes) - 1)]
+    assert sizes[:-1] == grown and 0 < sizes[-1] <= min(first << (len(sizes) - 1), most)
+    assert sum(sizes) == len(names)
