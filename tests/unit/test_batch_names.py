@@ -10,6 +10,7 @@ from typing import Any
 
 from client import upload_batch
 from client.upload_batch import BatchItem
+from common.limits import MAX_FILES_PER_BATCH
 from common.names import NameSet
 
 
@@ -81,7 +82,7 @@ def test_batches_start_small_and_double(tmp_path: Path) -> None:
     before, up to the most a batch may hold."""
     names = [f"f{i}" for i in range(upload_batch.FIRST_FILES * 15 + 3)]
     sizes = [len(batch) for batch in batches_of(tmp_path, names)]
-    first, most = upload_batch.FIRST_FILES, upload_batch.MAX_FILES_PER_BATCH
+    first, most = upload_batch.FIRST_FILES, MAX_FILES_PER_BATCH
     grown = [min(first << k, most) for k in range(len(sizes) - 1)]
     assert sizes[:-1] == grown and 0 < sizes[-1] <= min(first << (len(sizes) - 1), most)
     assert sum(sizes) == len(names)
