@@ -26,6 +26,7 @@ from client.destination import check_out_dir
 from client.listing import folder_of, under, view
 from client.partial import PARTIAL_DIR
 from common.errors import Conflict, FileClusterError, InvalidRequest, NotFound
+from common.names import check_user_name
 
 if TYPE_CHECKING:  # what one command needs is imported when it runs: the others start sooner
     from client.batch import Wanted
@@ -93,6 +94,7 @@ def read_password(confirm: bool = False, interactive: bool = False) -> str:
 
 
 def register(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
+    check_user_name(user)  # before a password is asked for
     password = read_password(confirm=True, interactive=interactive)
     c.register(user, password)
     c.login(user, password)
@@ -102,6 +104,7 @@ def register(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
 
 
 def login(c: Client, out: Sink, user: str, interactive: bool = False) -> int:
+    check_user_name(user)  # before a password is asked for (no account has such a name)
     c.login(user, read_password(interactive=interactive))
     user = c.user or user  # the account's name as registered ("ANA" logs in as ana)
     out.say(f"logged in as {user}")

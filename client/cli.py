@@ -18,9 +18,11 @@ from typing import Any
 from client import actions
 from client.actions import Sink
 from client.api import Client
+from client.listing import folder_of
 from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest
 from common.limits import MAX_DOWNLOADS
+from common.names import check_file_name, check_user_name
 from common.protocol import MAX_INT
 from common.usage import OneLineParser
 
@@ -391,8 +393,15 @@ def usage_problem(args: argparse.Namespace) -> str | None:
             parse_address(args.proxy)
         except InvalidRequest as exc:
             return f"--proxy: {exc}"
-    if name == "upload" and args.as_name is not None and len(args.paths) != 1:
-        return "--as names a single PATH"
+    if name == "upload" and args.as_name is not None:
+        if len(args.paths) != 1:
+            return "--as names a single PATH"
+        return _as_problem(args.as_name, args.recursive and os.path.isdir(args.paths[0]))
+    if name in ("register", "login"):
+        try:
+            check_user_name(args.user)
+        except InvalidRequest as exc:
+            return f"{args.user!r}: {exc}"
     if name in ("download", "restore") and args.version is not None and not 1 <= args.version <= MAX_INT:
         why = "versions are numbered from 1" if args.version < 1 else "no file has that many versions"
         return f"--version {args.version}: {why} (see: filecluster versions NAME)"
@@ -408,6 +417,18 @@ def usage_problem(args: argparse.Namespace) -> str | None:
                 parse_expires(args.expires)
             except InvalidRequest as exc:
                 return str(exc)
+    return None
+
+
+def _as_problem(as_name: str, folder: bool) -> str | None:
+    """What is wrong with ``--as NAME``: a file's name, or (``folder``) the folder's in the cluster."""
+    name = folder_of(as_name) if folder else as_name
+    if folder and not name:
+        return f"--as {as_name!r}: give the folder a name in the cluster (--as NAME)"
+    try:
+        check_file_name(name, new=True)
+    except InvalidRequest as exc:
+        return f"--as: {exc}"
     return None
 
 

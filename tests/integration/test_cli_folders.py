@@ -206,7 +206,7 @@ def test_names_are_exact_and_partials_are_never_uploaded(run: Any, tmp_path: Pat
     src = tree(tmp_path / "src", {"a.txt": b"mine"})
     assert run("upload", str(src / "a.txt"))[0] == 0
     code, _, err = run("upload", str(src / "a.txt"), "--as", "a.txt ")
-    assert code == 1 and "may not start or end with a space" in err and err.count("\n") == 1
+    assert code == 2 and "may not start or end with a space" in err and err.count("\n") == 1
     code, _, err = run("download", "a.txt ", "-o", str(tmp_path / "out"))
     assert code == 1 and err == "error: you have no file named 'a.txt '\n"
     (src / ".filecluster-partial").mkdir()

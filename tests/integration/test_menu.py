@@ -16,6 +16,7 @@ from tests.conftest import PASSWORD
 from tests.terminal import Session
 
 _n = itertools.count(1)
+NAME_RULE = "a user name is 1 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def table(text: str) -> list[list[str]]:
@@ -135,6 +136,8 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
     typed = [
         "1", user, PASSWORD, PASSWORD + "x",  # the two passwords differ
         "1", user, "short", "short",  # too short
+        "1", "bad name",  # no password is asked for a name no account can have
+        "2", "no/such",
         "",  # nothing chosen
         "x",
         "15",
@@ -147,10 +150,13 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
     assert stderr.splitlines() == [
         "error: the two passwords differ",
         "error: a password needs at least 8 characters",
+        f"error: {NAME_RULE}",
+        f"error: {NAME_RULE}",
         "error: not logged in; run: filecluster login USER",
     ]
     r = replies(stdout)
-    assert r[2:6] == ["choose a number from 0 to 14\n"] * 4
+    assert r[2:4] == ["user name: "] * 2  # and back to the menu: no "password: "
+    assert r[4:8] == ["choose a number from 0 to 14\n"] * 4
     assert not (home / "session.json").exists()
     login = cluster.cli("login", user, home=cluster.new_home(), password=PASSWORD)
     assert "wrong user name or password" in login.stderr  # the account was never made
@@ -191,3 +197,29 @@ def test_ctrl_c_at_the_menu_prompt_does_not_end_the_menu(cluster: Cluster, home:
         menu.type("0\n")
         rc, _, stderr = menu.finish()
     assert (rc, stderr) == (0, "\n(to leave the menu, choose 0 or press Ctrl-D)\n")
+
+
+def test_a_wrong_name_or_link_is_refused_before_the_next_question(
+    cluster: Cluster, home: Path, tmp_path: Path
+) -> None:
+    """A name you have no file or folder of, a URL that is no share link, a number past the list:
+    said at once, in one line, without asking for an expiry or a folder first."""
+    src = tmp_path / "kept.txt"
+    src.write_bytes(b"kept")
+    assert cluster.cli("upload", str(src), home=home).returncode == 0
+    typed = [
+        "5", "nosuch.txt",  # share
+        "6", "http://127.0.0.1:9/nothing",  # download
+        "6", "nosuch.txt",
+        "6", "1-99999999999",
+        "exit",
+    ]  # fmt: skip
+    rc, stdout, stderr = run_menu(cluster, home, typed)
+    assert rc == 0
+    assert stderr.splitlines() == [
+        "error: you have no file or folder named 'nosuch.txt'",
+        "error: not a share link: http://127.0.0.1:9/nothing (a share link looks like http://HOST:PORT/s/TOKEN)",
+        "error: you have no file or folder named 'nosuch.txt'",
+        "error: no file number 99999999999: choose from 1 to 1",
+    ]
+    assert "expires" not in stdout and "folder [" not in stdout

@@ -153,6 +153,14 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["share", "x", "--expires", "-5d"],  # what is wrong with the value, not "expected one argument"
         ["ls", "--proxy", ""],
         ["ls", "--proxy", "http://127.0.0.1:9000"],
+        ["upload", "a", "--as", "../x"],  # a name the cluster refuses: said once, not per file
+        ["upload", "a", "--as", "a.txt "],
+        ["upload", "-r", ".", "--as", "../x"],
+        ["upload", "-r", ".", "--as", "a/./b"],
+        ["upload", "-r", ".", "--as", "/"],  # no name for the folder
+        ["register", "bad name"],  # before a password is asked for
+        ["register", ""],
+        ["login", "no/such"],
     ],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
