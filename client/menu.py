@@ -20,9 +20,9 @@ from typing import Any
 
 from client import actions, output
 from client.actions import Sink
-from client.api import Client, is_link
+from client.api import TOKEN_RE, URL_RE, Client, is_link, not_a_link
 from client.listing import folder_of, under
-from common.errors import FileClusterError, InvalidRequest
+from common.errors import FileClusterError, InvalidRequest, NotFound
 from common.limits import MAX_DOWNLOADS
 
 OUT = Sink()
@@ -94,18 +94,21 @@ def numbers(text: str, count: int) -> list[int] | None:
     a list of numbers; an error for a number outside 1..count."""
     if not _NUMBERS.match(text):
         return None
-    chosen: list[int] = []
+    chosen: dict[int, None] = {}  # in order, once each
     for part in text.split(","):
-        low, _, high = part.partition("-")
-        first, last = int(low), int(high or low)
-        if first > last:
-            first, last = last, first
-        for n in range(first, last + 1):
-            if not 1 <= n <= count:
-                raise InvalidRequest(f"no file number {n}: choose from 1 to {count}")
-            if n - 1 not in chosen:
-                chosen.append(n - 1)
-    return chosen
+        low, _, high = (side.strip() for side in part.partition("-"))
+        ends = (low, high or low)
+        for end in ends:  # the number as typed, whatever its size
+            if len(end.lstrip("0")) > len(str(count)) or not 1 <= int(end) <= count:
+                raise InvalidRequest(f"no file number {_shown(end)}: choose from 1 to {count}")
+        first, last = sorted(int(end) for end in ends)
+        chosen.update((n - 1, None) for n in range(first, last + 1))
+    return list(chosen)
+
+
+def _shown(number: str) -> str:
+    number = number.lstrip("0") or "0"
+    return number if len(number) <= 20 else number[:20] + "…"
 
 
 def _numbered(files: list[dict[str, Any]]) -> None:
@@ -131,7 +134,12 @@ def _pick(c: Client, prompt: str, many: bool, links: bool = False) -> list[str]:
     if not answer:
         return []
     chosen = numbers(answer, len(files))
-    if chosen is None:
+    if chosen is None:  # a name or a link: refused now if it can be, before any other question
+        if links and URL_RE.match(answer.strip()) and not is_link(answer):
+            raise not_a_link(answer)
+        a_link = links and (is_link(answer) or TOKEN_RE.match(answer.strip()) is not None)
+        if logged_in and not a_link and not under(files, folder_of(answer)):
+            raise NotFound(f"you have no file or folder named {answer!r}")
         return [answer]
     if len(chosen) > 1 and not many:
         raise InvalidRequest("choose one file")

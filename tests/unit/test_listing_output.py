@@ -185,6 +185,14 @@ def test_numbers_and_ranges() -> None:
     assert menu.numbers("report.pdf", 5) is None and menu.numbers("2024.jpg", 5) is None
     with pytest.raises(InvalidRequest, match="no file number 6: choose from 1 to 5"):
         menu.numbers("1,6", 5)
+    # the number typed is the one named, however big (not the first past the end)
+    with pytest.raises(InvalidRequest, match="no file number 99999999999: choose from 1 to 5"):
+        menu.numbers("1-99999999999", 5)
+    with pytest.raises(InvalidRequest, match="no file number 0: choose from 1 to 5"):
+        menu.numbers("0-2", 5)
+    with pytest.raises(InvalidRequest, match=r"no file number 9{20}…: choose"):
+        menu.numbers("2-" + "9" * 5000, 5)  # past what int() reads: still one line
+    assert menu.numbers("0003", 5) == [2]
 
 
 def test_paths_typed_as_in_a_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
