@@ -43,7 +43,9 @@ def check_file_name(name: object, *, new: bool = False) -> str:
             f"invalid file name {name!r}: it may not contain a backslash (folders are separated by '/')"
         )
     plain = name.isascii() and name.isprintable()  # the common case, checked at C speed
-    if not plain and any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+    if not plain and any(unicodedata.category(c) == "Cs" for c in name):
+        raise InvalidRequest(f"invalid file name {_undecodable(name)}: it is not valid UTF-8")
+    if not plain and any(unicodedata.category(c) == "Cc" for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
     if new and not plain and any(c in BIDI_CONTROLS for c in name):
         raise InvalidRequest(
@@ -56,6 +58,16 @@ def check_file_name(name: object, *, new: bool = False) -> str:
     for segment in segments:
         _check_segment(name, segment, new=new, alone=len(segments) == 1)
     return name
+
+
+def _undecodable(name: str) -> str:
+    """A name with bytes that are not UTF-8 (a local file's, read with surrogateescape), shown with
+    those bytes as \\xNN rather than as the lone surrogates Python keeps them as."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that no byte decodes to: as they are
+        return repr(name)
+    return repr(raw.decode("utf-8", "backslashreplace")).replace("\\\\", "\\")  # a name has no "\\"
 
 
 def _check_segment(name: str, segment: str, *, new: bool, alone: bool) -> None:

@@ -115,3 +115,13 @@ def test_password_hash_round_trip() -> None:
     assert verify_password("correct horse", salt, hashed)
     assert not verify_password("wrong horse", salt, hashed)
     assert hash_password("correct horse")[1] != hashed  # a fresh salt each time
+
+
+def test_a_local_name_that_is_not_utf8_is_said_to_be_so() -> None:
+    """A local file's name with bytes that are not UTF-8 (read with surrogateescape) is shown with
+    those bytes as \\xNN, and named for what it is, not as "control characters"."""
+    with pytest.raises(InvalidRequest) as refused:
+        check_file_name("photos/caf\udce9.txt")
+    assert refused.value.message == "invalid file name 'photos/caf\\xe9.txt': it is not valid UTF-8"
+    with pytest.raises(InvalidRequest, match="not valid UTF-8"):
+        check_file_name("a\ud800")  # a lone surrogate from the wire: no byte is shown for it
