@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from client import output
 from client.api import Client, is_link
 from client.destination import check_out_dir
-from client.listing import folder_of, under, view
+from client.listing import folder_of, rooted, under, view
 from client.partial import PARTIAL_DIR
 from common.errors import Conflict, FileClusterError, InvalidRequest, NotFound
 from common.names import check_user_name
@@ -534,7 +534,7 @@ def delete(c: Client, out: Sink, names: Sequence[str], recursive: bool = False) 
     """Delete files (every version); ``recursive``: folders and everything under them too."""
     tally = Tally(out, len(names))
     for name in names:
-        target = folder_of(name) if recursive else name
+        target = folder_of(name) if recursive else rooted(name)
         try:
             n = c.delete(target, recursive=recursive)
         except FileClusterError as exc:

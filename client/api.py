@@ -263,20 +263,24 @@ class Client:
         """Every kept version of a file, newest first: ``version``, ``size``, ``sha1``,
         ``uploaded``, ``current``."""
         self._need_session()
-        reply = self.proxy.call(MsgType.VERSIONS, {"name": check_file_name(name)}, session=True)
+        header = {"name": check_file_name(listing.rooted(name))}
+        reply = self.proxy.call(MsgType.VERSIONS, header, session=True)
         return list(reply["versions"])
 
     def restore(self, name: str, version: int) -> dict[str, Any]:
         """Make version ``version``'s content the file's new current version; the file as LIST
         shows it."""
         self._need_session()
-        header = {"name": check_file_name(name), "version": version}
+        header = {"name": check_file_name(listing.rooted(name)), "version": version}
         return dict(self.proxy.call(MsgType.RESTORE, header, session=True)["file"])
 
     def move(self, old: str, new: str) -> int:
         """Rename a file, or a folder with everything in it; how many files moved."""
         self._need_session()
-        header = {"old": check_file_name(_folder(old)), "new": check_file_name(_folder(new), new=True)}
+        header = {
+            "old": check_file_name(_folder(listing.rooted(old))),
+            "new": check_file_name(_folder(listing.rooted(new)), new=True),
+        }
         return int(self.proxy.call(MsgType.MOVE, header, session=True)["moved"])
 
     def list(self, prefix: str = "") -> list[dict[str, Any]]:
@@ -287,7 +291,7 @@ class Client:
 
     def is_folder(self, name: str) -> bool:
         """Whether ``name`` is one of your folders (one file under it is enough: a LIST of one)."""
-        name = _folder(name)
+        name = _folder(listing.rooted(name))
         if not name or not self.proxy.token:
             return False
         reply = self.proxy.call(MsgType.LIST, {"prefix": name + "/", "limit": 1}, session=True)
@@ -299,7 +303,7 @@ class Client:
         """A new link to a file or folder (each call makes another): ``token``, ``link`` (http if the
         cluster has a gateway), ``links`` (every form), ``expires`` (Unix time), ``max_downloads``."""
         self._need_session()
-        header: dict[str, Any] = {"name": check_file_name(_folder(name))}
+        header: dict[str, Any] = {"name": check_file_name(_folder(listing.rooted(name)))}
         if expires is not None:
             header["expires"] = expires
         if max_downloads is not None:
@@ -332,6 +336,7 @@ class Client:
         """Delete a file (every version); ``recursive``: also everything in the folder ``name``.
         How many files were deleted."""
         self._need_session()
+        name = listing.rooted(name)
         header: dict[str, Any] = {"name": check_file_name(_folder(name) if recursive else name)}
         if recursive:
             header["recursive"] = True
@@ -347,7 +352,7 @@ class Client:
         current version, or ``version``).  ``peek``: a link's file is only described (no tickets),
         which costs the link no download (see download).  A link or a token may come with white
         space around it (pasted); a name is taken exactly as given ("a.txt " is not "a.txt")."""
-        name, target = target, target.strip()
+        name, target = listing.rooted(target), target.strip()
         if not target:
             raise InvalidRequest("name a file or paste a link")
         link = parse_link(target)

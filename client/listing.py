@@ -52,9 +52,15 @@ def fetch_all(
 _WORSE = {"ok": 0, "degraded": 1, "unavailable": 2, "lost": 3}
 
 
+def rooted(name: str) -> str:
+    """A name as typed from the root ("/a.txt", "/photos/") is the name ("a.txt", "photos/")."""
+    return name.lstrip("/")
+
+
 def folder_of(target: str) -> str:
-    """A folder or file name as typed (``photos/``, ``/photos``, ``.``) as a name: ``photos``."""
-    name = target.strip().strip("/")
+    """A folder or file name as typed (``photos/``, ``/photos``, ``.``) as a name: ``photos``.  Names
+    are exact: white space is kept (" photos" is not "photos")."""
+    name = target.strip("/")
     return "" if name == "." else name
 
 

@@ -221,3 +221,18 @@ def test_a_file_whose_local_name_has_a_newline_fails_in_one_line(run: Any, tmp_p
     assert code == 1 and "good.txt" in out
     (line,) = err.splitlines()  # the raw name would break the error over two lines
     assert line.startswith("error: ") and "control characters" in line and "\\n" in line
+
+
+def test_a_name_typed_from_the_root_is_the_name_and_spaces_are_kept(run: Any, tmp_path: Path) -> None:
+    """"/a.txt" is "a.txt" for every command that takes a name (as "/photos" always was for folders);
+    a space is part of a name: delete -r " d" never deletes "d"."""
+    src = tree(tmp_path / "src", {"a.txt": b"rooted"})
+    assert run("upload", str(src / "a.txt"))[0] == 0
+    code, out, _ = run("download", "/a.txt", "-o", str(tmp_path / "out"))
+    assert code == 0 and (tmp_path / "out" / "a.txt").read_bytes() == b"rooted"
+    assert run("versions", "/a.txt")[0] == 0 and run("share", "/a.txt")[0] == 0
+    assert run("mv", "/a.txt", "/d/b.txt")[1] == "moved a.txt to d/b.txt\n"
+    code, _, err = run("delete", "-r", " d")
+    assert code == 1 and "' d'" in err
+    assert run("--json", "list", "d")[1].count('"d/b.txt"') == 1  # still there
+    assert run("delete", "/d/b.txt")[1] == "deleted d/b.txt\n"

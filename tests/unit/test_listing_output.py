@@ -56,7 +56,8 @@ def test_folders_are_shown_like_ls() -> None:
     ]
     assert [e.shown for e in view(FILES, "notes.txt")] == ["notes.txt"]  # a file lists itself
     assert view(FILES, "phot") == []  # a prefix of a name is not a folder
-    assert [folder_of(t) for t in ("photos/", "/photos", ".", " a/b/ ")] == ["photos", "photos", "", "a/b"]
+    assert [folder_of(t) for t in ("photos/", "/photos", ".", "/a/b/")] == ["photos", "photos", "", "a/b"]
+    assert folder_of(" a/b/") == " a/b"  # names are exact: a space is part of the name
 
 
 def test_the_table_says_how_much_is_in_each_folder() -> None:
