@@ -405,6 +405,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     if name in ("download", "restore") and args.version is not None and not 1 <= args.version <= MAX_INT:
         why = "versions are numbered from 1" if args.version < 1 else "no file has that many versions"
         return f"--version {args.version}: {why} (see: filecluster versions NAME)"
+    if name == "download" and not args.output.strip():
+        return "-o: name a folder to save to (-o . for this one)"
     if name == "download" and args.version is not None and (args.recursive or len(args.targets) != 1):
         return "--version takes a single file name"
     if name == "share":

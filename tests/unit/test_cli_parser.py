@@ -161,6 +161,8 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["register", "bad name"],  # before a password is asked for
         ["register", ""],
         ["login", "no/such"],
+        ["download", "a", "-o", ""],  # not "this folder" by accident
+        ["download", "a", "--output", " "],
     ],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
