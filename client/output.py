@@ -278,7 +278,7 @@ def _server_row(s: dict[str, Any]) -> list[Any]:
         _STATE_SHOWN.get(state, state),
         s["chunks"] if isinstance(s.get("chunks"), int) else "-",
         human_size(s["used"]) if isinstance(s.get("used"), int) else "-",
-        human_size(free) if isinstance(free, int) else "-",
+        human_size(free) if isinstance(free, int) and state not in ("down", "dead") else "-",  # stale
         f"{since(seen)} ago" if isinstance(seen, (int, float)) else "-",
         quarantined if isinstance(quarantined, int) else "-",
     ]
