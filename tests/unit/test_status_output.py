@@ -233,9 +233,9 @@ def test_a_server_that_is_not_up_shows_no_free_space() -> None:
     """What a down (or dead) server last said of its free space is stale: shown as "-", as the
     totals leave it out."""
     table = output.status_table(
-        full_status(server(1), server(2, up=False, state="down", free=5 * GiB), server(3, state="dead"))
+        full_status(server(1), server(2, up=False, state="down", free=7 * GiB + 123 * MiB), server(3, state="dead"))
     )
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:5]}
     assert rows["1"][6:8] == ["90.0", "GiB"]
-    assert rows["2"][2] == "DOWN" and rows["2"][6] == "-" and "5.0 GiB" not in table
+    assert rows["2"][2] == "DOWN" and rows["2"][6] == "-" and "7.1 GiB" not in table
     assert rows["3"][2] == "DEAD" and rows["3"][6] == "-"
