@@ -224,11 +224,11 @@ def test_a_file_whose_local_name_has_a_newline_fails_in_one_line(run: Any, tmp_p
 
 
 def test_a_name_typed_from_the_root_is_the_name_and_spaces_are_kept(run: Any, tmp_path: Path) -> None:
-    """"/a.txt" is "a.txt" for every command that takes a name (as "/photos" always was for folders);
+    """ "/a.txt" is "a.txt" for every command that takes a name (as "/photos" always was for folders);
     a space is part of a name: delete -r " d" never deletes "d"."""
     src = tree(tmp_path / "src", {"a.txt": b"rooted"})
     assert run("upload", str(src / "a.txt"))[0] == 0
-    code, out, _ = run("download", "/a.txt", "-o", str(tmp_path / "out"))
+    code, _, _ = run("download", "/a.txt", "-o", str(tmp_path / "out"))
     assert code == 0 and (tmp_path / "out" / "a.txt").read_bytes() == b"rooted"
     assert run("versions", "/a.txt")[0] == 0 and run("share", "/a.txt")[0] == 0
     assert run("mv", "/a.txt", "/d/b.txt")[1] == "moved a.txt to d/b.txt\n"

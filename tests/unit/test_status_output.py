@@ -232,9 +232,8 @@ def test_servers_on_one_disk_count_its_free_space_once() -> None:
 def test_a_server_that_is_not_up_shows_no_free_space() -> None:
     """What a down (or dead) server last said of its free space is stale: shown as "-", as the
     totals leave it out."""
-    table = output.status_table(
-        full_status(server(1), server(2, up=False, state="down", free=7 * GiB + 123 * MiB), server(3, state="dead"))
-    )
+    down = server(2, up=False, state="down", free=7 * GiB + 123 * MiB)
+    table = output.status_table(full_status(server(1), down, server(3, state="dead")))
     rows = {line.split()[0]: line.split() for line in table.splitlines()[2:5]}
     assert rows["1"][6:8] == ["90.0", "GiB"]
     assert rows["2"][2] == "DOWN" and rows["2"][6] == "-" and "7.1 GiB" not in table
