@@ -38,6 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from common.errors import Throttled
@@ -85,6 +86,14 @@ class PasswordCheck:
         return verify_password(password, record["salt"], record["hash"])
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One counted attempt: when, and the key's last failure before it (0.0: none)."""
+
+    at: float
+    before: float
+
+
 class Backoff:
     """Failures per key and the wait they impose; not thread-safe (its owner holds a lock).
 
@@ -116,21 +125,28 @@ class Backoff:
             return 0.0
         return max(0.0, last + min(self.max_wait, 2.0 ** (count - self.free)) - now)
 
-    def fail(self, key: Hashable, now: float) -> None:
-        count, _ = self._count(key, now)
+    def fail(self, key: Hashable, now: float) -> Attempt:
+        """Count a failure at ``now``; what :meth:`refund` needs to take exactly this one back."""
+        count, last = self._count(key, now)
         self._entries[key] = (count + 1, now)
         self._entries.move_to_end(key)
         self._prune(now)
+        return Attempt(now, last)
 
-    def refund(self, key: Hashable) -> None:
-        """Take back one failure (an attempt that succeeded after all)."""
+    def refund(self, key: Hashable, attempt: Attempt | None = None) -> None:
+        """Take back one failure (an attempt that succeeded after all).  Given the ``attempt`` that
+        :meth:`fail` counted, and no failure since, the wait is again what it was before that
+        attempt: a success never restarts the wait (nor would a run of them keep it going)."""
         entry = self._entries.get(key)
         if entry is None:
             return
-        if entry[0] <= 1:
+        count, last = entry
+        if count <= 1:
             del self._entries[key]
-        else:
-            self._entries[key] = (entry[0] - 1, entry[1])
+            return
+        if attempt is not None and last == attempt.at:  # no failure since: as before it
+            last = attempt.before
+        self._entries[key] = (count - 1, last)
 
     def clear(self, key: Hashable) -> None:
         self._entries.pop(key, None)
@@ -160,9 +176,10 @@ class LoginThrottle:
         self._pairs = Backoff(self.FREE, capacity=self.CAPACITY)
         self._addresses = Backoff(self.ADDRESS_FREE, capacity=self.CAPACITY)
 
-    def attempt(self, address: str, user: str) -> None:
-        """Start a login attempt, counted as failed until :meth:`succeeded`; raise Throttled
-        (counting nothing) if this address, or this address for this user, must wait."""
+    def attempt(self, address: str, user: str) -> Attempt:
+        """Start a login attempt, counted as failed until :meth:`succeeded` (given what this
+        returns); raise Throttled (counting nothing) if this address, or this address for this
+        user, must wait."""
         with self._lock:
             now = self._clock()
             pair_wait = self._pairs.wait((address, user), now)
@@ -177,15 +194,15 @@ class LoginThrottle:
                     f"too many failed logins from your address; try again in {_seconds(address_wait)} s"
                 )
             self._pairs.fail((address, user), now)
-            self._addresses.fail(address, now)
+            return self._addresses.fail(address, now)
 
-    def succeeded(self, address: str, user: str) -> None:
-        """The attempt was right: this user's count from this address starts again, and the
+    def succeeded(self, address: str, user: str, attempt: Attempt | None = None) -> None:
+        """The ``attempt`` was right: this user's count from this address starts again, and the
         address gets its one failure back (not all of them, or one account of one's own would
         reset the count between guesses at others)."""
         with self._lock:
             self._pairs.clear((address, user))
-            self._addresses.refund(address)
+            self._addresses.refund(address, attempt)
 
     def tracked(self) -> int:
         """How many keys the throttle holds (tests check that memory stays bounded)."""
@@ -210,18 +227,20 @@ class LinkThrottle:
         self._what = what
         self._misses = Backoff(free, capacity=self.CAPACITY)
 
-    def attempt(self, address: str) -> None:
-        """Start a lookup, counted as a miss until :meth:`found`; raise Throttled if it must wait."""
+    def attempt(self, address: str) -> Attempt:
+        """Start a lookup, counted as a miss until :meth:`found` (given what this returns); raise
+        Throttled if it must wait."""
         with self._lock:
             now = self._clock()
             wait = self._misses.wait(address, now)
             if wait > 0:
                 raise Throttled(f"too many {self._what} from your address; try again in {_seconds(wait)} s")
-            self._misses.fail(address, now)
+            return self._misses.fail(address, now)
 
-    def found(self, address: str) -> None:
+    def found(self, address: str, attempt: Attempt | None = None) -> None:
+        """The lookup found what it looked for: its miss is taken back, and the wait with it."""
         with self._lock:
-            self._misses.refund(address)
+            self._misses.refund(address, attempt)
 
 
 def new_token() -> str:

@@ -237,13 +237,12 @@ class LinkHandlers:
         """What ``token`` (and ``path``, in a folder link) opens, if the link still serves; with an
         ``address``, unknown tokens count against it.  ``reserved``: a check for a download under
         way (links.check_serves)."""
-        if address is not None:
-            self.throttle.attempt(address)
+        attempt = self.throttle.attempt(address) if address is not None else None
         link = self.catalog.share(token)
         if link is None:
             raise NotFound("unknown link (it may have been deleted)")
         if address is not None:
-            self.throttle.found(address)
+            self.throttle.found(address, attempt)
         owner, name = link["owner"], link["name"]
         if link.get("kind") == "folder":
             links.check_serves(link, 0, time.time())

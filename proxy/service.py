@@ -184,10 +184,10 @@ class ProxyService:
         password = check_password_rules(h["password"], new=False)
         address = client_key(req.peer[0])
         user = self.catalog.account_name(user) or user  # "ANA" logs in as ana (one throttle for both)
-        self.throttle.attempt(address, user)
+        attempt = self.throttle.attempt(address, user)
         if not self.passwords.matches(password, self.catalog.user(user)):
             raise AuthError("wrong user name or password")
-        self.throttle.succeeded(address, user)
+        self.throttle.succeeded(address, user, attempt)
         return Reply({"user": user, "session": self.sessions.start(user)})
 
     def logout(self, req: Request) -> Reply:
@@ -244,9 +244,9 @@ class ProxyService:
         version = h.get("version")
         if h.get("lease"):
             address = client_key(req.peer[0])
-            self.link_throttle.attempt(address)  # an unknown lease counts like an unknown link
+            attempt = self.link_throttle.attempt(address)  # an unknown lease counts like an unknown link
             lease = self.leases.renew(h["lease"])
-            self.link_throttle.found(address)
+            self.link_throttle.found(address, attempt)
             self.links.check_lease(lease)  # a link's lease: only while the link still serves
             return Reply(self._located(lease))
         if h.get("token"):

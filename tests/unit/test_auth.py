@@ -160,6 +160,34 @@ def test_link_misses_are_throttled_per_address_and_hits_refunded(clock: Clock) -
     links.attempt("10.0.0.66")
 
 
+def test_a_known_link_after_the_wait_works_and_does_not_restart_it(clock: Clock) -> None:
+    """Past the wait its misses earned, an address that opens known links (two lookups at once, as
+    the gateway makes) is never made to wait again by them: a hit takes back its own attempt."""
+    links = LinkThrottle(clock)
+    for _ in range(LinkThrottle.FREE):
+        links.attempt("10.0.0.66")  # 20 typos
+    with pytest.raises(Throttled):
+        links.attempt("10.0.0.66")
+    clock.now += 1.0  # the stated wait
+    for _ in range(10):
+        for _ in range(2):  # back to back
+            links.found("10.0.0.66", links.attempt("10.0.0.66"))
+        clock.now += 0.01
+    miss = links.attempt("10.0.0.66")  # one more typo: a longer wait, counted from now
+    assert miss.at == clock.now
+    with pytest.raises(Throttled, match="try again in 2 s"):
+        links.attempt("10.0.0.66")
+
+
+def test_a_right_login_does_not_restart_the_wait_of_the_address(clock: Clock) -> None:
+    logins = LoginThrottle(clock)
+    for i in range(LoginThrottle.ADDRESS_FREE):
+        logins.attempt("10.0.0.66", f"guess{i}")  # failures at other accounts
+    clock.now += 1.0
+    for _ in range(3):
+        logins.succeeded("10.0.0.66", "mine", logins.attempt("10.0.0.66", "mine"))  # at once
+
+
 @pytest.mark.parametrize(
     ("host", "key"),
     [
