@@ -406,6 +406,22 @@ def test_guessing_from_one_address_never_slows_another(cluster: Cluster, owner: 
     assert (response.status, body) == (200, data) and time.monotonic() - started < 2
 
 
+def test_after_the_wait_real_links_open_from_an_address_that_guessed(cluster: Cluster, owner: Client) -> None:
+    """Typos earn a wait; once it is over, the same address opens real links again, one after
+    another (each GET is two lookups), without a success ever restarting the wait."""
+    name = f"t{next(_n)}.txt"
+    data = upload(owner, name, 100)
+    good = path_of(owner.share(name)["link"])
+    for i in range(40):
+        if fetch(cluster, f"/s/typo{i:040d}", source="127.0.0.3")[0].status == 429:
+            break
+    time.sleep(1.1)  # "try again in 1 s"
+    for _ in range(5):
+        response, body = fetch(cluster, good, source="127.0.0.3")
+        assert (response.status, body) == (200, data)
+        assert fetch(cluster, good + "?info", source="127.0.0.3")[0].status == 200
+
+
 def test_nothing_outside_links_is_served(cluster: Cluster) -> None:
     for path in ("/", "/s/", "/etc/passwd", "/s/../x", "/s/%2e%2e/x"):
         response, body = fetch(cluster, path)
