@@ -61,6 +61,13 @@ class Tickets:
             (s, {"exp": common.get("exp"), "who": common.get("who"), "mac": s.get("ticket")}) for s in servers
         ]
 
+    def claim(self) -> None:
+        """Locate a link's peeked file now, though no chunk is to be fetched (an empty file's): the
+        link counts the download, or says it cannot serve one (Gone)."""
+        with self._lock:
+            if _peeked(self._info):
+                self._info = self._locate_first()
+
     def renew(self, seen_exp: int) -> bool:
         """Fresh tickets (once for all threads); False if there is no way to get them."""
         with self._lock:
@@ -139,9 +146,10 @@ def _same_file(fresh: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
 
 
 def _peeked(info: dict[str, Any]) -> bool:
-    """Whether ``info`` is a link's peek (LOCATE ``{token, peek}``): chunks without servers."""
+    """Whether ``info`` is a link's peek (LOCATE ``{token, peek}``): chunks without servers (an
+    empty file's: no tickets, which a located file always has)."""
     chunks = info.get("chunks") or []
-    return bool(chunks) and "servers" not in chunks[0]
+    return "servers" not in chunks[0] if chunks else "ticket" not in info
 
 
 class Trouble:

@@ -198,6 +198,8 @@ def _download(
     except OSError as exc:
         raise InvalidRequest(f"cannot look in {folder}: {exc.strerror or exc}") from None
     chunks: list[dict[str, Any]] = info["chunks"]
+    if not chunks and kept is not None:
+        tickets.claim()  # a link's empty file fetches nothing: its limit is asked here
     offsets = _offsets(chunks, size)
     deadline = Deadline.start(f"the download of {name}", "what arrived is kept for the next try", size)
     partial = open_partial(folder, partial_key(sha1, size, file_name))

@@ -63,12 +63,14 @@ def served(link: dict[str, Any], size: int) -> int:
     if counted in (0, size) or size <= 0 or link.get("kind") == "folder":
         return total
     whole, rest = divmod(total, counted)
-    return (whole + (1 if rest > probe_slack(counted) else 0)) * size
+    return (whole + (1 if rest > probe_slack(counted, link.get("max_downloads")) else 0)) * size
 
 
-def probe_slack(size: int) -> int:
-    """Bytes any request may take past a link's budget, in all (see fits)."""
-    return min(PROBE_SLACK, max(1, size // 64))
+def probe_slack(size: int, limit: int | None = 1) -> int:
+    """Bytes requests may take past a link's budget, in all (see fits): for each download the link
+    allows, 1/64 of the file (at least a byte, at most PROBE_SLACK), so that each may come with a
+    probe first."""
+    return min(PROBE_SLACK, max(1, size // 64)) * max(1, limit or 1)
 
 
 def state(link: dict[str, Any], size: int, now: float) -> str:
@@ -104,7 +106,7 @@ def check_serves(link: dict[str, Any], size: int, now: float, *, reserved: bool 
 
 
 RESUME_SLACK = 16 * 1024 * 1024  # bytes a resumed range may go over a link's budget, in all
-PROBE_SLACK = 1024 * 1024  # bytes any request may go over it, in all (probes: a download manager's)
+PROBE_SLACK = 1024 * 1024  # bytes a probe may go over it, at most, for each download it allows
 
 
 def fits(link: dict[str, Any], size: int, nbytes: int, start: int = 0) -> bool:
@@ -113,17 +115,18 @@ def fits(link: dict[str, Any], size: int, nbytes: int, start: int = 0) -> bool:
     A range that starts past byte 0 (a resume: ``curl -C -``, a browser) may go over the budget by
     up to min(start, RESUME_SLACK) bytes: what an interrupted transfer counted as sent includes what
     sat in the kernels' buffers when it broke, which the client never got.  So a link of one
-    download can be resumed.  Any range may go over by up to PROBE_SLACK bytes in all: a download
-    manager or a browser that first asks for a byte or a few KiB (``Range: bytes=0-0``) must not
-    leave a link of one download unable to serve that download; that slack is at most 1/64 of the
-    file (at least a byte), so a small file's link is not worth many more downloads.  The most a
-    link can leak is 16 MiB more than its budget."""
+    download can be resumed.  Any range may go over by up to 1/64 of the file (at least a byte, at
+    most PROBE_SLACK) for each download the link allows, in all: a download manager or a browser
+    that first asks for a byte or a few KiB (``Range: bytes=0-0``) before each download must not
+    leave the link unable to serve those downloads; at 1/64 of the file a download, a link is not
+    worth many more downloads than it allows.  The most a link can leak is 1/64 of its budget and
+    16 MiB more."""
     limit: int | None = link.get("max_downloads")
     if limit is None:
         return True
     if size <= 0:
         return int(link.get("opens", 0)) + 1 <= limit
-    slack = max(min(start, RESUME_SLACK), probe_slack(size))
+    slack = max(min(start, RESUME_SLACK), probe_slack(size, limit))
     return served(link, size) + nbytes <= limit * size + slack
 
 

@@ -251,6 +251,29 @@ def test_a_probe_first_leaves_a_link_of_one_download_its_download(cluster: Clust
     assert response.status == 200 and json.loads(body)["downloads"] == 1
 
 
+def test_each_download_of_a_small_files_link_may_follow_a_probe(
+    cluster: Cluster, owner: Client, tmp_path: Path
+) -> None:
+    """Probe, download, probe, download on a link of two downloads of a 6-byte file: both served;
+    then Gone, as ``links`` says.  An empty file's link is counted by the client's download too."""
+    name = f"six{next(_n)}.txt"
+    data = upload(owner, name, 6)
+    twice = owner.share(name, max_downloads=2)
+    for _ in range(2):
+        assert fetch(cluster, path_of(twice["link"]), {"Range": "bytes=0-0"})[0].status == 206
+        assert state_of(owner, twice["token"])["state"] == "active"
+        assert fetch(cluster, path_of(twice["link"]))[1] == data
+    assert fetch(cluster, path_of(twice["link"]))[0].status == 410
+    assert state_of(owner, twice["token"])["state"] == "exhausted"
+    empty = f"empty{next(_n)}.txt"
+    upload(owner, empty, 0)
+    once = owner.share(empty, max_downloads=1)
+    assert fetch(cluster, path_of(once["link"]))[0].status == 200
+    with pytest.raises(Gone, match="download limit"):
+        owner.download(once["link"], tmp_path / "e")
+    assert not (tmp_path / "e" / empty).exists()
+
+
 def test_revocation_and_deletion_answer_410_on_both_protocols(cluster: Cluster, owner: Client) -> None:
     name = f"rev{next(_n)}.bin"
     upload(owner, name, 1000)

@@ -3,6 +3,8 @@ tombstones kept at most 30 days and 1,000 per user."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from proxy import links
 from proxy.links import TOMBSTONE_SECONDS, TOMBSTONES_PER_USER, LinkBook
 
@@ -19,7 +21,7 @@ def test_states_and_budget() -> None:
     assert links.state(link, 10, 50.0) == "active" and links.state(link, 10, 100.0) == "expired"
     link["served"] = 15
     assert links.downloads(link, 10) == 1 and links.fits(link, 10, 5)
-    assert links.fits(link, 10, 6) and not links.fits(link, 10, 7)  # a byte of slack (1/64, at least 1)
+    assert links.fits(link, 10, 7) and not links.fits(link, 10, 8)  # a byte of slack a download (1/64)
     link["served"] = 20
     assert links.state(link, 10, 50.0) == "exhausted"
     empty = {"owner": "a", "name": "e", "created": 0.0, "max_downloads": 1, "opens": 1}
@@ -40,6 +42,19 @@ def test_a_probe_does_not_cost_a_link_of_one_download_its_download() -> None:
     assert not links.fits(small, 100, 100)  # 1/64 of 100 bytes is 1 byte
 
 
+def test_each_download_a_link_allows_may_come_after_a_probe() -> None:
+    """Probe, download, probe, download: a link of 2 downloads of a 6-byte file serves both, is
+    then exhausted, and never says "active" while it refuses a whole download."""
+    link: dict[str, Any] = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 2}
+    for _ in range(2):
+        for nbytes in (1, 6):  # Range: bytes=0-0, then the whole file
+            assert links.state(link, 6, 1.0) == "active" and links.fits(link, 6, nbytes)
+            link["served"] = link.get("served", 0) + nbytes
+    assert links.state(link, 6, 1.0) == "exhausted" and not links.fits(link, 6, 6)
+    many = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 1000, "served": 0}
+    assert not links.fits(many, 6, 6 * 1000 + 1001)  # the slack stays a byte a download
+
+
 def test_a_link_keeps_its_count_when_its_file_is_updated_to_another_size() -> None:
     """A link of 3 downloads, 1 used on a 1 MB file: after the file is updated to 1,200 bytes (or
     to 5 MB) it has 1 used and 2 left, not 833 used (or 0.2); replayed from the journal alike."""
@@ -53,7 +68,7 @@ def test_a_link_keeps_its_count_when_its_file_is_updated_to_another_size() -> No
         assert links.fits(link, size, 2 * size) and not links.fits(link, size, 3 * size)
     book.use({"token": "t", "bytes": 1_200, "opens": 1, "size": 1_200})  # a download of the new file
     assert (link["served"], link["size"]) == (2 * 1_200, 1_200) and links.downloads(link, 1_200) == 2
-    assert links.fits(link, 1_200, 1_200 + 18) and not links.fits(link, 1_200, 1_200 + 19)  # 1/64 slack
+    assert links.fits(link, 1_200, 1_200 + 54) and not links.fits(link, 1_200, 1_200 + 55)  # 1/64 each
     book.use({"token": "t", "bytes": -600})  # a refund (LINK_CLOSE) carries no size: counted as it is
     assert link["served"] == 1_800 and links.downloads(link, 1_200) == 1
     half = {"owner": "a", "name": "f", "created": 0.0, "max_downloads": 2, "served": 600, "size": 1_200}
