@@ -26,7 +26,7 @@ from client.destination import check_out_dir
 from client.listing import folder_of, rooted, under, view
 from client.partial import PARTIAL_DIR
 from common.errors import Conflict, FileClusterError, InvalidRequest, NotFound
-from common.names import check_user_name
+from common.names import check_user_name, undecodable
 
 if TYPE_CHECKING:  # what one command needs is imported when it runs: the others start sooner
     from client.batch import Wanted
@@ -140,8 +140,8 @@ class Tally:
 
     def fail(self, what: str, exc: FileClusterError, key: str = "path") -> None:
         message = str(exc)
-        shown = what if what.isprintable() else repr(what)  # a local name with a newline: still one line
-        self.out.error(message if what in message else f"{shown}: {message}")
+        shown = what if what.isprintable() else undecodable(what)  # a newline, bytes not UTF-8: one line
+        self.out.error(message if what in message or shown in message else f"{shown}: {message}")
         self.failed.append({key: what, "error": message})
 
     def finish(self, verb: str) -> int:

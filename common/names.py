@@ -44,7 +44,7 @@ def check_file_name(name: object, *, new: bool = False) -> str:
         )
     plain = name.isascii() and name.isprintable()  # the common case, checked at C speed
     if not plain and any(unicodedata.category(c) == "Cs" for c in name):
-        raise InvalidRequest(f"invalid file name {_undecodable(name)}: it is not valid UTF-8")
+        raise InvalidRequest(f"invalid file name {undecodable(name)}: it is not valid UTF-8")
     if not plain and any(unicodedata.category(c) == "Cc" for c in name):
         raise InvalidRequest(f"invalid file name {name!r}: it contains control characters")
     if new and not plain and any(c in BIDI_CONTROLS for c in name):
@@ -60,7 +60,7 @@ def check_file_name(name: object, *, new: bool = False) -> str:
     return name
 
 
-def _undecodable(name: str) -> str:
+def undecodable(name: str) -> str:
     """A name with bytes that are not UTF-8 (a local file's, read with surrogateescape), shown with
     those bytes as \\xNN rather than as the lone surrogates Python keeps them as."""
     try:
@@ -160,4 +160,6 @@ def check_password_rules(password: object, *, new: bool) -> str:
         raise InvalidRequest(f"a password is at most {MAX_PASSWORD} characters")
     if new and len(password) < MIN_PASSWORD:
         raise InvalidRequest(f"a password needs at least {MIN_PASSWORD} characters")
+    if not password.isascii() and any(unicodedata.category(c) == "Cs" for c in password):
+        raise InvalidRequest("a password must be valid UTF-8 (it has bytes of another encoding)")
     return password

@@ -57,8 +57,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from common.errors import LocalProtocolError, NotAFrame, RemoteProtocolError
+from common.errors import InvalidRequest, LocalProtocolError, NotAFrame, RemoteProtocolError
 from common.messages import SPECS, Message, MsgType
+from common.names import undecodable
 
 MAGIC: Final = b"FC"
 VERSION: Final = 1
@@ -117,8 +118,17 @@ _CLOSED = ConnectionClosed()
 
 
 def encode_header(header: Mapping[str, Any]) -> bytes:
+    text = _json_text(header)
     try:
-        return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # text from bytes of another encoding (surrogateescape)
+        start, end = text.rfind('"', 0, exc.start) + 1, text.find('"', exc.end)
+        raise InvalidRequest(f"{undecodable(text[start:end])} is not valid UTF-8") from None
+
+
+def _json_text(header: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(header, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"header is not JSON: {exc}") from exc
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,3 +237,15 @@ def test_a_name_typed_from_the_root_is_the_name_and_spaces_are_kept(run: Any, tm
     assert code == 1 and "' d'" in err
     assert run("--json", "list", "d")[1].count('"d/b.txt"') == 1  # still there
     assert run("delete", "/d/b.txt")[1] == "deleted d/b.txt\n"
+
+
+def test_names_and_passwords_that_are_not_utf8_get_one_clear_line(run: Any, tmp_path: Path) -> None:
+    """Bytes of another encoding in a name typed or found, or in a password: said so, once."""
+    src = tree(tmp_path / "u8", {"ok.txt": b"fine"})
+    (src / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"x")
+    code, out, err = run("upload", "-r", str(src))
+    assert code == 1 and "u8/ok.txt" in out
+    assert err.count("\n") == 1 and "\\udc" not in err  # the local path, then the name: both as bytes
+    assert err.endswith("/u8/caf\\xe9.jpg': invalid file name 'u8/caf\\xe9.jpg': it is not valid UTF-8\n")
+    for args in (["list", "q\udcff"], ["unshare", "q\udcff"], ["download", "-r", "q\udcff"]):
+        assert run(*args)[1:] == ("", "error: 'q\\xff' is not valid UTF-8\n"), args

@@ -125,3 +125,14 @@ def test_a_local_name_that_is_not_utf8_is_said_to_be_so() -> None:
     assert refused.value.message == "invalid file name 'photos/caf\\xe9.txt': it is not valid UTF-8"
     with pytest.raises(InvalidRequest, match="not valid UTF-8"):
         check_file_name("a\ud800")  # a lone surrogate from the wire: no byte is shown for it
+
+
+def test_a_password_or_any_text_that_is_not_utf8_is_refused_in_one_clear_line() -> None:
+    from common.names import check_password_rules
+    from common.protocol import encode_header
+
+    with pytest.raises(InvalidRequest, match=r"^a password must be valid UTF-8"):
+        check_password_rules("pass\udcffword1", new=False)
+    with pytest.raises(InvalidRequest) as refused:  # a prefix, a link target: any text of a request
+        encode_header({"prefix": "q\udcff", "limit": 5})
+    assert refused.value.message == "'q\\xff' is not valid UTF-8"
