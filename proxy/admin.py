@@ -103,6 +103,7 @@ class Admin:
 
     def _quota(self, req: Request) -> Reply:
         user = check_user_name(req.header.get("user"))
+        user = self.catalog.account_name(user) or user  # accounts ignore case: BOB is bob
         quota = req.header.get("quota")
         if quota is not None and quota < -1:
             raise InvalidRequest("a quota is a number of bytes, or -1 for unlimited")

@@ -152,6 +152,9 @@ def test_an_upload_over_quota_is_refused_before_any_byte(
         ana.upload(big)
     assert vcluster.chunk_files() == before  # no chunk was sent anywhere
     assert [f["name"] for f in ana.list()] == ["small.bin"]
+    shouted = admin(vcluster, "quota", user.upper(), "200K")  # accounts ignore case
+    assert shouted.returncode == 0 and f"quota of {user}" in shouted.stdout, shouted
+    assert ana.account()["quota"] == 200 * 1024
     raised = admin(vcluster, "quota", user, "unlimited")
     assert raised.returncode == 0 and "unlimited" in raised.stdout, raised
     assert ana.account()["quota"] is None
