@@ -65,8 +65,11 @@ LOCAL="$BIND"  # where this machine reaches the daemons
 [ "$BIND" != 0.0.0.0 ] || LOCAL=127.0.0.1
 
 DATA="${FILECLUSTER_DATA:-./data}"
-mkdir -p "$DATA"
-DATA="$(cd "$DATA" && pwd)"
+case "${1:-}" in
+  status|stop) ;;  # they only look: a mistyped folder is not made
+  *) mkdir -p "$DATA" ;;
+esac
+[ ! -d "$DATA" ] || DATA="$(cd "$DATA" && pwd)"
 RUN="$DATA/run"
 LOGS="$DATA/logs"
 export FILECLUSTER_DATA="$DATA"
@@ -339,7 +342,7 @@ status() {  # the daemons this data folder records; with none, or FILECLUSTER_SE
 
 case "${1:-}" in
   start) lock; start ;;
-  stop) lock; stop ;;
+  stop) if [ -d "$DATA" ]; then lock; stop; else echo "nothing was running (no data folder $DATA)"; fi ;;
   restart) lock; stop; start ;;
   status) status ;;
   "")

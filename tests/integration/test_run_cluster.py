@@ -434,3 +434,13 @@ def test_help_and_usage(data: Path) -> None:
         assert word in shown.stdout
     wrong = run(data, "launch")
     assert wrong.returncode == 2 and wrong.stdout == "" and wrong.stderr.startswith("usage: ")
+
+
+def test_status_and_stop_of_a_folder_that_does_not_exist_make_none(tmp_path: Path) -> None:
+    """They only look: a mistyped FILECLUSTER_DATA is not made into a folder."""
+    missing = tmp_path / "no" / "such-data"
+    status = run(missing, "status")
+    assert status.returncode == 1 and "proxy: stopped" in status.stdout
+    stop = run(missing, "stop")
+    assert stop.returncode == 0 and stop.stdout == f"nothing was running (no data folder {missing})\n"
+    assert not (tmp_path / "no").exists()
