@@ -48,9 +48,11 @@ if TYPE_CHECKING:  # each command imports what it uses when it runs: a process s
 # then the gateway's ?view or ?info (what a browser's address bar shows: the same link), and a
 # #fragment, which a browser never sends, so it is no part of the link
 _LINK_TAIL = r"/s/(?P<token>[A-Za-z0-9_-]+)(?:/(?P<path>[^?#\s]*))?(?:\?(?:view|info))?(?:#\S*)?\Z"
-LINK_RE = re.compile(rf"{LINK_SCHEME}://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+){_LINK_TAIL}")
+LINK_RE = re.compile(rf"(?i:{LINK_SCHEME})://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+){_LINK_TAIL}")  # HTTP:// too
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
-HTTP_LINK_RE = re.compile(rf"(?P<base>https?://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?){_LINK_TAIL}")
+HTTP_LINK_RE = re.compile(
+    rf"(?P<base>(?P<scheme>(?i:https?))://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?){_LINK_TAIL}"
+)
 URL_RE = re.compile(rf"(?:https?://|{LINK_SCHEME}:)", re.IGNORECASE)  # never a file name ('//')
 GATEWAY_TIMEOUT = 10.0  # seconds to wait for a gateway's ?info
 
@@ -103,7 +105,8 @@ def resolve_http_link(text: str) -> Link | None:
     match = HTTP_LINK_RE.match(text.strip())
     if not match:
         return None
-    url = f"{match['base']}/s/{match['token']}?info"
+    base = match["scheme"].lower() + match["base"][len(match["scheme"]) :]
+    url = f"{base}/s/{match['token']}?info"
     import urllib.error  # here, not at start-up: only http links need them (~10 ms of imports)
     import urllib.parse
     import urllib.request

@@ -43,7 +43,9 @@ MAX_LINKS = 10_000  # links one user may hold (tombstones included)
 MAX_URL = 256
 URL_RE = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?\Z")
 # a link as UNSHARE takes it: /s/TOKEN, as a browser's address bar may show it (?view, ?info, #...)
-TOKEN_IN_LINK = re.compile(r"\A[a-z+]+://[^/]+/s/(?P<token>[A-Za-z0-9_-]+)/?(?:\?(?:view|info))?(?:#\S*)?\Z")
+TOKEN_IN_LINK = re.compile(
+    r"\A(?i:[a-z+]+)://[^/]+/s/(?P<token>[A-Za-z0-9_-]+)/?(?:\?(?:view|info))?(?:#\S*)?\Z"
+)
 ANY_URL = re.compile(r"\A[a-z+]+://", re.IGNORECASE)
 
 Located = Callable[[Lease], dict[str, Any]]

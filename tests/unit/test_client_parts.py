@@ -169,6 +169,11 @@ def test_share_links_are_parsed() -> None:
     framed = parse_link(f"filecluster://files.lan:9000/s/{TOKEN}/sub/a%20b.txt#page=2")
     assert framed is not None and (framed.token, framed.path) == (TOKEN, "sub/a b.txt")
     assert is_link(f"http://files.lan:9000/s/{TOKEN}?view#top") and not is_link(f"http://files.lan/x/{TOKEN}")
+    # a URL's scheme is not case-sensitive: a link typed or pasted in capitals is the same link
+    shouted = parse_link(f"FileCluster://files.lan:9000/s/{TOKEN}")
+    assert shouted is not None and shouted.token == TOKEN
+    assert is_link(f"HTTP://files.lan:9000/s/{TOKEN}") and is_link(f"Https://files.lan/s/{TOKEN}")
+    assert not is_link(f"http://files.lan:9000/S/{TOKEN}")  # the path is: /S/ is no link's
 
 
 @pytest.mark.parametrize(
