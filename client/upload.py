@@ -89,7 +89,13 @@ def open_for_upload(path: Path, name: str | None = None) -> tuple[Any, str]:
         raise InvalidRequest(f"{path} is a directory; upload takes files")
     if not stat.S_ISREG(info.st_mode):
         raise InvalidRequest(f"{path} is not a regular file")
-    name = check_file_name(path.name if name is None else name, new=True)
+    if name is None:  # the file's own name: one the cluster refuses can be replaced with --as
+        try:
+            name = check_file_name(path.name, new=True)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{exc.message} (upload it with --as NAME)") from None
+    else:
+        name = check_file_name(name, new=True)
     try:
         return open(path, "rb"), name
     except OSError as exc:

@@ -84,7 +84,6 @@ def _check_segment(name: str, segment: str, *, new: bool, alone: bool) -> None:
     if new and segment != segment.strip():  # "a.txt " would be another file than "a.txt", looking the same
         raise InvalidRequest(
             f"invalid file name {name!r}: a folder or file name may not start or end with a space"
-            + (" (upload it with --as NAME)" if alone else "")
         )
     if new and all(unicodedata.category(c) in INVISIBLE for c in segment):
         raise InvalidRequest(

@@ -249,3 +249,16 @@ def test_names_and_passwords_that_are_not_utf8_get_one_clear_line(run: Any, tmp_
     assert err.endswith("/u8/caf\\xe9.jpg': invalid file name 'u8/caf\\xe9.jpg': it is not valid UTF-8\n")
     for args in (["list", "q\udcff"], ["unshare", "q\udcff"], ["download", "-r", "q\udcff"]):
         assert run(*args)[1:] == ("", "error: 'q\\xff' is not valid UTF-8\n"), args
+
+
+def test_the_as_hint_is_given_only_where_as_can_help(run: Any, tmp_path: Path) -> None:
+    """A local file whose own name the cluster refuses: upload it with --as; a refused --as name,
+    or a refused new name in mv, get no such hint."""
+    src = tree(tmp_path / "h", {"trail ": b"x", "ok.txt": b"y"})
+    code, _, err = run("upload", str(src / "trail "))
+    assert code == 1 and err.endswith("may not start or end with a space (upload it with --as NAME)\n")
+    code, _, err = run("upload", str(src / "ok.txt"), "--as", "new ")
+    assert code == 2 and "--as NAME" not in err.replace("(see:", "").split("--as:", 1)[1]
+    assert run("upload", str(src / "ok.txt"))[0] == 0
+    code, _, err = run("mv", "ok.txt", "new ")
+    assert code == 1 and "may not start or end with a space" in err and "--as" not in err
