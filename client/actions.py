@@ -373,7 +373,7 @@ def unshare(c: Client, out: Sink, target: str) -> int:
     reply = c.revoke(target)
     revoked = int(reply["revoked"])
     if reply["by"] == "name":  # every live link of a file or folder (none: an error, NotFound)
-        out.say(f"revoked {output.plural(revoked, 'link')} of {target.strip()}")
+        out.say(f"revoked {output.plural(revoked, 'link')} of {folder_of(target.strip())}")
     else:  # the link is never shown: it is long, and a secret
         out.say("revoked the link" if revoked else "that link had already ended")
     out.emit({"target": target, "revoked": revoked})
@@ -536,6 +536,8 @@ def delete(c: Client, out: Sink, names: Sequence[str], recursive: bool = False) 
     for name in names:
         target = folder_of(name) if recursive else rooted(name)
         try:
+            if not recursive and name.endswith("/"):  # a folder's name: delete -r, if it is one
+                raise NotFound(f"you have no file or folder named {folder_of(name)!r}")
             n = c.delete(target, recursive=recursive)
         except FileClusterError as exc:
             exc = _folder_hint(c, name, exc, "delete -r") if not recursive else exc

@@ -331,6 +331,8 @@ class Client:
             raise InvalidRequest("name a link, a token or a file")
         if URL_RE.match(target.strip()) and not is_link(target):
             raise not_a_link(target)
+        if not URL_RE.match(target.strip()) and "/" in target:  # a name: "/pics/" is the folder pics
+            target = _folder(listing.rooted(target))
         reply = self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)
         by = reply.get("by", "link" if is_link(target) else "name")  # a proxy from before "by"
         return {"revoked": int(reply["revoked"]), "by": by}

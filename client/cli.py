@@ -18,7 +18,7 @@ from typing import Any
 from client import actions
 from client.actions import Sink
 from client.api import Client
-from client.listing import folder_of
+from client.listing import folder_of, rooted
 from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest
 from common.limits import MAX_DOWNLOADS
@@ -462,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(completion.script(parser, args.shell), end="")
         return 0
+    if name == "upload" and args.as_name is not None:
+        args.as_name = rooted(args.as_name)  # "--as /docs/a.txt": from the top level, as every name
     problem = usage_problem(args)
     if problem:
         command.error(problem)

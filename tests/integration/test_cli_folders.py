@@ -262,3 +262,16 @@ def test_the_as_hint_is_given_only_where_as_can_help(run: Any, tmp_path: Path) -
     assert run("upload", str(src / "ok.txt"))[0] == 0
     code, _, err = run("mv", "ok.txt", "new ")
     assert code == 1 and "may not start or end with a space" in err and "--as" not in err
+
+
+def test_a_folder_named_with_slashes_is_the_folder(run: Any, tmp_path: Path) -> None:
+    """ "pics/" and "/pics/" name the folder pics for unshare; rm of a folder says to use -r; --as
+    takes a name from the top level."""
+    src = tree(tmp_path / "s", {"z.txt": b"z"})
+    assert run("upload", str(src / "z.txt"), "--as", "/pics/z.txt")[1].startswith("uploaded pics/z.txt")
+    assert run("share", "pics/")[0] == 0
+    assert run("unshare", "/pics/")[1] == "revoked 1 link of pics\n"
+    code, _, err = run("rm", "pics/")
+    assert code == 1 and err == "error: 'pics' is a folder; for all of it: filecluster delete -r pics/\n"
+    assert run("rm", "nothing/")[2] == "error: you have no file or folder named 'nothing'\n"
+    assert run("upload", str(src / "z.txt"), "--as", "/")[0] == 2
