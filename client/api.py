@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # each command imports what it uses when it runs: a process s
 # then the gateway's ?view or ?info (what a browser's address bar shows: the same link), and a
 # #fragment, which a browser never sends, so it is no part of the link
 _LINK_TAIL = r"/s/(?P<token>[A-Za-z0-9_-]+)(?:/(?P<path>[^?#\s]*))?(?:\?(?:view|info))?(?:#\S*)?\Z"
-LINK_RE = re.compile(rf"(?i:{LINK_SCHEME})://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+){_LINK_TAIL}")  # HTTP:// too
+LINK_RE = re.compile(rf"(?i:{LINK_SCHEME})://(?P<addr>\[[^\]]+\]:\d+|[^/:]+:\d+){_LINK_TAIL}")  # any case
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
 HTTP_LINK_RE = re.compile(
     rf"(?P<base>(?P<scheme>(?i:https?))://(?:\[[^\]]+\]|[^/:?#\s]+)(?::\d+)?){_LINK_TAIL}"
@@ -281,8 +281,8 @@ class Client:
         """Rename a file, or a folder with everything in it; how many files moved."""
         self._need_session()
         header = {
-            "old": check_file_name(_folder(listing.rooted(old))),
-            "new": check_file_name(_folder(listing.rooted(new)), new=True),
+            "old": check_file_name(_typed_folder(old)),
+            "new": check_file_name(_typed_folder(new), new=True),
         }
         return int(self.proxy.call(MsgType.MOVE, header, session=True)["moved"])
 
@@ -294,7 +294,7 @@ class Client:
 
     def is_folder(self, name: str) -> bool:
         """Whether ``name`` is one of your folders (one file under it is enough: a LIST of one)."""
-        name = _folder(listing.rooted(name))
+        name = _typed_folder(name)
         if not name or not self.proxy.token:
             return False
         reply = self.proxy.call(MsgType.LIST, {"prefix": name + "/", "limit": 1}, session=True)
@@ -306,7 +306,7 @@ class Client:
         """A new link to a file or folder (each call makes another): ``token``, ``link`` (http if the
         cluster has a gateway), ``links`` (every form), ``expires`` (Unix time), ``max_downloads``."""
         self._need_session()
-        header: dict[str, Any] = {"name": check_file_name(_folder(listing.rooted(name)))}
+        header: dict[str, Any] = {"name": check_file_name(_typed_folder(name))}
         if expires is not None:
             header["expires"] = expires
         if max_downloads is not None:
@@ -332,7 +332,7 @@ class Client:
         if URL_RE.match(target.strip()) and not is_link(target):
             raise not_a_link(target)
         if not URL_RE.match(target.strip()) and "/" in target:  # a name: "/pics/" is the folder pics
-            target = _folder(listing.rooted(target))
+            target = _typed_folder(target)
         reply = self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)
         by = reply.get("by", "link" if is_link(target) else "name")  # a proxy from before "by"
         return {"revoked": int(reply["revoked"]), "by": by}
@@ -475,6 +475,11 @@ def _by_token(token: str, path: str | None, peek: bool = False) -> dict[str, Any
     whether only to peek (describe a file, reserve nothing)."""
     header: dict[str, Any] = {"token": token} if path is None else {"token": token, "path": path}
     return {**header, "peek": True} if peek else header
+
+
+def _typed_folder(name: str) -> str:
+    """A name as typed ("/photos/", "photos/", "a.txt") as the cluster knows it ("photos", "a.txt")."""
+    return _folder(listing.rooted(name))
 
 
 def _folder(name: str) -> str:
