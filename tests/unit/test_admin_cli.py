@@ -189,6 +189,7 @@ def test_an_exposed_or_malformed_secret_is_one_line(
         *((["drain", "--", bad], "drain: error: a storage server id is a number") for bad in
           ["x", "-1", "3.5", "", "1" * 12, "٣"]),
         (["quota", "ana", "abc"], "quota: error: invalid size 'abc'"),
+        (["quota", "ana", "-5G"], "quota: error: unrecognized option '-5G' (a value"),
         (["quota", "no/such", "5G"], "quota: error: a user name is"),
     ],
 )  # fmt: skip

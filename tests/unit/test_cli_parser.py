@@ -7,6 +7,7 @@ import argparse
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -172,6 +173,32 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and "(see: filecluster" in err
     name = {"ls": "list"}.get(args[0], args[0])
     assert err.startswith(f"filecluster {name}: error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["upload", "-notes.txt"], "-notes.txt"),
+        (["upload", "-r", "-pics"], "-pics"),
+        (["download", "-x.txt"], "-x.txt"),
+        (["share", "-x", "--expires", "1d"], "-x"),
+    ],
+)
+def test_a_value_that_looks_like_an_option_is_named(
+    capsys: pytest.CaptureFixture[str], args: list[str], option: str
+) -> None:
+    """Not "the following arguments are required: PATH", which points at the wrong word."""
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert f"unrecognized option '{option}' (a value that starts with '-' goes after '--')" in err
+
+
+def test_a_value_after_the_double_dash_is_a_value(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "upload", "--", "-notes.txt")
+    assert code == 1 and "unrecognized" not in err  # not a usage error: the name went through
 
 
 def words_of(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
