@@ -21,6 +21,7 @@ from typing import Any
 from client import actions, output
 from client.actions import Sink
 from client.api import TOKEN_RE, URL_RE, Client, is_link, not_a_link
+from client.expiry import parse_expires
 from client.listing import folder_of, under
 from common.errors import FileClusterError, InvalidRequest, NotFound
 from common.limits import MAX_DOWNLOADS
@@ -177,6 +178,8 @@ def _list(c: Client) -> None:
 def _share(c: Client) -> None:
     for name in _pick(c, "file to share (number or name): ", many=False):
         expires = _ask("expires (30m, 24h, 7d, a date like 2026-12-31; empty: never): ") or None
+        if expires:
+            parse_expires(expires, label="expires:")  # a mistake is said before the next question
         limit = _ask("at most how many downloads (empty: no limit): ")
         actions.share(c, OUT, name, expires, download_limit(limit) if limit else None)
 
@@ -268,6 +271,17 @@ ACTIONS: list[tuple[str, Callable[[Client], object]]] = [
 ]
 
 
+# what the command line says to do, and the menu's item that does it
+_COMMANDS = {"run: filecluster login USER": "choose 2 (login) or 1 (register)"}
+
+
+def in_menu_words(message: str) -> str:
+    """An error as the menu says it: an advice to run a command names the menu's item instead."""
+    for command, item in _COMMANDS.items():
+        message = message.replace(command, item)
+    return message
+
+
 def run_menu(client: Client) -> int:
     _enable_line_editing()
     print(
@@ -295,9 +309,9 @@ def run_menu(client: Client) -> int:
         try:
             ACTIONS[int(choice) - 1][1](client)
         except FileClusterError as exc:
-            OUT.error(str(exc))
+            OUT.error(in_menu_words(str(exc)))
         except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at an action's question: back here
             print("\ncancelled", file=sys.stderr)
 
 
-__all__ = ["complete_path", "local_paths", "numbers", "run_menu"]
+__all__ = ["complete_path", "in_menu_words", "local_paths", "numbers", "run_menu"]

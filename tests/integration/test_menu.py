@@ -125,7 +125,7 @@ def test_every_action_of_the_menu(cluster: Cluster, tmp_path: Path) -> None:
     assert "4 of 4 storage servers up" in r[7]
     assert (r[8], r[9]) == ("logged out\n", "not logged in\n")
     assert r[10] == ""  # the error went to stderr
-    assert stderr == "error: not logged in; run: filecluster login USER\n"
+    assert stderr == "error: not logged in; choose 2 (login) or 1 (register)\n"
     assert r[11].endswith(f"logged in as {user}\n") and r[12].startswith(f"{user}\n")
     assert json.loads((home / "session.json").read_text())["user"] == user
 
@@ -152,7 +152,7 @@ def test_menu_mistakes_get_one_line_and_the_menu_goes_on(cluster: Cluster, tmp_p
         "error: a password needs at least 8 characters",
         f"error: {NAME_RULE}",
         f"error: {NAME_RULE}",
-        "error: not logged in; run: filecluster login USER",
+        "error: not logged in; choose 2 (login) or 1 (register)",
     ]
     r = replies(stdout)
     assert r[2:4] == ["user name: "] * 2  # and back to the menu: no "password: "
@@ -223,3 +223,23 @@ def test_a_wrong_name_or_link_is_refused_before_the_next_question(
         "error: no file number 99999999999: choose from 1 to 1",
     ]
     assert "expires" not in stdout and "folder [" not in stdout
+
+
+def test_a_bad_expiry_is_refused_before_the_download_limit_is_asked(
+    cluster: Cluster, home: Path, tmp_path: Path
+) -> None:
+    """In the words of the menu's question, not of the command line's --expires."""
+    src = tmp_path / "kept.txt"
+    src.write_bytes(b"kept")
+    assert cluster.cli("upload", str(src), home=home).returncode == 0
+    rc, stdout, stderr = run_menu(cluster, home, ["5", "1", "yesterday", "5", "kept.txt", "0m", "0"])
+    assert rc == 0
+    assert stderr.splitlines() == [
+        "error: expires: 'yesterday': use 30m, 24h, 7d, a date (2026-12-31) or a date-time "
+        "(2026-12-31T18:00)",
+        "error: expires: 0m: the link would expire at once",
+    ]
+    assert "at most how many downloads" not in stdout
+    assert "kept.txt" in cluster.cli("ls", home=home).stdout
+    links = cluster.cli("links", "--json", home=home)
+    assert links.returncode == 0 and '"token"' not in links.stdout  # no link was made
