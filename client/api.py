@@ -307,6 +307,8 @@ class Client:
         cluster has a gateway), ``links`` (every form), ``expires`` (Unix time), ``max_downloads``."""
         self._need_session()
         header: dict[str, Any] = {"name": check_file_name(_typed_folder(name))}
+        if name.endswith("/"):  # "pics/": the folder, never a file of that name
+            header["folder"] = True
         if expires is not None:
             header["expires"] = expires
         if max_downloads is not None:

@@ -185,7 +185,7 @@ SPECS: dict[MsgType, MessageSpec] = {
     MsgType.SHARE: MessageSpec(
         auth=_USER,
         required={**_SESSION, "name": str},
-        optional={"expires": (int, float), "max_downloads": int},
+        optional={"expires": (int, float), "max_downloads": int, "folder": bool},
     ),
     MsgType.LINKS: MessageSpec(auth=_USER, required=_SESSION),
     MsgType.UNSHARE: MessageSpec(auth=_USER, required={**_SESSION, "target": str}),

@@ -157,14 +157,15 @@ class LinkHandlers:
             raise InvalidRequest(f"the download limit must be 1..{MAX_DOWNLOADS}")
         token = new_token()
         with self.catalog.lock:
-            if self.catalog.file(owner, name) is not None:
+            if h.get("folder") is not True and self.catalog.file(owner, name) is not None:
                 kind = "file"
             elif self.catalog.tree.is_folder(owner, name):
                 kind = "folder"
                 if limit is not None:
                     raise InvalidRequest("a download limit applies to a file's links, not a folder's")
             else:
-                raise NotFound(f"you have no file or folder named {name!r}")
+                what = "folder" if h.get("folder") else "file or folder"
+                raise NotFound(f"you have no {what} named {name!r}")
             if len(self.catalog.tree.book.by_owner.get(owner, ())) >= MAX_LINKS:
                 raise InvalidRequest(f"you have {MAX_LINKS} links; unshare some first")
             self.catalog.add_share(

@@ -214,6 +214,9 @@ def test_folder_links(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
     got = cluster.client().download(token, tmp_path / "out")
     assert (tmp_path / "out/d/a.bin").read_bytes() == a and (tmp_path / "out/d/sub/b.bin").read_bytes() == b
     assert got.size == 300
+    with pytest.raises(NotFound, match=r"you have no folder named 'd/a\.bin'"):
+        ana.share("d/a.bin/")  # a trailing "/" names a folder: never the file of that name
+    assert ana.share("/d/a.bin")["kind"] == "file"
     ana.delete("d", recursive=True)
     with pytest.raises(Gone):
         locate(cluster, token)
