@@ -437,8 +437,9 @@ class Client:
     ) -> downloader.DownloadResult:
         """A link's file, or every file of a folder link (or of the folder ``path`` in it) into a
         folder named after it (the result then sums them up: its ``sha1`` is empty); ``path``: a
-        file or folder in a folder link.  Each file is peeked at first, and located (a download
-        of the link's budget) only if some of it must be fetched (client.download)."""
+        file or folder in a folder link.  A file link is peeked at first, and located (a download
+        of the link's budget) only if some of it must be fetched (client.download); a folder link's
+        files, which count against no budget, are located and fetched many at once."""
         from client import download as downloader
 
         header = _by_token(token, path)
@@ -455,21 +456,56 @@ class Client:
             )
         folder = save_as or str(info["name"])
         skip = len(path) + 1 if path else 0  # the files are named by their path in the link
-        total = 0
-        for item in info["files"]:
-            by_path = {"token": token, "path": item["name"]}
-            peeked = proxy.call(MsgType.LOCATE, {**by_path, "peek": True})
-            r = downloader.download(
-                peeked,
-                out_dir,
-                progress,
-                relocate=lambda by_path=by_path: proxy.call(MsgType.LOCATE, by_path),  # type: ignore[misc]
-                proxy=proxy,
-                save_as=f"{folder}/{item['name'][skip:]}",
-                link=True,
-            )
-            total += r.size
-        return downloader.DownloadResult(folder, out_dir / folder, total, "", True)
+        return _download_folder_link(proxy, token, info["files"], out_dir, progress, folder, skip)
+
+
+def _download_folder_link(
+    proxy: ProxyLink,
+    token: str,
+    files: list[dict[str, Any]],
+    out_dir: Path,
+    progress: downloader.Progress | None,
+    folder: str,
+    skip: int,
+) -> downloader.DownloadResult:
+    """Every file of a folder link, many at once (client.batch, LOCATE_MANY with the token), into
+    ``folder``; one progress bar for them all.  A file that fails does not stop the others; the
+    first failure is raised once they are done."""
+    import threading
+
+    from client import download as downloader
+    from client.batch import Wanted, download_many
+
+    wanted = [Wanted(str(f["name"]), f"{folder}/{str(f['name'])[skip:]}") for f in files]
+    total = sum(int(f.get("size", 0)) for f in files)
+    done: dict[str, int] = {}
+    failed: list[FileClusterError] = []
+    lock = threading.Lock()
+
+    def report(name: str, n: int) -> None:
+        with lock:
+            done[name] = n
+            if progress is not None:
+                progress("receiving", sum(done.values()), total)
+
+    def outcome(item: Wanted, result: downloader.DownloadResult | FileClusterError) -> None:
+        if isinstance(result, FileClusterError):
+            with lock:
+                failed.append(result)
+        else:
+            report(item.name, result.size)
+
+    def each(item: Wanted) -> downloader.Progress:
+        def receiving(phase: str, n: int, _size: int) -> None:
+            if phase == "receiving":
+                report(item.name, n)
+
+        return receiving
+
+    download_many(proxy, wanted, out_dir, outcome, token=token, progress=each)
+    if failed:
+        raise failed[0]
+    return downloader.DownloadResult(folder, out_dir / folder, sum(done.values()), "", True)
 
 
 def _by_token(token: str, path: str | None, peek: bool = False) -> dict[str, Any]:

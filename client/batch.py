@@ -84,9 +84,11 @@ def download_many(
     out_dir: Path,
     outcome: Outcome,
     token: str | None = None,
+    progress: Callable[[Wanted], downloader.Progress] | None = None,
 ) -> None:
     """Download ``wanted``: your own files by name, or with ``token`` the paths in that folder
-    link; ``outcome`` hears of each file (its result or its error), from the downloading threads."""
+    link; ``outcome`` hears of each file (its result or its error), from the downloading threads;
+    ``progress`` gives the callback of each file downloaded alone (a group's files only finish)."""
     shared = SharedProxy(proxy)
     releases = _Releases(shared)
     room = threading.Semaphore(ROOM * BATCH)  # located and not yet finished
@@ -98,7 +100,7 @@ def download_many(
             result: downloader.DownloadResult | FileClusterError = downloader.download(
                 info,
                 out_dir,
-                None,
+                progress(item) if progress is not None else None,
                 relocate=lambda: shared.call(MsgType.LOCATE, single, session=token is None),
                 proxy=shared,
                 save_as=item.save_as,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from client import api
 from client.api import Client
 from common.errors import AuthError, Gone, InvalidRequest, NotFound, Throttled
 from common.messages import MsgType
@@ -220,6 +221,42 @@ def test_folder_links(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
     ana.delete("d", recursive=True)
     with pytest.raises(Gone):
         locate(cluster, token)
+
+
+def test_a_folder_links_files_download_many_at_once(
+    cluster: Cluster, ana: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Located a batch at a time (LOCATE_MANY with the token), not two requests a file; one
+    progress bar over the whole folder; a file that cannot be had does not stop the others."""
+    from client.proxy_link import ProxyLink
+
+    data = {f"many/f{i:02d}.txt": upload(ana, tmp_path, f"many/f{i:02d}.txt", 100 + i) for i in range(40)}
+    big = upload(ana, tmp_path, "many/sub/big.bin", 3 * CHUNK + 5)
+    token = ana.share("many/")["token"]
+    calls: list[MsgType] = []
+    real_call = ProxyLink.call
+
+    def counted(self: ProxyLink, msg_type: MsgType, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(msg_type)
+        return real_call(self, msg_type, *args, **kwargs)
+
+    monkeypatch.setattr(ProxyLink, "call", counted)
+    seen: list[tuple[str, int, int]] = []
+    got = cluster.client().download(token, tmp_path / "out", lambda *a: seen.append(a))
+    total = sum(len(d) for d in data.values()) + len(big)
+    assert got.size == total and (tmp_path / "out/many/sub/big.bin").read_bytes() == big
+    for name, content in data.items():
+        assert (tmp_path / "out" / name).read_bytes() == content
+    assert calls.count(MsgType.LOCATE) <= 2 and 1 <= calls.count(MsgType.LOCATE_MANY) <= 3, calls
+    assert seen[-1] == ("receiving", total, total) and all(t == total for _, _, t in seen)
+
+    listing = [{"name": name[len("many/") :], "size": len(d)} for name, d in data.items()]
+    gone = [{"name": "f05.txt", "size": 105}]  # deleted after the folder was listed
+    ana.delete("many/f05.txt")
+    with pytest.raises(NotFound):
+        api._download_folder_link(ana.proxy, token, gone + listing, tmp_path / "again", None, "many", 0)
+    saved = sorted(p.name for p in (tmp_path / "again/many").iterdir())
+    assert saved == sorted(n[len("many/") :] for n in data if n != "many/f05.txt")  # the others all came
 
 
 def test_share_links_unshare_commands(
