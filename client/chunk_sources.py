@@ -45,6 +45,7 @@ class Tickets:
         self._relocate = relocate
         self._proxy = proxy
         self._on_release = on_release  # takes the lease instead of a RELEASE now (client.batch)
+        self.on_lease: Callable[[str], object] | None = None  # hears of each lease the file is under
         self._lock = threading.Lock()
 
     def sources(self, index: int) -> tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]:
@@ -53,7 +54,7 @@ class Tickets:
         lease an interrupted download of it kept, if that still holds, else by ``relocate``."""
         with self._lock:
             if _peeked(self._info):
-                self._info = self._locate_first()
+                self._now(self._locate_first())
             info = self._info
         common = info.get("ticket") or {}
         servers = info["chunks"][index]["servers"]
@@ -66,7 +67,7 @@ class Tickets:
         link counts the download, or says it cannot serve one (Gone)."""
         with self._lock:
             if _peeked(self._info):
-                self._info = self._locate_first()
+                self._now(self._locate_first())
 
     def renew(self, seen_exp: int) -> bool:
         """Fresh tickets (once for all threads); False if there is no way to get them."""
@@ -76,7 +77,7 @@ class Tickets:
             fresh = self._locate_again()
             if fresh is None:
                 return False
-            self._info = _same_file(fresh, self._info)
+            self._now(_same_file(fresh, self._info))
         return True
 
     def resume_with(self, lease: str) -> None:
@@ -112,6 +113,15 @@ class Tickets:
                 if self._relocate is None:
                     raise
         return None if self._relocate is None else self._relocate()
+
+    def _now(self, info: dict[str, Any]) -> None:
+        """Go on with ``info``; ``on_lease`` hears of its lease at once if it is a new one (a link
+        download keeps it with its partial, so even a kill -9 cannot make a resume count twice)."""
+        before = self._lease()
+        self._info = info
+        lease = self._lease()
+        if lease is not None and lease != before and self.on_lease is not None:
+            self.on_lease(lease)
 
     def _lease(self) -> str | None:
         lease = self._info.get("lease")

@@ -34,6 +34,7 @@ when it passes, every connection is broken and the download fails.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -208,6 +209,10 @@ def _download(
         saved = _saved_lease(partial.fd)
         if saved:
             tickets.resume_with(saved)
+    if kept is not None and keep:  # kept with the partial as soon as there is one, not at the end
+        tickets.on_lease = lambda lease: _save_lease(partial.fd, lease)
+        if tickets.lease() is not None:
+            _save_lease(partial.fd, str(tickets.lease()))
     have: set[int] = set()
     transfer: _Transfer | None = None
     try:
@@ -229,6 +234,8 @@ def _download(
             transfer.close()
             if pool is None:
                 transfer.pool.close()
+        if kept is not None:
+            _forget_lease(partial.fd)  # the file keeps no trace of the download
         os.fsync(partial.fd)
         final = link_into_place(partial.path, folder, file_name, (size, sha1))
         keep = False  # linked into place: the partial's name goes (the file keeps the other)
@@ -264,6 +271,11 @@ def _save_lease(fd: int, lease: str) -> bool:
     except (OSError, AttributeError, UnicodeEncodeError):  # no xattrs here: the next attempt pays
         return False
     return True
+
+
+def _forget_lease(fd: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.removexattr(fd, _LEASE_XATTR)
 
 
 def _saved_lease(fd: int) -> str | None:

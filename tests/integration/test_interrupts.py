@@ -152,16 +152,20 @@ def link_downloads(c: Cluster, home: Path, link: str) -> tuple[int, str]:
     return row["downloads"], row["state"]
 
 
-def interrupted_link_download(c: Cluster, link: str, out_dir: Path) -> None:
-    """Start downloading ``link`` while the servers are stopped; Ctrl-C it once it is fetching."""
+def interrupted_link_download(c: Cluster, link: str, out_dir: Path, sig: int = signal.SIGINT) -> None:
+    """Start downloading ``link`` while the servers are stopped; Ctrl-C it (or ``sig``) once it is
+    fetching."""
     with c.servers_stopped():
         proc = c.cli_process("download", link, "-o", str(out_dir), home=c.new_home())
         try:
             c.wait_until_transferring(proc, "the download to connect to a storage server")
-            _, err, _ = interrupt(proc, signal.SIGINT)
+            _, err, _ = interrupt(proc, sig)
         finally:
             end(proc)
-    assert proc.returncode == 130 and err == "interrupted\n"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and err == "interrupted\n"
+    else:
+        assert proc.returncode == -sig, err
     assert len(parts(out_dir)) == 1
 
 
@@ -204,6 +208,22 @@ def test_a_link_download_counts_once_resumed_or_already_there(
     refused = c.cli("download", revoked, "-o", str(later), home=anyone)
     assert refused.returncode == 1 and "revoked" in refused.stderr
     assert not (later / "big.bin").exists()
+
+
+def test_a_link_download_killed_outright_still_counts_once(patient_cluster: Cluster, tmp_path: Path) -> None:
+    """kill -9 runs no cleanup: the lease is kept with the partial as soon as the file is located,
+    so the next try goes on under it rather than asking a link of one download for a second."""
+    c = patient_cluster
+    home, data = ana_with_a_big_file(c, tmp_path)
+    link = c.cli("share", "big.bin", "--max-downloads", "1", home=home).stdout.strip()
+    out_dir = tmp_path / "out"
+    interrupted_link_download(c, link, out_dir, signal.SIGKILL)
+    assert link_downloads(c, home, link) == (1, "exhausted")
+    again = c.cli("download", link, "-o", str(out_dir), home=c.new_home())
+    assert again.returncode == 0 and again.stdout.startswith("saved "), again.stderr
+    assert (out_dir / "big.bin").read_bytes() == data
+    assert link_downloads(c, home, link) == (1, "exhausted")
+    assert not os.listxattr(out_dir / "big.bin")  # the download left no trace on the file
 
 
 def interrupted_while_queuing(silent: socket.socket) -> type[ThreadPoolExecutor]:
