@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ class Tally:
 
     def fail(self, what: str, exc: FileClusterError, key: str = "path") -> None:
         message = str(exc)
-        shown = what if what.isprintable() else undecodable(what)  # a newline, bytes not UTF-8: one line
+        shown = _shown(what)  # a newline, bytes not UTF-8: one line
         self.out.error(message if what in message or shown in message else f"{shown}: {message}")
         self.failed.append({key: what, "error": message})
 
@@ -217,19 +218,31 @@ def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tal
 
 def _once_each(plan: list[_Upload]) -> list[_Upload]:
     """The plan with a file named twice under the same name (``upload a.txt ./a.txt``) once: a
-    second upload of it would only make a second, identical version."""
-    names = Counter(item.name or item.path.name for item in plan)
-    seen: set[tuple[str, str]] = set()
+    second upload of it would only make a second, identical version.  Two different files that
+    would get the same name (``upload */README.md``, ``upload -r a/pics b/pics`` with a file in
+    both) refuse the whole upload: one would silently become an older version of the other."""
+    names = Counter(unicodedata.normalize("NFC", item.name or item.path.name) for item in plan)
+    first: dict[str, tuple[Path, Path]] = {}  # a name given twice: the first file's real path, as given
     kept: list[_Upload] = []
     for item in plan:
-        name = item.name or item.path.name
+        name = unicodedata.normalize("NFC", item.name or item.path.name)  # as the cluster names it
         if names[name] > 1:  # only a name given twice can be the same file twice (realpath: 4 stats)
-            key = (os.path.realpath(item.path), name)
-            if key in seen:
-                continue
-            seen.add(key)
+            real = Path(os.path.realpath(item.path))
+            if name in first:
+                if first[name][0] == real:
+                    continue
+                raise InvalidRequest(
+                    f"{_shown(str(first[name][1]))} and {_shown(str(item.path))} would both be uploaded as "
+                    f"{_shown(name)}; nothing was uploaded (upload them one at a time, each with --as NAME)"
+                )
+            first[name] = (real, item.path)
         kept.append(item)
     return kept
+
+
+def _shown(what: str) -> str:
+    """A local path or a name in an error: as it is if printable, else with its odd bytes escaped."""
+    return what if what.isprintable() else undecodable(what)
 
 
 def upload_line(r: UploadResult) -> str:

@@ -167,6 +167,36 @@ def test_an_upload_of_several_paths_reports_each(cluster: Cluster, home: Path, t
     assert [v["version"] for v in listed["versions"]] == [2, 1]
 
 
+def test_two_files_that_would_get_one_name_refuse_the_upload(
+    cluster: Cluster, home: Path, tmp_path: Path
+) -> None:
+    """`upload */README.md` would make each an older version of the next (and past the versions
+    kept, lose the first ones): nothing is uploaded, and the error names both files."""
+    for d in ("p1", "p2", "p3"):
+        (tmp_path / d / "pics").mkdir(parents=True)
+        (tmp_path / d / "README.md").write_text(f"readme of {d}")
+        (tmp_path / d / "pics" / f"{d}.jpg").write_text(d)
+    (tmp_path / "p3" / "pics" / "p1.jpg").write_text("another p1.jpg")
+    mixed = cluster.cli("upload", *(str(tmp_path / d / "README.md") for d in ("p1", "p2")), home=home)
+    assert mixed.returncode == 1 and mixed.stdout == ""
+    assert one_line_error(mixed) == (
+        f"error: {tmp_path}/p1/README.md and {tmp_path}/p2/README.md would both be uploaded as README.md; "
+        "nothing was uploaded (upload them one at a time, each with --as NAME)"
+    )
+    merged = cluster.cli(
+        "upload", "-r", str(tmp_path / "p1" / "pics"), str(tmp_path / "p2" / "pics"), home=home
+    )
+    assert merged.returncode == 0, merged.stderr  # two folders, no file in both: they merge
+    clash = cluster.cli(
+        "upload", "-r", str(tmp_path / "p1" / "pics"), str(tmp_path / "p3" / "pics"), home=home
+    )
+    assert clash.returncode == 1 and "would both be uploaded as pics/p1.jpg" in clash.stderr
+    listed = json.loads(cluster.cli("--json", "ls", "-R", home=home).stdout)
+    names = sorted(f["name"] for f in listed)
+    assert "README.md" not in names and "pics/p3.jpg" not in names
+    assert [n for n in names if n.startswith("pics/")] == ["pics/p1.jpg", "pics/p2.jpg"]
+
+
 def test_usage_errors_exit_2(cluster: Cluster) -> None:
     result = cluster.cli("upload")
     assert result.returncode == 2 and result.stdout == ""
