@@ -4,8 +4,12 @@ One request per connection: the head is read through the pure parser (gateway.ht
 deadline for the whole head, answered (gateway.routes), and the connection closed (``Connection:
 close``).  A body's first chunk is read and verified before the head is sent, so a file none of
 whose copies can be read is a 503, not a 200 that stops.  Connections are admitted by
-common.admission (a cap per client address, counted by client_key, and a cap overall; no reserve: no
-HTTP client ever authenticates), and a refused one is closed at once, unanswered.  A file's body
+common.admission (a cap per client address, counted by client_key, and a cap overall), and a refused
+one is closed at once, unanswered.  No HTTP client ever authenticates, so every connection counts as
+on probation (the whole of MAX_CONNECTIONS is the reserve): once all are in use, a newcomer takes the
+place of the oldest connection of the address holding the most, if that address holds at least two
+more than the newcomer's.  So the slots are shared out among the addresses that want them, and a few
+addresses that fill them (idle, or reading slowly) cannot shut anyone else out.  A file's body
 streams from gateway.stream; when the response ends, however it ends (done, the client gone, a chunk
 with no good copy, the link revoked), LINK_CLOSE tells the proxy how many body bytes were sent.  An
 unexpected failure is logged, answered 500 with no detail if no byte was sent yet, and contained to
@@ -215,7 +219,8 @@ class GatewayServer(DoorServer):
         self.buffers = ChunkBuffers(chunk_buffers)
         self.warn = RateLimitedLog(log).warning
         self.open_door(
-            Admission(max_connections=max_connections, per_address=per_address, reserved=0), self.warn
+            Admission(max_connections=max_connections, per_address=per_address, reserved=max_connections),
+            self.warn,
         )
         super().__init__(address, _HttpHandler)
 
