@@ -281,8 +281,8 @@ class Client:
         """Rename a file, or a folder with everything in it; how many files moved."""
         self._need_session()
         header = {
-            "old": check_file_name(_typed_folder(old)),
-            "new": check_file_name(_typed_folder(new), new=True),
+            "old": check_file_name(typed_folder(old)),
+            "new": check_file_name(typed_folder(new), new=True),
         }
         return int(self.proxy.call(MsgType.MOVE, header, session=True)["moved"])
 
@@ -294,7 +294,7 @@ class Client:
 
     def is_folder(self, name: str) -> bool:
         """Whether ``name`` is one of your folders (one file under it is enough: a LIST of one)."""
-        name = _typed_folder(name)
+        name = typed_folder(name)
         if not name or not self.proxy.token:
             return False
         reply = self.proxy.call(MsgType.LIST, {"prefix": name + "/", "limit": 1}, session=True)
@@ -306,7 +306,7 @@ class Client:
         """A new link to a file or folder (each call makes another): ``token``, ``link`` (http if the
         cluster has a gateway), ``links`` (every form), ``expires`` (Unix time), ``max_downloads``."""
         self._need_session()
-        header: dict[str, Any] = {"name": check_file_name(_typed_folder(name))}
+        header: dict[str, Any] = {"name": check_file_name(typed_folder(name))}
         if name.endswith("/"):  # "pics/": the folder, never a file of that name
             header["folder"] = True
         if expires is not None:
@@ -334,7 +334,7 @@ class Client:
         if URL_RE.match(target.strip()) and not is_link(target):
             raise not_a_link(target)
         if not URL_RE.match(target.strip()) and "/" in target:  # a name: "/pics/" is the folder pics
-            target = _typed_folder(target)
+            target = typed_folder(target)
         reply = self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)
         by = reply.get("by", "link" if is_link(target) else "name")  # a proxy from before "by"
         return {"revoked": int(reply["revoked"]), "by": by}
@@ -515,7 +515,7 @@ def _by_token(token: str, path: str | None, peek: bool = False) -> dict[str, Any
     return {**header, "peek": True} if peek else header
 
 
-def _typed_folder(name: str) -> str:
+def typed_folder(name: str) -> str:
     """A name as typed ("/photos/", "photos/", "a.txt") as the cluster knows it ("photos", "a.txt")."""
     return _folder(listing.rooted(name))
 
@@ -525,4 +525,4 @@ def _folder(name: str) -> str:
     return name[:-1] if name.endswith("/") and len(name) > 1 else name
 
 
-__all__ = ["Client", "FileClusterError", "Link", "is_link", "parse_link", "resolve_http_link"]
+__all__ = ["Client", "FileClusterError", "Link", "is_link", "parse_link", "resolve_http_link", "typed_folder"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from client import actions
 from client.actions import Sink
-from client.api import Client
+from client.api import Client, typed_folder
 from client.listing import folder_of, rooted
 from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest
@@ -393,6 +393,16 @@ def usage_problem(args: argparse.Namespace) -> str | None:
             parse_address(args.proxy)
         except InvalidRequest as exc:
             return f"--proxy: {exc}"
+    for dest, metavar in _NAMED:
+        values = getattr(args, dest, None) if name != "completion" else None
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and (not value if dest == "paths" else not value.strip()):
+                return f"{metavar}: {value!r} names nothing"  # a local file may be named " ", no file of ours
+    if name == "mv":
+        try:
+            check_file_name(typed_folder(args.new), new=True)
+        except InvalidRequest as exc:
+            return f"NEW: {exc}"
     if name == "upload" and args.as_name is not None:
         if len(args.paths) != 1:
             return "--as names a single PATH"
@@ -420,6 +430,18 @@ def usage_problem(args: argparse.Namespace) -> str | None:
             except InvalidRequest as exc:
                 return str(exc)
     return None
+
+
+# the positional arguments that name a file, folder, link or path: never empty or only white space
+_NAMED = (
+    ("paths", "PATH"),
+    ("targets", "TARGET"),
+    ("names", "NAME"),
+    ("name", "NAME"),
+    ("target", "TARGET"),
+    ("old", "OLD"),
+    ("new", "NEW"),
+)
 
 
 def _as_problem(as_name: str, folder: bool) -> str | None:

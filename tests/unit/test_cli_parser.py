@@ -164,6 +164,15 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["login", "no/such"],
         ["download", "a", "-o", ""],  # not "this folder" by accident
         ["download", "a", "--output", " "],
+        ["upload", ""],  # not "this folder"
+        ["download", ""],
+        ["delete", "a", " "],
+        ["share", ""],
+        ["unshare", " "],
+        ["versions", ""],
+        ["mv", "", "b"],
+        ["mv", "a", "../b"],  # a new name the cluster refuses
+        ["mv", "a", "b//"],
     ],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
