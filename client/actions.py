@@ -528,13 +528,16 @@ def _quoted(word: str) -> str:
 def _folder_hint(
     c: Client, name: str, exc: FileClusterError, command: str, what: str = "for all of it"
 ) -> FileClusterError:
-    """A "no such file" (or a "that is a folder") for a folder's name becomes a hint to use
-    ``command``."""
-    if isinstance(exc, (NotFound, Conflict)) and not is_link(name):
+    """A "no such file" (or a "that is a folder", or a name typed as a folder's, "pics/") for a
+    folder's name becomes a hint to use ``command``."""
+    as_folder = isinstance(exc, InvalidRequest) and name.endswith("/") and bool(folder_of(name))
+    if (isinstance(exc, (NotFound, Conflict)) or as_folder) and not is_link(name):
         try:
             if c.is_folder(folder_of(name)):
                 hint = f"{what}: filecluster {command} {_quoted(name)}"
                 return InvalidRequest(f"{folder_of(name)!r} is a folder; {hint}")
+            if as_folder:
+                return NotFound(f"you have no folder named {folder_of(name)!r}")
         except FileClusterError:
             pass
     return exc

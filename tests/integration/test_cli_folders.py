@@ -193,6 +193,10 @@ def test_a_folder_named_where_a_file_is_wanted_gets_the_command_for_it(run: Any,
         assert (code, out) == (1, "") and err == f"error: '{args[1]}' is a folder; {hint}\n", args
     code, _, err = run("versions", "pics/nope")
     assert code == 1 and err == "error: you have no file named 'pics/nope'\n"
+    code, _, err = run("download", "pics/", "-o", str(tmp_path / "out"))  # typed as a folder
+    assert code == 1 and err == "error: 'pics' is a folder; for all of it: filecluster download -r pics/\n"
+    code, _, err = run("download", "nope/", "-o", str(tmp_path / "out"))
+    assert code == 1 and err == "error: you have no folder named 'nope'\n"
     assert run("ls", "pics", "-R")[1].count(".jpg") == len(PICS)  # nothing was deleted
     run("upload", "-r", str(tree(tmp_path / "my pics", PICS)))
     code, _, err = run("rm", "my pics")  # the command to copy names the folder as a shell takes it
