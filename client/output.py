@@ -247,8 +247,9 @@ def account_text(account: dict[str, Any]) -> str:
     if isinstance(usage, int):
         stored = f"{plural(files, 'file')}, " if isinstance(files, int) else ""
         if isinstance(quota, int) and quota > 0:
-            share = min(100, round(100 * usage / quota))
-            lines.append(f"{stored}{human_size(usage)} used of {human_size(quota)} ({share}%)")
+            share = usage * 100 // quota  # rounded down: 100% only when it is full
+            over = ": over the quota, uploads are refused until some is freed" if usage > quota else ""
+            lines.append(f"{stored}{human_size(usage)} used of {human_size(quota)} ({share}%{over})")
         else:
             lines.append(f"{stored}{human_size(usage)} used (no quota)")
     return "\n".join(lines)

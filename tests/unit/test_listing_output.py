@@ -132,6 +132,12 @@ def test_plurals() -> None:
             "ana\n1 file, 1.5 GiB used of 10.0 GiB (15%)",
         ),
         ({"user": "bo", "usage": 0, "quota": None, "files": 0}, "bo\n0 files, 0 B used (no quota)"),
+        ({"user": "cy", "usage": 999, "quota": 1000, "files": 2}, "cy\n2 files, 999 B used of 1000 B (99%)"),
+        (  # the quota was lowered below what is stored
+            {"user": "di", "usage": 3400, "quota": 3000, "files": 1},
+            "di\n1 file, 3.3 KiB used of 2.9 KiB "
+            "(113%: over the quota, uploads are refused until some is freed)",
+        ),
     ],
 )
 def test_whoami_shows_usage_and_quota(account: dict[str, Any], text: str) -> None:
