@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.atomic import write_atomic
+from common.atomic import tighten, write_atomic
 from common.errors import InvalidRequest
 
 SESSION_FILE = "session.json"
@@ -24,11 +26,25 @@ def _path(home: Path) -> Path:
 
 
 def load(home: Path) -> SavedSession | None:
+    """The saved session, if any.  A session file others may read (a chmod, a copy) is made private
+    again first, with a warning: its token lets whoever read it act as the user until it ends."""
     try:
+        _keep_private(_path(home))
         data = json.loads(_path(home).read_text())
         return SavedSession(str(data["proxy"]), str(data["user"]), str(data["token"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _keep_private(path: Path) -> None:
+    if not os.stat(path).st_mode & 0o077:
+        return
+    tighten(path, 0o600)
+    print(
+        f"warning: {path} could be read by other users; it is private again (mode 0600). If someone "
+        "may have read it, log out and in again: that ends the session it held",
+        file=sys.stderr,
+    )
 
 
 def save(home: Path, session: SavedSession) -> None:

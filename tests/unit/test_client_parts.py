@@ -304,3 +304,16 @@ def test_the_listing_shows_a_state_column_only_when_a_file_is_not_whole() -> Non
     table = output.listing_table(view(mixed, ""))
     assert "state" in table.splitlines()[0] and "LOST" in table
     assert output.entries_json(view(mixed, ""))[1]["state"] == "lost"
+
+
+def test_a_session_file_others_can_read_is_made_private_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved.save(tmp_path, saved.SavedSession("127.0.0.1:9000", "ana", "t" * 43))
+    path = tmp_path / saved.SESSION_FILE
+    path.chmod(0o644)
+    assert saved.load(tmp_path) == saved.SavedSession("127.0.0.1:9000", "ana", "t" * 43)
+    assert path.stat().st_mode & 0o777 == 0o600
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path} could be read by other users; it is private again")
+    assert saved.load(tmp_path) is not None and capsys.readouterr().err == ""  # said once
