@@ -76,9 +76,13 @@ def load_cluster_key(path: Path) -> ClusterKey:
         ) from None
     except OSError as exc:
         raise InvalidRequest(f"cannot read the cluster secret {path}: {exc.strerror or exc}") from None
+    try:
+        secret = parse_secret(text)
+    except InvalidRequest as exc:  # a mistyped path (/etc/passwd) is no secret: no chmod advice for it
+        raise InvalidRequest(f"{path} is not a cluster secret: {exc}") from None
     if stat.S_IMODE(info.st_mode) & 0o077:
         raise InvalidRequest(f"the cluster secret {path} is readable by others: chmod 600 {path}")
-    return ClusterKey(parse_secret(text))
+    return ClusterKey(secret)
 
 
 def setup_logging(name: str, verbose: bool = False) -> None:

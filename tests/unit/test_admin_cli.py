@@ -181,6 +181,9 @@ def test_an_exposed_or_malformed_secret_is_one_line(
     garbage.write_text("not hex at all")
     garbage.chmod(0o600)
     assert "64 hexadecimal" in one_line_error(admin(capsys, "--secret-file", str(garbage), "repair"))
+    garbage.chmod(0o644)  # a mistyped path to a file others may read (/etc/passwd): no chmod advice
+    err = one_line_error(admin(capsys, "--secret-file", str(garbage), "repair"))
+    assert f"{garbage} is not a cluster secret" in err and "chmod" not in err
 
 
 @pytest.mark.parametrize(
