@@ -216,6 +216,10 @@ def _download(
     have: set[int] = set()
     transfer: _Transfer | None = None
     try:
+        lacking = _room_lacking(partial.fd, size)
+        if lacking:  # said now, rather than once the disk is full (for this user and everyone else)
+            keep = partial.existing  # a partial from before keeps what it has; a new one goes
+            raise InvalidRequest(f"not enough room in {folder} for {name}: {lacking}")
         os.ftruncate(partial.fd, size)
         have = verified_chunks(partial.fd, chunks, offsets, progress) if partial.existing else set()
         resumed = sum(int(chunks[i]["size"]) for i in have)
@@ -271,6 +275,22 @@ def _save_lease(fd: int, lease: str) -> bool:
     except (OSError, AttributeError, UnicodeEncodeError):  # no xattrs here: the next attempt pays
         return False
     return True
+
+
+def _room_lacking(fd: int, size: int) -> str:
+    """What is missing for ``size`` bytes in the partial ``fd`` (beyond the blocks it already has,
+    and the free space an unprivileged user may take), or "" if they fit or no one can tell."""
+    try:
+        st, fs = os.fstat(fd), os.fstatvfs(fd)
+    except OSError:
+        return ""
+    need = size - st.st_blocks * 512
+    free = fs.f_bavail * fs.f_frsize
+    if fs.f_frsize <= 0 or need <= free:
+        return ""
+    from client.output import human_size
+
+    return f"it needs {human_size(need)} more, {human_size(free)} is free"
 
 
 def _forget_lease(fd: int) -> None:

@@ -276,6 +276,29 @@ def test_a_full_disk_when_the_download_starts(
     assert nothing_in(out)
 
 
+def test_a_download_that_cannot_fit_is_refused_before_it_fills_the_disk(
+    two_chunks: tuple[Client, bytes, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, data, _ = two_chunks
+    out = tmp_path / "out"
+    real = os.fstatvfs
+
+    def small(fd: int) -> Any:
+        fs = real(fd)
+        free = (len(data) // 2) // fs.f_frsize  # room for half of the file
+        return os.statvfs_result((*fs[:4], free, *fs[5:]))
+
+    monkeypatch.setattr(os, "fstatvfs", small)
+    wrote: list[int] = []
+    monkeypatch.setattr(downloader._Transfer, "write", lambda self, d, o: wrote.append(o))
+    with pytest.raises(InvalidRequest, match=re.escape(f"not enough room in {out} for two.bin: it needs ")):
+        user.download("two.bin", out)
+    assert wrote == [] and nothing_in(out)  # not a byte fetched, no partial kept for a retry
+    monkeypatch.setattr(os, "fstatvfs", real)
+    monkeypatch.undo()
+    assert user.download("two.bin", out).path.read_bytes() == data  # once there is room
+
+
 def test_a_disk_that_fills_during_the_download_is_said_to_be_full_and_no_server_is_blamed(
     two_chunks: tuple[Client, bytes, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
