@@ -530,7 +530,9 @@ def _folder_hint(
 ) -> FileClusterError:
     """A "no such file" (or a "that is a folder", or a name typed as a folder's, "pics/") for a
     folder's name becomes a hint to use ``command``."""
-    as_folder = isinstance(exc, InvalidRequest) and name.endswith("/") and bool(folder_of(name))
+    as_folder = (  # "pics/": refused as a file's name
+        isinstance(exc, InvalidRequest) and str(exc).startswith("invalid file name") and name.endswith("/")
+    )
     if (isinstance(exc, (NotFound, Conflict)) or as_folder) and not is_link(name):
         try:
             if c.is_folder(folder_of(name)):

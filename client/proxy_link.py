@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import source_address
-from common.errors import NOT_TAKEN, NotAFrame, PeerClosed, PeerReset, RemoteProtocolError
+from common.errors import NOT_TAKEN, NotAFrame, PeerClosed, PeerReset, RemoteProtocolError, Unavailable
 from common.messages import MsgType
 from common.transport import Connection
 
@@ -61,9 +61,15 @@ class ProxyLink:
         if self._conn is not None and self._conn.is_dropped():
             self.close()  # the proxy dropped this idle connection: open a fresh one, resend nothing
         if self._conn is None or self._conn.closed:
-            self._conn = Connection.connect(
-                self.host, self.port, timeout=self.timeout, what="proxy", source_address=source_address()
-            )
+            try:
+                self._conn = Connection.connect(
+                    self.host, self.port, timeout=self.timeout, what="proxy", source_address=source_address()
+                )
+            except Unavailable as exc:
+                raise Unavailable(
+                    f"{exc.message}; is it running (here: ./run_cluster.sh status)? For a proxy at another "
+                    "address: --proxy HOST:PORT or FILECLUSTER_PROXY"
+                ) from None
             self._answered = False
         return self._conn
 

@@ -213,7 +213,9 @@ def test_proxy_down_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = cluster.cli("--proxy", f"127.0.0.1:{port}", "login", "ana", password=PASSWORD)
-    assert one_line_error(result).startswith(f"error: cannot reach the proxy at 127.0.0.1:{port}")
+    error = one_line_error(result)
+    assert error.startswith(f"error: cannot reach the proxy at 127.0.0.1:{port} (Connection refused)")
+    assert error.rstrip().endswith("--proxy HOST:PORT or FILECLUSTER_PROXY")  # where to look, what to set
 
 
 def test_proxy_addresses_that_are_no_proxy(cluster: Cluster, home: Path) -> None:
