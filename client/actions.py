@@ -221,11 +221,15 @@ def _once_each(plan: list[_Upload]) -> list[_Upload]:
     second upload of it would only make a second, identical version.  Two different files that
     would get the same name (``upload */README.md``, ``upload -r a/pics b/pics`` with a file in
     both) refuse the whole upload: one would silently become an older version of the other."""
-    names = Counter(unicodedata.normalize("NFC", item.name or item.path.name) for item in plan)
+
+    def named(item: _Upload) -> str:  # as the cluster will name it
+        return unicodedata.normalize("NFC", item.name or item.path.name)
+
+    names = Counter(named(item) for item in plan)
     first: dict[str, tuple[Path, Path]] = {}  # a name given twice: the first file's real path, as given
     kept: list[_Upload] = []
     for item in plan:
-        name = unicodedata.normalize("NFC", item.name or item.path.name)  # as the cluster names it
+        name = named(item)
         if names[name] > 1:  # only a name given twice can be the same file twice (realpath: 4 stats)
             real = Path(os.path.realpath(item.path))
             if name in first:

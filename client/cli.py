@@ -394,7 +394,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         except InvalidRequest as exc:
             return f"--proxy: {exc}"
     for dest, metavar in _NAMED:
-        values = getattr(args, dest, None) if name != "completion" else None
+        values = getattr(args, dest, None)
         for value in values if isinstance(values, list) else [values]:
             if isinstance(value, str) and (not value if dest == "paths" else not value.strip()):
                 return f"{metavar}: {value!r} names nothing"  # a local file may be named " ", no file of ours
