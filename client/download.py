@@ -211,8 +211,9 @@ def _download(
             tickets.resume_with(saved)
     if kept is not None and keep:  # kept with the partial as soon as there is one, not at the end
         tickets.on_lease = lambda lease: _save_lease(partial.fd, lease)
-        if tickets.lease() is not None:
-            _save_lease(partial.fd, str(tickets.lease()))
+        located = tickets.lease()
+        if located is not None:
+            _save_lease(partial.fd, located)
     have: set[int] = set()
     transfer: _Transfer | None = None
     try:

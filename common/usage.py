@@ -33,7 +33,7 @@ class OneLineParser(argparse.ArgumentParser):
         what = " ".join(message.split())  # argparse's messages are one line; a value's newline is not
         unknown = self._unknown_option() if what.startswith("the following arguments are required") else None
         if unknown is not None:
-            shown = " ".join(repr(unknown)[1:-1].split()) or unknown
+            shown = repr(unknown)[1:-1]  # a newline in it stays on the one line, as \n
             what = f"unrecognized option '{shown}' (a value that starts with '-' goes after '--')"
         more = "" if "(see: " in what else f" (see: {self.prog} --help)"  # it says where to look already
         self.exit(2, f"{self.prog}: error: {what}{more}\n")

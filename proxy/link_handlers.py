@@ -155,16 +155,17 @@ class LinkHandlers:
             raise InvalidRequest("the expiry must be a time in the future, within 100 years")
         if limit is not None and not 1 <= limit <= MAX_DOWNLOADS:
             raise InvalidRequest(f"the download limit must be 1..{MAX_DOWNLOADS}")
+        only_folder = h.get("folder") is True  # "pics/" as typed: never a file of that name
         token = new_token()
         with self.catalog.lock:
-            if h.get("folder") is not True and self.catalog.file(owner, name) is not None:
+            if not only_folder and self.catalog.file(owner, name) is not None:
                 kind = "file"
             elif self.catalog.tree.is_folder(owner, name):
                 kind = "folder"
                 if limit is not None:
                     raise InvalidRequest("a download limit applies to a file's links, not a folder's")
             else:
-                what = "folder" if h.get("folder") else "file or folder"
+                what = "folder" if only_folder else "file or folder"
                 raise NotFound(f"you have no {what} named {name!r}")
             if len(self.catalog.tree.book.by_owner.get(owner, ())) >= MAX_LINKS:
                 raise InvalidRequest(f"you have {MAX_LINKS} links; unshare some first")
