@@ -333,9 +333,13 @@ class Client:
             raise InvalidRequest("name a link, a token or a file")
         if URL_RE.match(target.strip()) and not is_link(target):
             raise not_a_link(target)
+        header: dict[str, Any] = {}
         if not URL_RE.match(target.strip()) and "/" in target:  # a name: "/pics/" is the folder pics
+            if target.endswith("/") and target.strip("/"):
+                header["folder"] = True  # as SHARE: never the links of a file of that name
             target = typed_folder(target)
-        reply = self.proxy.call(MsgType.UNSHARE, {"target": target.strip()}, session=True)
+        header["target"] = target.strip()
+        reply = self.proxy.call(MsgType.UNSHARE, header, session=True)
         by = reply.get("by", "link" if is_link(target) else "name")  # a proxy from before "by"
         return {"revoked": int(reply["revoked"]), "by": by}
 

@@ -188,7 +188,8 @@ SPECS: dict[MsgType, MessageSpec] = {
         optional={"expires": (int, float), "max_downloads": int, "folder": bool},
     ),
     MsgType.LINKS: MessageSpec(auth=_USER, required=_SESSION),
-    MsgType.UNSHARE: MessageSpec(auth=_USER, required={**_SESSION, "target": str}),
+    # folder: the name was typed with a trailing "/": only a folder's links are revoked
+    MsgType.UNSHARE: MessageSpec(auth=_USER, required={**_SESSION, "target": str}, optional={"folder": bool}),
     # path: a file inside a folder link (relative to the folder)
     MsgType.LOCATE: MessageSpec(
         auth=Auth.SESSION_IF_GIVEN,

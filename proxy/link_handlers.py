@@ -231,6 +231,10 @@ class LinkHandlers:
             else:
                 name, by = check_file_name(target), "name"
                 tokens = self.catalog.tree.book.live(owner, name)
+                if req.header.get("folder") is True:  # "pics/" as typed: never a file's links
+                    tokens = [t for t in tokens if (self.catalog.share(t) or {}).get("kind") == "folder"]
+                    if not tokens:
+                        raise NotFound(f"no live link of yours names the folder {name!r}")
                 if not tokens:
                     raise NotFound(f"no live link of yours names {name!r}")
             self.catalog.end_links(owner, tokens)

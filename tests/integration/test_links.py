@@ -218,6 +218,10 @@ def test_folder_links(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match=r"you have no folder named 'd/a\.bin'"):
         ana.share("d/a.bin/")  # a trailing "/" names a folder: never the file of that name
     assert ana.share("/d/a.bin")["kind"] == "file"
+    with pytest.raises(NotFound, match=r"no live link of yours names the folder 'd/a\.bin'"):
+        ana.unshare("d/a.bin/")  # nor are the file's links revoked by it
+    assert [link["state"] for link in ana.links()] == ["active", "active"]
+    assert ana.unshare("d/a.bin") == 1
     ana.delete("d", recursive=True)
     with pytest.raises(Gone):
         locate(cluster, token)
