@@ -191,7 +191,12 @@ def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tal
     plan: list[_Upload] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError as exc:  # a folder on the way that may not be looked in
+            tally.fail(raw, InvalidRequest(f"cannot read {raw}: {exc.strerror or exc}"))
+            continue
+        if is_dir:
             if not recursive:
                 tally.fail(
                     raw, InvalidRequest(f"{raw} is a folder; to upload all of it: upload -r {_quoted(raw)}")
@@ -203,8 +208,9 @@ def _upload_plan(paths: Sequence[str], recursive: bool, as_name: str | None, tal
                     raw, InvalidRequest(f"name the folder in the cluster: upload -r {_quoted(raw)} --as NAME")
                 )
                 continue
+            failed = len(tally.failed)
             found = list(_walk(path, folder_of(base), tally))
-            if not found:
+            if not found and len(tally.failed) == failed:  # else what could not be read is said
                 tally.fail(raw, InvalidRequest(f"{raw} has no files to upload"))
             plan += found
             continue

@@ -20,7 +20,7 @@ from client.actions import Sink
 from client.api import Client, typed_folder
 from client.listing import folder_of, rooted
 from common.config import parse_address
-from common.errors import FileClusterError, InvalidRequest
+from common.errors import FileClusterError, InvalidRequest, local_failure
 from common.limits import MAX_DOWNLOADS
 from common.names import check_file_name, check_user_name
 from common.protocol import MAX_INT
@@ -468,6 +468,14 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def main_failed(exc: FileClusterError, out: Sink) -> int:
+    """Say why the command failed, in one line (and in JSON mode a document on stdout too)."""
+    print(f"error: {exc}", file=sys.stderr)
+    if out.json:  # a script reading stdout gets a document too
+        out.emit({"error": str(exc)})
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = glued(list(sys.argv[1:] if argv is None else argv))
     word = command_word(argv)
@@ -497,10 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that has gone away shows up here, not at exit
         return int(status)
     except FileClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if out.json:  # a script reading stdout gets a document too
-            out.emit({"error": str(exc)})
-        return 1
+        return main_failed(exc, out)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -515,3 +520,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without a complaint
         os.close(devnull)
         return 1
+    except OSError as exc:  # a local file or folder no more particular message caught: still one line
+        return main_failed(local_failure(exc), out)

@@ -22,7 +22,9 @@ from common.hashing import READ_SIZE
 from common.names import MAX_NAME_BYTES, check_file_name
 
 MAX_SAVE_AS_BYTES = 1024
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# only to make folders in (mkdir, open relative to it): O_PATH needs no read permission, so a folder
+# one may write in but not list (mode 0311) takes them as well
+_FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def destination(
@@ -80,7 +82,10 @@ def make_folders(out_dir: Path, segments: list[str]) -> Path:
     folder = out_dir
     if not segments:
         return folder
-    fd = os.open(out_dir, _FOLDER_FLAGS)
+    try:
+        fd = os.open(out_dir, _FOLDER_FLAGS)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write in {out_dir}: {exc.strerror or exc}") from None
     try:
         for segment in segments:
             folder = folder / segment

@@ -23,7 +23,7 @@ from client.actions import Sink
 from client.api import TOKEN_RE, URL_RE, Client, is_link, not_a_link
 from client.expiry import parse_expires
 from client.listing import folder_of, under
-from common.errors import FileClusterError, InvalidRequest, NotFound
+from common.errors import FileClusterError, InvalidRequest, NotFound, local_failure
 from common.limits import MAX_DOWNLOADS
 
 OUT = Sink()
@@ -310,6 +310,8 @@ def run_menu(client: Client) -> int:
             ACTIONS[int(choice) - 1][1](client)
         except FileClusterError as exc:
             OUT.error(in_menu_words(str(exc)))
+        except OSError as exc:  # a local file or folder no more particular message caught: one line
+            OUT.error(str(local_failure(exc)))
         except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at an action's question: back here
             print("\ncancelled", file=sys.stderr)
 

@@ -185,7 +185,10 @@ def clean_stale_parts(hidden: Path) -> None:
     not locked by a download).  Only our own hidden folder is looked at, and in it only regular
     files with our partials' names."""
     cutoff = time.time() - STALE_PART_SECONDS
-    if hidden.is_symlink() or not hidden.is_dir():
+    try:
+        if hidden.is_symlink() or not hidden.is_dir():
+            return
+    except OSError:  # a folder that cannot be looked in: writing into it says what is wrong
         return
     with contextlib.suppress(OSError):
         for part in hidden.iterdir():

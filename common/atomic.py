@@ -10,7 +10,13 @@ from typing import Final, cast
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Make ``path``'s entries durable.  A folder one may write in but not read (mode 0311) cannot
+    be opened to fsync: the whole system's flush (sync, which waits on Linux) then covers them."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        os.sync()
+        return
     try:
         os.fsync(fd)
     finally:

@@ -197,6 +197,13 @@ _BY_CODE: dict[str, type[FileClusterError]] = {
 }
 
 
+def local_failure(exc: OSError) -> InvalidRequest:
+    """A local file or folder that cannot be used (a permission, a full disk) as one line naming it:
+    what a client says of any such failure no more particular message caught first."""
+    where = f" {exc.filename}" if exc.filename is not None else ""
+    return InvalidRequest(f"cannot use{where}: {exc.strerror or exc}")
+
+
 def error_from_wire(
     code: str, message: str, server: int | None = None, cause: str | None = None
 ) -> FileClusterError:
