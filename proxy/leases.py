@@ -7,6 +7,13 @@ or replaced meanwhile; LOCATE ``{lease}`` renews it (with fresh tickets for
 the same chunks), RELEASE ends it, and it expires ``ttl`` seconds after it
 was granted or last renewed (a client that vanished holds nothing for long).
 
+However often it is renewed, a lease ends ``ttl`` seconds after the time its
+download may take (the default of common.config.transfer_deadline for the
+file's size: 2 min + 1 s per MiB) has passed since it was granted: renewals
+cannot keep a deleted file's chunks, nor let a link's one download be fetched
+again and again, for ever.  A download that needs longer locates its file
+again (by name; by a link, at the cost of another of its downloads).
+
 Memory is bounded: a lease holds a reference to the file entry's own chunk
 list (no copy); one holder (a user, or the address of a link's reader) has at
 most ``per_holder`` leases, and at most ``limit`` live at once.  Past either,
@@ -23,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from common.config import TRANSFER_DEADLINE_BASE, TRANSFER_MIN_RATE
 from common.errors import NotFound
 from proxy.auth import new_token
 
@@ -41,6 +49,7 @@ class Lease:
     expires: float
     holder: str = ""  # whose budget it counts against (a user, or a link reader's address)
     token: str | None = None  # the link it was granted through (its renewals check it still serves)
+    ends: float = float("inf")  # however often it is renewed, it ends then (time.monotonic)
 
 
 class Leases:
@@ -62,7 +71,9 @@ class Leases:
         holder: str = "",
         token: str | None = None,
     ) -> Lease:
-        lease = Lease(new_token(), owner, name, info, chunks, who, time.monotonic() + self.ttl, holder, token)
+        now = time.monotonic()
+        ends = now + self.ttl + self.longest(int(info.get("size", 0)))
+        lease = Lease(new_token(), owner, name, info, chunks, who, now + self.ttl, holder, token, ends)
         with self._lock:
             self._purge()
             mine = self._held.setdefault(holder, OrderedDict())
@@ -73,6 +84,11 @@ class Leases:
             self._leases[lease.id] = lease
             self._held.setdefault(holder, OrderedDict())[lease.id] = None
         return lease
+
+    @staticmethod
+    def longest(size: int) -> float:
+        """Seconds a download of ``size`` bytes may take (a client's own deadline, by default)."""
+        return TRANSFER_DEADLINE_BASE + size / TRANSFER_MIN_RATE
 
     def _drop(self, lease_id: str) -> None:
         lease = self._leases.pop(lease_id, None)
@@ -87,9 +103,13 @@ class Leases:
         with self._lock:
             self._purge()
             lease = self._leases.get(lease_id)
+            now = time.monotonic()
+            if lease is not None and now >= lease.ends:
+                self._drop(lease_id)
+                lease = None
             if lease is None:
                 raise NotFound("the download's lease ended (it expired or was released); download again")
-            lease.expires = time.monotonic() + self.ttl
+            lease.expires = min(now + self.ttl, lease.ends)
             self._leases.move_to_end(lease_id)
             return lease
 
@@ -101,7 +121,8 @@ class Leases:
         """Every chunk id some live lease holds."""
         with self._lock:
             self._purge()
-            return {chunk_id for lease in self._leases.values() for chunk_id, _ in lease.chunks}
+            now = time.monotonic()  # a renewal capped at ``ends`` may expire before older leases
+            return {c for lease in self._leases.values() if lease.expires > now for c, _ in lease.chunks}
 
     def __len__(self) -> int:
         with self._lock:

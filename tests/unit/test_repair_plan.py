@@ -158,6 +158,23 @@ def test_a_lease_holds_its_chunks_until_released_or_expired() -> None:
         leases.renew(other.id)
 
 
+def test_renewals_cannot_keep_a_lease_past_its_downloads_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However often it is renewed, a lease ends ttl after its download's time has passed (a
+    deleted file's chunks are not kept for ever, nor is a link's one download fetched for ever)."""
+    monkeypatch.setattr(Leases, "longest", staticmethod(lambda size: 0.3 if size == 10 else 60.0))
+    leases = Leases(ttl=0.2)
+    lease = leases.grant("ana", "a.txt", {"name": "a.txt", "size": 10}, [[cid(1), 10]], "link")
+    other = leases.grant("ana", "b.txt", {"name": "b.txt", "size": 20}, [[cid(2), 20]], "link")
+    for _ in range(4):  # renewed well within ttl each time: 0.4 s in all
+        time.sleep(0.1)
+        assert leases.renew(lease.id) is lease and leases.renew(other.id) is other
+    time.sleep(0.15)  # 0.55 s since it was granted: ttl after its 0.3 s
+    with pytest.raises(NotFound):
+        leases.renew(lease.id)
+    assert leases.leased() == {cid(2)}
+    assert leases.renew(other.id) is other  # a bigger file's download may take longer
+
+
 def test_leases_are_bounded_oldest_first() -> None:
     leases = Leases(ttl=60, limit=3)
     granted = [leases.grant("ana", f"{n}", {}, [[cid(n), 1]], "link") for n in range(5)]
