@@ -41,6 +41,7 @@ GRANTS = 20_000  # downloads through gateways in progress at once; past it the o
 GRANT_TTL = 24 * 3600.0  # seconds a grant may wait for its LINK_CLOSE
 MAX_LINKS = 10_000  # links one user may hold (tombstones included)
 MAX_URL = 256
+_SHOWN = ("size", "sha1", "uploaded")  # what a link holder learns of its file, besides its base name
 URL_RE = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?\Z")
 # a link as UNSHARE takes it: /s/TOKEN, as a browser's address bar may show it (?view, ?info, #...)
 TOKEN_IN_LINK = re.compile(
@@ -230,11 +231,17 @@ class LinkHandlers:
                 )
             else:
                 name, by = check_file_name(target), "name"
-                tokens = self.catalog.tree.book.live(owner, name)
-                if req.header.get("folder") is True:  # "pics/" as typed: never a file's links
-                    tokens = [t for t in tokens if (self.catalog.share(t) or {}).get("kind") == "folder"]
-                    if not tokens:
-                        raise NotFound(f"no live link of yours names the folder {name!r}")
+                only_folder = req.header.get("folder") is True  # "pics/" as typed: never a file's links
+                now = time.time()
+                tokens = [  # an expired link stays expired; an exhausted one is revoked (a new
+                    t  # version could make it serve again)
+                    for t in self.catalog.tree.book.live(owner, name)
+                    if (link := self.catalog.share(t)) is not None
+                    and links.state(link, 0, now) not in links.OVER
+                    and (not only_folder or link.get("kind") == "folder")
+                ]
+                if not tokens and only_folder:
+                    raise NotFound(f"no live link of yours names the folder {name!r}")
                 if not tokens:
                     raise NotFound(f"no live link of yours names {name!r}")
             self.catalog.end_links(owner, tokens)
@@ -296,10 +303,16 @@ class LinkHandlers:
             raise Gone("this link's download limit was reached")
         self.catalog.use_link(t.token, nbytes, opens=1, size=t.size)
 
+    def _shown(self, t: Target) -> dict[str, Any]:
+        """The file as a link's holder sees it: its base name, size, SHA-1 and upload time; never
+        its owner's user name or its other versions (the holder may have no account at all)."""
+        described = self.catalog.describe(t.owner, t.name)
+        return {"name": t.name.rsplit(SEPARATOR, 1)[-1], **{k: described[k] for k in _SHOWN}}
+
     def _open_file(self, t: Target, holder: str) -> tuple[dict[str, Any], Lease]:
         entry = self.catalog.file(t.owner, t.name)
         assert entry is not None
-        info = {**self.catalog.describe(t.owner, t.name), "name": t.name.rsplit(SEPARATOR, 1)[-1]}
+        info = self._shown(t)
         lease = self.leases.grant(t.owner, t.name, info, entry["chunks"], "link", holder, t.token)
         return info, lease
 
@@ -323,7 +336,7 @@ class LinkHandlers:
             if peek:
                 entry = self.catalog.file(t.owner, t.name)
                 assert entry is not None
-                info = {**self.catalog.describe(t.owner, t.name), "name": t.name.rsplit(SEPARATOR, 1)[-1]}
+                info = self._shown(t)
                 chunks = [{"id": c, "size": size} for c, size in entry["chunks"]]
                 described = links.describe(t.link, t.size)
                 return Reply({**info, "chunks": chunks, "kind": "file", "link": described})
@@ -362,7 +375,7 @@ class LinkHandlers:
             if check:
                 return Reply({"kind": "file", "grant": None, "link": links.describe(t.link, t.size)})
             if span is None:
-                info = {**self.catalog.describe(t.owner, t.name), "name": t.name.rsplit(SEPARATOR, 1)[-1]}
+                info = self._shown(t)
                 reply = {**info, "chunks": [], "ticket": None, "lease": None, "kind": "file", "grant": None}
                 return Reply({**reply, "link": links.describe(t.link, t.size)})
             start, end = span

@@ -118,6 +118,27 @@ def test_several_links_per_file_each_with_its_own_limit(
     assert (links[free["token"]]["state"], links[free["token"]]["downloads"]) == ("active", 2)
 
 
+def test_a_link_holder_learns_the_file_not_its_owner(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
+    """Whoever holds a link (maybe with no account) learns the file's name, size, SHA-1 and upload
+    time: not the owner's user name (a name to try passwords on), nor how many versions it has."""
+    upload(ana, tmp_path, "d/v.bin", 100)
+    upload(ana, tmp_path, "d/v.bin", 100)
+    token = ana.share("d/v.bin")["token"]
+    folder = ana.share("d/")["token"]
+    got = [
+        locate(cluster, token),
+        locate(cluster, token, peek=True),
+        locate(cluster, folder, path="v.bin"),
+        gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.9"}),
+        gateway(cluster, MsgType.LINK_OPEN, {"token": token, "client": "10.1.1.9", "range": [0, 100]}),
+    ]
+    with cluster.client() as anyone:
+        got += anyone.proxy.call(MsgType.LOCATE_MANY, {"token": folder, "paths": ["v.bin"]})["files"]
+    for reply in got:
+        assert reply["name"] == "v.bin" and reply["size"] == 100 and reply["sha1"], reply
+        assert not {"owner", "version", "versions"} & set(reply), reply
+
+
 def test_gateway_ranges_reserve_and_close_refunds(cluster: Cluster, ana: Client, tmp_path: Path) -> None:
     upload(ana, tmp_path, "r.bin")
     token = ana.share("r.bin", max_downloads=1)["token"]
@@ -173,6 +194,24 @@ def test_expiry_revocation_deletion_and_moves(cluster: Cluster, ana: Client, tmp
     }
     with pytest.raises(NotFound):
         ana.unshare("moved/e.bin")  # no live link left
+
+
+def test_unshare_by_name_revokes_only_links_that_still_serve(
+    cluster: Cluster, ana: Client, tmp_path: Path
+) -> None:
+    """An expired link stays expired and is not counted; an exhausted one is revoked (a bigger new
+    version would make it serve again); with nothing left to revoke, the name is not found."""
+    upload(ana, tmp_path, "u.bin", 100)
+    short = ana.share("u.bin", expires=time.time() + 0.5)["token"]
+    once = ana.share("u.bin", max_downloads=1)["token"]
+    live = ana.share("u.bin")["token"]
+    cluster.client().download(once, tmp_path / "got")
+    time.sleep(max(0.0, 0.55 - (time.time() - by_token(ana)[short]["created"])))
+    assert [by_token(ana)[t]["state"] for t in (short, once, live)] == ["expired", "exhausted", "active"]
+    assert ana.unshare("u.bin") == 2
+    assert [by_token(ana)[t]["state"] for t in (short, once, live)] == ["expired", "revoked", "revoked"]
+    with pytest.raises(NotFound, match=r"no live link of yours names 'u\.bin'"):
+        ana.unshare("u.bin")
 
 
 def test_guessing_is_throttled_per_client_and_the_gateway_must_sign(cluster: Cluster, ana: Client) -> None:

@@ -116,7 +116,10 @@ def test_locate_a_version_by_name_never_by_link(service: ProxyService) -> None:
         call(service, MsgType.LOCATE, {"name": "dir/first.txt", "version": 3})
     with pytest.raises(InvalidRequest, match="current version"):
         call(service, MsgType.LOCATE, {"token": "link-token", "version": 1})
-    assert call(service, MsgType.LOCATE, {"token": "link-token"})["version"] == 2
+    current = call(service, MsgType.LOCATE, {"name": "dir/first.txt"})
+    by_link = call(service, MsgType.LOCATE, {"token": "link-token"})
+    assert current["version"] == 2 and "version" not in by_link  # a link holder is told no versions
+    assert (by_link["sha1"], by_link["uploaded"]) == (current["sha1"], current["uploaded"])
 
 
 @pytest.mark.parametrize(
