@@ -10,18 +10,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from client.listing import Entry
+from common.sizes import human_size as human_size  # sizes in tables and messages alike
 
 WIDTH = 80  # status's summary lines wrap at this width
 ELLIPSIS = "…"
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -35,7 +35,7 @@ def human_size(n: int) -> str:
     """``512 B``, ``1.5 KiB``, ``10.0 GiB``: for messages."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
+        if abs(size) < (1024 if unit == "B" else 1023.95) or unit == "TiB":  # never "1024.0 KiB"
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")

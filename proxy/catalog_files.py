@@ -124,7 +124,7 @@ class FileChanges:
                     conflict = mine.conflict(put.name)
                     if conflict is not None:
                         raise Conflict(conflict)
-                    self.check_upload(put.owner, put.name, put.size + added[put.owner], put.quota)
+                    self.check_upload(put.owner, put.name, put.size, put.quota, before=added[put.owner])
                 except FileClusterError as exc:
                     outcomes.append(exc)
                     continue
@@ -150,14 +150,15 @@ class FileChanges:
                 for put, outcome in zip(puts, outcomes, strict=True)
             ]
 
-    def check_upload(self, owner: str, name: str, size: int, quota: int | None) -> None:
+    def check_upload(self, owner: str, name: str, size: int, quota: int | None, *, before: int = 0) -> None:
         """Refuse an upload whose name would make a file and a folder of one name (Conflict), or
-        whose ``size`` would take the owner past ``quota`` (QuotaExceeded; None: unlimited)."""
+        whose ``size`` would take the owner past ``quota`` (QuotaExceeded; None: unlimited);
+        ``before``: the bytes of the files before it in the same request, counted too."""
         with self.lock:
             why = self.tree.clash(owner, name)
             if why is not None:
                 raise Conflict(why)
-            self.tree.check_quota(owner, size, quota, f"{name!r}")
+            self.tree.check_quota(owner, size, quota, f"{name!r}", before=before)
 
     def restore_version(
         self,

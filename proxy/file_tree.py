@@ -286,13 +286,16 @@ class FileTree:
             return [(old, new)]
         return [(name, new + name[len(old) :]) for name in self.under(owner, old)]
 
-    def check_quota(self, owner: str, size: int, quota: int | None, what: str) -> None:
-        """Refuse ``size`` more bytes for ``owner`` if that passes ``quota`` (None: unlimited)."""
-        usage = self.usage[owner]
+    def check_quota(self, owner: str, size: int, quota: int | None, what: str, *, before: int = 0) -> None:
+        """Refuse ``size`` more bytes for ``owner`` if that passes ``quota`` (None: unlimited);
+        ``before``: bytes the same request takes first (the files before this one in a batch)."""
+        usage = self.usage[owner] + before
         if quota is not None and usage + size > quota:
+            counting = " (counting the files before it in this upload)" if before else ""
             raise QuotaExceeded(
                 f"over your quota: {what} needs {human_size(size)}, and you use {human_size(usage)} "
-                f"of {human_size(quota)}; delete files (older versions count too) or ask the operator"
+                f"of {human_size(quota)}{counting}; delete files (older versions count too) "
+                "or ask the operator"
             )
 
     # -- queries -----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class BatchUploadHandlers(UploadHandlers):
                 if any(sizes.get(c, s) != s for c, s in chunks):
                     raise InvalidRequest("a chunk id has two sizes in one batch")
                 # before any byte is sent; the batch's earlier files count towards the quota
-                self.catalog.check_upload(owner, name, f["size"] + planned, quota)
+                self.catalog.check_upload(owner, name, f["size"], quota, before=planned)
             except FileClusterError as exc:
                 results[index] = failed(exc)
                 continue

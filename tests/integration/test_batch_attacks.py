@@ -25,6 +25,7 @@ from common.hashing import EMPTY_SHA1
 from common.limits import MAX_CHUNKS_PER_BATCH, MAX_CHUNKS_PER_FILE, MAX_FILES_PER_BATCH, MAX_LOCATE_MANY
 from common.messages import MsgType
 from common.protocol import MAGIC, PREFIX, VERSION
+from common.sizes import human_size
 from common.transport import Connection
 from proxy.ownership import Challenge
 from proxy.uploads import MAX_PENDING_PER_OWNER, Uploads
@@ -391,6 +392,9 @@ def test_a_batch_passes_no_quota_and_no_name_twice(mallory: Client, tmp_path: Pa
     third = [file_of(f"q{i}.bin", os.urandom(QUOTA // 3)) for i in range(4)]  # each under the quota
     began = begin_many(mallory, third)
     assert [code(r) for r in began[3:]] == [QuotaExceeded.code] and all("upload_id" in r for r in began[:3])
+    said = began[3]["error"]["message"]  # the file's own size, and the usage the batch's others make
+    used = f"you use {human_size(3 * (QUOTA // 3))} of {human_size(QUOTA)}"
+    assert f"'q3.bin' needs {human_size(QUOTA // 3)}, and {used} (counting the files before it in" in said
     for r in began[:3]:
         mallory.proxy.call(MsgType.UPLOAD_ABORT, {"upload_id": r["upload_id"]}, session=True)
     half = QUOTA // 2 + 1

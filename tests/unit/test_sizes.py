@@ -38,6 +38,8 @@ def test_bad_sizes_are_one_clear_line(text: str) -> None:
 
 
 def test_human_sizes() -> None:
+    assert human_size(2**20 - 1) == "1.0 MiB" and human_size(2**30 - 1) == "1.0 GiB"  # not "1024.0 KiB"
+    assert human_size(2**20 - 60_000) == "965.4 KiB"
     assert [human_size(n) for n in (0, 1023, 1024, 1536, 10 * 2**30, 3 * 2**40)] == [
         "0 B",
         "1023 B",
