@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client import output
-from client.api import Client, is_link
+from client.api import Client, is_link, moved_name
 from client.destination import check_out_dir
 from client.listing import folder_of, rooted, under, view
 from client.partial import PARTIAL_DIR
@@ -584,8 +584,8 @@ def delete(c: Client, out: Sink, names: Sequence[str], recursive: bool = False) 
 
 def move(c: Client, out: Sink, old: str, new: str) -> int:
     """Rename a file or a folder (metadata only: versions and links follow)."""
-    old, new = folder_of(old), folder_of(new)
     n = c.move(old, new)
+    old, new = folder_of(old), moved_name(old, new)
     out.say(f"moved {old} to {new}" + (f" ({output.plural(n, 'file')})" if n != 1 else ""))
     out.emit({"old": old, "new": new, "moved": n})
     return 0

@@ -282,7 +282,7 @@ class Client:
         self._need_session()
         header = {
             "old": check_file_name(typed_folder(old)),
-            "new": check_file_name(typed_folder(new), new=True),
+            "new": check_file_name(moved_name(old, new), new=True),
         }
         return int(self.proxy.call(MsgType.MOVE, header, session=True)["moved"])
 
@@ -519,6 +519,16 @@ def _by_token(token: str, path: str | None, peek: bool = False) -> dict[str, Any
     return {**header, "peek": True} if peek else header
 
 
+def moved_name(old: str, new: str) -> str:
+    """The name ``old`` gets when moved to ``new`` as typed: a ``new`` ending in "/" is a folder to
+    move it into, keeping its base name, as ``mv`` does ("archive/" -> "archive/a.txt"; "/": the
+    top level); any other ``new`` is the new name itself."""
+    if not new.endswith("/"):
+        return typed_folder(new)
+    into, base = typed_folder(new), typed_folder(old).rsplit("/", 1)[-1]
+    return f"{into}/{base}" if into else base
+
+
 def typed_folder(name: str) -> str:
     """A name as typed ("/photos/", "photos/", "a.txt") as the cluster knows it ("photos", "a.txt")."""
     return _folder(listing.rooted(name))
@@ -529,4 +539,13 @@ def _folder(name: str) -> str:
     return name[:-1] if name.endswith("/") and len(name) > 1 else name
 
 
-__all__ = ["Client", "FileClusterError", "Link", "is_link", "parse_link", "resolve_http_link", "typed_folder"]
+__all__ = [
+    "Client",
+    "FileClusterError",
+    "Link",
+    "is_link",
+    "moved_name",
+    "parse_link",
+    "resolve_http_link",
+    "typed_folder",
+]

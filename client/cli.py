@@ -17,7 +17,7 @@ from typing import Any
 
 from client import actions
 from client.actions import Sink
-from client.api import Client, typed_folder
+from client.api import Client, moved_name
 from client.listing import folder_of, rooted
 from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest, local_failure
@@ -400,7 +400,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
                 return f"{metavar}: {value!r} names nothing"  # a local file may be named " ", no file of ours
     if name == "mv":
         try:
-            check_file_name(typed_folder(args.new), new=True)
+            check_file_name(moved_name(args.old, args.new), new=True)
         except InvalidRequest as exc:
             return f"NEW: {exc}"
     if name == "upload" and args.as_name is not None:

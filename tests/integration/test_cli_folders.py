@@ -268,6 +268,19 @@ def test_the_as_hint_is_given_only_where_as_can_help(run: Any, tmp_path: Path) -
     assert code == 2 and "may not start or end with a space" in err and "--as" not in err
 
 
+def test_mv_into_a_folder_named_with_a_slash(run: Any, tmp_path: Path) -> None:
+    """A NEW ending in "/" is a folder to move into, keeping the base name, as mv does; "/" is the
+    top level.  It never makes a file named after the folder."""
+    src = tree(tmp_path / "s", {"doc.txt": b"d"})
+    assert run("upload", str(src / "doc.txt"), "--as", "in/doc.txt")[0] == 0
+    assert run("mv", "in/doc.txt", "d2/")[1] == "moved in/doc.txt to d2/doc.txt\n"
+    assert run("mv", "d2/doc.txt", "/")[1] == "moved d2/doc.txt to doc.txt\n"
+    assert run("mv", "doc.txt", "pics/")[0] == 0 and run("mv", "pics", "archive/")[0] == 0
+    assert [row[0] for row in rows(run("ls", "-R")[1])] == ["archive/pics/doc.txt"]
+    code, _, err = run("mv", "archive", "x//")
+    assert code == 2 and "NEW:" in err
+
+
 def test_a_folder_named_with_slashes_is_the_folder(run: Any, tmp_path: Path) -> None:
     """ "pics/" and "/pics/" name the folder pics for unshare; rm of a folder says to use -r; --as
     takes a name from the top level."""
