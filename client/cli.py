@@ -17,7 +17,7 @@ from typing import Any
 
 from client import actions
 from client.actions import Sink
-from client.api import Client, moved_name
+from client.api import Client, is_link, moved_name
 from client.listing import folder_of, rooted
 from common.config import parse_address
 from common.errors import FileClusterError, InvalidRequest, local_failure
@@ -419,6 +419,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         return "-o: name a folder to save to (-o . for this one)"
     if name == "download" and args.version is not None and (args.recursive or len(args.targets) != 1):
         return "--version takes a single file name"
+    if name == "download" and args.version is not None and is_link(args.targets[0]):
+        return "--version: a link always gives the current version; name one of your files"
     if name == "share":
         if args.max_downloads is not None and not 1 <= args.max_downloads <= MAX_DOWNLOADS:
             return f"--max-downloads {args.max_downloads}: it must be 1 to {MAX_DOWNLOADS:,}"

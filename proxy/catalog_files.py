@@ -207,7 +207,7 @@ class FileChanges:
             if self.file(owner, name) is None and not (recursive and self.tree.is_folder(owner, name)):
                 if self.tree.is_folder(owner, name):
                     raise Conflict(f"{name!r} is a folder; delete it recursively to delete what is in it")
-                raise NotFound(f"you have no file named {name!r}")
+                raise NotFound(f"you have no file {'or folder ' if recursive else ''}named {name!r}")
             op: dict[str, Any] = {"op": "file_del", "owner": owner, "name": name, "at": time.time()}
             if recursive:
                 op["recursive"] = True

@@ -107,6 +107,7 @@ def test_mv_and_delete_r(run: Any, tmp_path: Path) -> None:
     assert (code, out) == (0, "deleted photos/2024 (2 files)\n")
     assert json.loads(run("rm", "-r", "photos", "--json")[1])["deleted"] == [{"name": "photos", "deleted": 2}]
     assert run("ls")[1] == "no files\n"
+    assert run("rm", "-r", "photos")[2] == "error: you have no file or folder named 'photos'\n"
 
 
 def test_versions_download_version_and_restore(run: Any, tmp_path: Path) -> None:

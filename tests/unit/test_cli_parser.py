@@ -150,6 +150,8 @@ def test_an_unknown_command_with_nothing_close_lists_them(capsys: pytest.Capture
         ["download", "a", "b", "--version", "2"],
         ["download", "-r", "a", "--version", "2"],
         ["download", "a", "--version", "0"],
+        ["download", "http://127.0.0.1:9080/s/" + "A" * 43, "--version", "1"],  # a link: always current
+        ["download", "filecluster://127.0.0.1:9000/s/" + "A" * 43, "--version", "1"],
         ["restore", "a", "--version", "-1"],
         ["share", "x", "--expires", "-5d"],  # what is wrong with the value, not "expected one argument"
         ["ls", "--proxy", ""],
