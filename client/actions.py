@@ -153,7 +153,9 @@ class Tally:
                 f"{len(self.done)} of {output.plural(self.count, 'file')} {verb}; {len(self.failed)} failed"
             )
         elif self.count > 1:
-            self.out.say(f"{output.plural(len(self.done), 'file')} {verb}, {output.human_size(size)}")
+            there = sum(1 for d in self.done if d.get("fetched") is False)  # a download found in place
+            note = f" ({there} already there)" if there else ""
+            self.out.say(f"{output.plural(len(self.done), 'file')} {verb}, {output.human_size(size)}{note}")
         self.out.emit({"files": self.done, "failed": self.failed})
         return 1 if self.failed else 0
 

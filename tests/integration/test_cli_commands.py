@@ -108,6 +108,8 @@ def test_several_downloads_in_one_command(run: Cli, tmp_path: Path) -> None:
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == f"3 files downloaded, {human_size(2 * CHUNK + 11)}"
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == files
+    code, out, _ = run("get", "one.bin", link.strip(), "3.dat", "-o", str(out_dir))  # all there already
+    assert out.splitlines()[-1] == f"3 files downloaded, {human_size(2 * CHUNK + 11)} (3 already there)"
     again = tmp_path / "again"  # one target fails: the others still come, and the status says so
     code, out, err = run("download", "one.bin", "missing.txt", "3.dat", "-o", str(again))
     assert code == 1
