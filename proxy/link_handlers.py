@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.admission import client_key
-from common.errors import Gone, InvalidRequest, NotFound
+from common.errors import Gone, InvalidRequest, NotFound, Unavailable
 from common.frame_server import Handler, Reply, Request
 from common.limits import MAX_DOWNLOADS, MAX_LINK_LIFETIME
 from common.messages import MsgType
@@ -50,6 +50,7 @@ TOKEN_IN_LINK = re.compile(
 ANY_URL = re.compile(r"\A[a-z+]+://", re.IGNORECASE)
 
 Located = Callable[[Lease], dict[str, Any]]
+Readable = Callable[[str], bool]  # a chunk id -> whether a server believed up holds a copy of it
 
 
 @dataclass
@@ -109,8 +110,10 @@ class LinkHandlers:
         located: Located,
         advertise: tuple[str, int] | None,
         link_url: str | None = None,
+        readable: Readable = lambda chunk_id: True,
     ) -> None:
         self.catalog = catalog
+        self.readable = readable  # the service's: the registry knows which servers are up
         self.leases = leases
         self.throttle = throttle
         self.located = located  # a lease -> LOCATE's reply (chunks, tickets), the service's
@@ -381,11 +384,26 @@ class LinkHandlers:
             start, end = span
             if end > t.size:
                 raise InvalidRequest(f"the range ends past the file's {t.size} bytes")
+            self._check_readable(t, start, end)
             self._reserve(t, end - start, start)
             _, lease = self._open_file(t, f"address:{client_key(client)}")
             grant = self.grants.add(t.token, end - start, lease.id)
             described = links.describe(self.catalog.share(t.token) or t.link, t.size)
         return Reply({**self.located(lease), "kind": "file", "grant": grant, "link": described})
+
+    def _check_readable(self, t: Target, start: int, end: int) -> None:
+        """Refuse a range some chunk of which is only on servers that are down (Unavailable, which
+        the gateway answers 503 with Retry-After) before its 200 is sent and its budget reserved,
+        rather than have the gateway cut the response short where that chunk begins."""
+        entry = self.catalog.file(t.owner, t.name)
+        assert entry is not None
+        at = 0
+        for chunk_id, size in entry["chunks"]:
+            if at >= end:
+                return
+            if at + size > start and not self.readable(chunk_id):
+                raise Unavailable("part of this file is only on storage servers that are down; try later")
+            at += size
 
     def check_lease(self, lease: Lease) -> None:
         """A lease granted through a link is renewed only while the link still serves (revoked,

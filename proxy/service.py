@@ -108,7 +108,13 @@ class ProxyService:
         self.admin = Admin(catalog, registry, self.repairer, self.status_figures, config.default_quota)
         self.file_handlers = FileHandlers(catalog, collector, config)
         self.links = LinkHandlers(
-            catalog, self.leases, self.link_throttle, self._located, config.advertise, config.link_url
+            catalog,
+            self.leases,
+            self.link_throttle,
+            self._located,
+            config.advertise,
+            config.link_url,
+            readable=self._readable,
         )
         self.upload_handlers = BatchUploadHandlers(
             catalog, registry, uploads, collector, config, key, self.repairer
@@ -301,6 +307,15 @@ class ProxyService:
                 "a reader reports the copy of %s on server %d %s", chunk_id[:12], server_id, h["problem"]
             )
         return Reply({})
+
+    def _readable(self, chunk_id: str) -> bool:
+        """Whether a server that may be up holds a copy of the chunk: one believed up, or one not
+        heard from since this proxy started (right after a restart it may well be up)."""
+        for server in self.catalog.chunk_servers(chunk_id):
+            state = self.registry.get(server)
+            if state is not None and (self.registry.is_up(state) or not state.registered):
+                return True
+        return False
 
     def _sources(self, chunk_id: str, who: str, exp: int) -> list[dict[str, Any]]:
         """Where a chunk can be read, servers believed up first, each with its GET ticket's MAC."""

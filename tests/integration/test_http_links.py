@@ -554,3 +554,42 @@ def test_an_interrupted_download_of_a_one_download_link_can_be_resumed(
     assert response.status == 206 and body + rest == data
     cluster.wait_for(lambda: state_of(owner, shared["token"])["state"] == "exhausted", "the link used up")
     assert fetch(cluster, path_of(shared["link"]))[0].status == 410
+
+
+def status_of(c: Cluster, path: str, headers: dict[str, str] | None = None) -> int:
+    """The status of a GET, its body left unread (a 200 that would be cut short raises nothing)."""
+    connection = conn(c)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_file_on_servers_that_are_down_is_503_before_any_byte(tmp_path: Path) -> None:
+    """The proxy knows which servers are down: a range with a chunk only on those is answered 503
+    with Retry-After up front (no 200 cut short where that chunk begins), and costs the link none
+    of its budget; a range clear of those chunks still opens."""
+    c = Cluster(tmp_path / "down", servers=2, replicas=1, gateway=True).start()
+    try:
+        ana = new_user(c, "down")
+        for _ in range(20):  # a file whose first chunk is on one server and a later one on the other
+            upload(ana, "d.bin")
+            where = [chunk["servers"][0]["id"] for chunk in ana.locate("d.bin")["chunks"]]
+            if len(set(where)) == 2:
+                break
+        assert len(set(where)) == 2, "placement put every chunk on one server 20 times"
+        free = path_of(ana.share("d.bin")["link"])
+        once = ana.share("d.bin", max_downloads=1)
+        down = next(server for server in where if server != where[0])
+        c.kill_server(down)
+        c.wait_for(lambda: status_of(c, free) == 503, "the proxy to see the server down")
+        response, body = fetch(c, path_of(once["link"]))
+        assert response.status == 503 and response.getheader("Retry-After") and b"try again" in body
+        link = state_of(ana, once["token"])
+        assert (link["downloads"], link["state"]) == (0, "active")
+        response, body = fetch(c, free, {"Range": "bytes=0-99"})  # the first chunk's server is up
+        assert response.status == 206 and len(body) == 100
+        ana.close()
+    finally:
+        c.stop()
