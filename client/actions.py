@@ -586,8 +586,9 @@ def delete(c: Client, out: Sink, names: Sequence[str], recursive: bool = False) 
 
 def move(c: Client, out: Sink, old: str, new: str) -> int:
     """Rename a file or a folder (metadata only: versions and links follow)."""
+    old = folder_of(old)  # "pics//" and "./pics/" are the folder pics, as before a NEW could end in "/"
     n = c.move(old, new)
-    old, new = folder_of(old), moved_name(old, new)
+    new = moved_name(old, new)
     out.say(f"moved {old} to {new}" + (f" ({output.plural(n, 'file')})" if n != 1 else ""))
     out.emit({"old": old, "new": new, "moved": n})
     return 0

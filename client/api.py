@@ -525,7 +525,7 @@ def moved_name(old: str, new: str) -> str:
     top level); any other ``new`` is the new name itself."""
     if not new.endswith("/"):
         return typed_folder(new)
-    into, base = typed_folder(new), typed_folder(old).rsplit("/", 1)[-1]
+    into, base = typed_folder(new), listing.folder_of(old).rsplit("/", 1)[-1]
     return f"{into}/{base}" if into else base
 
 

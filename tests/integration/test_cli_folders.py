@@ -278,6 +278,7 @@ def test_mv_into_a_folder_named_with_a_slash(run: Any, tmp_path: Path) -> None:
     assert run("mv", "d2/doc.txt", "/")[1] == "moved d2/doc.txt to doc.txt\n"
     assert run("mv", "doc.txt", "pics/")[0] == 0 and run("mv", "pics", "archive/")[0] == 0
     assert [row[0] for row in rows(run("ls", "-R")[1])] == ["archive/pics/doc.txt"]
+    assert run("mv", "archive//", "top/")[1] == "moved archive to top/archive\n"  # "archive//": the folder
     code, _, err = run("mv", "archive", "x//")
     assert code == 2 and "NEW:" in err
 
